@@ -1,0 +1,26 @@
+# KafFlow: `make run` starts the broker and the service with a demo config;
+# `make test` starts the broker and runs the whole suite against it.
+
+CARGO ?= cargo
+include mk/kafka.mk
+
+.PHONY: build run test bench lint fmt clean-data
+
+build:
+	$(CARGO) build --release
+
+run: kafka-up
+	bash scripts/run-demo.sh
+
+test: kafka-up
+	$(CARGO) test --all-targets -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean-data:
+	rm -rf .demo

@@ -1,0 +1,386 @@
+#!/usr/bin/env bash
+# Local single-node Apache Kafka broker (KRaft, broker+controller in one JVM)
+# for KafFlow development and tests. Everything about the broker lives behind
+# this one script, so another Kafka-compatible broker could stand in.
+#
+#   scripts/kafka.sh up                 start (idempotent) and wait until it answers
+#   scripts/kafka.sh down               stop (idempotent); data survives
+#   scripts/kafka.sh status             exit 0 if running and answering
+#   scripts/kafka.sh topics             list topics
+#   scripts/kafka.sh describe TOPIC     describe one topic
+#   scripts/kafka.sh create TOPIC [PARTITIONS]
+#   scripts/kafka.sh delete TOPIC
+#   scripts/kafka.sh bootstrap          print the bootstrap address (host:port)
+#   scripts/kafka.sh tool CLASS [ARGS]  run a Kafka CLI main class on the broker's classpath,
+#                                       e.g. tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server ...
+#
+# Environment:
+#   KAFKA_HOME_DIR         cache/state folder (default <repo>/.kafka): libs/, data/, logs/, broker.pid
+#   KAFKA_PORT             PLAINTEXT listener on 127.0.0.1 (default 9092)
+#   KAFKA_CONTROLLER_PORT  KRaft controller listener on 127.0.0.1 (default 9093)
+#   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 90)
+#   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 60)
+#   JAVA                   java binary (default: java on PATH)
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+POM="$SCRIPT_DIR/kafka/pom.xml"
+
+KHOME="${KAFKA_HOME_DIR:-$REPO_ROOT/.kafka}"
+PORT="${KAFKA_PORT:-9092}"
+CPORT="${KAFKA_CONTROLLER_PORT:-9093}"
+HOST=127.0.0.1
+START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
+STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-60}"
+JAVA="${JAVA:-java}"
+
+die() { echo "kafka: error: $*" >&2; exit 1; }
+say() { echo "kafka: $*"; }
+
+case "$PORT$CPORT" in *[!0-9]*) die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must be numbers";; esac
+[ "$PORT" != "$CPORT" ] || die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ"
+
+mkdir -p "$KHOME"
+KHOME="$(cd "$KHOME" && pwd)"   # absolute, whatever was given
+LIBS="$KHOME/libs"
+DATA="$KHOME/data"
+LOGS="$KHOME/logs"
+PIDFILE="$KHOME/broker.pid"
+CONF="$KHOME/server.properties"
+LOG4J_BROKER="$KHOME/log4j2-broker.xml"
+LOG4J_TOOLS="$KHOME/log4j2-tools.xml"
+ADMIN_PROBE="$KHOME/admin-probe.properties"
+BOOTSTRAP="$HOST:$PORT"
+
+# ---------------------------------------------------------------- helpers
+
+# Is $1 the pid of a live kafka.Kafka running with our config?
+is_our_broker() {
+  kill -0 "$1" 2>/dev/null &&
+    [ "$(cat "/proc/$1/comm" 2>/dev/null)" = java ] &&
+    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $CONF"
+}
+
+# Pid of the broker this script started, if it is alive (empty otherwise).
+# A lost or stale pid file is repaired from the process list (our config path
+# is unique to this KAFKA_HOME_DIR).
+broker_pid() {
+  local pid="" p
+  [ -f "$PIDFILE" ] && pid="$(tr -dc '0-9' <"$PIDFILE")"
+  if [ -n "$pid" ] && is_our_broker "$pid"; then
+    echo "$pid"
+    return 0
+  fi
+  for p in $(pgrep -f -- "kafka.Kafka $CONF" || true); do
+    if is_our_broker "$p"; then
+      echo "$p" >"$PIDFILE"
+      echo "$p"
+      return 0
+    fi
+  done
+}
+
+# Does something accept TCP connections on HOST:$1 ?
+port_open() {
+  (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
+}
+
+# Run a Kafka CLI main class with the cached jars (quiet logging on stderr).
+run_tool() {
+  local cls="$1"; shift
+  [ -f "$LIBS/.complete" ] || die "jars not fetched yet: run '$0 up' first"
+  write_tools_log4j
+  "$JAVA" -Xms32m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$LOG4J_TOOLS" \
+    -cp "$LIBS/*" "$cls" "$@"
+}
+
+# A metadata round trip: list topics through the admin client.
+answers() {
+  port_open "$PORT" || return 1
+  write_admin_probe
+  timeout 30 "$JAVA" -Xms32m -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$LOG4J_TOOLS" -cp "$LIBS/*" \
+    org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
+    --command-config "$ADMIN_PROBE" --list >/dev/null 2>&1
+}
+
+log_tail() {
+  local out
+  if [ -s "$LOGS/server.log" ]; then
+    echo "---- last lines of $LOGS/server.log ----" >&2
+    tail -n 40 "$LOGS/server.log" >&2
+  fi
+  # the JVM's own stdout/stderr since the last start (crashes before logging is set up)
+  if [ -s "$LOGS/stdout.log" ]; then
+    out="$(awk '/^==== /{buf=""; next} {buf=buf $0 "\n"} END{printf "%s", buf}' "$LOGS/stdout.log" | tail -n 20)"
+    if [ -n "$out" ]; then
+      echo "---- $LOGS/stdout.log since the last start ----" >&2
+      echo "$out" >&2
+    fi
+  fi
+}
+
+# ---------------------------------------------------------------- files
+
+fetch_jars() {
+  local want have=""
+  want="$(sha256sum "$POM" | cut -d' ' -f1)"
+  [ -f "$LIBS/.complete" ] && have="$(cat "$LIBS/.complete")"
+  [ "$want" = "$have" ] && return 0
+  command -v mvn >/dev/null || die "mvn not found (needed once to fetch the Kafka jars)"
+  say "fetching Kafka jars with Maven into $LIBS ..."
+  rm -rf "$LIBS.tmp"
+  if ! mvn -B -q -f "$POM" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" >"$KHOME/mvn.log" 2>&1; then
+    tail -n 30 "$KHOME/mvn.log" >&2
+    die "could not fetch the Kafka jars with Maven (full output in $KHOME/mvn.log)"
+  fi
+  echo "$want" >"$LIBS.tmp/.complete"
+  rm -rf "$LIBS"
+  mv "$LIBS.tmp" "$LIBS"
+}
+
+write_tools_log4j() {
+  [ -f "$LOG4J_TOOLS" ] && return 0
+  cat >"$LOG4J_TOOLS" <<'EOF'
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="stderr" target="SYSTEM_ERR">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Root level="WARN"><AppenderRef ref="stderr"/></Root>
+  </Loggers>
+</Configuration>
+EOF
+}
+
+write_admin_probe() {
+  cat >"$ADMIN_PROBE" <<'EOF'
+# admin client settings for the readiness probe: fail fast
+request.timeout.ms=5000
+default.api.timeout.ms=10000
+socket.connection.setup.timeout.ms=2000
+socket.connection.setup.timeout.max.ms=2000
+EOF
+}
+
+write_config() {
+  mkdir -p "$DATA" "$LOGS"
+  cat >"$CONF" <<EOF
+# Written by scripts/kafka.sh on every 'up'; edits here are lost.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=$HOST:$CPORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$DATA
+
+# topics are created explicitly, never by a produce or a metadata request
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+
+# single node: every internal topic with one replica (and few partitions)
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+
+# tests: no 3 s wait before the first consumer-group rebalance
+group.initial.rebalance.delay.ms=0
+EOF
+
+  cat >"$LOG4J_BROKER" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <RollingFile name="server" fileName="$LOGS/server.log" filePattern="$LOGS/server.log.%i">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+      <SizeBasedTriggeringPolicy size="50 MB"/>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="server"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="org.apache.kafka.controller" level="INFO"/>
+    <Logger name="state.change.logger" level="WARN"/>
+  </Loggers>
+</Configuration>
+EOF
+}
+
+format_once() {
+  [ -f "$DATA/meta.properties" ] && return 0
+  local id
+  say "formatting $DATA (first start)"
+  id="$(run_tool kafka.tools.StorageTool random-uuid 2>>"$LOGS/format.log" | tail -n 1)" \
+    || die "could not make a cluster id (see $LOGS/format.log)"
+  [ -n "$id" ] || die "could not make a cluster id (see $LOGS/format.log)"
+  if ! run_tool kafka.tools.StorageTool format --standalone -t "$id" -c "$CONF" \
+        >>"$LOGS/format.log" 2>&1; then
+    tail -n 20 "$LOGS/format.log" >&2
+    die "formatting $DATA failed (see $LOGS/format.log)"
+  fi
+}
+
+# ---------------------------------------------------------------- commands
+
+wait_ready() {
+  local pid="$1" deadline=$((SECONDS + START_TIMEOUT))
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      rm -f "$PIDFILE"
+      log_tail
+      die "broker (pid $pid) exited during startup; logs in $LOGS"
+    fi
+    answers && return 0
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log_tail
+      die "broker (pid $pid) did not answer on $BOOTSTRAP within ${START_TIMEOUT}s; logs in $LOGS ('$0 down' to stop it)"
+    fi
+    sleep 1
+  done
+}
+
+cmd_up() {
+  # One 'up' at a time (e.g. parallel make). fd 9 is closed for the broker.
+  exec 9>"$KHOME/.lock"
+  flock 9
+
+  local pid started
+  pid="$(broker_pid)"
+  if [ -n "$pid" ]; then
+    if answers; then
+      say "already running on $BOOTSTRAP (pid $pid)"
+      return 0
+    fi
+    # Alive but not answering yet: perhaps still starting.
+    wait_ready "$pid"
+    say "ready on $BOOTSTRAP (pid $pid)"
+    return 0
+  fi
+  rm -f "$PIDFILE"
+
+  if port_open "$PORT"; then
+    die "port $PORT is already in use by a process this script did not start (set KAFKA_PORT to use another)"
+  fi
+  if port_open "$CPORT"; then
+    die "controller port $CPORT is already in use by a process this script did not start (set KAFKA_CONTROLLER_PORT)"
+  fi
+  command -v "$JAVA" >/dev/null || die "java not found (Java 17+ is needed)"
+
+  started=$SECONDS
+  fetch_jars
+  write_config
+  format_once
+
+  {
+    echo
+    echo "==== $(date -u '+%Y-%m-%dT%H:%M:%SZ') starting kafka.Kafka $CONF"
+  } >>"$LOGS/stdout.log"
+  # In a non-interactive shell the background job is not a process-group
+  # leader, so setsid does not fork and $! is the JVM's pid.
+  (
+    cd "$KHOME"
+    exec setsid nohup "$JAVA" -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+      -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$LOG4J_BROKER" \
+      -Dkafka.logs.dir="$LOGS" \
+      -cp "$LIBS/*" kafka.Kafka "$CONF" \
+      </dev/null >>"$LOGS/stdout.log" 2>&1 9>&-
+  ) &
+  pid=$!
+  echo "$pid" >"$PIDFILE"
+  sleep 0.5
+  # If setsid forked after all, $! is not the JVM: broker_pid finds it by its config.
+  local found
+  found="$(broker_pid)"
+  [ -n "$found" ] && pid="$found"
+  say "started broker (pid $pid), waiting up to ${START_TIMEOUT}s for $BOOTSTRAP ..."
+  wait_ready "$pid"
+  say "ready on $BOOTSTRAP (pid $pid, $((SECONDS - started))s, data in $DATA)"
+}
+
+cmd_down() {
+  exec 9>"$KHOME/.lock"
+  flock 9
+
+  local pid deadline
+  pid="$(broker_pid)"
+  if [ -z "$pid" ]; then
+    rm -f "$PIDFILE"
+    say "not running"
+    return 0
+  fi
+  say "stopping broker (pid $pid) ..."
+  kill -TERM "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + STOP_TIMEOUT))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "kafka: broker did not stop within ${STOP_TIMEOUT}s, sending SIGKILL" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 1
+      break
+    fi
+    sleep 0.5
+  done
+  rm -f "$PIDFILE"
+  say "stopped"
+}
+
+cmd_status() {
+  local pid
+  pid="$(broker_pid)"
+  if [ -z "$pid" ]; then
+    say "not running"
+    return 1
+  fi
+  if answers; then
+    say "running on $BOOTSTRAP (pid $pid)"
+    return 0
+  fi
+  say "process $pid is alive but $BOOTSTRAP does not answer"
+  return 1
+}
+
+usage() {
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}
+
+sub="${1:-}"
+[ $# -gt 0 ] && shift
+case "$sub" in
+  up)        cmd_up ;;
+  down|stop) cmd_down ;;
+  status)    cmd_status ;;
+  topics)    run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list ;;
+  describe)
+    [ $# -ge 1 ] || die "usage: $0 describe TOPIC"
+    run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --describe --topic "$1" ;;
+  create)
+    [ $# -ge 1 ] || die "usage: $0 create TOPIC [PARTITIONS]"
+    run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --create \
+      --topic "$1" --partitions "${2:-1}" --replication-factor 1 ;;
+  delete)
+    [ $# -ge 1 ] || die "usage: $0 delete TOPIC"
+    run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --delete --topic "$1" ;;
+  bootstrap) echo "$BOOTSTRAP" ;;
+  tool)
+    [ $# -ge 1 ] || die "usage: $0 tool MAIN_CLASS [ARGS...]"
+    run_tool "$@" ;;
+  -h|--help|help|"") usage ;;
+  *) usage >&2; die "unknown command '$sub'" ;;
+esac

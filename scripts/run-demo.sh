@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Starts KafFlow with a demo config: three principals with fresh random tokens, printed below.
+# The tokens are kept in .demo/tokens (ignored by git) so a second run reuses them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+demo=.demo
+mkdir -p "$demo"
+cargo build --release --quiet
+bin=target/release/kafflow
+
+if [ ! -f "$demo/tokens" ]; then
+  {
+    for who in alice carol erin; do
+      printf '%s=%s\n' "$who" "$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    done
+  } >"$demo/tokens"
+fi
+# shellcheck disable=SC1091
+source "$demo/tokens"
+
+cat >"$demo/kafflow.toml" <<TOML
+listen = "127.0.0.1:${KAFFLOW_PORT:-8080}"
+data_dir = "$demo/data"
+
+[kafka]
+bootstrap_servers = "127.0.0.1:${KAFKA_PORT:-9092}"
+
+[policy]
+topic_name_pattern = "^[a-z0-9][a-z0-9._-]*$"
+default_partitions = 3
+max_partitions = 24
+default_replication_factor = 1
+max_replication_factor = 1
+
+[[principals]]
+name = "alice"
+roles = ["producer", "consumer"]
+token_sha256 = "$("$bin" hash-token "$alice")"
+
+[[principals]]
+name = "carol"
+roles = ["admin"]
+token_sha256 = "$("$bin" hash-token "$carol")"
+
+[[principals]]
+name = "erin"
+roles = ["consumer"]
+token_sha256 = "$("$bin" hash-token "$erin")"
+TOML
+
+cat <<INFO
+KafFlow demo on http://127.0.0.1:${KAFFLOW_PORT:-8080}
+  alice (producer, consumer): $alice
+  carol (admin):              $carol
+  erin  (consumer):           $erin
+Try:
+  curl -s -H "Authorization: Bearer $alice" -d '{"topic":"orders","reason":"demo"}' http://127.0.0.1:${KAFFLOW_PORT:-8080}/api/v1/topic-requests
+INFO
+exec "$bin" serve --config "$demo/kafflow.toml"

@@ -1,0 +1,382 @@
+//! The approval actor: the rules of governance. It decides who may ask for, approve, reject,
+//! withdraw or delete what, and what a valid request looks like under the `[policy]`; the
+//! registry then records the change, and on approval the provisioner is told to do the work.
+
+use std::collections::BTreeMap;
+
+use actix::prelude::*;
+use uuid::Uuid;
+
+use super::provisioner::{Provision, Provisioner};
+use super::registry::{
+    Command, Decision, GetRequest, GetTopic, Registry, RequestStatus, TopicRequest,
+};
+use crate::config::Policy;
+use crate::error::{Error, Result};
+use crate::events::TopicSpec;
+use crate::identity::{Principal, Role};
+
+/// Kafka's own limit on a topic name's length.
+const KAFKA_MAX_NAME_LEN: usize = 249;
+
+/// `POST /api/v1/topic-requests`, as parsed: sizes and config still unchecked.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<TopicRequest>")]
+pub struct RequestTopic {
+    pub principal: Principal,
+    pub topic: String,
+    pub partitions: Option<i64>,
+    pub replication_factor: Option<i64>,
+    pub config: BTreeMap<String, serde_json::Value>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<TopicRequest>")]
+pub struct RequestDeletion {
+    pub principal: Principal,
+    pub topic: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<TopicRequest>")]
+pub struct Approve {
+    pub principal: Principal,
+    pub id: Uuid,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<TopicRequest>")]
+pub struct Reject {
+    pub principal: Principal,
+    pub id: Uuid,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<TopicRequest>")]
+pub struct Withdraw {
+    pub principal: Principal,
+    pub id: Uuid,
+}
+
+pub struct Approval {
+    policy: Policy,
+    registry: Addr<Registry>,
+    provisioner: Addr<Provisioner>,
+}
+
+impl Approval {
+    pub fn new(policy: Policy, registry: Addr<Registry>, provisioner: Addr<Provisioner>) -> Self {
+        Approval {
+            policy,
+            registry,
+            provisioner,
+        }
+    }
+}
+
+impl Actor for Approval {
+    type Context = Context<Self>;
+}
+
+/// A reason that is present and not blank, trimmed.
+fn required_reason(reason: Option<String>) -> Result<String> {
+    match reason.map(|r| r.trim().to_string()) {
+        Some(r) if !r.is_empty() => Ok(r),
+        _ => Err(Error::ReasonRequired),
+    }
+}
+
+fn optional_text(text: Option<String>) -> Option<String> {
+    text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+/// Kafka's rules for a topic name, then the policy's pattern.
+pub fn check_topic_name(policy: &Policy, name: &str) -> Result<()> {
+    let invalid = |why: &str| Err(Error::InvalidTopicName(format!("{name:?} {why}")));
+    if name.is_empty() {
+        return invalid("is empty");
+    }
+    if name.len() > KAFKA_MAX_NAME_LEN {
+        return invalid("is longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return invalid("is not allowed by Kafka");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return invalid("may only contain ASCII letters, digits, '.', '_' and '-'");
+    }
+    if name.starts_with("__") {
+        return invalid("is reserved for Kafka's internal topics");
+    }
+    if let Some(pattern) = &policy.name_regex {
+        if !pattern.is_match(name) {
+            return Err(Error::InvalidTopicName(format!(
+                "{name:?} does not match the policy pattern {}",
+                policy.topic_name_pattern
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Fills defaults and checks limits.
+pub fn check_spec(policy: &Policy, request: &RequestTopic) -> Result<TopicSpec> {
+    let partitions = request
+        .partitions
+        .unwrap_or(i64::from(policy.default_partitions));
+    if !(1..=i64::from(policy.max_partitions)).contains(&partitions) {
+        return Err(Error::InvalidPartitions(format!(
+            "{partitions} is outside 1..={}",
+            policy.max_partitions
+        )));
+    }
+    let replication_factor = request
+        .replication_factor
+        .unwrap_or(i64::from(policy.default_replication_factor));
+    if !(1..=i64::from(policy.max_replication_factor)).contains(&replication_factor) {
+        return Err(Error::InvalidReplicationFactor(format!(
+            "{replication_factor} is outside 1..={}",
+            policy.max_replication_factor
+        )));
+    }
+    let mut config = BTreeMap::new();
+    for (key, value) in &request.config {
+        let key_ok = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_');
+        if !key_ok {
+            return Err(Error::InvalidConfig(format!(
+                "{key:?} is not a Kafka config name"
+            )));
+        }
+        let serde_json::Value::String(value) = value else {
+            return Err(Error::InvalidConfig(format!(
+                "the value of {key} must be a string, as Kafka takes it"
+            )));
+        };
+        config.insert(key.clone(), value.clone());
+    }
+    // Both checked against i32 limits above.
+    Ok(TopicSpec {
+        partitions: partitions as i32,
+        replication_factor: replication_factor as i32,
+        config,
+    })
+}
+
+impl Handler<RequestTopic> for Approval {
+    type Result = ResponseFuture<Result<TopicRequest>>;
+
+    fn handle(&mut self, msg: RequestTopic, _: &mut Context<Self>) -> Self::Result {
+        let checked = msg
+            .principal
+            .require_any(&[Role::Producer, Role::Admin])
+            .and_then(|_| check_topic_name(&self.policy, &msg.topic))
+            .and_then(|_| check_spec(&self.policy, &msg));
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let spec = checked?;
+            registry
+                .send(Command::FileCreate {
+                    actor: msg.principal.name,
+                    topic: msg.topic,
+                    spec,
+                    reason: optional_text(msg.reason),
+                })
+                .await?
+        })
+    }
+}
+
+impl Handler<RequestDeletion> for Approval {
+    type Result = ResponseFuture<Result<TopicRequest>>;
+
+    fn handle(&mut self, msg: RequestDeletion, _: &mut Context<Self>) -> Self::Result {
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let topic = registry.send(GetTopic(msg.topic.clone())).await??;
+            if topic.owner != msg.principal.name && !msg.principal.has(Role::Admin) {
+                return Err(Error::NotOwner);
+            }
+            let reason = required_reason(msg.reason)?;
+            registry
+                .send(Command::FileDeletion {
+                    actor: msg.principal.name,
+                    topic: msg.topic,
+                    reason,
+                })
+                .await?
+        })
+    }
+}
+
+/// Checks that `principal` may decide request `id`: an admin, and not its requester.
+async fn check_decider(registry: &Addr<Registry>, principal: &Principal, id: Uuid) -> Result<()> {
+    principal.require_any(&[Role::Admin])?;
+    let request = registry.send(GetRequest(id)).await??;
+    if request.requested_by == principal.name {
+        return Err(Error::SelfApproval);
+    }
+    Ok(())
+}
+
+impl Handler<Approve> for Approval {
+    type Result = ResponseFuture<Result<TopicRequest>>;
+
+    fn handle(&mut self, msg: Approve, _: &mut Context<Self>) -> Self::Result {
+        let registry = self.registry.clone();
+        let provisioner = self.provisioner.clone();
+        Box::pin(async move {
+            check_decider(&registry, &msg.principal, msg.id).await?;
+            let decision = Decision::Approve {
+                note: optional_text(msg.note),
+            };
+            let request = registry
+                .send(Command::Decide {
+                    actor: msg.principal.name,
+                    id: msg.id,
+                    decision,
+                })
+                .await??;
+            if request.status == RequestStatus::Approved {
+                provisioner.do_send(Provision(request.clone()));
+            }
+            Ok(request)
+        })
+    }
+}
+
+impl Handler<Reject> for Approval {
+    type Result = ResponseFuture<Result<TopicRequest>>;
+
+    fn handle(&mut self, msg: Reject, _: &mut Context<Self>) -> Self::Result {
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            check_decider(&registry, &msg.principal, msg.id).await?;
+            let decision = Decision::Reject {
+                reason: required_reason(msg.reason)?,
+            };
+            registry
+                .send(Command::Decide {
+                    actor: msg.principal.name,
+                    id: msg.id,
+                    decision,
+                })
+                .await?
+        })
+    }
+}
+
+impl Handler<Withdraw> for Approval {
+    type Result = ResponseFuture<Result<TopicRequest>>;
+
+    fn handle(&mut self, msg: Withdraw, _: &mut Context<Self>) -> Self::Result {
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let request = registry.send(GetRequest(msg.id)).await??;
+            if request.requested_by != msg.principal.name {
+                return Err(Error::NotRequester);
+            }
+            registry
+                .send(Command::Withdraw {
+                    actor: msg.principal.name,
+                    id: msg.id,
+                })
+                .await?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        let mut p = Policy {
+            topic_name_pattern: "^[a-z][a-z0-9.-]*$".into(),
+            max_partitions: 10,
+            max_replication_factor: 3,
+            ..Policy::default()
+        };
+        p.name_regex = regex::Regex::new(&p.topic_name_pattern).ok();
+        p
+    }
+
+    fn request(partitions: Option<i64>, config: serde_json::Value) -> RequestTopic {
+        RequestTopic {
+            principal: Principal {
+                name: "alice".into(),
+                roles: [Role::Producer].into(),
+            },
+            topic: "orders".into(),
+            partitions,
+            replication_factor: None,
+            config: serde_json::from_value(config).expect("map"),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_and_policy() {
+        let p = policy();
+        assert!(check_topic_name(&p, "orders.v1").is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "has space",
+            "Upper",
+            "__consumer",
+            "é",
+            &"a".repeat(250),
+        ] {
+            assert!(
+                matches!(check_topic_name(&p, bad), Err(Error::InvalidTopicName(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn spec_takes_defaults_and_enforces_limits() {
+        let p = policy();
+        let spec = check_spec(&p, &request(None, serde_json::json!({}))).expect("defaults");
+        assert_eq!((spec.partitions, spec.replication_factor), (3, 1));
+        assert!(matches!(
+            check_spec(&p, &request(Some(11), serde_json::json!({}))),
+            Err(Error::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            check_spec(&p, &request(Some(0), serde_json::json!({}))),
+            Err(Error::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            check_spec(&p, &request(None, serde_json::json!({"retention.ms": 5}))),
+            Err(Error::InvalidConfig(_))
+        ));
+        let spec = check_spec(
+            &p,
+            &request(Some(4), serde_json::json!({"retention.ms": "5"})),
+        )
+        .expect("valid");
+        assert_eq!(spec.config["retention.ms"], "5");
+    }
+
+    #[test]
+    fn reasons_must_say_something() {
+        assert!(matches!(required_reason(None), Err(Error::ReasonRequired)));
+        assert!(matches!(
+            required_reason(Some("  ".into())),
+            Err(Error::ReasonRequired)
+        ));
+        assert_eq!(required_reason(Some(" ok ".into())).expect("reason"), "ok");
+    }
+}

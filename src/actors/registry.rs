@@ -1,0 +1,795 @@
+//! The registry: owner of governance state (requests and topics).
+//!
+//! It is the single writer of governance events. A command is checked against the state,
+//! turned into an event, applied, and appended to the log; the caller is answered only once the
+//! event is committed. Applying before the commit lets concurrent commands see each other and
+//! be group-committed; if a commit ever fails the process stops, so that replay (which applies
+//! only committed events) is again the truth.
+
+use std::collections::{BTreeMap, HashMap};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::event_store::{Append, EventStore};
+use crate::error::{Error, Result};
+use crate::events::{EventKind, NewEvent, TopicSpec};
+
+/// The principal name on events that KafFlow itself caused.
+pub const SYSTEM: &str = "system";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    Create,
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// Waiting for an administrator.
+    Pending,
+    /// Decided; the Kafka work is under way.
+    Approved,
+    Rejected,
+    Withdrawn,
+    /// Done in Kafka.
+    Completed,
+    Failed,
+}
+
+impl RequestStatus {
+    fn name(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Rejected => "rejected",
+            RequestStatus::Withdrawn => "withdrawn",
+            RequestStatus::Completed => "completed",
+            RequestStatus::Failed => "failed",
+        }
+    }
+
+    /// Pending or approved: the request still has something to do.
+    fn is_open(self) -> bool {
+        matches!(self, RequestStatus::Pending | RequestStatus::Approved)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicStatus {
+    Provisioning,
+    Active,
+    Failed,
+    Deleting,
+    Deleted,
+}
+
+impl TopicStatus {
+    fn name(self) -> &'static str {
+        match self {
+            TopicStatus::Provisioning => "provisioning",
+            TopicStatus::Active => "active",
+            TopicStatus::Failed => "failed",
+            TopicStatus::Deleting => "deleting",
+            TopicStatus::Deleted => "deleted",
+        }
+    }
+
+    /// The topic exists in Kafka or is about to.
+    fn is_live(self) -> bool {
+        matches!(
+            self,
+            TopicStatus::Provisioning | TopicStatus::Active | TopicStatus::Deleting
+        )
+    }
+}
+
+/// A create or delete request, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicRequest {
+    pub id: Uuid,
+    pub kind: RequestKind,
+    pub topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub config: BTreeMap<String, String>,
+    pub reason: Option<String>,
+    pub status: RequestStatus,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub decision_note: Option<String>,
+    pub error: Option<String>,
+}
+
+impl TopicRequest {
+    pub fn spec(&self) -> TopicSpec {
+        TopicSpec {
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// A governed topic, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Topic {
+    pub name: String,
+    pub status: TopicStatus,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub config: BTreeMap<String, String>,
+    pub owner: String,
+    /// When the topic was created in Kafka; absent while provisioning.
+    pub created_at: Option<DateTime<Utc>>,
+    /// The create request that brought the topic in.
+    pub request_id: Uuid,
+}
+
+/// The state rebuilt from the log: every request and every topic KafFlow governs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Governance {
+    requests: BTreeMap<Uuid, TopicRequest>,
+    topics: BTreeMap<String, Topic>,
+    /// Topic name to its open (pending or approved) request.
+    open: HashMap<String, Uuid>,
+}
+
+impl Governance {
+    /// Turns one event into state. Replay and live appends both come here. It cannot fail:
+    /// the registry only writes events that fit the state, so a valid log always applies.
+    pub fn apply(&mut self, event: &NewEvent) {
+        let (Some(topic), Some(id)) = (event.topic.as_deref(), event.request_id) else {
+            tracing::warn!(
+                kind = event.kind.name(),
+                "Event without topic or request ignored."
+            );
+            return;
+        };
+        match &event.kind {
+            EventKind::TopicRequested { spec, reason } => {
+                self.file(
+                    id,
+                    RequestKind::Create,
+                    topic,
+                    spec.clone(),
+                    reason.clone(),
+                    event,
+                );
+            }
+            EventKind::DeletionRequested { reason } => {
+                let spec = self.topics.get(topic).map(|t| TopicSpec {
+                    partitions: t.partitions,
+                    replication_factor: t.replication_factor,
+                    config: t.config.clone(),
+                });
+                let spec = spec.unwrap_or(TopicSpec {
+                    partitions: 0,
+                    replication_factor: 0,
+                    config: BTreeMap::new(),
+                });
+                self.file(
+                    id,
+                    RequestKind::Delete,
+                    topic,
+                    spec,
+                    Some(reason.clone()),
+                    event,
+                );
+            }
+            EventKind::RequestApproved { note } => {
+                let Some(request) = self.decide(id, RequestStatus::Approved, note.clone(), event)
+                else {
+                    return;
+                };
+                match request.kind {
+                    RequestKind::Create => {
+                        let topic = Topic {
+                            name: request.topic.clone(),
+                            status: TopicStatus::Provisioning,
+                            partitions: request.partitions,
+                            replication_factor: request.replication_factor,
+                            config: request.config.clone(),
+                            owner: request.requested_by.clone(),
+                            created_at: None,
+                            request_id: request.id,
+                        };
+                        self.topics.insert(topic.name.clone(), topic);
+                    }
+                    RequestKind::Delete => self.set_topic_status(topic, TopicStatus::Deleting),
+                }
+            }
+            EventKind::RequestRejected { reason } => {
+                self.decide(id, RequestStatus::Rejected, Some(reason.clone()), event);
+            }
+            EventKind::RequestWithdrawn {} => {
+                self.finish(id, RequestStatus::Withdrawn, None);
+            }
+            EventKind::TopicProvisioned { spec, .. } => {
+                self.finish(id, RequestStatus::Completed, None);
+                if let Some(t) = self.topics.get_mut(topic) {
+                    t.status = TopicStatus::Active;
+                    t.partitions = spec.partitions;
+                    t.replication_factor = spec.replication_factor;
+                    t.created_at = Some(event.at);
+                }
+            }
+            EventKind::ProvisioningFailed { error } => {
+                self.finish(id, RequestStatus::Failed, Some(error.clone()));
+                self.set_topic_status(topic, TopicStatus::Failed);
+            }
+            EventKind::TopicDeleted { .. } => {
+                self.finish(id, RequestStatus::Completed, None);
+                self.set_topic_status(topic, TopicStatus::Deleted);
+            }
+            EventKind::DeletionFailed { error } => {
+                self.finish(id, RequestStatus::Failed, Some(error.clone()));
+                // The topic is still in Kafka: it stays usable.
+                self.set_topic_status(topic, TopicStatus::Active);
+            }
+        }
+    }
+
+    fn file(
+        &mut self,
+        id: Uuid,
+        kind: RequestKind,
+        topic: &str,
+        spec: TopicSpec,
+        reason: Option<String>,
+        event: &NewEvent,
+    ) {
+        self.requests.insert(
+            id,
+            TopicRequest {
+                id,
+                kind,
+                topic: topic.to_string(),
+                partitions: spec.partitions,
+                replication_factor: spec.replication_factor,
+                config: spec.config,
+                reason,
+                status: RequestStatus::Pending,
+                requested_by: event.actor.clone(),
+                requested_at: event.at,
+                decided_by: None,
+                decided_at: None,
+                decision_note: None,
+                error: None,
+            },
+        );
+        self.open.insert(topic.to_string(), id);
+    }
+
+    fn decide(
+        &mut self,
+        id: Uuid,
+        status: RequestStatus,
+        note: Option<String>,
+        event: &NewEvent,
+    ) -> Option<TopicRequest> {
+        let request = self.requests.get_mut(&id)?;
+        request.status = status;
+        request.decided_by = Some(event.actor.clone());
+        request.decided_at = Some(event.at);
+        request.decision_note = note;
+        let request = request.clone();
+        if !status.is_open() {
+            self.open.remove(&request.topic);
+        }
+        Some(request)
+    }
+
+    fn finish(&mut self, id: Uuid, status: RequestStatus, error: Option<String>) {
+        if let Some(request) = self.requests.get_mut(&id) {
+            request.status = status;
+            request.error = error;
+            if self.open.get(&request.topic) == Some(&id) {
+                self.open.remove(&request.topic);
+            }
+        }
+    }
+
+    fn set_topic_status(&mut self, topic: &str, status: TopicStatus) {
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.status = status;
+        }
+    }
+
+    pub fn request(&self, id: Uuid) -> Result<&TopicRequest> {
+        self.requests
+            .get(&id)
+            .ok_or_else(|| Error::NotFound(format!("request {id}")))
+    }
+
+    pub fn topic(&self, name: &str) -> Result<&Topic> {
+        self.topics
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("topic {name}")))
+    }
+
+    fn pending(&self, id: Uuid) -> Result<&TopicRequest> {
+        let request = self.request(id)?;
+        if request.status != RequestStatus::Pending {
+            return Err(Error::NotPending(request.status.name().to_string()));
+        }
+        Ok(request)
+    }
+
+    fn no_open_request(&self, topic: &str) -> Result<()> {
+        match self.open.get(topic) {
+            Some(&request_id) => Err(Error::RequestPending {
+                topic: topic.to_string(),
+                request_id,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The event a command produces, if the state allows it.
+    fn event_for(&self, command: &Command) -> Result<NewEvent> {
+        match command {
+            Command::FileCreate {
+                actor,
+                topic,
+                spec,
+                reason,
+            } => {
+                if let Some(t) = self.topics.get(topic) {
+                    if t.status.is_live() {
+                        return Err(Error::TopicExists(topic.clone()));
+                    }
+                }
+                self.no_open_request(topic)?;
+                let kind = EventKind::TopicRequested {
+                    spec: spec.clone(),
+                    reason: reason.clone(),
+                };
+                Ok(NewEvent::now(
+                    actor,
+                    Some(topic),
+                    Some(Uuid::now_v7()),
+                    kind,
+                ))
+            }
+            Command::FileDeletion {
+                actor,
+                topic,
+                reason,
+            } => {
+                let t = self.topic(topic)?;
+                self.no_open_request(topic)?;
+                if t.status != TopicStatus::Active {
+                    return Err(Error::TopicNotActive {
+                        topic: topic.clone(),
+                        status: t.status.name().to_string(),
+                    });
+                }
+                let kind = EventKind::DeletionRequested {
+                    reason: reason.clone(),
+                };
+                Ok(NewEvent::now(
+                    actor,
+                    Some(topic),
+                    Some(Uuid::now_v7()),
+                    kind,
+                ))
+            }
+            Command::Decide {
+                actor,
+                id,
+                decision,
+            } => {
+                let request = self.pending(*id)?;
+                let kind = match decision {
+                    Decision::Approve { note } => EventKind::RequestApproved { note: note.clone() },
+                    Decision::Reject { reason } => EventKind::RequestRejected {
+                        reason: reason.clone(),
+                    },
+                };
+                Ok(NewEvent::now(actor, Some(&request.topic), Some(*id), kind))
+            }
+            Command::Withdraw { actor, id } => {
+                let request = self.pending(*id)?;
+                let kind = EventKind::RequestWithdrawn {};
+                Ok(NewEvent::now(actor, Some(&request.topic), Some(*id), kind))
+            }
+            Command::RecordOutcome { id, outcome } => {
+                let request = self.request(*id)?;
+                if request.status != RequestStatus::Approved {
+                    return Err(Error::NotPending(request.status.name().to_string()));
+                }
+                let kind = match outcome.clone() {
+                    Outcome::Provisioned {
+                        spec,
+                        already_existed,
+                    } => EventKind::TopicProvisioned {
+                        spec,
+                        already_existed,
+                    },
+                    Outcome::ProvisioningFailed { error } => {
+                        EventKind::ProvisioningFailed { error }
+                    }
+                    Outcome::Deleted { already_absent } => {
+                        EventKind::TopicDeleted { already_absent }
+                    }
+                    Outcome::DeletionFailed { error } => EventKind::DeletionFailed { error },
+                };
+                Ok(NewEvent::now(SYSTEM, Some(&request.topic), Some(*id), kind))
+            }
+        }
+    }
+
+    fn requests(&self, filter: &RequestFilter) -> Vec<TopicRequest> {
+        self.requests
+            .values()
+            .filter(|r| filter.status.is_none_or(|s| r.status == s))
+            .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
+            .filter(|r| filter.topic.as_ref().is_none_or(|t| &r.topic == t))
+            .filter(|r| {
+                filter
+                    .requested_by
+                    .as_ref()
+                    .is_none_or(|p| &r.requested_by == p)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// What an administrator decided.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Approve { note: Option<String> },
+    Reject { reason: String },
+}
+
+/// What the provisioner found when it did the Kafka work of an approved request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Provisioned {
+        spec: TopicSpec,
+        already_existed: bool,
+    },
+    ProvisioningFailed {
+        error: String,
+    },
+    Deleted {
+        already_absent: bool,
+    },
+    DeletionFailed {
+        error: String,
+    },
+}
+
+/// A change to governance state. The registry checks it against the state (is the request
+/// pending, is the topic free) and records it; who may ask for it is the approval actor's rule.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<TopicRequest>")]
+pub enum Command {
+    FileCreate {
+        actor: String,
+        topic: String,
+        spec: TopicSpec,
+        reason: Option<String>,
+    },
+    FileDeletion {
+        actor: String,
+        topic: String,
+        reason: String,
+    },
+    Decide {
+        actor: String,
+        id: Uuid,
+        decision: Decision,
+    },
+    Withdraw {
+        actor: String,
+        id: Uuid,
+    },
+    RecordOutcome {
+        id: Uuid,
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFilter {
+    pub status: Option<RequestStatus>,
+    pub kind: Option<RequestKind>,
+    pub topic: Option<String>,
+    pub requested_by: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<TopicRequest>")]
+pub struct GetRequest(pub Uuid);
+
+#[derive(Message)]
+#[rtype(result = "Vec<TopicRequest>")]
+pub struct ListRequests(pub RequestFilter);
+
+#[derive(Message)]
+#[rtype(result = "Result<Topic>")]
+pub struct GetTopic(pub String);
+
+#[derive(Message)]
+#[rtype(result = "Vec<Topic>")]
+pub struct ListTopics;
+
+/// Approved requests whose Kafka work is not done: resumed after a restart.
+#[derive(Message)]
+#[rtype(result = "Vec<TopicRequest>")]
+pub struct UnfinishedWork;
+
+pub struct Registry {
+    state: Governance,
+    store: Addr<EventStore>,
+}
+
+impl Registry {
+    pub fn new(state: Governance, store: Addr<EventStore>) -> Self {
+        Registry { state, store }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+}
+
+impl Handler<Command> for Registry {
+    type Result = ResponseFuture<Result<TopicRequest>>;
+
+    fn handle(&mut self, command: Command, _: &mut Context<Self>) -> Self::Result {
+        let event = match self.state.event_for(&command) {
+            Ok(event) => event,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let id = event.request_id.unwrap_or_default();
+        self.state.apply(&event);
+        let view = self.state.request(id).cloned();
+        let committed = self.store.send(Append(vec![event]));
+        Box::pin(async move {
+            match committed.await {
+                Ok(Ok(_)) => view,
+                Ok(Err(e)) => {
+                    // State already holds an event the log does not: only a restart (replay)
+                    // makes them agree again.
+                    tracing::error!(error = %e, "Event commit failed; stopping so replay can restore state.");
+                    System::current().stop_with_code(70);
+                    Err(Error::Store(e))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+impl Handler<GetRequest> for Registry {
+    type Result = Result<TopicRequest>;
+
+    fn handle(&mut self, msg: GetRequest, _: &mut Context<Self>) -> Self::Result {
+        self.state.request(msg.0).cloned()
+    }
+}
+
+impl Handler<ListRequests> for Registry {
+    type Result = MessageResult<ListRequests>;
+
+    fn handle(&mut self, msg: ListRequests, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.requests(&msg.0))
+    }
+}
+
+impl Handler<GetTopic> for Registry {
+    type Result = Result<Topic>;
+
+    fn handle(&mut self, msg: GetTopic, _: &mut Context<Self>) -> Self::Result {
+        self.state.topic(&msg.0).cloned()
+    }
+}
+
+impl Handler<ListTopics> for Registry {
+    type Result = MessageResult<ListTopics>;
+
+    fn handle(&mut self, _: ListTopics, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.topics.values().cloned().collect())
+    }
+}
+
+impl Handler<UnfinishedWork> for Registry {
+    type Result = MessageResult<UnfinishedWork>;
+
+    fn handle(&mut self, _: UnfinishedWork, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.requests(&RequestFilter {
+            status: Some(RequestStatus::Approved),
+            ..Default::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TopicSpec {
+        TopicSpec {
+            partitions: 2,
+            replication_factor: 1,
+            config: BTreeMap::new(),
+        }
+    }
+
+    fn run(state: &mut Governance, command: Command) -> Result<TopicRequest> {
+        let event = state.event_for(&command)?;
+        let id = event.request_id.unwrap_or_default();
+        state.apply(&event);
+        state.request(id).cloned()
+    }
+
+    fn create(state: &mut Governance, topic: &str) -> Result<TopicRequest> {
+        run(
+            state,
+            Command::FileCreate {
+                actor: "alice".into(),
+                topic: topic.into(),
+                spec: spec(),
+                reason: None,
+            },
+        )
+    }
+
+    fn decide(state: &mut Governance, id: Uuid, decision: Decision) -> Result<TopicRequest> {
+        run(
+            state,
+            Command::Decide {
+                actor: "carol".into(),
+                id,
+                decision,
+            },
+        )
+    }
+
+    #[test]
+    fn create_lifecycle_walks_the_state_machine() {
+        let mut s = Governance::default();
+        let r = create(&mut s, "orders").expect("filed");
+        assert_eq!(r.status, RequestStatus::Pending);
+        assert!(matches!(
+            create(&mut s, "orders"),
+            Err(Error::RequestPending { .. })
+        ));
+        let r = decide(&mut s, r.id, Decision::Approve { note: None }).expect("approved");
+        assert_eq!(r.status, RequestStatus::Approved);
+        assert_eq!(
+            s.topic("orders").expect("topic").status,
+            TopicStatus::Provisioning
+        );
+        assert!(matches!(
+            create(&mut s, "orders"),
+            Err(Error::TopicExists(_))
+        ));
+        assert!(matches!(
+            decide(&mut s, r.id, Decision::Approve { note: None }),
+            Err(Error::NotPending(_))
+        ));
+        let done = run(
+            &mut s,
+            Command::RecordOutcome {
+                id: r.id,
+                outcome: Outcome::Provisioned {
+                    spec: spec(),
+                    already_existed: false,
+                },
+            },
+        )
+        .expect("recorded");
+        assert_eq!(done.status, RequestStatus::Completed);
+        let topic = s.topic("orders").expect("topic");
+        assert_eq!(
+            (topic.status, topic.owner.as_str()),
+            (TopicStatus::Active, "alice")
+        );
+        assert!(topic.created_at.is_some());
+    }
+
+    #[test]
+    fn deletion_needs_an_active_topic_and_frees_the_name() {
+        let mut s = Governance::default();
+        let deletion = |s: &mut Governance| {
+            run(
+                s,
+                Command::FileDeletion {
+                    actor: "alice".into(),
+                    topic: "logs".into(),
+                    reason: "done".into(),
+                },
+            )
+        };
+        assert!(matches!(deletion(&mut s), Err(Error::NotFound(_))));
+        let r = create(&mut s, "logs").expect("filed");
+        decide(&mut s, r.id, Decision::Approve { note: None }).expect("approved");
+        assert!(matches!(
+            deletion(&mut s),
+            Err(Error::RequestPending { .. })
+        ));
+        run(
+            &mut s,
+            Command::RecordOutcome {
+                id: r.id,
+                outcome: Outcome::Provisioned {
+                    spec: spec(),
+                    already_existed: true,
+                },
+            },
+        )
+        .expect("recorded");
+        let d = deletion(&mut s).expect("filed");
+        assert_eq!((d.kind, d.partitions), (RequestKind::Delete, 2));
+        decide(&mut s, d.id, Decision::Approve { note: None }).expect("approved");
+        assert_eq!(
+            s.topic("logs").expect("topic").status,
+            TopicStatus::Deleting
+        );
+        run(
+            &mut s,
+            Command::RecordOutcome {
+                id: d.id,
+                outcome: Outcome::Deleted {
+                    already_absent: false,
+                },
+            },
+        )
+        .expect("recorded");
+        assert_eq!(s.topic("logs").expect("topic").status, TopicStatus::Deleted);
+        assert!(
+            create(&mut s, "logs").is_ok(),
+            "a deleted topic can be asked for again"
+        );
+    }
+
+    #[test]
+    fn reject_and_withdraw_close_the_request() {
+        let mut s = Governance::default();
+        let r = create(&mut s, "a").expect("filed");
+        let r = decide(
+            &mut s,
+            r.id,
+            Decision::Reject {
+                reason: "no".into(),
+            },
+        )
+        .expect("rejected");
+        assert_eq!(r.status, RequestStatus::Rejected);
+        assert_eq!(r.decision_note.as_deref(), Some("no"));
+        assert!(s.topic("a").is_err());
+        let r = create(&mut s, "a").expect("filed again");
+        let w = run(
+            &mut s,
+            Command::Withdraw {
+                actor: "alice".into(),
+                id: r.id,
+            },
+        )
+        .expect("withdrawn");
+        assert_eq!(w.status, RequestStatus::Withdrawn);
+        assert!(matches!(
+            run(
+                &mut s,
+                Command::Withdraw {
+                    actor: "alice".into(),
+                    id: r.id
+                }
+            ),
+            Err(Error::NotPending(_))
+        ));
+    }
+}

@@ -1,0 +1,298 @@
+//! The config file, with flag overrides, validated once at startup.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::events::Durability;
+use crate::identity::{Directory, Principal, Role};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("bad config: {0}")]
+    Invalid(String),
+}
+
+/// What `kafflow serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub kafka: KafkaConfig,
+    pub durability: Durability,
+    pub policy: Policy,
+    pub principals: Directory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap_servers: String,
+    /// Passed through to librdkafka as they are (security.protocol, sasl.*, ssl.*, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: default_bootstrap(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_bootstrap() -> String {
+    "127.0.0.1:9092".to_string()
+}
+
+/// Defaults and limits for topic requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default = "default_pattern")]
+    pub topic_name_pattern: String,
+    #[serde(default = "default_partitions")]
+    pub default_partitions: i32,
+    #[serde(default = "default_max_partitions")]
+    pub max_partitions: i32,
+    #[serde(default = "one")]
+    pub default_replication_factor: i32,
+    #[serde(default = "one")]
+    pub max_replication_factor: i32,
+    #[serde(skip)]
+    pub name_regex: Option<regex::Regex>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            topic_name_pattern: default_pattern(),
+            default_partitions: default_partitions(),
+            max_partitions: default_max_partitions(),
+            default_replication_factor: 1,
+            max_replication_factor: 1,
+            name_regex: None,
+        }
+    }
+}
+
+fn default_pattern() -> String {
+    "^[a-z0-9][a-z0-9._-]*$".to_string()
+}
+fn default_partitions() -> i32 {
+    3
+}
+fn default_max_partitions() -> i32 {
+    64
+}
+fn one() -> i32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    kafka: KafkaConfig,
+    #[serde(default)]
+    store: StoreFile,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    principals: Vec<PrincipalFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    #[serde(default)]
+    synchronous: Durability,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrincipalFile {
+    name: String,
+    roles: Vec<Role>,
+    token_sha256: String,
+}
+
+/// Flags that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub bootstrap_servers: Option<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, overrides).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str, overrides: Overrides) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().to_string(),
+        })?;
+        let mut kafka = file.kafka;
+        if let Some(servers) = overrides.bootstrap_servers {
+            kafka.bootstrap_servers = servers;
+        }
+        if kafka.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "kafka.bootstrap_servers is empty".into(),
+            ));
+        }
+        let policy = validate_policy(file.policy)?;
+        let principals = validate_principals(file.principals)?;
+        Ok(Config {
+            listen: overrides
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir: overrides
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            kafka,
+            durability: file.store.synchronous,
+            policy,
+            principals,
+        })
+    }
+}
+
+fn validate_policy(mut policy: Policy) -> Result<Policy, ConfigError> {
+    let regex = regex::Regex::new(&policy.topic_name_pattern).map_err(|e| {
+        ConfigError::Invalid(format!("policy.topic_name_pattern is not a regex: {e}"))
+    })?;
+    policy.name_regex = Some(regex);
+    if policy.max_partitions < 1 || policy.max_replication_factor < 1 {
+        return Err(ConfigError::Invalid(
+            "policy.max_partitions and policy.max_replication_factor must be at least 1".into(),
+        ));
+    }
+    if !(1..=policy.max_partitions).contains(&policy.default_partitions) {
+        return Err(ConfigError::Invalid(
+            "policy.default_partitions must be between 1 and policy.max_partitions".into(),
+        ));
+    }
+    if !(1..=policy.max_replication_factor).contains(&policy.default_replication_factor) {
+        return Err(ConfigError::Invalid(
+            "policy.default_replication_factor must be between 1 and policy.max_replication_factor"
+                .into(),
+        ));
+    }
+    Ok(policy)
+}
+
+fn validate_principals(entries: Vec<PrincipalFile>) -> Result<Directory, ConfigError> {
+    let mut names = HashSet::new();
+    let mut hashes = HashSet::new();
+    let mut directory = Vec::new();
+    for p in entries {
+        if p.name.trim().is_empty() || p.name == "system" {
+            return Err(ConfigError::Invalid(format!(
+                "principal name {:?} is not allowed",
+                p.name
+            )));
+        }
+        if !names.insert(p.name.clone()) {
+            return Err(ConfigError::Invalid(format!(
+                "principal {} appears twice",
+                p.name
+            )));
+        }
+        let hash = p.token_sha256.to_ascii_lowercase();
+        if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ConfigError::Invalid(format!(
+                "principal {}: token_sha256 must be 64 hex digits (kafflow hash-token TOKEN)",
+                p.name
+            )));
+        }
+        if !hashes.insert(hash.clone()) {
+            return Err(ConfigError::Invalid(format!(
+                "principal {} shares its token with another principal",
+                p.name
+            )));
+        }
+        if p.roles.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "principal {} has no roles",
+                p.name
+            )));
+        }
+        directory.push((
+            hash,
+            Principal {
+                name: p.name,
+                roles: p.roles.into_iter().collect::<BTreeSet<_>>(),
+            },
+        ));
+    }
+    Ok(Directory::new(directory))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn flags_override_the_file() {
+        let text = format!(
+            "listen = \"127.0.0.1:9000\"\n[kafka]\nbootstrap_servers = \"k:1\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n[[principals]]\nname = \"a\"\nroles = [\"admin\"]\ntoken_sha256 = \"{HASH}\"\n"
+        );
+        let config = Config::parse(
+            &text,
+            Overrides {
+                bootstrap_servers: Some("b:2".into()),
+                ..Default::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.kafka.bootstrap_servers, "b:2");
+        assert_eq!(config.kafka.properties["security.protocol"], "SSL");
+        assert!(config.principals.authenticate("test").is_ok());
+    }
+
+    #[test]
+    fn refuses_bad_configs() {
+        for bad in [
+            "[policy]\ntopic_name_pattern = \"(\"",
+            "[policy]\ndefault_partitions = 10\nmax_partitions = 2",
+            "[[principals]]\nname = \"a\"\nroles = [\"admin\"]\ntoken_sha256 = \"abc\"",
+            "[[principals]]\nname = \"a\"\nroles = [\"wizard\"]\ntoken_sha256 = \"abc\"",
+            "unknown_key = 1",
+            "[store]\nsynchronous = \"sometimes\"",
+        ] {
+            assert!(Config::parse(bad, Overrides::default()).is_err(), "{bad}");
+        }
+    }
+}

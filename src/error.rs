@@ -1,0 +1,90 @@
+//! The crate's domain errors. Each has a stable `code`; `http::error` alone turns them into
+//! HTTP statuses.
+
+use crate::events::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the requester of a request cannot decide it")]
+    SelfApproval,
+    #[error("only the requester can withdraw a request")]
+    NotRequester,
+    #[error("only the topic's owner or an admin can request its deletion")]
+    NotOwner,
+    #[error("invalid topic name: {0}")]
+    InvalidTopicName(String),
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    #[error("invalid topic config: {0}")]
+    InvalidConfig(String),
+    #[error("a non-empty reason is required")]
+    ReasonRequired,
+    #[error("invalid JSON body: {0}")]
+    InvalidJson(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(u64),
+    #[error("invalid id: {0}")]
+    InvalidId(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("topic {topic} already has an open request {request_id}")]
+    RequestPending {
+        topic: String,
+        request_id: uuid::Uuid,
+    },
+    #[error("request is {0}, only a pending request can be changed")]
+    NotPending(String),
+    #[error("topic {topic} is {status}, not active")]
+    TopicNotActive { topic: String, status: String },
+    #[error("event log: {0}")]
+    Store(#[from] StoreError),
+    #[error("service is shutting down")]
+    Unavailable,
+}
+
+impl Error {
+    /// The stable machine-readable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Unauthorized => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::SelfApproval => "self_approval",
+            Error::NotRequester => "not_requester",
+            Error::NotOwner => "not_owner",
+            Error::InvalidTopicName(_) => "invalid_topic_name",
+            Error::InvalidPartitions(_) => "invalid_partitions",
+            Error::InvalidReplicationFactor(_) => "invalid_replication_factor",
+            Error::InvalidConfig(_) => "invalid_config",
+            Error::ReasonRequired => "reason_required",
+            Error::InvalidJson(_) => "invalid_json",
+            Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::InvalidId(_) => "invalid_id",
+            Error::InvalidQuery(_) => "invalid_query",
+            Error::NotFound(_) => "not_found",
+            Error::TopicExists(_) => "topic_exists",
+            Error::RequestPending { .. } => "request_pending",
+            Error::NotPending(_) => "not_pending",
+            Error::TopicNotActive { .. } => "topic_not_active",
+            Error::Store(_) => "store_error",
+            Error::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl From<actix::MailboxError> for Error {
+    fn from(_: actix::MailboxError) -> Self {
+        Error::Unavailable
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,176 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Version of the `data` layout written with each event. Replay refuses versions it does not know.
+pub const EVENT_VERSION: u32 = 1;
+
+/// The shape of a topic as requested and as provisioned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSpec {
+    pub partitions: i32,
+    pub replication_factor: i32,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Everything that can happen to governance state. The serde tag is the event's `kind` column
+/// and the content is its `data` column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A principal asked for a new topic.
+    TopicRequested {
+        #[serde(flatten)]
+        spec: TopicSpec,
+        reason: Option<String>,
+    },
+    /// A principal asked for an active topic to be deleted.
+    DeletionRequested { reason: String },
+    /// An administrator approved a pending request; Kafka work is now owed.
+    RequestApproved { note: Option<String> },
+    /// An administrator declined a pending request.
+    RequestRejected { reason: String },
+    /// The requester took a pending request back.
+    RequestWithdrawn {},
+    /// The topic exists in Kafka with the requested shape.
+    TopicProvisioned {
+        #[serde(flatten)]
+        spec: TopicSpec,
+        /// True when Kafka already had the topic (a retry after a crash, or a manual create).
+        already_existed: bool,
+    },
+    /// Kafka refused the topic for good (bad config, shape conflict, ...).
+    ProvisioningFailed { error: String },
+    /// The topic is gone from Kafka.
+    TopicDeleted { already_absent: bool },
+    /// Kafka refused to delete the topic for good.
+    DeletionFailed { error: String },
+}
+
+impl EventKind {
+    /// The `kind` column for this event.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::TopicRequested { .. } => "topic_requested",
+            EventKind::DeletionRequested { .. } => "deletion_requested",
+            EventKind::RequestApproved { .. } => "request_approved",
+            EventKind::RequestRejected { .. } => "request_rejected",
+            EventKind::RequestWithdrawn {} => "request_withdrawn",
+            EventKind::TopicProvisioned { .. } => "topic_provisioned",
+            EventKind::ProvisioningFailed { .. } => "provisioning_failed",
+            EventKind::TopicDeleted { .. } => "topic_deleted",
+            EventKind::DeletionFailed { .. } => "deletion_failed",
+        }
+    }
+
+    /// Splits the event into its `kind` and its `data` JSON.
+    pub(crate) fn to_columns(&self) -> Result<(String, serde_json::Value), serde_json::Error> {
+        let mut value = serde_json::to_value(self)?;
+        let data = value
+            .get_mut("data")
+            .map(serde_json::Value::take)
+            .unwrap_or_else(|| serde_json::json!({}));
+        Ok((self.name().to_string(), data))
+    }
+
+    /// Rebuilds an event from its `kind` and `data` columns.
+    pub(crate) fn from_columns(
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({ "kind": kind, "data": data }))
+    }
+}
+
+/// An event about to be appended: the store gives it its `seq` and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub topic: Option<String>,
+    pub request_id: Option<Uuid>,
+    pub kind: EventKind,
+}
+
+impl NewEvent {
+    pub fn now(
+        actor: &str,
+        topic: Option<&str>,
+        request_id: Option<Uuid>,
+        kind: EventKind,
+    ) -> Self {
+        // Microsecond precision: what the log keeps, so live and replayed state agree exactly.
+        let now = Utc::now();
+        let at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        NewEvent {
+            id: Uuid::now_v7(),
+            at,
+            actor: actor.to_string(),
+            topic: topic.map(str::to_string),
+            request_id,
+            kind,
+        }
+    }
+
+    pub fn with_seq(self, seq: u64) -> Event {
+        Event { seq, body: self }
+    }
+}
+
+/// An event as it stands in the log: its place in the chain and what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub seq: u64,
+    pub body: NewEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_round_trip_for_every_kind() {
+        let spec = TopicSpec {
+            partitions: 3,
+            replication_factor: 1,
+            config: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
+        };
+        let kinds = vec![
+            EventKind::TopicRequested {
+                spec: spec.clone(),
+                reason: Some("orders".into()),
+            },
+            EventKind::DeletionRequested {
+                reason: "gone".into(),
+            },
+            EventKind::RequestApproved { note: None },
+            EventKind::RequestRejected {
+                reason: "no".into(),
+            },
+            EventKind::RequestWithdrawn {},
+            EventKind::TopicProvisioned {
+                spec,
+                already_existed: true,
+            },
+            EventKind::ProvisioningFailed { error: "x".into() },
+            EventKind::TopicDeleted {
+                already_absent: false,
+            },
+            EventKind::DeletionFailed { error: "y".into() },
+        ];
+        for kind in kinds {
+            let (name, data) = kind.to_columns().expect("serialize");
+            assert_eq!(name, kind.name());
+            assert_eq!(EventKind::from_columns(&name, data).expect("parse"), kind);
+        }
+    }
+
+    #[test]
+    fn unknown_kind_is_an_error() {
+        assert!(EventKind::from_columns("topic_exploded", serde_json::json!({})).is_err());
+    }
+}

@@ -1,0 +1,629 @@
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::event::{Event, EventKind, NewEvent, EVENT_VERSION};
+
+/// Migrations, applied in order at startup; the applied version is kept in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_events.sql"))];
+
+/// The hash that the first event chains to.
+const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Most events written in one transaction; bounds the latency of a single commit.
+const MAX_BATCH: usize = 4096;
+
+const DB_FILE: &str = "kafflow.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no event log at {0}")]
+    Missing(PathBuf),
+    #[error("event log database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("event log is corrupt at seq {seq}: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    #[error("event log commit failed: {0}")]
+    Commit(String),
+    #[error("event log writer has stopped")]
+    WriterGone,
+}
+
+/// How hard each commit is pushed to disk (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync on every commit: an acknowledged event survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: an acknowledged event survives a crash of KafFlow,
+    /// but the last commits can be lost on power loss or an OS crash.
+    Normal,
+}
+
+/// Where the chain stands: the last seq and its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl Default for ChainHead {
+    fn default() -> Self {
+        ChainHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+        }
+    }
+}
+
+/// One row as text, exactly as stored: the hash covers these bytes.
+struct Row {
+    seq: u64,
+    id: String,
+    at: String,
+    kind: String,
+    version: i64,
+    actor: String,
+    topic: Option<String>,
+    request_id: Option<String>,
+    data: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl Row {
+    fn from_new(event: &NewEvent, seq: u64, prev_hash: &str) -> Result<Row, StoreError> {
+        let (kind, data) = event.kind.to_columns().map_err(|e| StoreError::Corrupt {
+            seq,
+            reason: format!("cannot encode event: {e}"),
+        })?;
+        let mut row = Row {
+            seq,
+            id: event.id.to_string(),
+            at: event.at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            kind,
+            version: i64::from(EVENT_VERSION),
+            actor: event.actor.clone(),
+            topic: event.topic.clone(),
+            request_id: event.request_id.map(|id| id.to_string()),
+            data: data.to_string(),
+            prev_hash: prev_hash.to_string(),
+            hash: String::new(),
+        };
+        row.hash = row.compute_hash();
+        Ok(row)
+    }
+
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        Ok(Row {
+            seq: r.get::<_, i64>(0)? as u64,
+            id: r.get(1)?,
+            at: r.get(2)?,
+            kind: r.get(3)?,
+            version: r.get(4)?,
+            actor: r.get(5)?,
+            topic: r.get(6)?,
+            request_id: r.get(7)?,
+            data: r.get(8)?,
+            prev_hash: r.get(9)?,
+            hash: r.get(10)?,
+        })
+    }
+
+    /// SHA-256 over the previous hash and every column, encoded as one JSON array so that no
+    /// two different rows can produce the same input.
+    fn compute_hash(&self) -> String {
+        let input = serde_json::json!([
+            self.prev_hash,
+            self.seq,
+            self.id,
+            self.at,
+            self.kind,
+            self.version,
+            self.actor,
+            self.topic,
+            self.request_id,
+            self.data,
+        ]);
+        hex::encode(Sha256::digest(input.to_string().as_bytes()))
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            seq: self.seq,
+            reason: reason.into(),
+        }
+    }
+
+    /// Checks the row against the chain and decodes it.
+    fn verify_and_decode(&self, head: &ChainHead) -> Result<Event, StoreError> {
+        if self.seq != head.seq + 1 {
+            return Err(self.corrupt(format!("expected seq {}", head.seq + 1)));
+        }
+        if self.prev_hash != head.hash {
+            return Err(self.corrupt("prev_hash does not match the previous event's hash"));
+        }
+        if self.compute_hash() != self.hash {
+            return Err(self.corrupt("hash does not match the event's content (edited?)"));
+        }
+        if self.version != i64::from(EVENT_VERSION) {
+            return Err(self.corrupt(format!("unknown event version {}", self.version)));
+        }
+        let data: serde_json::Value = serde_json::from_str(&self.data)
+            .map_err(|e| self.corrupt(format!("data is not JSON: {e}")))?;
+        let kind = EventKind::from_columns(&self.kind, data)
+            .map_err(|e| self.corrupt(format!("cannot decode {} event: {e}", self.kind)))?;
+        Ok(NewEvent {
+            id: Uuid::parse_str(&self.id).map_err(|e| self.corrupt(format!("bad id: {e}")))?,
+            at: DateTime::parse_from_rfc3339(&self.at)
+                .map_err(|e| self.corrupt(format!("bad timestamp: {e}")))?
+                .with_timezone(&Utc),
+            actor: self.actor.clone(),
+            topic: self.topic.clone(),
+            request_id: self
+                .request_id
+                .as_deref()
+                .map(Uuid::parse_str)
+                .transpose()
+                .map_err(|e| self.corrupt(format!("bad request_id: {e}")))?,
+            kind,
+        }
+        .with_seq(self.seq))
+    }
+}
+
+/// The SQLite event log, opened for replay; `into_writer` then hands it to the writer thread.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the log in `data_dir` and applies pending migrations.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(|e| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut store = Store { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 applied_at TEXT NOT NULL
+             );",
+        )?;
+        let current: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, Utc::now().to_rfc3339()],
+            )?;
+            tx.commit()?;
+            tracing::info!(version, "Applied migration.");
+        }
+        Ok(())
+    }
+
+    /// Reads the whole log in seq order, checking the hash chain, and hands each event to
+    /// `apply`. Stops at the first bad row with an error naming its seq.
+    pub fn replay(&self, mut apply: impl FnMut(Event)) -> Result<ChainHead, StoreError> {
+        replay_rows(&self.conn, &mut apply)
+    }
+
+    /// Starts the writer thread that owns the connection from now on.
+    pub fn into_writer(self, head: ChainHead) -> Writer {
+        let (tx, rx) = mpsc::channel::<AppendJob>();
+        let path = self.path.clone();
+        let conn = self.conn;
+        thread::Builder::new()
+            .name("event-writer".into())
+            .spawn(move || write_loop(conn, head, rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "Cannot start the event writer."));
+        Writer { tx, path }
+    }
+}
+
+fn replay_rows(conn: &Connection, apply: &mut impl FnMut(Event)) -> Result<ChainHead, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, id, at, kind, version, actor, topic, request_id, data, prev_hash, hash
+         FROM events ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut head = ChainHead::default();
+    while let Some(r) = rows.next()? {
+        let row = Row::read(r).map_err(|e| StoreError::Corrupt {
+            seq: head.seq + 1,
+            reason: format!("unreadable row: {e}"),
+        })?;
+        let event = row.verify_and_decode(&head)?;
+        head = ChainHead {
+            seq: row.seq,
+            hash: row.hash,
+        };
+        apply(event);
+    }
+    Ok(head)
+}
+
+/// Checks the chain of the log in `data_dir` without changing anything.
+pub fn verify(data_dir: &Path) -> Result<ChainHead, StoreError> {
+    let path = data_dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(StoreError::Missing(path));
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    replay_rows(&conn, &mut |_| {})
+}
+
+struct AppendJob {
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Vec<Event>, StoreError>>,
+}
+
+/// The handle to the writer thread. Appends from many callers are committed together.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<AppendJob>,
+    path: PathBuf,
+}
+
+impl Writer {
+    /// Queues events for the next commit; the receiver resolves once they are durable.
+    pub fn append(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> oneshot::Receiver<Result<Vec<Event>, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(job)) = self.tx.send(AppendJob { events, reply }) {
+            let _ = job.reply.send(Err(StoreError::WriterGone));
+        }
+        rx
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Group commit: take every job waiting, write them in one transaction, answer them all.
+fn write_loop(mut conn: Connection, mut head: ChainHead, rx: mpsc::Receiver<AppendJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let mut count = jobs[0].events.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => {
+                    count += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&mut conn, &head, &jobs) {
+            Ok((new_head, written)) => {
+                tracing::debug!(
+                    events = count,
+                    jobs = jobs.len(),
+                    seq = new_head.seq,
+                    "Events committed."
+                );
+                head = new_head;
+                for (job, events) in jobs.into_iter().zip(written) {
+                    let _ = job.reply.send(Ok(events));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = count, "Event commit failed.");
+                let message = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Commit(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+type Committed = (ChainHead, Vec<Vec<Event>>);
+
+fn commit_batch(
+    conn: &mut Connection,
+    head: &ChainHead,
+    jobs: &[AppendJob],
+) -> Result<Committed, StoreError> {
+    let tx = conn.transaction()?;
+    let mut seq = head.seq;
+    let mut hash = head.hash.clone();
+    let mut written = Vec::with_capacity(jobs.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (seq, id, at, kind, version, actor, topic, request_id, data, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for job in jobs {
+            let mut events = Vec::with_capacity(job.events.len());
+            for event in &job.events {
+                seq += 1;
+                let row = Row::from_new(event, seq, &hash)?;
+                insert.execute(params![
+                    row.seq as i64,
+                    row.id,
+                    row.at,
+                    row.kind,
+                    row.version,
+                    row.actor,
+                    row.topic,
+                    row.request_id,
+                    row.data,
+                    row.prev_hash,
+                    row.hash,
+                ])?;
+                hash = row.hash;
+                events.push(event.clone().with_seq(seq));
+            }
+            written.push(events);
+        }
+    }
+    tx.commit()?;
+    Ok((ChainHead { seq, hash }, written))
+}
+
+/// Filters of `GET /api/v1/audit`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub topic: Option<String>,
+    pub actor: Option<String>,
+    pub kind: Option<String>,
+    pub request_id: Option<Uuid>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub id: String,
+    pub at: String,
+    pub kind: String,
+    pub actor: String,
+    pub topic: Option<String>,
+    pub request_id: Option<String>,
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditPage {
+    pub events: Vec<AuditEntry>,
+    /// The `after` value for the next page, when there may be one.
+    pub next: Option<u64>,
+}
+
+impl AuditQuery {
+    /// Runs the query on its own read connection (WAL lets it run beside the writer).
+    pub fn run(&self, db: &Path) -> Result<AuditPage, StoreError> {
+        let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut sql = String::from(
+            "SELECT seq, id, at, kind, actor, topic, request_id, data FROM events WHERE seq > ?1",
+        );
+        let mut args: Vec<Box<dyn rusqlite::ToSql>> =
+            vec![Box::new(self.after.unwrap_or(0) as i64)];
+        let mut filter = |column: &str, op: &str, value: Box<dyn rusqlite::ToSql>| {
+            args.push(value);
+            sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
+        };
+        if let Some(topic) = &self.topic {
+            filter("topic", "=", Box::new(topic.clone()));
+        }
+        if let Some(actor) = &self.actor {
+            filter("actor", "=", Box::new(actor.clone()));
+        }
+        if let Some(kind) = &self.kind {
+            filter("kind", "=", Box::new(kind.clone()));
+        }
+        if let Some(id) = &self.request_id {
+            filter("request_id", "=", Box::new(id.to_string()));
+        }
+        // Stored timestamps are fixed-width RFC 3339 in UTC, so text order is time order.
+        if let Some(since) = &self.since {
+            filter(
+                "at",
+                ">=",
+                Box::new(since.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            );
+        }
+        if let Some(until) = &self.until {
+            filter(
+                "at",
+                "<",
+                Box::new(until.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            );
+        }
+        // One extra row tells whether another page follows.
+        args.push(Box::new(self.limit as i64 + 1));
+        sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+        let mut stmt = conn.prepare(&sql)?;
+        let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
+        let mut events = stmt
+            .query_map(params.as_slice(), |r| {
+                let data: String = r.get(7)?;
+                Ok(AuditEntry {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    id: r.get(1)?,
+                    at: r.get(2)?,
+                    kind: r.get(3)?,
+                    actor: r.get(4)?,
+                    topic: r.get(5)?,
+                    request_id: r.get(6)?,
+                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if events.len() > self.limit {
+            events.truncate(self.limit);
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(AuditPage { events, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> NewEvent {
+        NewEvent::now(
+            "alice",
+            Some(&format!("t{n}")),
+            Some(Uuid::now_v7()),
+            EventKind::RequestRejected {
+                reason: format!("r{n}"),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn appends_replay_and_verify() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        let head = store.replay(|_| {}).expect("replay");
+        let writer = store.into_writer(head);
+        let pending: Vec<_> = (0..50)
+            .map(|n| writer.append(vec![event(n), event(n + 100)]))
+            .collect();
+        let mut written = Vec::new();
+        for rx in pending {
+            written.extend(rx.await.expect("reply").expect("commit"));
+        }
+        let seqs: Vec<u64> = written.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+
+        let head = verify(dir.path()).expect("verify");
+        assert_eq!(head.seq, 100);
+        let store = Store::open(dir.path(), Durability::Normal).expect("reopen");
+        let mut replayed = Vec::new();
+        store.replay(|e| replayed.push(e)).expect("replay");
+        assert_eq!(replayed, written);
+    }
+
+    #[tokio::test]
+    async fn tampering_is_caught_at_its_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        let writer = store.into_writer(ChainHead::default());
+        writer
+            .append((0..5).map(event).collect())
+            .await
+            .expect("reply")
+            .expect("commit");
+
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+        let refused = conn.execute("UPDATE events SET actor = 'mallory' WHERE seq = 3", []);
+        assert!(refused.is_err(), "the trigger must refuse UPDATE");
+        assert!(conn
+            .execute("DELETE FROM events WHERE seq = 5", [])
+            .is_err());
+        assert!(
+            conn.execute(
+                "INSERT INTO events (seq, id, at, kind, version, actor, data, prev_hash, hash)
+                 VALUES (9, 'x', 'x', 'x', 1, 'x', '{}', 'x', 'x')",
+                [],
+            )
+            .is_err(),
+            "a gap in seq must be refused"
+        );
+        conn.execute_batch("DROP TRIGGER events_no_update")
+            .expect("drop");
+        conn.execute("UPDATE events SET actor = 'mallory' WHERE seq = 3", [])
+            .expect("update");
+        match verify(dir.path()) {
+            Err(StoreError::Corrupt { seq, .. }) => assert_eq!(seq, 3),
+            other => panic!("expected corruption at seq 3, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_pages_and_filters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        let writer = store.into_writer(ChainHead::default());
+        writer
+            .append((0..10).map(event).collect())
+            .await
+            .expect("reply")
+            .expect("commit");
+        let db = dir.path().join(DB_FILE);
+        let page = AuditQuery {
+            limit: 4,
+            ..Default::default()
+        }
+        .run(&db)
+        .expect("query");
+        assert_eq!(page.events.len(), 4);
+        assert_eq!(page.next, Some(4));
+        let last = AuditQuery {
+            limit: 4,
+            after: Some(8),
+            ..Default::default()
+        }
+        .run(&db)
+        .expect("query");
+        assert_eq!(
+            last.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![9, 10]
+        );
+        assert_eq!(last.next, None);
+        let one = AuditQuery {
+            limit: 100,
+            topic: Some("t3".into()),
+            ..Default::default()
+        }
+        .run(&db)
+        .expect("query");
+        assert_eq!(one.events.len(), 1);
+        assert_eq!(one.events[0].data["reason"], "r3");
+    }
+}

@@ -1,0 +1,71 @@
+//! The one place where domain errors and warp rejections become HTTP statuses.
+
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::error::Error;
+
+pub fn status_of(error: &Error) -> StatusCode {
+    match error {
+        Error::Unauthorized => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) | Error::SelfApproval | Error::NotRequester | Error::NotOwner => {
+            StatusCode::FORBIDDEN
+        }
+        Error::InvalidTopicName(_)
+        | Error::InvalidPartitions(_)
+        | Error::InvalidReplicationFactor(_)
+        | Error::InvalidConfig(_)
+        | Error::ReasonRequired
+        | Error::InvalidJson(_)
+        | Error::InvalidId(_)
+        | Error::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+        Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::TopicExists(_)
+        | Error::RequestPending { .. }
+        | Error::NotPending(_)
+        | Error::TopicNotActive { .. } => StatusCode::CONFLICT,
+        Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+pub fn error_reply(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+pub fn render_error(error: &Error) -> Response {
+    let status = status_of(error);
+    if status.is_server_error() {
+        tracing::error!(%error, "Request failed.");
+    }
+    error_reply(status, error.code(), &error.to_string())
+}
+
+/// Turns warp's own rejections (no route, wrong method, body too large, ...) into JSON errors.
+pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
+    use warp::reject;
+    let reply = if rejection.is_not_found() {
+        error_reply(StatusCode::NOT_FOUND, "not_found", "no such route")
+    } else if let Some(e) = rejection.find::<reject::InvalidQuery>() {
+        error_reply(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string())
+    } else if rejection.find::<reject::MethodNotAllowed>().is_some() {
+        error_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        )
+    } else if let Some(e) = rejection.find::<reject::InvalidHeader>() {
+        error_reply(StatusCode::BAD_REQUEST, "invalid_header", &e.to_string())
+    } else {
+        tracing::warn!(?rejection, "Unhandled rejection.");
+        error_reply(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request could not be handled",
+        )
+    };
+    Ok(reply)
+}

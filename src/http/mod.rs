@@ -1,0 +1,419 @@
+//! The HTTP facade: authenticate, parse, send one actor message, render the reply.
+//! No governance rule lives here; errors become statuses in `error` alone.
+
+mod error;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::Addr;
+use bytes::{Buf, Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::actors::approval::{Approval, Approve, Reject, RequestDeletion, RequestTopic, Withdraw};
+use crate::actors::event_store::{EventStore, QueryAudit};
+use crate::actors::provisioner::{BrokerReachable, Provisioner};
+use crate::actors::registry::{
+    GetRequest, GetTopic, ListRequests, ListTopics, Registry, RequestFilter,
+};
+use crate::error::{Error, Result};
+use crate::events::AuditQuery;
+use crate::identity::{Directory, Principal};
+
+/// Largest request body accepted.
+pub const MAX_BODY: u64 = 64 * 1024;
+const DEFAULT_AUDIT_LIMIT: usize = 100;
+const MAX_AUDIT_LIMIT: usize = 1000;
+
+/// What the handlers talk to.
+#[derive(Clone)]
+pub struct App {
+    pub principals: Arc<Directory>,
+    pub registry: Addr<Registry>,
+    pub approval: Addr<Approval>,
+    pub event_store: Addr<EventStore>,
+    pub provisioner: Addr<Provisioner>,
+}
+
+impl App {
+    fn authenticate(&self, header: Option<String>) -> Result<Principal> {
+        let header = header.ok_or(Error::Unauthorized)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(Error::Unauthorized)?;
+        self.principals.authenticate(token.trim())
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+fn respond(result: Result<Response>) -> Response {
+    result.unwrap_or_else(|e| error::render_error(&e))
+}
+
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
+    // An empty body stands for `{}`, so that `curl -X POST` works on bodiless actions.
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| Error::InvalidJson(e.to_string()))
+}
+
+fn parse_id(id: &str) -> Result<Uuid> {
+    Uuid::parse_str(id).map_err(|_| Error::InvalidId(format!("{id:?} is not a UUID")))
+}
+
+/// Reads the body, refusing it as soon as it passes `MAX_BODY` (with or without Content-Length).
+async fn read_body(
+    mut stream: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Result<Bytes> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| Error::InvalidJson(format!("cannot read body: {e}")))?;
+        if body.len() as u64 + chunk.remaining() as u64 > MAX_BODY {
+            return Err(Error::PayloadTooLarge(MAX_BODY));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
+fn body() -> impl Filter<Extract = (Result<Bytes>,), Error = warp::Rejection> + Clone {
+    warp::body::stream().then(|s| async move { read_body(Box::pin(s)).await })
+}
+
+fn auth() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequestBody {
+    topic: String,
+    partitions: Option<i64>,
+    replication_factor: Option<i64>,
+    #[serde(default)]
+    config: BTreeMap<String, serde_json::Value>,
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    note: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    topic: Option<String>,
+    actor: Option<String>,
+    kind: Option<String>,
+    request_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+fn parse_time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(&v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| Error::InvalidQuery(format!("{name} is not RFC 3339: {e}")))
+        })
+        .transpose()
+}
+
+impl AuditParams {
+    fn into_query(self) -> Result<AuditQuery> {
+        let limit = self.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+        if limit == 0 || limit > MAX_AUDIT_LIMIT {
+            return Err(Error::InvalidQuery(format!(
+                "limit must be between 1 and {MAX_AUDIT_LIMIT}"
+            )));
+        }
+        let request_id = self
+            .request_id
+            .map(|id| {
+                Uuid::parse_str(&id)
+                    .map_err(|_| Error::InvalidQuery(format!("request_id {id:?} is not a UUID")))
+            })
+            .transpose()?;
+        Ok(AuditQuery {
+            topic: self.topic,
+            actor: self.actor,
+            kind: self.kind,
+            request_id,
+            since: parse_time("since", self.since)?,
+            until: parse_time("until", self.until)?,
+            after: self.after,
+            limit,
+        })
+    }
+}
+
+async fn create_request(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
+    let principal = app.authenticate(auth)?;
+    let body: CreateRequestBody = parse_body(&body?)?;
+    let request = app
+        .approval
+        .send(RequestTopic {
+            principal,
+            topic: body.topic,
+            partitions: body.partitions,
+            replication_factor: body.replication_factor,
+            config: body.config,
+            reason: body.reason,
+        })
+        .await??;
+    Ok(json(StatusCode::CREATED, &request))
+}
+
+async fn list_requests(app: App, auth: Option<String>, filter: RequestFilter) -> Result<Response> {
+    app.authenticate(auth)?;
+    let requests = app.registry.send(ListRequests(filter)).await?;
+    Ok(json(StatusCode::OK, &requests))
+}
+
+async fn get_request(app: App, id: String, auth: Option<String>) -> Result<Response> {
+    app.authenticate(auth)?;
+    let request = app.registry.send(GetRequest(parse_id(&id)?)).await??;
+    Ok(json(StatusCode::OK, &request))
+}
+
+async fn act_on_request(
+    app: App,
+    id: String,
+    action: String,
+    auth: Option<String>,
+    body: Result<Bytes>,
+) -> Result<Response> {
+    let principal = app.authenticate(auth)?;
+    let id = parse_id(&id)?;
+    let body = body?;
+    let request = match action.as_str() {
+        "approve" => {
+            let b: ApproveBody = parse_body(&body)?;
+            app.approval
+                .send(Approve {
+                    principal,
+                    id,
+                    note: b.note,
+                })
+                .await??
+        }
+        "reject" => {
+            let b: ReasonBody = parse_body(&body)?;
+            app.approval
+                .send(Reject {
+                    principal,
+                    id,
+                    reason: b.reason,
+                })
+                .await??
+        }
+        "withdraw" => {
+            let _: EmptyBody = parse_body(&body)?;
+            app.approval.send(Withdraw { principal, id }).await??
+        }
+        other => return Err(Error::NotFound(format!("action {other}"))),
+    };
+    Ok(json(StatusCode::OK, &request))
+}
+
+async fn list_topics(app: App, auth: Option<String>) -> Result<Response> {
+    app.authenticate(auth)?;
+    let topics = app.registry.send(ListTopics).await?;
+    Ok(json(StatusCode::OK, &topics))
+}
+
+async fn get_topic(app: App, name: String, auth: Option<String>) -> Result<Response> {
+    app.authenticate(auth)?;
+    let topic = app.registry.send(GetTopic(name)).await??;
+    Ok(json(StatusCode::OK, &topic))
+}
+
+async fn request_deletion(
+    app: App,
+    name: String,
+    auth: Option<String>,
+    body: Result<Bytes>,
+) -> Result<Response> {
+    let principal = app.authenticate(auth)?;
+    let b: ReasonBody = parse_body(&body?)?;
+    let request = app
+        .approval
+        .send(RequestDeletion {
+            principal,
+            topic: name,
+            reason: b.reason,
+        })
+        .await??;
+    Ok(json(StatusCode::CREATED, &request))
+}
+
+async fn audit(app: App, auth: Option<String>, params: AuditParams) -> Result<Response> {
+    app.authenticate(auth)?;
+    let page = app
+        .event_store
+        .send(QueryAudit(params.into_query()?))
+        .await??;
+    Ok(json(StatusCode::OK, &page))
+}
+
+async fn ready(app: App) -> Result<Response> {
+    let reachable = app.provisioner.send(BrokerReachable).await?;
+    let status = if reachable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body =
+        serde_json::json!({ "ready": reachable, "replayed": true, "broker_reachable": reachable });
+    Ok(json(status, &body))
+}
+
+/// Every route, with warp's own rejections rendered as JSON errors.
+pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
+    let api = warp::path("api").and(warp::path("v1"));
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json(StatusCode::OK, &serde_json::json!({ "status": "up" })));
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_app.clone())
+        .then(ready)
+        .map(respond);
+
+    let requests = api.and(warp::path("topic-requests"));
+    let create = requests
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth())
+        .and(body())
+        .then(create_request)
+        .map(respond);
+    let list = requests
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .and(warp::query::<RequestFilter>())
+        .then(list_requests)
+        .map(respond);
+    let get = requests
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .then(|id, app, auth| get_request(app, id, auth))
+        .map(respond);
+    let act = requests
+        .and(warp::path::param::<String>())
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth())
+        .and(body())
+        .then(|id, action, app, auth, body| act_on_request(app, id, action, auth, body))
+        .map(respond);
+
+    let topics = api.and(warp::path("topics"));
+    let topic_list = topics
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .then(list_topics)
+        .map(respond);
+    let topic_get = topics
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .then(|name, app, auth| get_topic(app, name, auth))
+        .map(respond);
+    let deletion = topics
+        .and(warp::path::param::<String>())
+        .and(warp::path("deletion-requests"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth())
+        .and(body())
+        .then(|name, app, auth, body| request_deletion(app, name, auth, body))
+        .map(respond);
+
+    let audit = api
+        .and(warp::path("audit"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app)
+        .and(auth())
+        .and(warp::query::<AuditParams>())
+        .then(audit)
+        .map(respond);
+
+    healthz
+        .or(readyz)
+        .unify()
+        .or(create)
+        .unify()
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(act)
+        .unify()
+        .or(topic_list)
+        .unify()
+        .or(topic_get)
+        .unify()
+        .or(deletion)
+        .unify()
+        .or(audit)
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .with(warp::trace::request())
+        .boxed()
+}

@@ -1,0 +1,788 @@
+//! Shared helpers for the black-box tests: start the real `kafflow` binary on port 0 with a fresh
+//! data dir, talk to it over real HTTP, kill it with SIGKILL, restart it on the same data, and look
+//! at the real broker through Kafka's own metadata.
+//!
+//! Every test crate includes this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The principals every test service knows, with their roles.
+pub const PRINCIPALS: &[(&str, &[&str])] = &[
+    ("alice", &["producer"]),
+    ("bob", &["producer"]),
+    ("carol", &["admin"]),
+    ("dave", &["admin"]),
+    ("erin", &["consumer"]),
+];
+
+/// A bootstrap address where nothing listens: the broker looks down.
+pub const UNREACHABLE_BROKER: &str = "127.0.0.1:1";
+
+/// How long the service may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many stderr lines a failure message shows.
+const STDERR_TAIL: usize = 40;
+const STDERR_KEEP: usize = 400;
+
+/// The real broker the tests share.
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn random_u64() -> u64 {
+    // Each RandomState is freshly keyed; mixing in the clock keeps values apart across processes.
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
+}
+
+fn random_token() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+/// A topic name no other test (in this process or another) will use.
+pub fn unique_topic(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{prefix}-{}-{n}-{:06x}",
+        std::process::id(),
+        random_u64() & 0xff_ffff
+    )
+}
+
+/// Polls `f` every 100 ms until it returns true or `timeout` passes; returns whether it did.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `kafflow ARGS` to completion (killed after `timeout`) and returns its exit status
+/// (None if it had to be killed), stdout and stderr.
+pub fn run_kafflow(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kafflow"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kafflow");
+    // Read both pipes on threads so a chatty child never blocks on a full pipe.
+    let stdout = child.stdout.take().expect("stdout piped");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let out = thread::spawn(move || read_all(stdout));
+    let err = thread::spawn(move || read_all(stderr));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().expect("try_wait") {
+            Some(status) => break Some(status),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    (status, stdout, stderr)
+}
+
+fn read_all(mut from: impl Read) -> String {
+    let mut bytes = Vec::new();
+    let _ = from.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `kafflow audit verify --data-dir DIR`.
+pub fn audit_verify(data_dir: &Path) -> (Option<ExitStatus>, String, String) {
+    let dir = data_dir.to_str().expect("utf-8 path");
+    run_kafflow(
+        &["audit", "verify", "--data-dir", dir],
+        Duration::from_secs(60),
+    )
+}
+
+/// Parses `ok: N events, head HASH` into (N, HASH).
+pub fn parse_verify_ok(stdout: &str) -> Option<(u64, String)> {
+    let line = stdout.lines().find(|l| l.starts_with("ok: "))?;
+    let rest = line.strip_prefix("ok: ")?;
+    let (count, rest) = rest.split_once(" events, head ")?;
+    Some((count.trim().parse().ok()?, rest.trim().to_string()))
+}
+
+/// True when `text` mentions `seq N` for exactly this N (not `seq N0`, `seq N1`, ...).
+pub fn mentions_seq(text: &str, seq: i64) -> bool {
+    let needle = format!("seq {seq}");
+    text.match_indices(&needle).any(|(at, _)| {
+        !text[at + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// A running `kafflow serve` with its own config and data dir.
+pub struct Service {
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    data_dir: PathBuf,
+    bootstrap: String,
+    tokens: BTreeMap<&'static str, String>,
+    child: Option<Child>,
+    base_url: String,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    http: reqwest::blocking::Client,
+}
+
+impl Service {
+    /// Starts the service against the real broker.
+    pub fn start() -> Service {
+        Service::start_with_bootstrap(&bootstrap())
+    }
+
+    /// Starts the service against `bootstrap` (e.g. [`UNREACHABLE_BROKER`]).
+    pub fn start_with_bootstrap(bootstrap: &str) -> Service {
+        let dir = tempfile::Builder::new()
+            .prefix("kafflow-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        let tokens: BTreeMap<&'static str, String> = PRINCIPALS
+            .iter()
+            .map(|(name, _)| (*name, random_token()))
+            .collect();
+        let config_path = dir.path().join("kafflow.toml");
+        std::fs::write(&config_path, config_text(&tokens)).expect("write config");
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let mut service = Service {
+            dir,
+            config_path,
+            data_dir,
+            bootstrap: bootstrap.to_string(),
+            tokens,
+            child: None,
+            base_url: String::new(),
+            stderr: Arc::new(Mutex::new(VecDeque::new())),
+            http,
+        };
+        service.spawn();
+        service
+    }
+
+    fn serve_args(&self) -> Vec<String> {
+        vec![
+            "serve".into(),
+            "--config".into(),
+            self.config_path.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--bootstrap-servers".into(),
+            self.bootstrap.clone(),
+        ]
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "service already running");
+        self.stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kafflow"))
+            .args(self.serve_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kafflow serve");
+
+        let stderr = child.stderr.take().expect("stderr piped");
+        let sink = Arc::clone(&self.stderr);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut lines = sink.lock().expect("stderr lock");
+                if lines.len() == STDERR_KEEP {
+                    lines.pop_front();
+                }
+                lines.push_back(line);
+            }
+        });
+
+        // The reader keeps draining stdout after the address line so the child never blocks.
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel::<String>();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        self.child = Some(child);
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.trim().strip_prefix("listening on ") {
+                        self.base_url = addr.trim_end_matches('/').to_string();
+                        return;
+                    }
+                    seen.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let tail = self.stderr_tail();
+                    self.kill9();
+                    panic!(
+                        "kafflow serve printed no `listening on` line within {START_TIMEOUT:?}; \
+                         stdout: {seen:?}\nstderr tail:\n{tail}"
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                    self.child = None;
+                    // Give the stderr reader a moment to collect the last lines.
+                    thread::sleep(Duration::from_millis(200));
+                    panic!(
+                        "kafflow serve exited ({status:?}) before listening; stdout: {seen:?}\n\
+                         stderr tail:\n{}",
+                        self.stderr_tail()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The last stderr lines of the current process, for failure messages.
+    pub fn stderr_tail(&self) -> String {
+        let lines = self.stderr.lock().expect("stderr lock");
+        let skip = lines.len().saturating_sub(STDERR_TAIL);
+        lines
+            .iter()
+            .skip(skip)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// SIGKILL, then reap. Nothing gets a chance to flush or shut down cleanly.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process (if running) and starts it again on the same config and data dir.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Like [`Service::restart`], pointing at another broker from now on.
+    pub fn restart_with_bootstrap(&mut self, bootstrap: &str) {
+        self.kill9();
+        self.bootstrap = bootstrap.to_string();
+        self.spawn();
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Runs `kafflow serve` on this data dir expecting it to fail: returns (status, stdout, stderr).
+    /// The service must not be running.
+    pub fn serve_expecting_exit(&self, timeout: Duration) -> (Option<ExitStatus>, String, String) {
+        assert!(self.child.is_none(), "stop the service first");
+        let args = self.serve_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_kafflow(&args, timeout)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("kafflow.db")
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The plaintext bearer token of a principal.
+    pub fn token(&self, who: &str) -> &str {
+        self.tokens
+            .get(who)
+            .unwrap_or_else(|| panic!("no principal named {who}"))
+    }
+
+    // ------------------------------------------------------------------ HTTP
+
+    /// Sends one request; `token` None sends no Authorization header. Returns the status and the
+    /// body as JSON (`Null` for an empty body, a JSON string holding the text if it is not JSON).
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("http method");
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        if let Some((bytes, content_type)) = body {
+            request = request.header("Content-Type", content_type).body(bytes);
+        }
+        let response = request
+            .send()
+            .unwrap_or_else(|e| panic!("{path}: {e}\nstderr tail:\n{}", self.stderr_tail()));
+        let status = response.status().as_u16();
+        let text = response.text().expect("response body");
+        let body = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body)
+    }
+
+    /// GET with a raw `Authorization` header value.
+    pub fn send_with_header(&self, path: &str, authorization: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .header("Authorization", authorization)
+            .send()
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().expect("response body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// GET as principal `who`.
+    pub fn get(&self, who: &str, path: &str) -> (u16, Value) {
+        self.send("GET", path, Some(self.token(who)), None)
+    }
+
+    /// GET without a token.
+    pub fn get_anon(&self, path: &str) -> (u16, Value) {
+        self.send("GET", path, None, None)
+    }
+
+    /// POST a JSON body as principal `who`.
+    pub fn post(&self, who: &str, path: &str, body: &Value) -> (u16, Value) {
+        let bytes = serde_json::to_vec(body).expect("json body");
+        self.send(
+            "POST",
+            path,
+            Some(self.token(who)),
+            Some((bytes, "application/json")),
+        )
+    }
+
+    /// POST raw bytes as principal `who`.
+    pub fn post_raw(&self, who: &str, path: &str, bytes: &[u8]) -> (u16, Value) {
+        self.send(
+            "POST",
+            path,
+            Some(self.token(who)),
+            Some((bytes.to_vec(), "application/json")),
+        )
+    }
+
+    // ---------------------------------------------------------- domain calls
+
+    /// Files a create request as `who`; asserts 201 and returns the request.
+    pub fn create_request(&self, who: &str, body: Value) -> Value {
+        let (status, reply) = self.post(who, "/api/v1/topic-requests", &body);
+        assert_eq!(status, 201, "create request {body} as {who}: {reply}");
+        reply
+    }
+
+    /// Files a create request for `topic` with `partitions` as `who`; returns the request id.
+    pub fn request_topic(&self, who: &str, topic: &str, partitions: u32) -> String {
+        let reply = self.create_request(
+            who,
+            json!({"topic": topic, "partitions": partitions, "reason": "test"}),
+        );
+        id_of(&reply)
+    }
+
+    /// Approves as `who`; asserts 200 and returns the request.
+    pub fn approve(&self, who: &str, id: &str) -> Value {
+        let path = format!("/api/v1/topic-requests/{id}/approve");
+        let (status, reply) = self.post(who, &path, &json!({}));
+        assert_eq!(status, 200, "approve {id} as {who}: {reply}");
+        reply
+    }
+
+    /// GET one request (as carol); asserts 200.
+    pub fn request(&self, id: &str) -> Value {
+        let (status, reply) = self.get("carol", &format!("/api/v1/topic-requests/{id}"));
+        assert_eq!(status, 200, "GET request {id}: {reply}");
+        reply
+    }
+
+    /// GET one topic (as carol): (status, body).
+    pub fn topic(&self, name: &str) -> (u16, Value) {
+        self.get("carol", &format!("/api/v1/topics/{name}"))
+    }
+
+    /// Polls until the request has `status`; panics (with what it last saw) if the request settles
+    /// in another final status or the timeout passes.
+    pub fn wait_request_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let request = self.request(id);
+            let now = request["status"].as_str().unwrap_or_default().to_string();
+            if now == status {
+                return request;
+            }
+            let settled = ["completed", "failed", "rejected", "withdrawn"].contains(&now.as_str());
+            if settled || Instant::now() >= deadline {
+                panic!(
+                    "request {id}: waited for status {status}, got {request}\nstderr tail:\n{}",
+                    self.stderr_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls until the topic has `status`; panics with what it last saw after `timeout`.
+    pub fn wait_topic_status(&self, name: &str, status: &str, timeout: Duration) -> Value {
+        let mut last = (0, Value::Null);
+        let found = wait_until(timeout, || {
+            last = self.topic(name);
+            last.0 == 200 && last.1["status"] == status
+        });
+        assert!(
+            found,
+            "topic {name}: waited for status {status}, got {} {}\nstderr tail:\n{}",
+            last.0,
+            last.1,
+            self.stderr_tail()
+        );
+        last.1
+    }
+
+    /// Files and approves (by carol) a create request from alice and waits until the topic is
+    /// active; returns the request id.
+    pub fn provision(&self, topic: &str, partitions: u32) -> String {
+        let id = self.request_topic("alice", topic, partitions);
+        self.approve("carol", &id);
+        self.wait_request_status(&id, "completed", Duration::from_secs(60));
+        self.wait_topic_status(topic, "active", Duration::from_secs(10));
+        id
+    }
+
+    /// Every audit event matching `query` (e.g. `topic=x`), following the `next` cursor.
+    pub fn audit(&self, query: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after: Option<u64> = None;
+        for _ in 0..10_000 {
+            let mut q = query.to_string();
+            if let Some(after) = after {
+                if !q.is_empty() {
+                    q.push('&');
+                }
+                q.push_str(&format!("after={after}"));
+            }
+            let (status, page) = self.get("carol", &format!("/api/v1/audit?{q}"));
+            assert_eq!(status, 200, "GET /api/v1/audit?{q}: {page}");
+            let batch = page["events"]
+                .as_array()
+                .unwrap_or_else(|| panic!("audit page without events: {page}"));
+            events.extend(batch.iter().cloned());
+            match page["next"].as_u64() {
+                Some(next) => {
+                    assert!(
+                        after.is_none_or(|a| next > a),
+                        "audit cursor does not advance: after {after:?}, next {next}"
+                    );
+                    after = Some(next);
+                }
+                None => {
+                    assert!(page["next"].is_null(), "bad next cursor: {page}");
+                    return events;
+                }
+            }
+        }
+        panic!("audit paging did not end");
+    }
+
+    /// Polls /readyz until 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let mut last = (0, Value::Null);
+        let ready = wait_until(timeout, || {
+            last = self.get_anon("/readyz");
+            last.0 == 200
+        });
+        assert!(
+            ready,
+            "/readyz never became 200: {} {}\nstderr tail:\n{}",
+            last.0,
+            last.1,
+            self.stderr_tail()
+        );
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn config_text(tokens: &BTreeMap<&'static str, String>) -> String {
+    let mut text = format!(
+        r#"[kafka]
+bootstrap_servers = "{}"
+
+[store]
+synchronous = "full"
+
+[policy]
+topic_name_pattern = "^[a-z0-9][a-z0-9._-]*$"
+default_partitions = 3
+max_partitions = 12
+default_replication_factor = 1
+max_replication_factor = 1
+"#,
+        bootstrap()
+    );
+    for (name, roles) in PRINCIPALS {
+        let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
+        text.push_str(&format!(
+            "\n[[principals]]\nname = \"{name}\"\nroles = [{}]\ntoken_sha256 = \"{}\"\n",
+            roles.join(", "),
+            sha256_hex(&tokens[name])
+        ));
+    }
+    text
+}
+
+/// The `id` of a request reply.
+pub fn id_of(request: &Value) -> String {
+    request["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {request}"))
+        .to_string()
+}
+
+/// The `error.code` of an error reply.
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error.code>")
+}
+
+/// Asserts an error reply: status, code, and a non-empty message.
+#[track_caller]
+pub fn assert_error(reply: &(u16, Value), status: u16, code: &str, what: &str) {
+    assert_eq!(
+        (reply.0, error_code(&reply.1)),
+        (status, code),
+        "{what}: got {} {}",
+        reply.0,
+        reply.1
+    );
+    assert!(
+        reply.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.trim().is_empty()),
+        "{what}: error without a message: {}",
+        reply.1
+    );
+}
+
+/// Collects many error expectations and reports every mismatch at once, so one run shows all
+/// the ways the service answers differently from the contract.
+#[derive(Default)]
+pub struct Checks {
+    failures: Vec<String>,
+    count: usize,
+}
+
+impl Checks {
+    /// Expects `status` with one of `codes` in `{"error":{"code","message"}}`.
+    pub fn expect(&mut self, what: &str, reply: (u16, Value), status: u16, codes: &[&str]) {
+        self.count += 1;
+        let code = error_code(&reply.1);
+        let has_message = reply.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.trim().is_empty());
+        if reply.0 != status || !codes.contains(&code) || !has_message {
+            self.failures.push(format!(
+                "{what}: expected {status} {codes:?}, got {} {}",
+                reply.0, reply.1
+            ));
+        }
+    }
+
+    /// Panics listing every mismatch.
+    pub fn finish(self) {
+        assert!(self.count > 0, "no checks ran");
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} checks failed:\n{}",
+            self.failures.len(),
+            self.count,
+            self.failures.join("\n")
+        );
+    }
+}
+
+/// The `kind`s of audit events, in order.
+pub fn kinds(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("<no kind>"))
+        .collect()
+}
+
+// -------------------------------------------------------------------- Kafka
+
+/// Runs a future to completion on a small runtime of its own.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+/// An admin client on the real broker that never asks the broker to create topics.
+pub fn kafka_admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("kafka admin client")
+}
+
+/// The partition count of `name` according to the broker's own metadata; None if the broker
+/// does not know the topic.
+pub fn kafka_topic_partitions(name: &str) -> Option<usize> {
+    let admin = kafka_admin();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = match admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+        {
+            Ok(metadata) => {
+                let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
+                    return None;
+                };
+                match topic.error().map(RDKafkaErrorCode::from) {
+                    None => return Some(topic.partitions().len()),
+                    Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+                    | Some(RDKafkaErrorCode::UnknownTopic) => return None,
+                    // Leader election right after a create or delete: ask again.
+                    Some(other) => format!("topic error {other:?}"),
+                }
+            }
+            Err(e) => format!("metadata request failed: {e}"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "no usable metadata for {name} from {}: {last}",
+            bootstrap()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One topic config value as the broker reports it.
+pub fn kafka_topic_config(name: &str, key: &str) -> Option<String> {
+    let admin = kafka_admin();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = block_on(admin.describe_configs(&[ResourceSpecifier::Topic(name)], &opts))
+        .expect("describe configs");
+    let resource = results
+        .into_iter()
+        .next()
+        .expect("one result")
+        .unwrap_or_else(|e| panic!("describe configs of {name}: {e:?}"));
+    resource.get(key).and_then(|entry| entry.value.clone())
+}
+
+/// Creates a topic directly in Kafka, behind KafFlow's back.
+pub fn kafka_create_topic(name: &str, partitions: i32) {
+    let admin = kafka_admin();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = block_on(admin.create_topics(&[topic], &opts)).expect("create topics");
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("create {topic} in Kafka: {e:?}"));
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || kafka_topic_partitions(name)
+            == Some(partitions as usize)),
+        "topic {name} created in Kafka but not visible in metadata"
+    );
+}
+
+/// Deletes a topic directly in Kafka (cleanup); ignores a topic that is already gone.
+pub fn kafka_delete_topic(name: &str) {
+    let admin = kafka_admin();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let _ = block_on(admin.delete_topics(&[name], &opts));
+}
