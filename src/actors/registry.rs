@@ -427,7 +427,13 @@ impl Governance {
         }
     }
 
-    fn requests(&self, filter: &RequestFilter) -> Vec<TopicRequest> {
+    /// Every topic, in name order.
+    pub fn topics(&self) -> Vec<Topic> {
+        self.topics.values().cloned().collect()
+    }
+
+    /// The requests that pass `filter`, oldest first (ids are UUID v7).
+    pub fn requests(&self, filter: &RequestFilter) -> Vec<TopicRequest> {
         self.requests
             .values()
             .filter(|r| filter.status.is_none_or(|s| r.status == s))
@@ -601,7 +607,7 @@ impl Handler<ListTopics> for Registry {
     type Result = MessageResult<ListTopics>;
 
     fn handle(&mut self, _: ListTopics, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.topics.values().cloned().collect())
+        MessageResult(self.state.topics())
     }
 }
 
