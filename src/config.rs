@@ -154,9 +154,18 @@ impl Config {
     }
 
     pub fn parse(text: &str, overrides: Overrides) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: e.message().to_string(),
+        let file: File = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            let message = e.message().replace('\n', "; ");
+            ConfigError::Parse {
+                path: PathBuf::new(),
+                message: match line {
+                    Some(line) => format!("line {line}: {message}"),
+                    None => message,
+                },
+            }
         })?;
         let mut kafka = file.kafka;
         if let Some(servers) = overrides.bootstrap_servers {

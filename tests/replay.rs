@@ -83,7 +83,7 @@ async fn topic_lifecycle(registry: Addr<Registry>, n: usize) {
     .await;
     let outcome = Outcome::Provisioned {
         spec: spec(),
-        already_existed: n % 3 == 0,
+        already_existed: n.is_multiple_of(3),
     };
     run(&registry, Command::RecordOutcome { id: r.id, outcome }).await;
     let d = run(
@@ -96,7 +96,7 @@ async fn topic_lifecycle(registry: Addr<Registry>, n: usize) {
     )
     .await;
     run(&registry, decide(d.id, Decision::Approve { note: None })).await;
-    let outcome = if n % 7 == 0 {
+    let outcome = if n.is_multiple_of(7) {
         Outcome::DeletionFailed {
             error: "TopicDeletionDisabled".into(),
         }

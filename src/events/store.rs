@@ -257,7 +257,9 @@ impl Store {
         let conn = self.conn;
         thread::Builder::new()
             .name("event-writer".into())
-            .spawn(move || write_loop(conn, head, rx))
+            .spawn(move || {
+                write_loop(conn, head, rx);
+            })
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "Cannot start the event writer."));
         Writer { tx, path }
@@ -327,7 +329,9 @@ impl Writer {
 }
 
 /// Group commit: take every job waiting, write them in one transaction, answer them all.
-fn write_loop(mut conn: Connection, mut head: ChainHead, rx: mpsc::Receiver<AppendJob>) {
+/// Returns how many transactions it committed.
+fn write_loop(mut conn: Connection, mut head: ChainHead, rx: mpsc::Receiver<AppendJob>) -> u64 {
+    let mut commits = 0;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let mut count = jobs[0].events.len();
@@ -349,6 +353,7 @@ fn write_loop(mut conn: Connection, mut head: ChainHead, rx: mpsc::Receiver<Appe
                     "Events committed."
                 );
                 head = new_head;
+                commits += 1;
                 for (job, events) in jobs.into_iter().zip(written) {
                     let _ = job.reply.send(Ok(events));
                 }
@@ -362,6 +367,7 @@ fn write_loop(mut conn: Connection, mut head: ChainHead, rx: mpsc::Receiver<Appe
             }
         }
     }
+    commits
 }
 
 type Committed = (ChainHead, Vec<Vec<Event>>);
@@ -547,6 +553,32 @@ mod tests {
         let mut replayed = Vec::new();
         store.replay(|e| replayed.push(e)).expect("replay");
         assert_eq!(replayed, written);
+    }
+
+    #[tokio::test]
+    async fn waiting_appends_share_one_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Full).expect("open");
+        let (tx, rx) = mpsc::channel();
+        let replies: Vec<_> = (0..40)
+            .map(|n| {
+                let (reply, done) = oneshot::channel();
+                tx.send(AppendJob {
+                    events: vec![event(n)],
+                    reply,
+                })
+                .expect("queued");
+                done
+            })
+            .collect();
+        drop(tx);
+        // Forty callers were waiting when the writer woke: one transaction serves them all.
+        assert_eq!(write_loop(store.conn, ChainHead::default(), rx), 1);
+        for (n, done) in replies.into_iter().enumerate() {
+            let events = done.await.expect("reply").expect("commit");
+            assert_eq!(events[0].seq, n as u64 + 1);
+        }
+        assert_eq!(verify(dir.path()).expect("verify").seq, 40);
     }
 
     #[tokio::test]
