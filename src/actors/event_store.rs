@@ -1,10 +1,11 @@
 //! The event store actor: the one door to the log. Appends go to the group-committing writer;
-//! audit queries run on their own read connections off the actor's thread.
+//! audit queries run on their own read connections off the actor's thread. Every committed
+//! event is passed on to the actors that follow the log (`Follow`), in seq order.
 
 use actix::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::events::{AuditPage, AuditQuery, Event, NewEvent, Writer};
+use crate::events::{AuditPage, AuditQuery, Event, NewEvent, StoreError, Writer};
 
 pub struct EventStore {
     writer: Writer,
@@ -22,19 +23,37 @@ impl Actor for EventStore {
 
 /// Appends events; answered once they are committed, with their seqs.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Event>, crate::events::StoreError>")]
+#[rtype(result = "Result<Vec<Event>, StoreError>")]
 pub struct Append(pub Vec<NewEvent>);
 
+/// Events that have just been committed, sent to every follower.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Committed(pub Vec<Event>);
+
+/// Registers an actor to be told of every event committed from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Follow(pub Recipient<Committed>);
+
+impl Handler<Follow> for EventStore {
+    type Result = ();
+
+    fn handle(&mut self, msg: Follow, _: &mut Context<Self>) {
+        let follower = msg.0;
+        // Told from the writer thread right after each commit, so followers see seq order.
+        self.writer.observe(Box::new(move |events| {
+            follower.do_send(Committed(events.to_vec()))
+        }));
+    }
+}
+
 impl Handler<Append> for EventStore {
-    type Result = ResponseFuture<Result<Vec<Event>, crate::events::StoreError>>;
+    type Result = ResponseFuture<Result<Vec<Event>, StoreError>>;
 
     fn handle(&mut self, msg: Append, _: &mut Context<Self>) -> Self::Result {
         let committed = self.writer.append(msg.0);
-        Box::pin(async move {
-            committed
-                .await
-                .unwrap_or(Err(crate::events::StoreError::WriterGone))
-        })
+        Box::pin(async move { committed.await.unwrap_or(Err(StoreError::WriterGone)) })
     }
 }
 

@@ -146,11 +146,9 @@ impl Governance {
     /// Turns one event into state. Replay and live appends both come here. It cannot fail:
     /// the registry only writes events that fit the state, so a valid log always applies.
     pub fn apply(&mut self, event: &NewEvent) {
+        // Governance events always name a topic and a request; the others (subscriptions,
+        // held records, drift) belong to other actors' state.
         let (Some(topic), Some(id)) = (event.topic.as_deref(), event.request_id) else {
-            tracing::warn!(
-                kind = event.kind.name(),
-                "Event without topic or request ignored."
-            );
             return;
         };
         match &event.kind {

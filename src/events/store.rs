@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -255,14 +255,20 @@ impl Store {
         let (tx, rx) = mpsc::channel::<AppendJob>();
         let path = self.path.clone();
         let conn = self.conn;
+        let observers = Observers::default();
+        let told = observers.clone();
         thread::Builder::new()
             .name("event-writer".into())
             .spawn(move || {
-                write_loop(conn, head, rx);
+                write_loop(conn, head, rx, &told);
             })
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "Cannot start the event writer."));
-        Writer { tx, path }
+        Writer {
+            tx,
+            path,
+            observers,
+        }
     }
 }
 
@@ -303,11 +309,30 @@ struct AppendJob {
     reply: oneshot::Sender<Result<Vec<Event>, StoreError>>,
 }
 
+/// Called with every committed batch, in seq order, on the writer thread: keep it short.
+pub type Observer = Box<dyn Fn(&[Event]) + Send>;
+
+#[derive(Clone, Default)]
+struct Observers(Arc<Mutex<Vec<Observer>>>);
+
+impl Observers {
+    fn tell(&self, events: &[Event]) {
+        let observers = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for observe in observers.iter() {
+            observe(events);
+        }
+    }
+}
+
 /// The handle to the writer thread. Appends from many callers are committed together.
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<AppendJob>,
     path: PathBuf,
+    observers: Observers,
 }
 
 impl Writer {
@@ -326,11 +351,25 @@ impl Writer {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Registers `observer` for every batch committed from now on.
+    pub fn observe(&self, observer: Observer) {
+        self.observers
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(observer);
+    }
 }
 
 /// Group commit: take every job waiting, write them in one transaction, answer them all.
 /// Returns how many transactions it committed.
-fn write_loop(mut conn: Connection, mut head: ChainHead, rx: mpsc::Receiver<AppendJob>) -> u64 {
+fn write_loop(
+    mut conn: Connection,
+    mut head: ChainHead,
+    rx: mpsc::Receiver<AppendJob>,
+    observers: &Observers,
+) -> u64 {
     let mut commits = 0;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -354,6 +393,8 @@ fn write_loop(mut conn: Connection, mut head: ChainHead, rx: mpsc::Receiver<Appe
                 );
                 head = new_head;
                 commits += 1;
+                let all: Vec<Event> = written.iter().flatten().cloned().collect();
+                observers.tell(&all);
                 for (job, events) in jobs.into_iter().zip(written) {
                     let _ = job.reply.send(Ok(events));
                 }
@@ -573,7 +614,23 @@ mod tests {
             .collect();
         drop(tx);
         // Forty callers were waiting when the writer woke: one transaction serves them all.
-        assert_eq!(write_loop(store.conn, ChainHead::default(), rx), 1);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let observers = Observers::default();
+        let log = seen.clone();
+        observers
+            .0
+            .lock()
+            .expect("lock")
+            .push(Box::new(move |events: &[Event]| {
+                log.lock()
+                    .expect("lock")
+                    .extend(events.iter().map(|e| e.seq));
+            }));
+        assert_eq!(
+            write_loop(store.conn, ChainHead::default(), rx, &observers),
+            1
+        );
+        assert_eq!(*seen.lock().expect("lock"), (1..=40).collect::<Vec<u64>>());
         for (n, done) in replies.into_iter().enumerate() {
             let events = done.await.expect("reply").expect("commit");
             assert_eq!(events[0].seq, n as u64 + 1);
