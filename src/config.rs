@@ -26,11 +26,135 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The TCP ingest listener for high-rate producers.
+    pub ingest_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub kafka: KafkaConfig,
     pub durability: Durability,
     pub policy: Policy,
     pub principals: Directory,
+    pub spool: SpoolLimits,
+    pub publisher: PublisherConfig,
+    pub watcher: WatcherConfig,
+    pub feeds: FeedConfig,
+}
+
+/// Bounds of the held-record spool; past them ingest answers 429 until space frees.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolLimits {
+    #[serde(default = "default_max_records_per_topic")]
+    pub max_records_per_topic: u64,
+    #[serde(default = "default_max_bytes_total")]
+    pub max_bytes_total: u64,
+}
+
+impl Default for SpoolLimits {
+    fn default() -> Self {
+        SpoolLimits {
+            max_records_per_topic: default_max_records_per_topic(),
+            max_bytes_total: default_max_bytes_total(),
+        }
+    }
+}
+
+fn default_max_records_per_topic() -> u64 {
+    1_000_000
+}
+fn default_max_bytes_total() -> u64 {
+    1 << 30
+}
+
+/// The shared Kafka producer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherConfig {
+    /// How long Kafka may take to acknowledge a record before it goes to the spool instead.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub delivery_timeout_ms: u64,
+    /// Largest record value accepted, in bytes.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        PublisherConfig {
+            delivery_timeout_ms: default_delivery_timeout_ms(),
+            max_record_bytes: default_max_record_bytes(),
+        }
+    }
+}
+
+fn default_delivery_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_record_bytes() -> usize {
+    1 << 20
+}
+
+/// Reconciliation with Kafka's real metadata.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherConfig {
+    #[serde(default = "default_reconcile_interval_ms")]
+    pub reconcile_interval_ms: u64,
+}
+
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        WatcherConfig {
+            reconcile_interval_ms: default_reconcile_interval_ms(),
+        }
+    }
+}
+
+fn default_reconcile_interval_ms() -> u64 {
+    30_000
+}
+
+/// Websocket feeds and the per-user consumers behind them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Frames a feed may have waiting for its socket before the user's partitions pause.
+    #[serde(default = "default_buffer_frames")]
+    pub buffer_frames: usize,
+    /// A feed with frames waiting that writes nothing for this long is closed.
+    #[serde(default = "default_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
+    /// A user's consumer stops after this long without a feed.
+    #[serde(default = "default_idle_consumer_ms")]
+    pub idle_consumer_ms: u64,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            buffer_frames: default_buffer_frames(),
+            stall_timeout_ms: default_stall_timeout_ms(),
+            idle_consumer_ms: default_idle_consumer_ms(),
+        }
+    }
+}
+
+fn default_buffer_frames() -> usize {
+    1000
+}
+fn default_stall_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_consumer_ms() -> u64 {
+    30_000
+}
+
+fn validate_feeds(feeds: FeedConfig) -> Result<FeedConfig, ConfigError> {
+    if feeds.buffer_frames == 0 || feeds.stall_timeout_ms == 0 {
+        return Err(ConfigError::Invalid(
+            "feeds.buffer_frames and feeds.stall_timeout_ms must be at least 1".into(),
+        ));
+    }
+    Ok(feeds)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +228,7 @@ fn one() -> i32 {
 #[serde(deny_unknown_fields)]
 struct File {
     listen: Option<SocketAddr>,
+    ingest_listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
     kafka: KafkaConfig,
@@ -113,6 +238,14 @@ struct File {
     policy: Policy,
     #[serde(default)]
     principals: Vec<PrincipalFile>,
+    #[serde(default)]
+    spool: SpoolLimits,
+    #[serde(default)]
+    publisher: PublisherConfig,
+    #[serde(default)]
+    watcher: WatcherConfig,
+    #[serde(default)]
+    feeds: FeedConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +267,7 @@ struct PrincipalFile {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    pub ingest_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub bootstrap_servers: Option<String>,
 }
@@ -183,6 +317,10 @@ impl Config {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            ingest_listen: overrides
+                .ingest_listen
+                .or(file.ingest_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
             data_dir: overrides
                 .data_dir
                 .or(file.data_dir)
@@ -191,6 +329,10 @@ impl Config {
             durability: file.store.synchronous,
             policy,
             principals,
+            spool: file.spool,
+            publisher: file.publisher,
+            watcher: file.watcher,
+            feeds: validate_feeds(file.feeds)?,
         })
     }
 }
@@ -300,6 +442,7 @@ mod tests {
             "[[principals]]\nname = \"a\"\nroles = [\"wizard\"]\ntoken_sha256 = \"abc\"",
             "unknown_key = 1",
             "[store]\nsynchronous = \"sometimes\"",
+            "[feeds]\nbuffer_frames = 0",
         ] {
             assert!(Config::parse(bad, Overrides::default()).is_err(), "{bad}");
         }

@@ -29,6 +29,18 @@ pub enum Error {
     InvalidJson(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(u64),
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+    #[error("record {index}: {reason}")]
+    BadRecord { index: usize, reason: String },
+    #[error("topic {0} is not known; add ?request=true to ask for it")]
+    UnknownTopic(String),
+    #[error("topic {topic} takes no records: {why}")]
+    TopicClosed { topic: String, why: String },
+    #[error("spool full: {0}")]
+    SpoolFull(String),
+    #[error("spool: {0}")]
+    Spool(String),
     #[error("invalid id: {0}")]
     InvalidId(String),
     #[error("invalid query: {0}")]
@@ -50,6 +62,10 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("service is shutting down")]
     Unavailable,
+    #[error("this route is a websocket: send an Upgrade request")]
+    UpgradeRequired,
+    #[error("cannot start the Kafka consumer: {0}")]
+    ConsumerUnavailable(String),
 }
 
 impl Error {
@@ -68,6 +84,11 @@ impl Error {
             Error::ReasonRequired => "reason_required",
             Error::InvalidJson(_) => "invalid_json",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::InvalidRecord(_) | Error::BadRecord { .. } => "invalid_record",
+            Error::UnknownTopic(_) => "unknown_topic",
+            Error::TopicClosed { .. } => "topic_closed",
+            Error::SpoolFull(_) => "spool_full",
+            Error::Spool(_) => "spool_error",
             Error::InvalidId(_) => "invalid_id",
             Error::InvalidQuery(_) => "invalid_query",
             Error::NotFound(_) => "not_found",
@@ -77,6 +98,8 @@ impl Error {
             Error::TopicNotActive { .. } => "topic_not_active",
             Error::Store(_) => "store_error",
             Error::Unavailable => "unavailable",
+            Error::UpgradeRequired => "upgrade_required",
+            Error::ConsumerUnavailable(_) => "consumer_unavailable",
         }
     }
 }

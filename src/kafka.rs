@@ -1,14 +1,20 @@
 //! Kafka client settings and metadata reads shared by the actors that talk to the cluster.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::oneshot;
 
 use crate::config::KafkaConfig;
+use crate::record::Record;
 
 /// The client config every KafFlow client starts from: the bootstrap servers and the
 /// user's pass-through properties (security and the like).
@@ -77,4 +83,151 @@ pub fn broker_reachable(admin: &AdminClient<DefaultClientContext>, timeout: Dura
         .fetch_metadata(None, timeout)
         .map(|m| !m.brokers().is_empty())
         .unwrap_or(false)
+}
+
+/// The settings of KafFlow's shared producer: idempotent, `acks=all`, never creating topics.
+/// The ingest benchmark's raw-rdkafka baseline uses the same.
+pub fn producer_config(kafka: &KafkaConfig, delivery_timeout_ms: u64) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("allow.auto.create.topics", "false")
+        .set("message.timeout.ms", delivery_timeout_ms.to_string())
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576");
+    // The user's properties win over ours.
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Delivery reports of one group of records sent together.
+struct Batch {
+    remaining: AtomicUsize,
+    failed: Mutex<Vec<usize>>,
+    done: Mutex<Option<oneshot::Sender<Vec<usize>>>>,
+}
+
+impl Batch {
+    fn finish(&self, n: usize) {
+        if self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
+            let failed = std::mem::take(&mut *lock(&self.failed));
+            if let Some(done) = lock(&self.done).take() {
+                let _ = done.send(failed);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Which record of which batch a delivery report is about.
+pub struct Ack {
+    batch: Arc<Batch>,
+    index: usize,
+}
+
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<Ack>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        if result.is_err() {
+            lock(&ack.batch.failed).push(ack.index);
+        }
+        ack.batch.finish(1);
+    }
+}
+
+/// A producer that reports per batch: which records Kafka did not take.
+pub struct BatchProducer {
+    producer: ThreadedProducer<AckContext>,
+}
+
+/// What became of a batch handed to `BatchProducer::send`.
+pub struct Sent {
+    /// Records `0..enqueued` went to librdkafka; the rest found its queue full.
+    pub enqueued: usize,
+    /// Resolves with the indices of enqueued records that Kafka did not acknowledge.
+    pub failed: oneshot::Receiver<Vec<usize>>,
+}
+
+impl BatchProducer {
+    pub fn new(config: &ClientConfig) -> KafkaResult<Self> {
+        Ok(BatchProducer {
+            producer: config.create_with_context(AckContext)?,
+        })
+    }
+
+    /// Enqueues `records` for `topic` in order without blocking. Stops at the first record
+    /// that does not fit in the queue.
+    pub fn send(&self, topic: &str, records: &[Record]) -> Sent {
+        let (done, failed) = oneshot::channel();
+        let batch = Arc::new(Batch {
+            // One extra count, released below, so the batch cannot finish while enqueuing.
+            remaining: AtomicUsize::new(records.len() + 1),
+            failed: Mutex::new(Vec::new()),
+            done: Mutex::new(Some(done)),
+        });
+        let mut enqueued = 0;
+        for (index, record) in records.iter().enumerate() {
+            let ack = Box::new(Ack {
+                batch: batch.clone(),
+                index,
+            });
+            let mut base = BaseRecord::<str, [u8], Box<Ack>>::with_opaque_to(topic, ack)
+                .payload(record.value.as_slice());
+            if let Some(key) = &record.key {
+                base = base.key(key.as_str());
+            }
+            if !record.headers.is_empty() {
+                let headers = record
+                    .headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |h, (k, v)| {
+                        h.insert(Header {
+                            key: k,
+                            value: Some(v.as_str()),
+                        })
+                    });
+                base = base.headers(headers);
+            }
+            match self.producer.send(base) {
+                Ok(()) => enqueued += 1,
+                Err((e, _)) => {
+                    if !matches!(
+                        e,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                    ) {
+                        tracing::warn!(%topic, error = %e, "Record not enqueued.");
+                    }
+                    break;
+                }
+            }
+        }
+        batch.finish(records.len() - enqueued + 1);
+        Sent { enqueued, failed }
+    }
+}
+
+/// Every non-internal topic in the cluster with its partition count. Blocking.
+pub fn list_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    timeout: Duration,
+) -> KafkaResult<std::collections::BTreeMap<String, i32>> {
+    let metadata = admin.inner().fetch_metadata(None, timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| !t.name().starts_with("__") && t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect())
 }

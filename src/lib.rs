@@ -12,14 +12,20 @@
 //! - `identity`: principals and bearer-token authentication.
 //! - `kafka`: client settings and metadata reads shared by the actors that talk to Kafka.
 //! - `error`: the domain errors, each with a stable code.
+//! - `client`: the command-line clients of a running service (`kafflow consume`).
 
 pub mod actors;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod http;
 pub mod identity;
 pub mod kafka;
+pub mod metrics;
+pub mod record;
+pub mod spool;
+pub mod sqlite;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,10 +35,18 @@ use tokio::net::TcpListener;
 
 use actors::approval::Approval;
 use actors::event_store::EventStore;
+use actors::event_store::Follow;
+use actors::listener::Listener;
 use actors::provisioner::{Provision, Provisioner};
-use actors::registry::{Governance, Registry, UnfinishedWork};
+use actors::publisher::{Publisher, SetRoute};
+use actors::registry::{AllRoutes, Governance, Registry, UnfinishedWork};
+use actors::subscriptions::{SubscriptionBook, Subscriptions};
+use actors::watcher::Watcher;
 use config::Config;
 use events::{Store, StoreError};
+use kafka::BatchProducer;
+use spool::Spool;
+use std::time::Duration;
 
 /// Why `serve` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,14 +60,31 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot create the Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot open the spool: {0}")]
+    Spool(#[from] error::Error),
     #[error("actor system stopped during startup")]
     Actors(#[from] actix::MailboxError),
 }
 
+/// Everything rebuilt from the log, one part per actor that owns state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub governance: Governance,
+    pub subscriptions: SubscriptionBook,
+}
+
+impl State {
+    /// Every part sees every event and takes the ones it owns.
+    pub fn apply(&mut self, event: &events::NewEvent) {
+        self.governance.apply(event);
+        self.subscriptions.apply(event);
+    }
+}
+
 /// Rebuilds state from the log in `data_dir` and returns it with the open store.
-pub fn replay(config: &Config) -> Result<(Store, Governance, events::ChainHead), StoreError> {
+pub fn replay(config: &Config) -> Result<(Store, State, events::ChainHead), StoreError> {
     let store = Store::open(&config.data_dir, config.durability)?;
-    let mut state = Governance::default();
+    let mut state = State::default();
     let started = std::time::Instant::now();
     let head = store.replay(|event| state.apply(&event.body))?;
     tracing::info!(
@@ -64,11 +95,18 @@ pub fn replay(config: &Config) -> Result<(Store, Governance, events::ChainHead),
     Ok((store, state, head))
 }
 
+/// The addresses the service listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub ingest: SocketAddr,
+}
+
 /// Runs the service until `shutdown` resolves. Must run inside an actix `System`.
-/// `on_listening` is called with the bound address once the service accepts connections.
+/// `on_listening` is called with the bound addresses once the service accepts connections.
 pub async fn serve(
     config: Config,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Bound),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     // Bind first: a port in use is reported before any other work.
@@ -82,13 +120,68 @@ pub async fn serve(
         addr: config.listen,
         source,
     })?;
+    let ingest = TcpListener::bind(config.ingest_listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.ingest_listen,
+            source,
+        })?;
+    let ingest_addr = ingest.local_addr().map_err(|source| StartError::Listen {
+        addr: config.ingest_listen,
+        source,
+    })?;
 
     let (store, state, head) = replay(&config)?;
     let event_store = EventStore::new(store.into_writer(head)).start();
-    let registry = Registry::new(state, event_store.clone()).start();
+    let registry = Registry::new(state.governance, event_store.clone()).start();
+    let subscriptions = Subscriptions::new(
+        state.subscriptions,
+        event_store.clone(),
+        registry.clone(),
+        config.kafka.clone(),
+        config.feeds.clone(),
+    )
+    .start();
     let provisioner = Provisioner::new(&config.kafka, registry.clone())?.start();
     let approval =
         Approval::new(config.policy.clone(), registry.clone(), provisioner.clone()).start();
+
+    let (spool, contents) = Spool::open(&config.data_dir, config.durability)?;
+    let producer = BatchProducer::new(&kafka::producer_config(
+        &config.kafka,
+        config.publisher.delivery_timeout_ms,
+    ))?;
+    let publisher = Publisher::new(
+        producer,
+        spool,
+        contents,
+        config.spool.clone(),
+        event_store.clone(),
+    )
+    .start();
+    // Routes as the log left them; from here on the watcher keeps them in step. Nothing is
+    // appended before the watcher follows the log: the provisioner resumes only below.
+    for (topic, route) in registry.send(AllRoutes).await? {
+        publisher.do_send(SetRoute { topic, route });
+    }
+    let watcher = Watcher::new(
+        registry.clone(),
+        publisher.clone(),
+        event_store.clone(),
+        kafka::admin_client(&config.kafka)?,
+        Duration::from_millis(config.watcher.reconcile_interval_ms),
+    )
+    .start();
+    event_store.do_send(Follow(watcher.clone().recipient()));
+    let principals = Arc::new(config.principals.clone());
+    let listener_actor = Listener::new(
+        publisher.clone(),
+        approval.clone(),
+        principals.clone(),
+        config.publisher.max_record_bytes,
+        ingest,
+    )
+    .start();
 
     // Kafka work that was approved but not finished before the last stop.
     for request in registry.send(UnfinishedWork).await? {
@@ -97,14 +190,21 @@ pub async fn serve(
     }
 
     let app = http::App {
-        principals: Arc::new(config.principals.clone()),
+        principals,
         registry,
         approval,
         event_store,
         provisioner,
+        subscriptions,
+        listener: listener_actor,
+        publisher,
+        watcher,
     };
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "KafFlow listening.");
-    on_listening(addr);
+    on_listening(Bound {
+        http: addr,
+        ingest: ingest_addr,
+    });
     warp::serve(http::routes(app))
         .incoming(listener)
         .graceful(shutdown)

@@ -30,6 +30,9 @@ enum Cmd {
         /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Address of the TCP ingest listener (default 127.0.0.1:7070; port 0 picks a free port).
+        #[arg(long)]
+        ingest_listen: Option<SocketAddr>,
         /// Where the event log lives.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -44,6 +47,21 @@ enum Cmd {
     },
     /// Print the hex SHA-256 of a token, for `token_sha256` in the config.
     HashToken { token: String },
+    /// Subscribe to topics and print their records as NDJSON (runs until the feed ends).
+    Consume {
+        /// A topic to subscribe to and print (repeat for several).
+        #[arg(long = "topic", required = true)]
+        topics: Vec<String>,
+        /// The KafFlow service.
+        #[arg(long, env = "KAFFLOW_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// A consumer's bearer token.
+        #[arg(long, env = "KAFFLOW_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Where to start: committed (where this user left off), earliest or latest.
+        #[arg(long, default_value = "committed", value_parser = ["committed", "earliest", "latest"])]
+        from: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -61,12 +79,14 @@ fn main() -> ExitCode {
         Cmd::Serve {
             config,
             listen,
+            ingest_listen,
             data_dir,
             bootstrap_servers,
         } => serve(
             config,
             Overrides {
                 listen,
+                ingest_listen,
                 data_dir,
                 bootstrap_servers,
             },
@@ -84,6 +104,20 @@ fn main() -> ExitCode {
             println!("{}", kafflow::identity::token_sha256(&token));
             ExitCode::SUCCESS
         }
+        Cmd::Consume {
+            topics,
+            server,
+            token,
+            from,
+        } => match kafflow::client::consume::run(kafflow::client::consume::Options {
+            server,
+            token,
+            topics,
+            from,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
     }
 }
 
@@ -98,6 +132,7 @@ fn serve(path: PathBuf, overrides: Overrides) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match Config::load(&path, overrides) {
         Ok(config) => config,
@@ -106,9 +141,10 @@ fn serve(path: PathBuf, overrides: Overrides) -> ExitCode {
     let system = actix::System::new();
     let result = system.block_on(kafflow::serve(
         config,
-        |addr| {
+        |bound| {
             let mut out = std::io::stdout();
-            let _ = writeln!(out, "listening on http://{addr}");
+            let _ = writeln!(out, "ingest on tcp://{}", bound.ingest);
+            let _ = writeln!(out, "listening on http://{}", bound.http);
             let _ = out.flush();
         },
         shutdown_signal(),

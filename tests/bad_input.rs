@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{unique_topic, Checks, Service};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{bootstrap, run_kafflow, unique_topic, write_config, Checks, Service};
 use serde_json::json;
 
 const REQUESTS: &str = "/api/v1/topic-requests";
@@ -392,4 +395,111 @@ fn bad_queries() {
     }
     checks.finish();
     assert_still_serving(&mut svc);
+}
+
+/// A change to the text of a good config.
+type ConfigEdit = fn(String) -> String;
+
+/// Runs `serve` expecting a clean refusal; returns what is wrong with the way it refused, if
+/// anything.
+fn refusal_problem(config: &Path, data_dir: &Path, listen: &str) -> Option<String> {
+    let (status, stdout, stderr) = run_kafflow(
+        &[
+            "serve",
+            "--config",
+            &config.display().to_string(),
+            "--listen",
+            listen,
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--bootstrap-servers",
+            &bootstrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    let Some(status) = status else {
+        return Some(format!("kept running; stdout: {stdout:?}"));
+    };
+    if status.success() {
+        return Some(format!("exited 0; stderr: {stderr:?}"));
+    }
+    if stdout.contains("listening on") {
+        return Some(format!("listened before failing: {stdout:?}"));
+    }
+    if stderr.contains("panicked") {
+        return Some(format!("panicked instead of an error line: {stderr:?}"));
+    }
+    if stderr.trim().is_empty() {
+        return Some("failed without a word on stderr".to_string());
+    }
+    None
+}
+
+#[test]
+fn bad_startup_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let mut problems = Vec::new();
+    let mut check = |what: &str, config: &Path, data_dir: &Path, listen: &str| {
+        if let Some(problem) = refusal_problem(config, data_dir, listen) {
+            problems.push(format!("{what}: {problem}"));
+        }
+    };
+
+    let edits: [(&str, ConfigEdit); 5] = [
+        ("config is not TOML", |_| "this = is not [ toml".to_string()),
+        ("topic_name_pattern is no regex", |c| {
+            c.replace(
+                r#"topic_name_pattern = "^[a-z0-9][a-z0-9._-]*$""#,
+                r#"topic_name_pattern = "(""#,
+            )
+        }),
+        ("token_sha256 is not hex", |c| {
+            c.replacen(r#"token_sha256 = ""#, r#"token_sha256 = "zz"#, 1)
+        }),
+        ("unknown role", |c| {
+            c.replace(r#"["consumer"]"#, r#"["superuser"]"#)
+        }),
+        ("default_partitions above max_partitions", |c| {
+            c.replace("max_partitions = 12", "max_partitions = 2")
+        }),
+    ];
+    // Every other test starts the unedited config, so each refusal here is about its edit.
+    let good = write_config(dir.path(), |c| c);
+    let plain = std::fs::read_to_string(&good).expect("config");
+    for (what, edit) in edits {
+        assert_ne!(
+            edit(plain.clone()),
+            plain,
+            "{what}: the edit changes nothing"
+        );
+        let config = write_config(dir.path(), edit);
+        check(what, &config, &data, "127.0.0.1:0");
+    }
+
+    check(
+        "missing config file",
+        &dir.path().join("no-such.toml"),
+        &data,
+        "127.0.0.1:0",
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    check("port in use", &good, &data, &taken_addr);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").expect("file");
+    check(
+        "data dir inside a regular file",
+        &good,
+        &file.join("data"),
+        "127.0.0.1:0",
+    );
+    drop(taken);
+
+    assert!(
+        problems.is_empty(),
+        "startup refusals:\n{}",
+        problems.join("\n")
+    );
 }

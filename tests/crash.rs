@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{
     audit_verify, id_of, kafka_delete_topic, kafka_topic_partitions, kinds, parse_verify_ok,
-    unique_topic, wait_until, Service, UNREACHABLE_BROKER,
+    unique_topic, wait_until, Checks, Service, UNREACHABLE_BROKER,
 };
 use serde_json::{json, Value};
 
@@ -56,8 +56,16 @@ fn verify_head(svc: &Service) -> (u64, String) {
 }
 
 fn provisioned_count(svc: &Service, topic: &str) -> usize {
-    svc.audit(&format!("topic={topic}&kind=topic_provisioned"))
-        .len()
+    let provisioned = svc.audit(&format!("topic={topic}&kind=topic_provisioned"));
+    for event in &provisioned {
+        // Which side of the race the kill landed on: true means Kafka had the topic before the
+        // restarted service recorded it.
+        eprintln!(
+            "{topic}: topic_provisioned already_existed={}",
+            event["data"]["already_existed"]
+        );
+    }
+    provisioned.len()
 }
 
 #[test]
@@ -83,6 +91,24 @@ fn approval_while_the_broker_is_down_completes_after_a_crash_and_restart() {
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"], "provisioning", "{view}");
     assert_eq!(kafka_topic_partitions(&topic), None);
+    // Conflict answers while work is owed; checked at the end so the recovery below always runs.
+    let mut conflicts = Checks::default();
+    conflicts.expect(
+        "create request for a topic being provisioned",
+        svc.post("bob", "/api/v1/topic-requests", &json!({"topic": topic})),
+        409,
+        &["topic_exists"],
+    );
+    conflicts.expect(
+        "deletion request for a topic being provisioned",
+        svc.post(
+            "alice",
+            &format!("/api/v1/topics/{topic}/deletion-requests"),
+            &json!({"reason": "changed my mind"}),
+        ),
+        409,
+        &["topic_not_active"],
+    );
 
     svc.kill9();
     svc.restart_with_bootstrap(&common::bootstrap());
@@ -106,6 +132,7 @@ fn approval_while_the_broker_is_down_completes_after_a_crash_and_restart() {
         ["topic_requested", "request_approved", "topic_provisioned"]
     );
     kafka_delete_topic(&topic);
+    conflicts.finish();
 }
 
 #[test]
@@ -254,6 +281,18 @@ fn deletion_approved_while_the_broker_is_down_completes_after_restart() {
     let (status, view) = svc.topic(&topic);
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"], "deleting", "{view}");
+    // Conflict answers while work is owed; checked at the end so the recovery below always runs.
+    let mut conflicts = Checks::default();
+    conflicts.expect(
+        "deletion request for a topic being deleted",
+        svc.post(
+            "dave",
+            &format!("/api/v1/topics/{topic}/deletion-requests"),
+            &json!({"reason": "again"}),
+        ),
+        409,
+        &["topic_not_active"],
+    );
     assert_eq!(
         kafka_topic_partitions(&topic),
         Some(1),
@@ -271,4 +310,5 @@ fn deletion_approved_while_the_broker_is_down_completes_after_restart() {
     let deleted = svc.audit(&format!("topic={topic}&kind=topic_deleted"));
     assert_eq!(deleted.len(), 1, "exactly one topic_deleted: {deleted:?}");
     assert_eq!(deleted[0]["actor"], "system");
+    conflicts.finish();
 }

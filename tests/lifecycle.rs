@@ -399,6 +399,24 @@ fn an_admin_may_ask_to_delete_any_topic() {
     let topic = unique_topic("admin-del");
     svc.provision(&topic, 1);
 
+    // A rejected deletion leaves the topic as it was, and the owner may ask again later.
+    let (status, first) = svc.post("alice", &deletion_path(&topic), &json!({"reason": "tidy"}));
+    assert_eq!(status, 201, "{first}");
+    let (status, rejected) = svc.post(
+        "carol",
+        &reject_path(&id_of(&first)),
+        &json!({"reason": "still read by billing"}),
+    );
+    assert_eq!(status, 200, "{rejected}");
+    assert_eq!(rejected["status"], "rejected", "{rejected}");
+    let (status, view) = svc.topic(&topic);
+    assert_eq!((status, &view["status"]), (200, &json!("active")), "{view}");
+    assert_eq!(
+        kafka_topic_partitions(&topic),
+        Some(1),
+        "rejected deletion removed the topic"
+    );
+
     let (status, deletion) = svc.post(
         "dave",
         &deletion_path(&topic),
@@ -876,6 +894,12 @@ fn a_topic_already_in_kafka_with_another_shape_fails_with_a_reason() {
         "a failed request says why: {failed}"
     );
     svc.wait_topic_status(&topic, "failed", Duration::from_secs(10));
+    assert_error(
+        &svc.post("alice", &deletion_path(&topic), &json!({"reason": "x"})),
+        409,
+        "topic_not_active",
+        "deletion request for a failed topic",
+    );
     let events = svc.audit(&format!("topic={topic}"));
     assert_eq!(
         kinds(&events),
@@ -899,4 +923,113 @@ fn hash_token_prints_the_sha256_of_the_token() {
         "hash-token failed: {status:?} {stderr}"
     );
     assert_eq!(stdout.trim(), sha256_hex("s3cret-token"));
+}
+
+#[test]
+fn concurrent_calls_admit_exactly_one_winner() {
+    let svc = Service::start();
+    let svc = &svc;
+    let shared = unique_topic("race");
+    let burst: Vec<String> = (0..20).map(|_| unique_topic("burst")).collect();
+
+    // Eight principals race for one topic while twenty other requests land at the same time.
+    let (race, landed) = std::thread::scope(|s| {
+        let race: Vec<_> = (0..8)
+            .map(|i| {
+                let who = if i % 2 == 0 { "alice" } else { "bob" };
+                let body = json!({"topic": shared});
+                s.spawn(move || svc.post(who, "/api/v1/topic-requests", &body))
+            })
+            .collect();
+        let landed: Vec<_> = burst
+            .iter()
+            .map(|topic| {
+                let body = json!({"topic": topic, "partitions": 1});
+                s.spawn(move || svc.post("alice", "/api/v1/topic-requests", &body))
+            })
+            .collect();
+        let join =
+            |h: std::thread::ScopedJoinHandle<'_, (u16, Value)>| h.join().expect("request thread");
+        (
+            race.into_iter().map(join).collect::<Vec<_>>(),
+            landed.into_iter().map(join).collect::<Vec<_>>(),
+        )
+    });
+
+    let winners: Vec<&(u16, Value)> = race.iter().filter(|r| r.0 == 201).collect();
+    assert_eq!(winners.len(), 1, "one request per topic: {race:?}");
+    for reply in race.iter().filter(|r| r.0 != 201) {
+        assert_error(reply, 409, "request_pending", "losing racer");
+    }
+    for reply in &landed {
+        assert_eq!(reply.0, 201, "concurrent distinct request: {}", reply.1);
+    }
+    let all = svc.audit("");
+    let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(seqs, (1..=21).collect::<Vec<u64>>(), "gap-free under load");
+
+    // Two admins decide the same request at once: one decision wins.
+    let id = id_of(&winners[0].1);
+    let decisions: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ["carol", "dave"]
+            .into_iter()
+            .map(|who| {
+                let path = approve_path(&id);
+                s.spawn(move || svc.post(who, &path, &json!({})))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("approve thread"))
+            .collect()
+    });
+    let approvals = decisions.iter().filter(|d| d.0 == 200).count();
+    assert_eq!(approvals, 1, "exactly one approval wins: {decisions:?}");
+    for reply in decisions.iter().filter(|d| d.0 != 200) {
+        assert_error(reply, 409, "not_pending", "losing approver");
+    }
+    svc.wait_request_status(&id, "completed", PROVISION_TIMEOUT);
+    let events = svc.audit(&format!("topic={shared}"));
+    assert_eq!(
+        kinds(&events),
+        ["topic_requested", "request_approved", "topic_provisioned"],
+        "{events:?}"
+    );
+    kafka_delete_topic(&shared);
+}
+
+#[test]
+fn a_config_kafka_refuses_ends_in_failed_not_in_endless_retries() {
+    let svc = Service::start();
+    let topic = unique_topic("bad-config");
+    let (status, reply) = svc.post(
+        "alice",
+        "/api/v1/topic-requests",
+        &json!({"topic": topic, "partitions": 1, "config": {"retention.ms": "soon"}}),
+    );
+    if status == 400 {
+        // Refusing the value up front is as good as failing at provisioning.
+        assert_error(
+            &(status, reply),
+            400,
+            "invalid_config",
+            "a config value Kafka refuses",
+        );
+        return;
+    }
+    assert_eq!(status, 201, "{reply}");
+    let id = id_of(&reply);
+    svc.approve("carol", &id);
+    let failed = svc.wait_request_status(&id, "failed", PROVISION_TIMEOUT);
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| !e.trim().is_empty()),
+        "a failed request says why: {failed}"
+    );
+    svc.wait_topic_status(&topic, "failed", Duration::from_secs(10));
+    let failures = svc.audit(&format!("topic={topic}&kind=provisioning_failed"));
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["actor"], "system");
+    assert_eq!(kafka_topic_partitions(&topic), None);
 }

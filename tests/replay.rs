@@ -123,7 +123,7 @@ async fn replay_of_100k_events_matches_live_state() {
     let (store, state, head) = kafflow::replay(&config).expect("empty log opens");
     assert_eq!(head.seq, 0);
     let event_store = EventStore::new(store.into_writer(head)).start();
-    let registry = Registry::new(state, event_store).start();
+    let registry = Registry::new(state.governance, event_store).start();
 
     let started = Instant::now();
     for chunk in (0..TOPICS).collect::<Vec<_>>().chunks(CONCURRENCY) {
@@ -139,7 +139,8 @@ async fn replay_of_100k_events_matches_live_state() {
     assert_eq!(live_topics.len(), TOPICS);
 
     let started = Instant::now();
-    let (_, replayed, head): (_, Governance, _) = kafflow::replay(&config).expect("replay");
+    let (_, replayed, head) = kafflow::replay(&config).expect("replay");
+    let replayed: Governance = replayed.governance;
     let replay_secs = started.elapsed().as_secs_f64();
     eprintln!(
         "{} events: live {live_secs:.1}s ({:.0}/s), replay {replay_secs:.2}s ({:.0}/s)",

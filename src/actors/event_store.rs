@@ -19,6 +19,12 @@ impl EventStore {
 
 impl Actor for EventStore {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // A full mailbox would park senders and could reorder appends; the registry's order
+        // must be the log's order.
+        ctx.set_mailbox_capacity(crate::actors::UNBOUNDED_MAILBOX);
+    }
 }
 
 /// Appends events; answered once they are committed, with their seqs.

@@ -4,12 +4,23 @@
 //! - `registry`: governance state (requests, topics), the single writer of its events.
 //! - `approval`: the governance rules (roles, policy, self-approval, ownership).
 //! - `provisioner`: the Kafka work (create, delete), idempotent and retried.
+//! - `subscriptions`: who reads which topic (the single writer of its events), and the door to
+//!   each user's consumer.
+//! - `consumer`: one per user; one rdkafka consumer fanned out to the user's websocket feeds.
 //!
 //! Still to come, each in its own file here: `listener` (ingest), `publisher` (routing to
-//! Kafka and the held-record spool), `watcher` (activation and reconciliation with Kafka) and
-//! `consumer` (one per user, feeding websockets).
+//! Kafka and the held-record spool), and `watcher` (activation and reconciliation with Kafka).
 
 pub mod approval;
+pub mod consumer;
 pub mod event_store;
+pub mod listener;
 pub mod provisioner;
+pub mod publisher;
 pub mod registry;
+pub mod subscriptions;
+pub mod watcher;
+
+/// Mailbox capacity for actors whose senders rely on message order: a full mailbox parks
+/// `send` callers, and parked senders can overtake each other. Callers bound their own load.
+pub(crate) const UNBOUNDED_MAILBOX: usize = 1 << 24;

@@ -48,7 +48,9 @@ pub struct Provisioner {
     admin: Admin,
     registry: Addr<Registry>,
     in_flight: HashSet<Uuid>,
-    reachable: bool,
+    /// The last probe's answer; `None` before the first.
+    reachable: Option<bool>,
+    probing: bool,
 }
 
 impl Provisioner {
@@ -57,11 +59,16 @@ impl Provisioner {
             admin: Arc::new(kafka::admin_client(kafka)?),
             registry,
             in_flight: HashSet::new(),
-            reachable: false,
+            reachable: None,
+            probing: false,
         })
     }
 
-    fn probe(&self, ctx: &mut Context<Self>) {
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if self.probing {
+            return;
+        }
+        self.probing = true;
         let admin = self.admin.clone();
         let me = ctx.address();
         actix::spawn(async move {
@@ -88,14 +95,15 @@ impl Handler<ProbeResult> for Provisioner {
     type Result = ();
 
     fn handle(&mut self, msg: ProbeResult, _: &mut Context<Self>) {
-        if msg.0 != self.reachable {
+        self.probing = false;
+        if self.reachable != Some(msg.0) {
             if msg.0 {
                 tracing::info!("Kafka broker reachable.");
             } else {
-                tracing::warn!("Kafka broker unreachable; retrying.");
+                tracing::warn!("Kafka broker unreachable; not ready, retrying.");
             }
         }
-        self.reachable = msg.0;
+        self.reachable = Some(msg.0);
     }
 }
 
@@ -103,7 +111,7 @@ impl Handler<BrokerReachable> for Provisioner {
     type Result = bool;
 
     fn handle(&mut self, _: BrokerReachable, _: &mut Context<Self>) -> bool {
-        self.reachable
+        self.reachable == Some(true)
     }
 }
 

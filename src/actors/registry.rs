@@ -140,6 +140,21 @@ pub struct Governance {
     topics: BTreeMap<String, Topic>,
     /// Topic name to its open (pending or approved) request.
     open: HashMap<String, Uuid>,
+    /// Topic name to its latest request, open or not.
+    latest: HashMap<String, Uuid>,
+}
+
+/// Where records for a topic go, as the governance state says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicRoute {
+    /// Live in Kafka: publish.
+    Active,
+    /// A create request is pending or being provisioned: hold.
+    Pending,
+    /// Rejected, withdrawn, failed or deleted: refuse, and dead-letter what is held.
+    Closed(String),
+    /// KafFlow has never heard of it.
+    Unknown,
 }
 
 impl Governance {
@@ -232,6 +247,12 @@ impl Governance {
                 // The topic is still in Kafka: it stays usable.
                 self.set_topic_status(topic, TopicStatus::Active);
             }
+            // Records, drift and subscriptions are not governance state.
+            EventKind::HeldDiscarded { .. }
+            | EventKind::DriftDetected { .. }
+            | EventKind::DriftResolved { .. }
+            | EventKind::Subscribed {}
+            | EventKind::Unsubscribed { .. } => {}
         }
     }
 
@@ -264,6 +285,7 @@ impl Governance {
             },
         );
         self.open.insert(topic.to_string(), id);
+        self.latest.insert(topic.to_string(), id);
     }
 
     fn decide(
@@ -363,13 +385,13 @@ impl Governance {
                 reason,
             } => {
                 let t = self.topic(topic)?;
-                self.no_open_request(topic)?;
                 if t.status != TopicStatus::Active {
                     return Err(Error::TopicNotActive {
                         topic: topic.clone(),
                         status: t.status.name().to_string(),
                     });
                 }
+                self.no_open_request(topic)?;
                 let kind = EventKind::DeletionRequested {
                     reason: reason.clone(),
                 };
@@ -422,6 +444,27 @@ impl Governance {
                 };
                 Ok(NewEvent::now(SYSTEM, Some(&request.topic), Some(*id), kind))
             }
+        }
+    }
+
+    /// Where records for `topic` go now.
+    pub fn route_of(&self, topic: &str) -> TopicRoute {
+        match self.topics.get(topic).map(|t| t.status) {
+            Some(TopicStatus::Active | TopicStatus::Deleting) => return TopicRoute::Active,
+            Some(TopicStatus::Provisioning) => return TopicRoute::Pending,
+            _ => {}
+        }
+        let Some(latest) = self.latest.get(topic).and_then(|id| self.requests.get(id)) else {
+            return TopicRoute::Unknown;
+        };
+        match (latest.kind, latest.status) {
+            (RequestKind::Create, RequestStatus::Pending | RequestStatus::Approved) => {
+                TopicRoute::Pending
+            }
+            (RequestKind::Create, status) => {
+                TopicRoute::Closed(format!("its request was {}", status.name()))
+            }
+            (RequestKind::Delete, _) => TopicRoute::Closed("it was deleted".into()),
         }
     }
 
@@ -529,6 +572,15 @@ pub struct GetTopic(pub String);
 #[rtype(result = "Vec<Topic>")]
 pub struct ListTopics;
 
+#[derive(Message)]
+#[rtype(result = "TopicRoute")]
+pub struct RouteOf(pub String);
+
+/// The route of every topic KafFlow has heard of.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, TopicRoute)>")]
+pub struct AllRoutes;
+
 /// Approved requests whose Kafka work is not done: resumed after a restart.
 #[derive(Message)]
 #[rtype(result = "Vec<TopicRequest>")]
@@ -567,9 +619,10 @@ impl Handler<Command> for Registry {
                 Ok(Err(e)) => {
                     // State already holds an event the log does not: only a restart (replay)
                     // makes them agree again.
-                    tracing::error!(error = %e, "Event commit failed; stopping so replay can restore state.");
-                    System::current().stop_with_code(70);
-                    Err(Error::Store(e))
+                    // Fail-stop: state holds an event the log does not, and only replay (which
+                    // applies committed events alone) can make them agree again.
+                    tracing::error!(error = %e, "Event commit failed; exiting so replay can restore state.");
+                    std::process::exit(70)
                 }
                 Err(e) => Err(e.into()),
             }
@@ -606,6 +659,28 @@ impl Handler<ListTopics> for Registry {
 
     fn handle(&mut self, _: ListTopics, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.state.topics())
+    }
+}
+
+impl Handler<RouteOf> for Registry {
+    type Result = MessageResult<RouteOf>;
+
+    fn handle(&mut self, msg: RouteOf, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.route_of(&msg.0))
+    }
+}
+
+impl Handler<AllRoutes> for Registry {
+    type Result = MessageResult<AllRoutes>;
+
+    fn handle(&mut self, _: AllRoutes, _: &mut Context<Self>) -> Self::Result {
+        let routes = self
+            .state
+            .latest
+            .keys()
+            .map(|topic| (topic.clone(), self.state.route_of(topic)))
+            .collect();
+        MessageResult(routes)
     }
 }
 
@@ -758,6 +833,39 @@ mod tests {
             create(&mut s, "logs").is_ok(),
             "a deleted topic can be asked for again"
         );
+    }
+
+    #[test]
+    fn routes_follow_the_lifecycle() {
+        let mut s = Governance::default();
+        assert_eq!(s.route_of("r"), TopicRoute::Unknown);
+        let r = create(&mut s, "r").expect("filed");
+        assert_eq!(s.route_of("r"), TopicRoute::Pending);
+        decide(&mut s, r.id, Decision::Approve { note: None }).expect("approved");
+        assert_eq!(s.route_of("r"), TopicRoute::Pending);
+        let provisioned = Outcome::Provisioned {
+            spec: spec(),
+            already_existed: false,
+        };
+        run(
+            &mut s,
+            Command::RecordOutcome {
+                id: r.id,
+                outcome: provisioned,
+            },
+        )
+        .expect("done");
+        assert_eq!(s.route_of("r"), TopicRoute::Active);
+        let r2 = create(&mut s, "r2").expect("filed");
+        decide(
+            &mut s,
+            r2.id,
+            Decision::Reject {
+                reason: "no".into(),
+            },
+        )
+        .expect("rejected");
+        assert!(matches!(s.route_of("r2"), TopicRoute::Closed(_)));
     }
 
     #[test]

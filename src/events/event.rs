@@ -48,6 +48,17 @@ pub enum EventKind {
     TopicDeleted { already_absent: bool },
     /// Kafka refused to delete the topic for good.
     DeletionFailed { error: String },
+    /// An admin discarded the dead-lettered records of a topic.
+    HeldDiscarded { count: u64 },
+    /// The watcher found the cluster out of line with KafFlow (`drift` names how).
+    DriftDetected { drift: String, detail: String },
+    /// A drift the watcher had reported is gone.
+    DriftResolved { drift: String },
+    /// A consumer (the actor) subscribed to the topic.
+    Subscribed {},
+    /// A subscription ended: the consumer's own (`reason` "user"), or, with actor `system`,
+    /// every subscription to a deleted topic (`reason` "topic_deleted").
+    Unsubscribed { reason: String },
 }
 
 impl EventKind {
@@ -63,6 +74,11 @@ impl EventKind {
             EventKind::ProvisioningFailed { .. } => "provisioning_failed",
             EventKind::TopicDeleted { .. } => "topic_deleted",
             EventKind::DeletionFailed { .. } => "deletion_failed",
+            EventKind::HeldDiscarded { .. } => "held_discarded",
+            EventKind::DriftDetected { .. } => "drift_detected",
+            EventKind::DriftResolved { .. } => "drift_resolved",
+            EventKind::Subscribed {} => "subscribed",
+            EventKind::Unsubscribed { .. } => "unsubscribed",
         }
     }
 
@@ -161,6 +177,18 @@ mod tests {
                 already_absent: false,
             },
             EventKind::DeletionFailed { error: "y".into() },
+            EventKind::HeldDiscarded { count: 3 },
+            EventKind::DriftDetected {
+                drift: "missing_in_kafka".into(),
+                detail: "gone".into(),
+            },
+            EventKind::DriftResolved {
+                drift: "missing_in_kafka".into(),
+            },
+            EventKind::Subscribed {},
+            EventKind::Unsubscribed {
+                reason: "topic_deleted".into(),
+            },
         ];
         for kind in kinds {
             let (name, data) = kind.to_columns().expect("serialize");

@@ -199,49 +199,16 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let conn = Connection::open(&path).map_err(|e| StoreError::DataDir {
+        let mut conn = crate::sqlite::open(&path, durability).map_err(|e| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        let sync = match durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", sync)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn, path };
-        store.migrate()?;
-        Ok(store)
+        crate::sqlite::migrate(&mut conn, MIGRATIONS)?;
+        Ok(Store { conn, path })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version    INTEGER PRIMARY KEY,
-                 applied_at TEXT NOT NULL
-             );",
-        )?;
-        let current: i64 = self.conn.query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-            [],
-            |r| r.get(0),
-        )?;
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                params![version, Utc::now().to_rfc3339()],
-            )?;
-            tx.commit()?;
-            tracing::info!(version, "Applied migration.");
-        }
-        Ok(())
     }
 
     /// Reads the whole log in seq order, checking the hash chain, and hands each event to

@@ -19,15 +19,21 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::ReasonRequired
         | Error::InvalidJson(_)
         | Error::InvalidId(_)
+        | Error::InvalidRecord(_)
+        | Error::BadRecord { .. }
         | Error::InvalidQuery(_) => StatusCode::BAD_REQUEST,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::NotFound(_) | Error::UnknownTopic(_) => StatusCode::NOT_FOUND,
+        Error::SpoolFull(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Error::TopicExists(_)
         | Error::RequestPending { .. }
         | Error::NotPending(_)
-        | Error::TopicNotActive { .. } => StatusCode::CONFLICT,
+        | Error::TopicNotActive { .. }
+        | Error::TopicClosed { .. } => StatusCode::CONFLICT,
         Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable | Error::ConsumerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
     }
 }
 

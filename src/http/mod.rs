@@ -2,6 +2,8 @@
 //! No governance rule lives here; errors become statuses in `error` alone.
 
 mod error;
+mod feed;
+mod records;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,10 +22,15 @@ use warp::{Filter, Reply};
 
 use crate::actors::approval::{Approval, Approve, Reject, RequestDeletion, RequestTopic, Withdraw};
 use crate::actors::event_store::{EventStore, QueryAudit};
+use crate::actors::listener::Listener;
 use crate::actors::provisioner::{BrokerReachable, Provisioner};
+use crate::actors::publisher::{Counts, Publisher, TopicCounts};
+use crate::actors::registry::Topic;
 use crate::actors::registry::{
     GetRequest, GetTopic, ListRequests, ListTopics, Registry, RequestFilter,
 };
+use crate::actors::subscriptions::Subscriptions;
+use crate::actors::watcher::Watcher;
 use crate::error::{Error, Result};
 use crate::events::AuditQuery;
 use crate::identity::{Directory, Principal};
@@ -41,6 +48,10 @@ pub struct App {
     pub approval: Addr<Approval>,
     pub event_store: Addr<EventStore>,
     pub provisioner: Addr<Provisioner>,
+    pub subscriptions: Addr<Subscriptions>,
+    pub listener: Addr<Listener>,
+    pub publisher: Addr<Publisher>,
+    pub watcher: Addr<Watcher>,
 }
 
 impl App {
@@ -54,15 +65,15 @@ impl App {
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+pub(super) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
-fn respond(result: Result<Response>) -> Response {
+pub(super) fn respond(result: Result<Response>) -> Response {
     result.unwrap_or_else(|e| error::render_error(&e))
 }
 
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
+pub(super) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
     // An empty body stands for `{}`, so that `curl -X POST` works on bodiless actions.
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -76,15 +87,16 @@ fn parse_id(id: &str) -> Result<Uuid> {
     Uuid::parse_str(id).map_err(|_| Error::InvalidId(format!("{id:?} is not a UUID")))
 }
 
-/// Reads the body, refusing it as soon as it passes `MAX_BODY` (with or without Content-Length).
+/// Reads the body, refusing it as soon as it passes `limit` (with or without Content-Length).
 async fn read_body(
     mut stream: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    limit: u64,
 ) -> Result<Bytes> {
     let mut body = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|e| Error::InvalidJson(format!("cannot read body: {e}")))?;
-        if body.len() as u64 + chunk.remaining() as u64 > MAX_BODY {
-            return Err(Error::PayloadTooLarge(MAX_BODY));
+        if body.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(Error::PayloadTooLarge(limit));
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -96,11 +108,28 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-fn body() -> impl Filter<Extract = (Result<Bytes>,), Error = warp::Rejection> + Clone {
-    warp::body::stream().then(|s| async move { read_body(Box::pin(s)).await })
+pub(super) fn body() -> impl Filter<Extract = (Result<Bytes>,), Error = warp::Rejection> + Clone {
+    body_up_to(MAX_BODY)
 }
 
-fn auth() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+pub(super) fn body_up_to(
+    limit: u64,
+) -> impl Filter<Extract = (Result<Bytes>,), Error = warp::Rejection> + Clone {
+    warp::body::stream().then(move |s| async move { read_body(Box::pin(s), limit).await })
+}
+
+/// The raw query string (empty when there is none); parsed by the handler after it has
+/// authenticated the caller, so a bad token is a 401 whatever the query.
+pub(super) fn query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone
+{
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+pub(super) fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T> {
+    serde_urlencoded::from_str(query).map_err(|e| Error::InvalidQuery(e.to_string()))
+}
+
+pub(super) fn auth() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("authorization")
 }
 
@@ -199,8 +228,9 @@ async fn create_request(app: App, auth: Option<String>, body: Result<Bytes>) -> 
     Ok(json(StatusCode::CREATED, &request))
 }
 
-async fn list_requests(app: App, auth: Option<String>, filter: RequestFilter) -> Result<Response> {
+async fn list_requests(app: App, auth: Option<String>, query: String) -> Result<Response> {
     app.authenticate(auth)?;
+    let filter: RequestFilter = parse_query(&query)?;
     let requests = app.registry.send(ListRequests(filter)).await?;
     Ok(json(StatusCode::OK, &requests))
 }
@@ -251,16 +281,39 @@ async fn act_on_request(
     Ok(json(StatusCode::OK, &request))
 }
 
+/// A topic as the registry knows it, with the publisher's counts of its records.
+#[derive(Serialize)]
+struct TopicView {
+    #[serde(flatten)]
+    topic: Topic,
+    held: u64,
+    dead: u64,
+    published: u64,
+}
+
+fn topic_view(topic: Topic, counts: &std::collections::HashMap<String, TopicCounts>) -> TopicView {
+    let c = counts.get(&topic.name).copied().unwrap_or_default();
+    TopicView {
+        topic,
+        held: c.held,
+        dead: c.dead,
+        published: c.published,
+    }
+}
+
 async fn list_topics(app: App, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth)?;
     let topics = app.registry.send(ListTopics).await?;
-    Ok(json(StatusCode::OK, &topics))
+    let counts = app.publisher.send(Counts).await?;
+    let views: Vec<TopicView> = topics.into_iter().map(|t| topic_view(t, &counts)).collect();
+    Ok(json(StatusCode::OK, &views))
 }
 
 async fn get_topic(app: App, name: String, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth)?;
     let topic = app.registry.send(GetTopic(name)).await??;
-    Ok(json(StatusCode::OK, &topic))
+    let counts = app.publisher.send(Counts).await?;
+    Ok(json(StatusCode::OK, &topic_view(topic, &counts)))
 }
 
 async fn request_deletion(
@@ -282,8 +335,9 @@ async fn request_deletion(
     Ok(json(StatusCode::CREATED, &request))
 }
 
-async fn audit(app: App, auth: Option<String>, params: AuditParams) -> Result<Response> {
+async fn audit(app: App, auth: Option<String>, query: String) -> Result<Response> {
     app.authenticate(auth)?;
+    let params: AuditParams = parse_query(&query)?;
     let page = app
         .event_store
         .send(QueryAudit(params.into_query()?))
@@ -334,7 +388,7 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .and(warp::get())
         .and(with_app.clone())
         .and(auth())
-        .and(warp::query::<RequestFilter>())
+        .and(query())
         .then(list_requests)
         .map(respond);
     let get = requests
@@ -387,9 +441,9 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .and(warp::path("audit"))
         .and(warp::path::end())
         .and(warp::get())
-        .and(with_app)
+        .and(with_app.clone())
         .and(auth())
-        .and(warp::query::<AuditParams>())
+        .and(query())
         .then(audit)
         .map(respond);
 
@@ -412,8 +466,11 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .unify()
         .or(audit)
         .unify()
+        .or(feed::routes(app.clone()))
+        .unify()
+        .or(records::routes(app.clone()))
+        .unify()
         .recover(error::recover)
         .unify()
-        .with(warp::trace::request())
         .boxed()
 }

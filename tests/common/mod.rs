@@ -147,6 +147,24 @@ pub fn parse_verify_ok(stdout: &str) -> Option<(u64, String)> {
     Some((count.trim().parse().ok()?, rest.trim().to_string()))
 }
 
+/// Removes terminal colour sequences (`ESC [ ... letter`) so log lines read plainly in failures.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// True when `text` mentions `seq N` for exactly this N (not `seq N0`, `seq N1`, ...).
 pub fn mentions_seq(text: &str, seq: i64) -> bool {
     let needle = format!("seq {seq}");
@@ -167,6 +185,7 @@ pub struct Service {
     tokens: BTreeMap<&'static str, String>,
     child: Option<Child>,
     base_url: String,
+    ingest_addr: String,
     stderr: Arc<Mutex<VecDeque<String>>>,
     http: reqwest::blocking::Client,
 }
@@ -179,6 +198,16 @@ impl Service {
 
     /// Starts the service against `bootstrap` (e.g. [`UNREACHABLE_BROKER`]).
     pub fn start_with_bootstrap(bootstrap: &str) -> Service {
+        Service::start_configured(bootstrap, |text| text)
+    }
+
+    /// Starts the service against the real broker with `edit` applied to the config text
+    /// (e.g. to append a `[spool]` or `[watcher]` section).
+    pub fn start_with_config(edit: impl FnOnce(String) -> String) -> Service {
+        Service::start_configured(&bootstrap(), edit)
+    }
+
+    fn start_configured(bootstrap: &str, edit: impl FnOnce(String) -> String) -> Service {
         let dir = tempfile::Builder::new()
             .prefix("kafflow-test-")
             .tempdir()
@@ -190,7 +219,7 @@ impl Service {
             .map(|(name, _)| (*name, random_token()))
             .collect();
         let config_path = dir.path().join("kafflow.toml");
-        std::fs::write(&config_path, config_text(&tokens)).expect("write config");
+        std::fs::write(&config_path, edit(config_text(&tokens))).expect("write config");
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -203,6 +232,7 @@ impl Service {
             tokens,
             child: None,
             base_url: String::new(),
+            ingest_addr: String::new(),
             stderr: Arc::new(Mutex::new(VecDeque::new())),
             http,
         };
@@ -216,6 +246,8 @@ impl Service {
             "--config".into(),
             self.config_path.display().to_string(),
             "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--ingest-listen".into(),
             "127.0.0.1:0".into(),
             "--data-dir".into(),
             self.data_dir.display().to_string(),
@@ -244,7 +276,7 @@ impl Service {
                 if lines.len() == STDERR_KEEP {
                     lines.pop_front();
                 }
-                lines.push_back(line);
+                lines.push_back(strip_ansi(&line));
             }
         });
 
@@ -265,6 +297,10 @@ impl Service {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    if let Some(addr) = line.trim().strip_prefix("ingest on tcp://") {
+                        self.ingest_addr = addr.to_string();
+                        continue;
+                    }
                     if let Some(addr) = line.trim().strip_prefix("listening on ") {
                         self.base_url = addr.trim_end_matches('/').to_string();
                         return;
@@ -354,6 +390,11 @@ impl Service {
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The TCP ingest listener's `host:port`.
+    pub fn ingest_addr(&self) -> &str {
+        &self.ingest_addr
     }
 
     pub fn root(&self) -> &Path {
@@ -600,6 +641,10 @@ bootstrap_servers = "{}"
 [store]
 synchronous = "full"
 
+# Reconciliation only where a test asks for it: the shared broker holds every test's topics.
+[watcher]
+reconcile_interval_ms = 3600000
+
 [policy]
 topic_name_pattern = "^[a-z0-9][a-z0-9._-]*$"
 default_partitions = 3
@@ -618,6 +663,18 @@ max_replication_factor = 1
         ));
     }
     text
+}
+
+/// Writes a config like every test service's (fresh random tokens) with `edit` applied to its
+/// text; returns its path.
+pub fn write_config(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let tokens: BTreeMap<&'static str, String> = PRINCIPALS
+        .iter()
+        .map(|(name, _)| (*name, random_token()))
+        .collect();
+    let path = dir.join(format!("kafflow-{:08x}.toml", random_u64() as u32));
+    std::fs::write(&path, edit(config_text(&tokens))).expect("write config");
+    path
 }
 
 /// The `id` of a request reply.
@@ -677,6 +734,7 @@ impl Checks {
     }
 
     /// Panics listing every mismatch.
+    #[track_caller]
     pub fn finish(self) {
         assert!(self.count > 0, "no checks ran");
         assert!(
@@ -728,9 +786,7 @@ pub fn kafka_topic_partitions(name: &str) -> Option<usize> {
             .fetch_metadata(Some(name), Duration::from_secs(5))
         {
             Ok(metadata) => {
-                let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
-                    return None;
-                };
+                let topic = metadata.topics().iter().find(|t| t.name() == name)?;
                 match topic.error().map(RDKafkaErrorCode::from) {
                     None => return Some(topic.partitions().len()),
                     Some(RDKafkaErrorCode::UnknownTopicOrPartition)

@@ -1,0 +1,969 @@
+//! The consumer actor: one per user, started when the user's first feed opens and stopped
+//! (by `subscriptions`) once it has had no feed for a while.
+//!
+//! It owns one rdkafka consumer in the group `kafflow.user.<name>`, so offsets live in Kafka.
+//! Partitions are assigned by hand (no group rebalance): a subscription change assigns or
+//! unassigns one topic in place, and a topic that stays is not disturbed. Every record goes to
+//! every open feed of the user; its offset is committed only once each of those feeds has
+//! written its frame to the socket (at-least-once).
+//!
+//! Backpressure: each feed may hold `feeds.buffer_frames` frames not yet written. When a
+//! record cannot be handed to every feed, the actor keeps it and pauses its partitions until
+//! the slow feed catches up; a feed that makes no progress for `feeds.stall_timeout_ms` is
+//! closed with a close frame saying so. Memory stays bounded by the buffers and one fetch batch.
+//!
+//! The rdkafka client lives in a reader task that runs the actor's Kafka operations in order
+//! between fetches. Each fetched batch carries the epoch of the last assignment change the
+//! reader made before it; records of a topic (re)assigned in a later epoch are stale and dropped,
+//! so a record fetched before an unassign can never be delivered after it.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{FeedConfig, KafkaConfig};
+use crate::error::{Error, Result};
+
+/// Prefix of the consumer group of each user.
+pub const GROUP_PREFIX: &str = "kafflow.user.";
+
+/// Most records handed from the reader to the actor at once.
+const MAX_FETCH_BATCH: usize = 512;
+/// How long the reader waits for partition metadata before retrying.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts to assign a topic whose metadata could not be read.
+const ASSIGN_RETRY: Duration = Duration::from_secs(1);
+
+/// Where a feed starts reading when it is the one that starts the user's consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeedStart {
+    /// Where this user last committed; a topic the user never read starts at its beginning.
+    #[default]
+    Committed,
+    Earliest,
+    Latest,
+}
+
+/// Why KafFlow closes a feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedClose {
+    /// The client read nothing for this long while frames were waiting.
+    Stalled(Duration),
+    /// The user's consumer stopped (shutdown).
+    Shutdown,
+}
+
+impl FeedClose {
+    /// The websocket close code.
+    pub fn code(&self) -> u16 {
+        match self {
+            FeedClose::Stalled(_) => 1008,
+            FeedClose::Shutdown => 1001,
+        }
+    }
+
+    /// The close reason (at most 123 bytes, as the protocol allows).
+    pub fn reason(&self) -> String {
+        match self {
+            FeedClose::Stalled(after) => format!(
+                "stalled: nothing read for {} ms; reconnect to resume after the last commit",
+                after.as_millis()
+            ),
+            FeedClose::Shutdown => "KafFlow is shutting down".to_string(),
+        }
+    }
+}
+
+/// One text frame for a feed. Record frames carry the consumer's sequence number `n`, which
+/// the feed reports back once written; notices (`subscriptions`, `topic_deleted`) do not.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    n: Option<u64>,
+    text: Arc<str>,
+}
+
+impl Frame {
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn notice(value: serde_json::Value) -> Frame {
+        Frame {
+            n: None,
+            text: value.to_string().into(),
+        }
+    }
+}
+
+/// What a feed waits for next.
+pub enum FeedEvent {
+    Frame(Frame),
+    Closed(FeedClose),
+}
+
+/// The receiving end of one feed. Dropping it detaches the feed from the consumer.
+pub struct FeedHandle {
+    id: u64,
+    frames: mpsc::UnboundedReceiver<Frame>,
+    close: oneshot::Receiver<FeedClose>,
+    consumer: Addr<Consumer>,
+}
+
+impl FeedHandle {
+    /// The next frame, or the order to close.
+    pub async fn next(&mut self) -> FeedEvent {
+        tokio::select! {
+            biased;
+            reason = &mut self.close => FeedEvent::Closed(reason.unwrap_or(FeedClose::Shutdown)),
+            frame = self.frames.recv() => match frame {
+                Some(frame) => FeedEvent::Frame(frame),
+                None => FeedEvent::Closed(FeedClose::Shutdown),
+            },
+        }
+    }
+
+    /// A frame that is already waiting, if any.
+    pub fn try_next(&mut self) -> Option<Frame> {
+        self.frames.try_recv().ok()
+    }
+
+    /// Resolves when the consumer closes this feed.
+    pub async fn closed(&mut self) -> FeedClose {
+        (&mut self.close).await.unwrap_or(FeedClose::Shutdown)
+    }
+
+    /// Tells the consumer that `frames` are written to the socket.
+    pub fn written(&self, frames: &[Frame]) {
+        let records = frames.iter().filter(|f| f.n.is_some()).count();
+        self.consumer.do_send(Written {
+            feed: self.id,
+            upto: frames.iter().filter_map(|f| f.n).max(),
+            records,
+        });
+    }
+}
+
+impl Drop for FeedHandle {
+    fn drop(&mut self) {
+        self.consumer.do_send(Detach { feed: self.id });
+    }
+}
+
+/// Opens a feed on this consumer.
+#[derive(Message)]
+#[rtype(result = "FeedHandle")]
+pub struct Attach {
+    pub from: FeedStart,
+}
+
+/// The user's subscribed topics changed: this is the whole new set.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetTopics(pub BTreeSet<String>);
+
+/// A subscribed topic was deleted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TopicGone(pub String);
+
+/// Stop now (sent only when the consumer has no feed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// Told to whoever started the consumer each time one of its feeds goes away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FeedClosed {
+    pub user: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Detach {
+    feed: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Written {
+    feed: u64,
+    /// The highest record sequence number written, if the frames held records.
+    upto: Option<u64>,
+    records: usize,
+}
+
+/// A record as the reader fetched it, its frame already rendered.
+struct Fetched {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    frame: Arc<str>,
+}
+
+/// Records fetched after the reader's last assignment change `epoch`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FetchedBatch {
+    epoch: u64,
+    records: Vec<Fetched>,
+}
+
+/// Where a newly assigned partition starts when no exact offset is known.
+#[derive(Debug, Clone, Copy)]
+enum StartAt {
+    Stored,
+    Beginning,
+    End,
+}
+
+/// Work for the reader task, done in order.
+enum KafkaOp {
+    Assign {
+        epoch: u64,
+        topics: Vec<String>,
+        at: StartAt,
+        /// Exact next offsets known for some partitions (they win over `at`).
+        resume: HashMap<(String, i32), i64>,
+    },
+    Unassign {
+        epoch: u64,
+        topics: Vec<String>,
+    },
+    Pause,
+    Resume,
+    /// Next offsets to commit.
+    Commit(Vec<(String, i32, i64)>),
+}
+
+/// A record handed to the feeds and not yet written by all of them.
+struct InFlight {
+    n: u64,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+struct FeedSlot {
+    tx: mpsc::UnboundedSender<Frame>,
+    close: Option<oneshot::Sender<FeedClose>>,
+    /// Record frames sent and not yet reported written.
+    queued: usize,
+    /// Every record up to this sequence number is written (or was never meant for this feed).
+    acked: u64,
+    /// Last time the feed wrote something, or went from idle to having work.
+    progress: Instant,
+}
+
+pub struct Consumer {
+    user: String,
+    settings: FeedConfig,
+    ops: mpsc::UnboundedSender<KafkaOp>,
+    /// The rdkafka client and the op queue, until `started` hands them to the reader task.
+    reader: Option<(StreamConsumer, mpsc::UnboundedReceiver<KafkaOp>)>,
+    directory: Recipient<FeedClosed>,
+    topics: BTreeSet<String>,
+    /// Assigned topics and the epoch of their assignment; empty while there is no feed.
+    assigned: HashMap<String, u64>,
+    epoch: u64,
+    feeds: HashMap<u64, FeedSlot>,
+    next_feed: u64,
+    /// Sequence number of the last record handed to the feeds.
+    last_n: u64,
+    /// Fetched records waiting for room in every feed.
+    pending: VecDeque<Fetched>,
+    in_flight: VecDeque<InFlight>,
+    /// Next offset per partition, as last committed by this consumer.
+    committed: HashMap<(String, i32), i64>,
+    /// Where to restart partitions whose records were dropped when the last feed left.
+    resume_at: HashMap<(String, i32), i64>,
+    paused: bool,
+}
+
+impl Consumer {
+    /// Creates the rdkafka consumer of `user`; it reads nothing until a feed attaches.
+    pub fn new(
+        user: &str,
+        topics: BTreeSet<String>,
+        kafka: &KafkaConfig,
+        settings: FeedConfig,
+        directory: Recipient<FeedClosed>,
+    ) -> Result<Consumer> {
+        let mut config = crate::kafka::client_config(kafka);
+        config
+            .set("group.id", format!("{GROUP_PREFIX}{user}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // `committed` on a partition this user never read: from its beginning, so that
+            // nothing produced after the subscription is missed.
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "false")
+            .set("enable.partition.eof", "false");
+        for (key, value) in &kafka.properties {
+            config.set(key, value);
+        }
+        let client: StreamConsumer = config
+            .create()
+            .map_err(|e| Error::ConsumerUnavailable(e.to_string()))?;
+        let (ops, ops_rx) = mpsc::unbounded_channel();
+        Ok(Consumer {
+            user: user.to_string(),
+            settings,
+            ops,
+            reader: Some((client, ops_rx)),
+            directory,
+            topics,
+            assigned: HashMap::new(),
+            epoch: 0,
+            feeds: HashMap::new(),
+            next_feed: 0,
+            last_n: 0,
+            pending: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            committed: HashMap::new(),
+            resume_at: HashMap::new(),
+            paused: false,
+        })
+    }
+
+    fn op(&self, op: KafkaOp) {
+        // The reader only stops when this actor does.
+        let _ = self.ops.send(op);
+    }
+
+    fn subscriptions_notice(&self) -> Frame {
+        Frame::notice(serde_json::json!({ "type": "subscriptions", "topics": self.topics }))
+    }
+
+    fn broadcast(&self, frame: &Frame) {
+        for slot in self.feeds.values() {
+            let _ = slot.tx.send(frame.clone());
+        }
+    }
+
+    fn assign(&mut self, topics: Vec<String>, from: FeedStart) {
+        if topics.is_empty() {
+            return;
+        }
+        self.epoch += 1;
+        let mut resume = HashMap::new();
+        for topic in &topics {
+            self.assigned.insert(topic.clone(), self.epoch);
+        }
+        let at = match from {
+            FeedStart::Committed => {
+                // Our own commits may not have reached the broker yet: exact offsets win.
+                for (key, offset) in self.committed.iter().chain(self.resume_at.iter()) {
+                    if topics.contains(&key.0) {
+                        resume.insert(key.clone(), *offset);
+                    }
+                }
+                StartAt::Stored
+            }
+            FeedStart::Earliest => StartAt::Beginning,
+            FeedStart::Latest => StartAt::End,
+        };
+        self.resume_at
+            .retain(|(topic, _), _| !topics.contains(topic));
+        self.op(KafkaOp::Assign {
+            epoch: self.epoch,
+            topics,
+            at,
+            resume,
+        });
+    }
+
+    fn unassign(&mut self, topics: Vec<String>) {
+        let topics: Vec<String> = topics
+            .into_iter()
+            .filter(|t| self.assigned.remove(t).is_some())
+            .collect();
+        if topics.is_empty() {
+            return;
+        }
+        self.epoch += 1;
+        self.pending.retain(|r| !topics.contains(&r.topic));
+        self.op(KafkaOp::Unassign {
+            epoch: self.epoch,
+            topics,
+        });
+    }
+
+    /// The last feed left: nothing can be delivered, so give the partitions back and remember
+    /// where the undelivered records start, for the next feed.
+    fn release(&mut self) {
+        let undelivered = self
+            .in_flight
+            .iter()
+            .map(|r| (&r.topic, r.partition, r.offset))
+            .chain(
+                self.pending
+                    .iter()
+                    .map(|r| (&r.topic, r.partition, r.offset)),
+            );
+        for (topic, partition, offset) in undelivered {
+            self.resume_at
+                .entry((topic.clone(), partition))
+                .and_modify(|o| *o = (*o).min(offset))
+                .or_insert(offset);
+        }
+        self.in_flight.clear();
+        self.pending.clear();
+        let topics: Vec<String> = self.assigned.keys().cloned().collect();
+        self.unassign(topics);
+        if self.paused {
+            self.paused = false;
+            self.op(KafkaOp::Resume);
+        }
+        tracing::debug!(user = %self.user, "Last feed closed; partitions released.");
+    }
+
+    /// Hands waiting records to every feed while all have room; pauses fetching otherwise.
+    fn dispatch(&mut self) {
+        let limit = self.settings.buffer_frames;
+        while !self.feeds.is_empty() && self.feeds.values().all(|f| f.queued < limit) {
+            let Some(record) = self.pending.pop_front() else {
+                break;
+            };
+            self.last_n += 1;
+            let frame = Frame {
+                n: Some(self.last_n),
+                text: record.frame,
+            };
+            let now = Instant::now();
+            for slot in self.feeds.values_mut() {
+                if slot.queued == 0 {
+                    slot.progress = now;
+                }
+                slot.queued += 1;
+                // A closed receiver means the feed is going; its `Detach` is on the way.
+                let _ = slot.tx.send(frame.clone());
+            }
+            self.in_flight.push_back(InFlight {
+                n: self.last_n,
+                topic: record.topic,
+                partition: record.partition,
+                offset: record.offset,
+            });
+        }
+        let backed_up = !self.pending.is_empty();
+        if backed_up != self.paused {
+            self.paused = backed_up;
+            tracing::debug!(user = %self.user, paused = backed_up, "Feed backpressure.");
+            self.op(if backed_up {
+                KafkaOp::Pause
+            } else {
+                KafkaOp::Resume
+            });
+        }
+    }
+
+    /// Commits the records every feed has written.
+    fn advance(&mut self) {
+        let Some(done) = self.feeds.values().map(|f| f.acked).min() else {
+            return;
+        };
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        while self.in_flight.front().is_some_and(|r| r.n <= done) {
+            let Some(r) = self.in_flight.pop_front() else {
+                break;
+            };
+            let slot = next.entry((r.topic, r.partition)).or_insert(r.offset + 1);
+            *slot = (*slot).max(r.offset + 1);
+        }
+        if next.is_empty() {
+            return;
+        }
+        let commits = next
+            .into_iter()
+            .map(|((topic, partition), offset)| {
+                self.committed.insert((topic.clone(), partition), offset);
+                (topic, partition, offset)
+            })
+            .collect();
+        self.op(KafkaOp::Commit(commits));
+    }
+
+    fn remove_feed(&mut self, id: u64, close: Option<FeedClose>) {
+        let Some(mut slot) = self.feeds.remove(&id) else {
+            return;
+        };
+        if let (Some(reason), Some(tx)) = (close, slot.close.take()) {
+            let _ = tx.send(reason);
+        }
+        self.directory.do_send(FeedClosed {
+            user: self.user.clone(),
+        });
+        if self.feeds.is_empty() {
+            self.release();
+        } else {
+            self.advance();
+            self.dispatch();
+        }
+    }
+
+    fn close_stalled(&mut self) {
+        let limit = Duration::from_millis(self.settings.stall_timeout_ms);
+        let stalled: Vec<u64> = self
+            .feeds
+            .iter()
+            .filter(|(_, f)| f.queued > 0 && f.progress.elapsed() > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            tracing::warn!(user = %self.user, feed = id, "Feed stalled; closing it.");
+            self.remove_feed(id, Some(FeedClose::Stalled(limit)));
+        }
+    }
+}
+
+impl Actor for Consumer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some((client, ops)) = self.reader.take() {
+            actix::spawn(read(client, ops, ctx.address()));
+        }
+        let every = Duration::from_millis((self.settings.stall_timeout_ms / 4).clamp(50, 1000));
+        ctx.run_interval(every, |act, _| act.close_stalled());
+        tracing::info!(user = %self.user, "Consumer started.");
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for (_, mut slot) in self.feeds.drain() {
+            if let Some(tx) = slot.close.take() {
+                let _ = tx.send(FeedClose::Shutdown);
+            }
+        }
+        tracing::info!(user = %self.user, "Consumer stopped.");
+    }
+}
+
+impl Handler<Attach> for Consumer {
+    type Result = MessageResult<Attach>;
+
+    fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Self::Result {
+        let first = self.feeds.is_empty();
+        let id = self.next_feed;
+        self.next_feed += 1;
+        let (tx, frames) = mpsc::unbounded_channel();
+        let (close_tx, close) = oneshot::channel();
+        let _ = tx.send(self.subscriptions_notice());
+        self.feeds.insert(
+            id,
+            FeedSlot {
+                tx,
+                close: Some(close_tx),
+                queued: 0,
+                acked: self.last_n,
+                progress: Instant::now(),
+            },
+        );
+        if first {
+            let topics = self.topics.iter().cloned().collect();
+            self.assign(topics, msg.from);
+        }
+        tracing::debug!(user = %self.user, feed = id, feeds = self.feeds.len(), "Feed opened.");
+        MessageResult(FeedHandle {
+            id,
+            frames,
+            close,
+            consumer: ctx.address(),
+        })
+    }
+}
+
+impl Handler<Detach> for Consumer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Detach, _: &mut Context<Self>) {
+        self.remove_feed(msg.feed, None);
+    }
+}
+
+impl Handler<Written> for Consumer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Written, _: &mut Context<Self>) {
+        let Some(slot) = self.feeds.get_mut(&msg.feed) else {
+            return;
+        };
+        slot.queued = slot.queued.saturating_sub(msg.records);
+        if let Some(n) = msg.upto {
+            slot.acked = slot.acked.max(n);
+        }
+        slot.progress = Instant::now();
+        self.advance();
+        self.dispatch();
+    }
+}
+
+impl Handler<FetchedBatch> for Consumer {
+    type Result = ();
+
+    fn handle(&mut self, msg: FetchedBatch, _: &mut Context<Self>) {
+        if self.feeds.is_empty() {
+            return;
+        }
+        let current = |r: &Fetched| {
+            self.assigned
+                .get(&r.topic)
+                .is_some_and(|&since| msg.epoch >= since)
+        };
+        let fresh: Vec<Fetched> = msg.records.into_iter().filter(current).collect();
+        self.pending.extend(fresh);
+        self.dispatch();
+    }
+}
+
+impl Handler<SetTopics> for Consumer {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetTopics, _: &mut Context<Self>) {
+        let removed: Vec<String> = self.topics.difference(&msg.0).cloned().collect();
+        let added: Vec<String> = msg.0.difference(&self.topics).cloned().collect();
+        if removed.is_empty() && added.is_empty() {
+            return;
+        }
+        self.topics = msg.0;
+        self.resume_at.retain(|(t, _), _| !removed.contains(t));
+        if !self.feeds.is_empty() {
+            self.unassign(removed);
+            // A topic added while connected starts where this user last committed on it.
+            self.assign(added, FeedStart::Committed);
+        }
+        tracing::info!(user = %self.user, topics = ?self.topics, "Subscriptions changed in place.");
+        self.broadcast(&self.subscriptions_notice());
+        self.dispatch();
+    }
+}
+
+impl Handler<TopicGone> for Consumer {
+    type Result = ();
+
+    fn handle(&mut self, msg: TopicGone, _: &mut Context<Self>) {
+        let topic = msg.0;
+        self.unassign(vec![topic.clone()]);
+        self.in_flight.retain(|r| r.topic != topic);
+        self.committed.retain(|(t, _), _| *t != topic);
+        self.resume_at.retain(|(t, _), _| *t != topic);
+        self.broadcast(&Frame::notice(
+            serde_json::json!({ "type": "topic_deleted", "topic": topic }),
+        ));
+        if self.topics.remove(&topic) {
+            self.broadcast(&self.subscriptions_notice());
+        }
+        self.advance();
+        self.dispatch();
+    }
+}
+
+impl Handler<Stop> for Consumer {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// The feed frame of one record: `value` is the payload's JSON when it parses, else a string.
+fn render(message: &BorrowedMessage<'_>) -> String {
+    let mut out = String::with_capacity(96 + message.payload_len());
+    out.push_str("{\"topic\":");
+    push_json_str(&mut out, message.topic());
+    let _ = write!(
+        out,
+        ",\"partition\":{},\"offset\":{},\"key\":",
+        message.partition(),
+        message.offset()
+    );
+    match message.key() {
+        Some(key) => push_json_str(&mut out, &String::from_utf8_lossy(key)),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"value\":");
+    push_value(&mut out, message.payload());
+    out.push_str(",\"headers\":{");
+    if let Some(headers) = message.headers() {
+        for (i, header) in headers.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, header.key);
+            out.push(':');
+            match header.value {
+                Some(value) => push_json_str(&mut out, &String::from_utf8_lossy(value)),
+                None => out.push_str("null"),
+            }
+        }
+    }
+    out.push_str("},\"timestamp\":");
+    match message.timestamp().to_millis() {
+        Some(ms) => {
+            let _ = write!(out, "{ms}");
+        }
+        None => out.push_str("null"),
+    }
+    out.push('}');
+    out
+}
+
+fn push_json_str(out: &mut String, text: &str) {
+    // Serializing a &str cannot fail.
+    out.push_str(&serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_string()));
+}
+
+fn push_value(out: &mut String, payload: Option<&[u8]>) {
+    let Some(payload) = payload else {
+        out.push_str("null");
+        return;
+    };
+    if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
+        let text = String::from_utf8_lossy(payload);
+        let text = text.trim();
+        if !text.contains(['\n', '\r']) {
+            // Valid JSON on one line goes out as it is, sparing a parse and a print.
+            out.push_str(text);
+            return;
+        }
+        // Pretty-printed JSON is made compact, so that every frame is one NDJSON line.
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) {
+            out.push_str(&value.to_string());
+            return;
+        }
+    }
+    push_json_str(out, &String::from_utf8_lossy(payload));
+}
+
+/// A topic waiting for its partition count before it can be assigned.
+struct WaitingAssign {
+    topic: String,
+    at: StartAt,
+    resume: HashMap<(String, i32), i64>,
+}
+
+/// The reader task: owns the rdkafka client, runs the actor's operations in order and feeds
+/// it fetched records. Ends when the actor stops.
+async fn read(
+    client: StreamConsumer,
+    mut ops: mpsc::UnboundedReceiver<KafkaOp>,
+    actor: Addr<Consumer>,
+) {
+    let client = Arc::new(client);
+    let mut epoch = 0;
+    let mut paused = false;
+    let mut waiting: Vec<WaitingAssign> = Vec::new();
+    let mut last_error = String::new();
+    let mut retry = tokio::time::interval(ASSIGN_RETRY);
+    loop {
+        tokio::select! {
+            biased;
+            op = ops.recv() => {
+                let Some(op) = op else { break };
+                match op {
+                    KafkaOp::Assign { epoch: e, topics, at, resume } => {
+                        epoch = e;
+                        waiting.extend(topics.into_iter().map(|topic| WaitingAssign {
+                            topic,
+                            at,
+                            resume: resume.clone(),
+                        }));
+                        waiting = assign_waiting(&client, waiting, paused).await;
+                    }
+                    KafkaOp::Unassign { epoch: e, topics } => {
+                        epoch = e;
+                        waiting.retain(|w| !topics.contains(&w.topic));
+                        unassign(&client, &topics);
+                    }
+                    KafkaOp::Pause => {
+                        paused = true;
+                        pause(&client, true);
+                    }
+                    KafkaOp::Resume => {
+                        paused = false;
+                        pause(&client, false);
+                    }
+                    KafkaOp::Commit(offsets) => commit(&client, &offsets),
+                }
+            }
+            _ = retry.tick(), if !waiting.is_empty() => {
+                waiting = assign_waiting(&client, std::mem::take(&mut waiting), paused).await;
+            }
+            first = client.recv() => {
+                let mut records = Vec::new();
+                match first {
+                    Ok(message) => records.push(fetched(&message)),
+                    Err(e) => {
+                        let text = e.to_string();
+                        if text != last_error {
+                            tracing::warn!(error = %text, "Kafka consumer error.");
+                            last_error = text;
+                        }
+                        continue;
+                    }
+                }
+                while records.len() < MAX_FETCH_BATCH {
+                    match client.recv().now_or_never() {
+                        Some(Ok(message)) => records.push(fetched(&message)),
+                        _ => break,
+                    }
+                }
+                if actor.send(FetchedBatch { epoch, records }).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // Closing a consumer blocks until librdkafka lets go of it.
+    tokio::task::spawn_blocking(move || drop(client));
+}
+
+fn fetched(message: &BorrowedMessage<'_>) -> Fetched {
+    Fetched {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        frame: render(message).into(),
+    }
+}
+
+/// Assigns the topics whose partitions are known; returns the ones to retry.
+async fn assign_waiting(
+    client: &Arc<StreamConsumer>,
+    waiting: Vec<WaitingAssign>,
+    paused: bool,
+) -> Vec<WaitingAssign> {
+    let mut retry = Vec::new();
+    let mut list = TopicPartitionList::new();
+    for wanted in waiting {
+        let c = client.clone();
+        let topic = wanted.topic.clone();
+        let count = tokio::task::spawn_blocking(move || partition_count(&c, &topic))
+            .await
+            .unwrap_or(None);
+        let Some(count) = count else {
+            tracing::warn!(topic = %wanted.topic, "No partition metadata yet; will retry the assignment.");
+            retry.push(wanted);
+            continue;
+        };
+        for partition in 0..count {
+            let offset = match wanted.resume.get(&(wanted.topic.clone(), partition)) {
+                Some(&next) => Offset::Offset(next),
+                None => match wanted.at {
+                    StartAt::Stored => Offset::Stored,
+                    StartAt::Beginning => Offset::Beginning,
+                    StartAt::End => Offset::End,
+                },
+            };
+            if let Err(e) = list.add_partition_offset(&wanted.topic, partition, offset) {
+                tracing::warn!(topic = %wanted.topic, partition, error = %e, "Bad start offset.");
+            }
+        }
+    }
+    if list.count() > 0 {
+        match client.incremental_assign(&list) {
+            Ok(()) => {
+                if paused {
+                    if let Err(e) = client.pause(&list) {
+                        tracing::warn!(error = %e, "Cannot pause new partitions.");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot assign partitions."),
+        }
+    }
+    retry
+}
+
+fn partition_count(client: &StreamConsumer, topic: &str) -> Option<i32> {
+    let metadata = client.fetch_metadata(Some(topic), METADATA_TIMEOUT).ok()?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+    if found.error().is_some() || found.partitions().is_empty() {
+        return None;
+    }
+    Some(found.partitions().len() as i32)
+}
+
+fn unassign(client: &StreamConsumer, topics: &[String]) {
+    let Ok(current) = client.assignment() else {
+        return;
+    };
+    let mut list = TopicPartitionList::new();
+    for elem in current.elements() {
+        if topics.iter().any(|t| t == elem.topic()) {
+            list.add_partition(elem.topic(), elem.partition());
+        }
+    }
+    if list.count() > 0 {
+        if let Err(e) = client.incremental_unassign(&list) {
+            tracing::warn!(error = %e, "Cannot unassign partitions.");
+        }
+    }
+}
+
+fn pause(client: &StreamConsumer, pause: bool) {
+    let Ok(current) = client.assignment() else {
+        return;
+    };
+    if current.count() == 0 {
+        return;
+    }
+    let result = if pause {
+        client.pause(&current)
+    } else {
+        client.resume(&current)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, pause, "Cannot pause or resume partitions.");
+    }
+}
+
+fn commit(client: &StreamConsumer, offsets: &[(String, i32, i64)]) {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, next) in offsets {
+        if let Err(e) = list.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            tracing::warn!(%topic, partition, error = %e, "Bad commit offset.");
+        }
+    }
+    if let Err(e) = client.commit(&list, CommitMode::Async) {
+        tracing::warn!(error = %e, "Offset commit failed; the records may be sent again.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value_of(payload: &[u8]) -> serde_json::Value {
+        let mut out = String::new();
+        push_value(&mut out, Some(payload));
+        serde_json::from_str(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn value_is_json_when_it_parses_and_a_string_otherwise() {
+        assert_eq!(value_of(br#"{"a":1}"#), serde_json::json!({"a": 1}));
+        assert_eq!(value_of(b" 42 "), serde_json::json!(42));
+        assert_eq!(value_of(b"hello"), serde_json::json!("hello"));
+        assert_eq!(value_of(b"{\"a\":"), serde_json::json!("{\"a\":"));
+        let mut out = String::new();
+        push_value(&mut out, Some(b"{\n  \"a\": [1,\n 2]\n}"));
+        assert_eq!(out, r#"{"a":[1,2]}"#, "pretty JSON is made one line");
+        assert_eq!(value_of(&[0xff, b'x']), serde_json::json!("\u{fffd}x"));
+    }
+
+    #[test]
+    fn stall_reason_fits_a_close_frame() {
+        let reason = FeedClose::Stalled(Duration::from_secs(86_400)).reason();
+        assert!(reason.len() <= 123, "{} bytes", reason.len());
+        assert_eq!(FeedClose::Stalled(Duration::ZERO).code(), 1008);
+    }
+}

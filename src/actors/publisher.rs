@@ -1,0 +1,613 @@
+//! The publisher: routes records to Kafka through one shared producer, and holds those that
+//! cannot go yet in the durable spool.
+//!
+//! Per topic: an active topic with an empty spool takes the direct path. Anything else is
+//! appended to the spool: records of a pending topic, records that found the producer queue
+//! full, and records Kafka did not acknowledge (broker down). While an active topic has held
+//! records, a drain sends them to Kafka in arrival order and every newer record of that topic
+//! goes to the spool behind them; once the spool of the topic is empty the topic switches back
+//! to the direct path. A topic that is rejected, withdrawn, failed or deleted has its held
+//! records moved to the dead-letter state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use super::event_store::{Append, EventStore};
+use super::registry::TopicRoute;
+use crate::config::SpoolLimits;
+use crate::error::{Error, Result};
+use crate::events::{EventKind, NewEvent};
+use crate::identity::{Principal, Role};
+use crate::kafka::BatchProducer;
+use crate::metrics::METRICS;
+use crate::record::Record;
+use crate::spool::{HeldRecordOut, HeldState, Spool, TopicContents};
+
+const DRAIN_BATCH: usize = 2000;
+const DRAIN_BACKOFF_START: Duration = Duration::from_millis(200);
+const DRAIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+const SAVE_PUBLISHED_EVERY: Duration = Duration::from_secs(2);
+
+/// What became of the records of one ingest call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// Acknowledged by Kafka.
+    pub published: u64,
+    /// Committed to the spool.
+    pub held: u64,
+}
+
+/// Records of one producer for one topic, in order. Answered when every one is durable.
+#[derive(Message)]
+#[rtype(result = "Result<Receipt>")]
+pub struct Publish {
+    pub producer: String,
+    pub topic: String,
+    pub records: Vec<Record>,
+    /// The caller has just filed a create request for the topic: hold even if the news of
+    /// that request has not reached the publisher yet.
+    pub requested: bool,
+}
+
+/// Where records of a topic go now (from the watcher, and from the registry at startup).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRoute {
+    pub topic: String,
+    pub route: TopicRoute,
+}
+
+/// Held and published counts of topics, for the topic views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TopicCounts {
+    pub held: u64,
+    pub dead: u64,
+    pub published: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "HashMap<String, TopicCounts>")]
+pub struct Counts;
+
+/// Held records of a topic, for the admin or the producer who sent them.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<HeldRecordOut>>")]
+pub struct ListHeld {
+    pub principal: Principal,
+    pub topic: String,
+    pub state: HeldState,
+    pub after: i64,
+    pub limit: usize,
+}
+
+/// Deletes the dead records of a topic (admin); recorded as a `held_discarded` event.
+#[derive(Message)]
+#[rtype(result = "Result<u64>")]
+pub struct DiscardHeld {
+    pub principal: Principal,
+    pub topic: String,
+}
+
+/// Records published directly.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Delivered {
+    topic: String,
+    records: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<u64>")]
+struct Spill {
+    topic: String,
+    producer: String,
+    records: Vec<Record>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HoldFailed {
+    topic: String,
+    records: u64,
+    bytes: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Drained {
+    topic: String,
+    records: u64,
+    bytes: u64,
+}
+
+/// The drain of `topic` found the spool empty: may it stop?
+#[derive(Message)]
+#[rtype(result = "bool")]
+struct DrainIdle {
+    topic: String,
+}
+
+#[derive(Debug, Default)]
+struct TopicState {
+    route: Option<TopicRoute>,
+    contents: TopicContents,
+    draining: bool,
+}
+
+impl TopicState {
+    fn direct(&self) -> bool {
+        self.route == Some(TopicRoute::Active) && self.contents.held == 0 && !self.draining
+    }
+}
+
+pub struct Publisher {
+    producer: Arc<BatchProducer>,
+    spool: Spool,
+    limits: SpoolLimits,
+    event_store: Addr<EventStore>,
+    topics: HashMap<String, TopicState>,
+    spool_bytes: u64,
+    unsaved_published: HashMap<String, u64>,
+}
+
+impl Publisher {
+    pub fn new(
+        producer: BatchProducer,
+        spool: Spool,
+        contents: HashMap<String, TopicContents>,
+        limits: SpoolLimits,
+        event_store: Addr<EventStore>,
+    ) -> Self {
+        let spool_bytes = contents.values().map(|c| c.held_bytes + c.dead_bytes).sum();
+        let topics = contents
+            .into_iter()
+            .map(|(topic, contents)| {
+                let state = TopicState {
+                    contents,
+                    ..TopicState::default()
+                };
+                (topic, state)
+            })
+            .collect();
+        let publisher = Publisher {
+            producer: Arc::new(producer),
+            spool,
+            limits,
+            event_store,
+            topics,
+            spool_bytes,
+            unsaved_published: HashMap::new(),
+        };
+        publisher.update_gauges();
+        publisher
+    }
+
+    fn update_gauges(&self) {
+        let records: u64 = self
+            .topics
+            .values()
+            .map(|t| t.contents.held + t.contents.dead)
+            .sum();
+        METRICS.spool_records.set(records as i64);
+        METRICS.spool_bytes.set(self.spool_bytes as i64);
+    }
+
+    /// Appends records to the spool behind everything already there; checks the bounds.
+    fn hold(
+        &mut self,
+        topic: &str,
+        producer: &str,
+        records: Vec<Record>,
+        ctx: &mut Context<Self>,
+        enforce_limits: bool,
+    ) -> Result<impl std::future::Future<Output = Result<u64>> + use<>> {
+        let n = records.len() as u64;
+        let bytes: u64 = records.iter().map(Record::size).sum();
+        let state = self.topics.entry(topic.to_string()).or_default();
+        if enforce_limits {
+            if state.contents.held + n > self.limits.max_records_per_topic {
+                METRICS.spool_full.inc();
+                return Err(Error::SpoolFull(format!(
+                    "topic {topic} already holds {} records (limit {})",
+                    state.contents.held, self.limits.max_records_per_topic
+                )));
+            }
+            if self.spool_bytes + bytes > self.limits.max_bytes_total {
+                METRICS.spool_full.inc();
+                return Err(Error::SpoolFull(format!(
+                    "the spool holds {} bytes (limit {})",
+                    self.spool_bytes, self.limits.max_bytes_total
+                )));
+            }
+        }
+        // Counted now, in arrival order, so a drain never stops while records are on their way.
+        state.contents.held += n;
+        state.contents.held_bytes += bytes;
+        let start_drain = state.route == Some(TopicRoute::Active) && !state.draining;
+        self.spool_bytes += bytes;
+        METRICS.held.inc_by(n);
+        self.update_gauges();
+        if start_drain {
+            self.start_drain(topic, ctx);
+        }
+        let committed = self
+            .spool
+            .hold(topic.to_string(), producer.to_string(), records);
+        let me = ctx.address();
+        let topic = topic.to_string();
+        Ok(async move {
+            match committed.await {
+                Ok(()) => Ok(n),
+                Err(e) => {
+                    me.do_send(HoldFailed {
+                        topic,
+                        records: n,
+                        bytes,
+                    });
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn start_drain(&mut self, topic: &str, ctx: &mut Context<Self>) {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return;
+        };
+        state.draining = true;
+        tracing::info!(%topic, held = state.contents.held, "Draining held records.");
+        actix::spawn(drain(
+            topic.to_string(),
+            self.spool.clone(),
+            self.producer.clone(),
+            ctx.address(),
+        ));
+    }
+
+    fn count_published(&mut self, topic: &str, n: u64) {
+        METRICS.published.inc_by(n);
+        self.topics
+            .entry(topic.to_string())
+            .or_default()
+            .contents
+            .published += n;
+    }
+}
+
+impl Actor for Publisher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Records of one connection must reach the publisher in the order they were sent.
+        ctx.set_mailbox_capacity(super::UNBOUNDED_MAILBOX);
+        ctx.run_interval(SAVE_PUBLISHED_EVERY, |act, _| {
+            if act.unsaved_published.is_empty() {
+                return;
+            }
+            let counts = std::mem::take(&mut act.unsaved_published);
+            let spool = act.spool.clone();
+            actix::spawn(async move {
+                if let Err(e) = spool.add_published(counts).await {
+                    tracing::warn!(error = %e, "Published counts not saved.");
+                }
+            });
+        });
+    }
+}
+
+impl Handler<Publish> for Publisher {
+    type Result = ResponseFuture<Result<Receipt>>;
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        let topic = msg.topic;
+        let state = self.topics.entry(topic.clone()).or_default();
+        if msg.requested && matches!(state.route, None | Some(TopicRoute::Unknown)) {
+            state.route = Some(TopicRoute::Pending);
+        }
+        let refused = match &state.route {
+            None | Some(TopicRoute::Unknown) => Some(Error::UnknownTopic(topic.clone())),
+            Some(TopicRoute::Closed(why)) => Some(Error::TopicClosed {
+                topic: topic.clone(),
+                why: why.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            return Box::pin(async move { Err(e) });
+        }
+        let n = msg.records.len() as u64;
+        METRICS.ingested.inc_by(n);
+        if !state.direct() {
+            let held = self.hold(&topic, &msg.producer, msg.records, ctx, true);
+            return Box::pin(async move {
+                let held = held?.await?;
+                Ok(Receipt { published: 0, held })
+            });
+        }
+
+        let sent = self.producer.send(&topic, &msg.records);
+        let mut records = msg.records;
+        // What did not fit in the producer queue waits in the spool, behind what did.
+        let overflow = records.split_off(sent.enqueued);
+        let overflow_held = if overflow.is_empty() {
+            None
+        } else {
+            Some(self.hold(&topic, &msg.producer, overflow, ctx, false))
+        };
+        let me = ctx.address();
+        let producer = msg.producer;
+        Box::pin(async move {
+            let mut receipt = Receipt::default();
+            if let Some(held) = overflow_held {
+                receipt.held += held?.await?;
+            }
+            let failed = sent
+                .failed
+                .await
+                .unwrap_or_else(|_| (0..records.len()).collect());
+            receipt.published = (records.len() - failed.len()) as u64;
+            me.do_send(Delivered {
+                topic: topic.clone(),
+                records: receipt.published,
+            });
+            if !failed.is_empty() {
+                // Kafka did not take them (broker down, timeout): they wait in the spool.
+                let mut is_failed = vec![false; records.len()];
+                for i in failed {
+                    is_failed[i] = true;
+                }
+                let failed_records: Vec<Record> = records
+                    .into_iter()
+                    .zip(is_failed)
+                    .filter_map(|(record, failed)| failed.then_some(record))
+                    .collect();
+                receipt.held += me
+                    .send(Spill {
+                        topic,
+                        producer,
+                        records: failed_records,
+                    })
+                    .await??;
+            }
+            Ok(receipt)
+        })
+    }
+}
+
+impl Handler<Spill> for Publisher {
+    type Result = ResponseFuture<Result<u64>>;
+
+    fn handle(&mut self, msg: Spill, ctx: &mut Context<Self>) -> Self::Result {
+        tracing::warn!(topic = %msg.topic, records = msg.records.len(), "Kafka did not acknowledge records; holding them.");
+        // Already accepted by the caller's call: bounds do not apply to what was in flight.
+        let held = self.hold(&msg.topic, &msg.producer, msg.records, ctx, false);
+        Box::pin(async move { held?.await })
+    }
+}
+
+impl Handler<HoldFailed> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: HoldFailed, _: &mut Context<Self>) {
+        if let Some(state) = self.topics.get_mut(&msg.topic) {
+            state.contents.held = state.contents.held.saturating_sub(msg.records);
+            state.contents.held_bytes = state.contents.held_bytes.saturating_sub(msg.bytes);
+        }
+        self.spool_bytes = self.spool_bytes.saturating_sub(msg.bytes);
+        self.update_gauges();
+    }
+}
+
+impl Handler<Delivered> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Delivered, _: &mut Context<Self>) {
+        if msg.records > 0 {
+            self.count_published(&msg.topic, msg.records);
+            *self.unsaved_published.entry(msg.topic).or_default() += msg.records;
+        }
+    }
+}
+
+impl Handler<Drained> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Drained, _: &mut Context<Self>) {
+        METRICS.drained.inc_by(msg.records);
+        self.count_published(&msg.topic, msg.records);
+        if let Some(state) = self.topics.get_mut(&msg.topic) {
+            state.contents.held = state.contents.held.saturating_sub(msg.records);
+            state.contents.held_bytes = state.contents.held_bytes.saturating_sub(msg.bytes);
+        }
+        self.spool_bytes = self.spool_bytes.saturating_sub(msg.bytes);
+        self.update_gauges();
+    }
+}
+
+impl Handler<DrainIdle> for Publisher {
+    type Result = bool;
+
+    fn handle(&mut self, msg: DrainIdle, _: &mut Context<Self>) -> bool {
+        let Some(state) = self.topics.get_mut(&msg.topic) else {
+            return true;
+        };
+        // More records arrived, and the topic is still active: keep draining.
+        if state.contents.held > 0 && state.route == Some(TopicRoute::Active) {
+            return false;
+        }
+        state.draining = false;
+        if state.direct() {
+            tracing::info!(topic = %msg.topic, "Spool drained; publishing directly.");
+        }
+        true
+    }
+}
+
+impl Handler<SetRoute> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetRoute, ctx: &mut Context<Self>) {
+        let topic = msg.topic;
+        let state = self.topics.entry(topic.clone()).or_default();
+        if state.route.as_ref() == Some(&msg.route) {
+            return;
+        }
+        tracing::debug!(%topic, route = ?msg.route, "Route changed.");
+        state.route = Some(msg.route.clone());
+        match msg.route {
+            TopicRoute::Active if state.contents.held > 0 && !state.draining => {
+                self.start_drain(&topic, ctx)
+            }
+            TopicRoute::Closed(_) if state.contents.held > 0 => {
+                let spool = self.spool.clone();
+                let moved = async move { spool.kill(&topic).await.map(|n| (topic, n)) };
+                ctx.spawn(moved.into_actor(self).map(|result, act, _| match result {
+                    Ok((topic, n)) => {
+                        METRICS.dead_lettered.inc_by(n);
+                        if let Some(state) = act.topics.get_mut(&topic) {
+                            let c = &mut state.contents;
+                            c.held = c.held.saturating_sub(n);
+                            c.dead += n;
+                            c.dead_bytes += c.held_bytes;
+                            c.held_bytes = 0;
+                        }
+                        tracing::info!(%topic, records = n, "Held records dead-lettered.");
+                    }
+                    Err(e) => tracing::error!(error = %e, "Held records not dead-lettered."),
+                }));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Handler<Counts> for Publisher {
+    type Result = MessageResult<Counts>;
+
+    fn handle(&mut self, _: Counts, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.topics
+                .iter()
+                .map(|(topic, state)| {
+                    let c = &state.contents;
+                    let counts = TopicCounts {
+                        held: c.held,
+                        dead: c.dead,
+                        published: c.published,
+                    };
+                    (topic.clone(), counts)
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Handler<ListHeld> for Publisher {
+    type Result = ResponseFuture<Result<Vec<HeldRecordOut>>>;
+
+    fn handle(&mut self, msg: ListHeld, _: &mut Context<Self>) -> Self::Result {
+        let spool = self.spool.clone();
+        Box::pin(async move {
+            msg.principal.require_any(&[Role::Admin, Role::Producer])?;
+            // A producer sees only what it sent; an admin sees everything.
+            let only = (!msg.principal.has(Role::Admin)).then(|| msg.principal.name.clone());
+            let records = spool
+                .list(&msg.topic, msg.state, only, msg.after, msg.limit)
+                .await?;
+            Ok(records.iter().map(HeldRecordOut::from).collect())
+        })
+    }
+}
+
+impl Handler<DiscardHeld> for Publisher {
+    type Result = ResponseActFuture<Self, Result<u64>>;
+
+    fn handle(&mut self, msg: DiscardHeld, _: &mut Context<Self>) -> Self::Result {
+        let spool = self.spool.clone();
+        let event_store = self.event_store.clone();
+        let work = async move {
+            msg.principal.require_any(&[Role::Admin])?;
+            let (count, bytes) = spool.discard(&msg.topic).await?;
+            let event = NewEvent::now(
+                &msg.principal.name,
+                Some(&msg.topic),
+                None,
+                EventKind::HeldDiscarded { count },
+            );
+            event_store.send(Append(vec![event])).await??;
+            Ok::<_, Error>((msg.topic, count, bytes))
+        };
+        Box::pin(work.into_actor(self).map(|result, act, _| {
+            let (topic, count, bytes) = result?;
+            METRICS.discarded.inc_by(count);
+            if let Some(state) = act.topics.get_mut(&topic) {
+                state.contents.dead = state.contents.dead.saturating_sub(count);
+                state.contents.dead_bytes = state.contents.dead_bytes.saturating_sub(bytes);
+            }
+            act.spool_bytes = act.spool_bytes.saturating_sub(bytes);
+            act.update_gauges();
+            Ok(count)
+        }))
+    }
+}
+
+/// Sends the held records of `topic` to Kafka in arrival order until the spool has none left
+/// and the publisher agrees to stop. A batch that Kafka only partly takes is sent again from
+/// its first unacknowledged record (records after it may then reach Kafka twice).
+async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Addr<Publisher>) {
+    let mut backoff = DRAIN_BACKOFF_START;
+    loop {
+        let batch = match spool.next_held(&topic, 0, DRAIN_BATCH).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(%topic, error = %e, "Cannot read the spool.");
+                tokio::time::sleep(DRAIN_BACKOFF_MAX).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            match me
+                .send(DrainIdle {
+                    topic: topic.clone(),
+                })
+                .await
+            {
+                Ok(false) => continue,
+                _ => return,
+            }
+        }
+        let records: Vec<Record> = batch.iter().map(|h| h.record.clone()).collect();
+        let sent = producer.send(&topic, &records);
+        let failed = sent.failed.await.unwrap_or_default();
+        // Everything before the first record Kafka did not take is in Kafka, in order.
+        let delivered = failed
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(sent.enqueued)
+            .min(sent.enqueued);
+        if delivered > 0 {
+            let last = &batch[delivered - 1];
+            let bytes = records[..delivered].iter().map(Record::size).sum();
+            match spool.release(&topic, last.id, delivered as u64).await {
+                Ok(()) => me.do_send(Drained {
+                    topic: topic.clone(),
+                    records: delivered as u64,
+                    bytes,
+                }),
+                Err(e) => tracing::error!(%topic, error = %e, "Cannot release drained records."),
+            }
+        }
+        if delivered < batch.len() {
+            tracing::warn!(%topic, retry_in_ms = backoff.as_millis() as u64, "Kafka did not take held records; retrying.");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(DRAIN_BACKOFF_MAX);
+        } else {
+            backoff = DRAIN_BACKOFF_START;
+        }
+    }
+}

@@ -1,0 +1,627 @@
+//! The subscriptions actor: who reads which topic, and the door to each user's consumer.
+//!
+//! The user-to-topic mapping is state kept as events: `subscribed` (actor: the user) and
+//! `unsubscribed` (actor: the user, reason `user`; or actor `system`, reason `topic_deleted`,
+//! which ends every subscription to the topic). This actor is their single writer; like the
+//! registry it checks a command, applies the event, appends it and answers once it is
+//! committed. Only active topics can be subscribed (asked of the registry).
+//!
+//! It follows the log: when a `topic_deleted` event is committed, the topic's subscriptions end
+//! with an event and the readers' consumers are told, so their feeds get `topic_deleted`.
+//!
+//! It also starts each user's `consumer` when a feed opens, tells it of subscription changes,
+//! and stops it once it has had no feed for `feeds.idle_consumer_ms`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::consumer::{
+    Attach, Consumer, FeedClosed, FeedHandle, FeedStart, SetTopics, Stop, TopicGone,
+};
+use super::event_store::{Append, Committed, EventStore, Follow};
+use super::registry::{GetTopic, ListTopics, Registry, TopicStatus, SYSTEM};
+use crate::config::{FeedConfig, KafkaConfig};
+use crate::error::{Error, Result};
+use crate::events::{EventKind, NewEvent};
+use crate::identity::{Principal, Role};
+
+/// The `unsubscribed` reason when the user asked.
+pub const REASON_USER: &str = "user";
+/// The `unsubscribed` reason when the topic was deleted.
+pub const REASON_TOPIC_DELETED: &str = "topic_deleted";
+
+/// One user-topic mapping, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subscription {
+    pub user: String,
+    pub topic: String,
+    pub since: DateTime<Utc>,
+}
+
+/// The state rebuilt from the log: each user's subscribed topics, with when they subscribed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionBook {
+    by_user: BTreeMap<String, BTreeMap<String, DateTime<Utc>>>,
+}
+
+impl SubscriptionBook {
+    /// Turns one event into state; replay and live appends both come here.
+    pub fn apply(&mut self, event: &NewEvent) {
+        let Some(topic) = event.topic.as_deref() else {
+            return;
+        };
+        match &event.kind {
+            EventKind::Subscribed {} => {
+                self.by_user
+                    .entry(event.actor.clone())
+                    .or_default()
+                    .insert(topic.to_string(), event.at);
+            }
+            EventKind::Unsubscribed { .. } if event.actor == SYSTEM => {
+                for topics in self.by_user.values_mut() {
+                    topics.remove(topic);
+                }
+                self.by_user.retain(|_, topics| !topics.is_empty());
+            }
+            EventKind::Unsubscribed { .. } => {
+                if let Some(topics) = self.by_user.get_mut(&event.actor) {
+                    topics.remove(topic);
+                    if topics.is_empty() {
+                        self.by_user.remove(&event.actor);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The topics `user` reads, in name order.
+    pub fn topics_of(&self, user: &str) -> BTreeSet<String> {
+        self.by_user
+            .get(user)
+            .map(|topics| topics.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Who reads `topic`.
+    pub fn readers_of(&self, topic: &str) -> Vec<String> {
+        self.by_user
+            .iter()
+            .filter(|(_, topics)| topics.contains_key(topic))
+            .map(|(user, _)| user.clone())
+            .collect()
+    }
+
+    /// Every mapping (of one topic, if given), by user then topic.
+    pub fn list(&self, topic: Option<&str>) -> Vec<Subscription> {
+        self.by_user
+            .iter()
+            .flat_map(|(user, topics)| {
+                topics.iter().map(move |(t, since)| Subscription {
+                    user: user.clone(),
+                    topic: t.clone(),
+                    since: *since,
+                })
+            })
+            .filter(|s| topic.is_none_or(|t| s.topic == t))
+            .collect()
+    }
+
+    /// The events that take `user` from its current set to the one `change` asks for.
+    fn events_for(&self, user: &str, change: &Change) -> Result<Vec<NewEvent>> {
+        let current = self.topics_of(user);
+        let subscribe = |t: &String| NewEvent::now(user, Some(t), None, EventKind::Subscribed {});
+        let unsubscribe = |t: &String| {
+            NewEvent::now(
+                user,
+                Some(t),
+                None,
+                EventKind::Unsubscribed {
+                    reason: REASON_USER.to_string(),
+                },
+            )
+        };
+        Ok(match change {
+            Change::Add(topic) if current.contains(topic) => Vec::new(),
+            Change::Add(topic) => vec![subscribe(topic)],
+            Change::Remove(topic) if !current.contains(topic) => {
+                return Err(Error::NotFound(format!(
+                    "subscription of {user} to topic {topic}"
+                )))
+            }
+            Change::Remove(topic) => vec![unsubscribe(topic)],
+            Change::Replace(wanted) => current
+                .difference(wanted)
+                .map(unsubscribe)
+                .chain(wanted.difference(&current).map(subscribe))
+                .collect(),
+        })
+    }
+}
+
+/// `GET /api/v1/me/subscriptions`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>>")]
+pub struct MySubscriptions {
+    pub principal: Principal,
+}
+
+/// `POST /api/v1/me/subscriptions/{topic}`: answered with the new set.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>>")]
+pub struct Subscribe {
+    pub principal: Principal,
+    pub topic: String,
+}
+
+/// `DELETE /api/v1/me/subscriptions/{topic}`: answered with the new set.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>>")]
+pub struct Unsubscribe {
+    pub principal: Principal,
+    pub topic: String,
+}
+
+/// `PUT /api/v1/me/subscriptions`: all or nothing, answered with the new set.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>>")]
+pub struct ReplaceSubscriptions {
+    pub principal: Principal,
+    pub topics: Vec<String>,
+}
+
+/// `GET /api/v1/subscriptions` (admin).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Subscription>>")]
+pub struct ListSubscriptions {
+    pub principal: Principal,
+    pub topic: Option<String>,
+}
+
+/// `GET /api/v1/me/feed`: a feed on the caller's consumer, started if needed.
+#[derive(Message)]
+#[rtype(result = "Result<FeedHandle>")]
+pub struct OpenFeed {
+    pub principal: Principal,
+    pub from: FeedStart,
+}
+
+/// A change of one user's set.
+enum Change {
+    Add(String),
+    Remove(String),
+    Replace(BTreeSet<String>),
+}
+
+/// Tell `user`'s consumer, if running, its current set (sent once a change is committed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Notify {
+    user: String,
+}
+
+/// The subscriptions of `topic` ended because it was deleted (sent once committed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Ended {
+    topic: String,
+    readers: Vec<String>,
+}
+
+/// A running consumer and how many feeds it has.
+struct Live {
+    addr: Addr<Consumer>,
+    feeds: usize,
+    generation: u64,
+}
+
+pub struct Subscriptions {
+    book: SubscriptionBook,
+    store: Addr<EventStore>,
+    registry: Addr<Registry>,
+    kafka: KafkaConfig,
+    settings: FeedConfig,
+    consumers: HashMap<String, Live>,
+    generations: u64,
+}
+
+impl Subscriptions {
+    pub fn new(
+        book: SubscriptionBook,
+        store: Addr<EventStore>,
+        registry: Addr<Registry>,
+        kafka: KafkaConfig,
+        settings: FeedConfig,
+    ) -> Self {
+        Subscriptions {
+            book,
+            store,
+            registry,
+            kafka,
+            settings,
+            consumers: HashMap::new(),
+            generations: 0,
+        }
+    }
+
+    /// Applies `events` and appends them; the future resolves once they are committed. If a
+    /// commit fails the process stops, so that replay (committed events only) is the truth again.
+    fn record(&mut self, events: Vec<NewEvent>) -> impl std::future::Future<Output = Result<()>> {
+        for event in &events {
+            self.book.apply(event);
+        }
+        let committed = self.store.send(Append(events));
+        async move {
+            match committed.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "Event commit failed; stopping so replay can restore state.");
+                    System::current().stop_with_code(70);
+                    Err(Error::Store(e))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+
+    /// Checks, records and answers one change of `principal`'s set. The registry check and the
+    /// apply run with the actor's mailbox held, so no other change or deletion slips between.
+    fn change(
+        &mut self,
+        principal: Principal,
+        change: Change,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<Vec<String>>> {
+        if let Err(e) = principal.require_any(&[Role::Consumer]) {
+            return Box::pin(async move { Err(e) });
+        }
+        let current = self.book.topics_of(&principal.name);
+        let to_check: Vec<String> = match &change {
+            Change::Add(topic) if !current.contains(topic) => vec![topic.clone()],
+            Change::Replace(wanted) => wanted.difference(&current).cloned().collect(),
+            _ => Vec::new(),
+        };
+        let registry = self.registry.clone();
+        let checked = async move {
+            for topic in to_check {
+                require_active(&registry, &topic).await?;
+            }
+            Ok(())
+        };
+        let (reply, answer) = oneshot::channel();
+        let user = principal.name;
+        ctx.wait(
+            checked
+                .into_actor(self)
+                .map(move |checked: Result<()>, act, ctx| {
+                    let events = checked.and_then(|()| act.book.events_for(&user, &change));
+                    let events = match events {
+                        Ok(events) => events,
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
+                    };
+                    if events.is_empty() {
+                        let _ = reply.send(Ok(act.book.topics_of(&user).into_iter().collect()));
+                        return;
+                    }
+                    let committed = act.record(events);
+                    let view: Vec<String> = act.book.topics_of(&user).into_iter().collect();
+                    tracing::info!(%user, topics = ?view, "Subscriptions changed.");
+                    let me = ctx.address();
+                    actix::spawn(async move {
+                        let result = committed.await.map(|()| view);
+                        if result.is_ok() {
+                            me.do_send(Notify { user });
+                        }
+                        let _ = reply.send(result);
+                    });
+                }),
+        );
+        Box::pin(async move { answer.await.unwrap_or(Err(Error::Unavailable)) })
+    }
+
+    /// Ends every subscription to a deleted topic with one `system` event.
+    fn end_subscriptions(&mut self, topic: String, ctx: &mut Context<Self>) {
+        let readers = self.book.readers_of(&topic);
+        if readers.is_empty() {
+            return;
+        }
+        tracing::info!(%topic, ?readers, "Topic deleted; ending its subscriptions.");
+        let event = NewEvent::now(
+            SYSTEM,
+            Some(&topic),
+            None,
+            EventKind::Unsubscribed {
+                reason: REASON_TOPIC_DELETED.to_string(),
+            },
+        );
+        let committed = self.record(vec![event]);
+        let me = ctx.address();
+        actix::spawn(async move {
+            if committed.await.is_ok() {
+                me.do_send(Ended { topic, readers });
+            }
+        });
+    }
+}
+
+/// Passes when the registry knows `topic` and it is active.
+async fn require_active(registry: &Addr<Registry>, topic: &str) -> Result<()> {
+    let found = registry.send(GetTopic(topic.to_string())).await??;
+    if found.status == TopicStatus::Active {
+        return Ok(());
+    }
+    let status = serde_json::to_value(found.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    Err(Error::TopicNotActive {
+        topic: topic.to_string(),
+        status,
+    })
+}
+
+impl Actor for Subscriptions {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.store.do_send(Follow(ctx.address().recipient()));
+        // A deletion committed just before a crash may have left subscriptions behind.
+        let registry = self.registry.clone();
+        ctx.spawn(
+            async move { registry.send(ListTopics).await.unwrap_or_default() }
+                .into_actor(self)
+                .map(|topics, act, ctx| {
+                    for topic in topics {
+                        if topic.status == TopicStatus::Deleted {
+                            act.end_subscriptions(topic.name, ctx);
+                        }
+                    }
+                }),
+        );
+    }
+}
+
+impl Handler<Committed> for Subscriptions {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        for event in msg.0 {
+            if let (EventKind::TopicDeleted { .. }, Some(topic)) =
+                (&event.body.kind, event.body.topic)
+            {
+                self.end_subscriptions(topic, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<Ended> for Subscriptions {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ended, _: &mut Context<Self>) {
+        for user in msg.readers {
+            if let Some(live) = self.consumers.get(&user) {
+                live.addr.do_send(TopicGone(msg.topic.clone()));
+            }
+        }
+    }
+}
+
+impl Handler<Notify> for Subscriptions {
+    type Result = ();
+
+    fn handle(&mut self, msg: Notify, _: &mut Context<Self>) {
+        if let Some(live) = self.consumers.get(&msg.user) {
+            live.addr.do_send(SetTopics(self.book.topics_of(&msg.user)));
+        }
+    }
+}
+
+impl Handler<MySubscriptions> for Subscriptions {
+    type Result = Result<Vec<String>>;
+
+    fn handle(&mut self, msg: MySubscriptions, _: &mut Context<Self>) -> Self::Result {
+        msg.principal.require_any(&[Role::Consumer])?;
+        Ok(self
+            .book
+            .topics_of(&msg.principal.name)
+            .into_iter()
+            .collect())
+    }
+}
+
+impl Handler<Subscribe> for Subscriptions {
+    type Result = ResponseFuture<Result<Vec<String>>>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        self.change(msg.principal, Change::Add(msg.topic), ctx)
+    }
+}
+
+impl Handler<Unsubscribe> for Subscriptions {
+    type Result = ResponseFuture<Result<Vec<String>>>;
+
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) -> Self::Result {
+        self.change(msg.principal, Change::Remove(msg.topic), ctx)
+    }
+}
+
+impl Handler<ReplaceSubscriptions> for Subscriptions {
+    type Result = ResponseFuture<Result<Vec<String>>>;
+
+    fn handle(&mut self, msg: ReplaceSubscriptions, ctx: &mut Context<Self>) -> Self::Result {
+        let wanted = msg.topics.into_iter().collect();
+        self.change(msg.principal, Change::Replace(wanted), ctx)
+    }
+}
+
+impl Handler<ListSubscriptions> for Subscriptions {
+    type Result = Result<Vec<Subscription>>;
+
+    fn handle(&mut self, msg: ListSubscriptions, _: &mut Context<Self>) -> Self::Result {
+        msg.principal.require_any(&[Role::Admin])?;
+        Ok(self.book.list(msg.topic.as_deref()))
+    }
+}
+
+impl Handler<OpenFeed> for Subscriptions {
+    type Result = ResponseFuture<Result<FeedHandle>>;
+
+    fn handle(&mut self, msg: OpenFeed, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = msg.principal.require_any(&[Role::Consumer]) {
+            return Box::pin(async move { Err(e) });
+        }
+        let user = msg.principal.name;
+        let running = self
+            .consumers
+            .get(&user)
+            .is_some_and(|live| live.addr.connected());
+        if !running {
+            let consumer = Consumer::new(
+                &user,
+                self.book.topics_of(&user),
+                &self.kafka,
+                self.settings.clone(),
+                ctx.address().recipient(),
+            );
+            let consumer = match consumer {
+                Ok(consumer) => consumer,
+                Err(e) => return Box::pin(async move { Err(e) }),
+            };
+            self.generations += 1;
+            let live = Live {
+                addr: consumer.start(),
+                feeds: 0,
+                generation: self.generations,
+            };
+            self.consumers.insert(user.clone(), live);
+        }
+        let Some(live) = self.consumers.get_mut(&user) else {
+            return Box::pin(async move { Err(Error::Unavailable) });
+        };
+        // Counted before the consumer can report the feed closed.
+        live.feeds += 1;
+        let attach = live.addr.send(Attach { from: msg.from });
+        let me = ctx.address();
+        Box::pin(async move {
+            match attach.await {
+                Ok(feed) => Ok(feed),
+                Err(e) => {
+                    me.do_send(FeedClosed { user });
+                    Err(e.into())
+                }
+            }
+        })
+    }
+}
+
+impl Handler<FeedClosed> for Subscriptions {
+    type Result = ();
+
+    fn handle(&mut self, msg: FeedClosed, ctx: &mut Context<Self>) {
+        let Some(live) = self.consumers.get_mut(&msg.user) else {
+            return;
+        };
+        live.feeds = live.feeds.saturating_sub(1);
+        if live.feeds > 0 {
+            return;
+        }
+        let generation = live.generation;
+        let user = msg.user;
+        let idle = Duration::from_millis(self.settings.idle_consumer_ms);
+        // Stop the consumer if it is still the same one and still without a feed by then.
+        ctx.run_later(idle, move |act, _| {
+            let idle = act
+                .consumers
+                .get(&user)
+                .is_some_and(|live| live.generation == generation && live.feeds == 0);
+            if idle {
+                if let Some(live) = act.consumers.remove(&user) {
+                    live.addr.do_send(Stop);
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(actor: &str, topic: &str, kind: EventKind) -> NewEvent {
+        NewEvent::now(actor, Some(topic), None, kind)
+    }
+
+    fn run(book: &mut SubscriptionBook, user: &str, change: Change) -> Result<Vec<NewEvent>> {
+        let events = book.events_for(user, &change)?;
+        for e in &events {
+            book.apply(e);
+        }
+        Ok(events)
+    }
+
+    fn set(topics: &[&str]) -> BTreeSet<String> {
+        topics.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn changes_become_events_and_events_become_state() {
+        let mut book = SubscriptionBook::default();
+        assert_eq!(
+            run(&mut book, "erin", Change::Add("a".into()))
+                .expect("add")
+                .len(),
+            1
+        );
+        assert!(
+            run(&mut book, "erin", Change::Add("a".into()))
+                .expect("again")
+                .is_empty(),
+            "subscribing twice records nothing"
+        );
+        let events = run(&mut book, "erin", Change::Replace(set(&["b", "c"]))).expect("replace");
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+        assert_eq!(kinds, ["unsubscribed", "subscribed", "subscribed"]);
+        assert_eq!(book.topics_of("erin"), set(&["b", "c"]));
+        assert!(matches!(
+            run(&mut book, "erin", Change::Remove("a".into())),
+            Err(Error::NotFound(_))
+        ));
+        run(&mut book, "erin", Change::Remove("b".into())).expect("remove");
+        assert_eq!(book.topics_of("erin"), set(&["c"]));
+    }
+
+    #[test]
+    fn topic_deletion_ends_every_subscription_to_it() {
+        let mut book = SubscriptionBook::default();
+        for user in ["erin", "frank"] {
+            book.apply(&event(user, "t", EventKind::Subscribed {}));
+        }
+        book.apply(&event("frank", "u", EventKind::Subscribed {}));
+        assert_eq!(book.readers_of("t"), ["erin", "frank"]);
+        book.apply(&event(
+            SYSTEM,
+            "t",
+            EventKind::Unsubscribed {
+                reason: REASON_TOPIC_DELETED.into(),
+            },
+        ));
+        assert!(book.readers_of("t").is_empty());
+        assert_eq!(book.topics_of("frank"), set(&["u"]));
+        let all = book.list(None);
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            (all[0].user.as_str(), all[0].topic.as_str()),
+            ("frank", "u")
+        );
+        assert!(book.list(Some("t")).is_empty());
+    }
+}

@@ -1,0 +1,100 @@
+//! Prometheus metrics. Counters where a gauge would miss spikes: records pushed into and
+//! drained out of the spool, not just its size.
+
+use std::sync::LazyLock;
+
+use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Records accepted by ingest (HTTP and TCP).
+    pub ingested: IntCounter,
+    /// Records acknowledged by Kafka (direct or drained).
+    pub published: IntCounter,
+    /// Records written to the spool.
+    pub held: IntCounter,
+    /// Records taken out of the spool into Kafka.
+    pub drained: IntCounter,
+    /// Records moved to the dead-letter state.
+    pub dead_lettered: IntCounter,
+    /// Dead records discarded by an admin.
+    pub discarded: IntCounter,
+    /// Ingest refused because the spool was full.
+    pub spool_full: IntCounter,
+    pub spool_records: IntGauge,
+    pub spool_bytes: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let counter = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Names are constants below, registered once: this cannot fail.
+    let _ = registry.register(Box::new(counter.clone()));
+    counter
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let gauge = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(gauge.clone()));
+    gauge
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    Metrics {
+        ingested: counter(
+            &r,
+            "kafflow_ingested_records_total",
+            "Records accepted by ingest.",
+        ),
+        published: counter(
+            &r,
+            "kafflow_published_records_total",
+            "Records acknowledged by Kafka.",
+        ),
+        held: counter(
+            &r,
+            "kafflow_held_records_total",
+            "Records written to the spool.",
+        ),
+        drained: counter(
+            &r,
+            "kafflow_drained_records_total",
+            "Records drained from the spool into Kafka.",
+        ),
+        dead_lettered: counter(
+            &r,
+            "kafflow_dead_lettered_records_total",
+            "Records moved to the dead-letter state.",
+        ),
+        discarded: counter(
+            &r,
+            "kafflow_discarded_records_total",
+            "Dead records discarded.",
+        ),
+        spool_full: counter(
+            &r,
+            "kafflow_spool_full_total",
+            "Ingest calls refused because the spool was full.",
+        ),
+        spool_records: gauge(
+            &r,
+            "kafflow_spool_records",
+            "Records in the spool (held and dead).",
+        ),
+        spool_bytes: gauge(
+            &r,
+            "kafflow_spool_bytes",
+            "Bytes in the spool (held and dead).",
+        ),
+        registry: r,
+    }
+});
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
