@@ -47,6 +47,21 @@ enum Cmd {
     },
     /// Print the hex SHA-256 of a token, for `token_sha256` in the config.
     HashToken { token: String },
+    /// Send stdin lines as records to a topic through the TCP ingest listener.
+    Produce {
+        /// The topic to produce to.
+        #[arg(long)]
+        topic: String,
+        /// The TCP ingest listener.
+        #[arg(long, env = "KAFFLOW_INGEST", default_value = "tcp://127.0.0.1:7070")]
+        server: String,
+        /// The HTTP API, to show how many records are held (optional).
+        #[arg(long, env = "KAFFLOW_SERVER")]
+        api: Option<String>,
+        /// A producer's bearer token.
+        #[arg(long, env = "KAFFLOW_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Subscribe to topics and print their records as NDJSON (runs until the feed ends).
     Consume {
         /// A topic to subscribe to and print (repeat for several).
@@ -104,6 +119,20 @@ fn main() -> ExitCode {
             println!("{}", kafflow::identity::token_sha256(&token));
             ExitCode::SUCCESS
         }
+        Cmd::Produce {
+            topic,
+            server,
+            api,
+            token,
+        } => match kafflow::client::produce::run(kafflow::client::produce::Options {
+            server,
+            api,
+            token,
+            topic,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         Cmd::Consume {
             topics,
             server,

@@ -1,5 +1,7 @@
 //! Command-line clients of a running KafFlow, over its public API.
 //!
+//! - `produce`: stream stdin lines as records through the TCP ingest listener.
 //! - `consume`: subscribe to topics and print their records from the websocket feed as NDJSON.
 
 pub mod consume;
+pub mod produce;

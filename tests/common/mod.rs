@@ -842,3 +842,304 @@ pub fn kafka_delete_topic(name: &str) {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
     let _ = block_on(admin.delete_topics(&[name], &opts));
 }
+
+// ------------------------------------------------------------- consumers
+
+/// A principal's name, token and the config lines that declare it, for tests that need more
+/// users than [`PRINCIPALS`] has (append `config` to the service's config text).
+pub struct ExtraPrincipal {
+    pub name: &'static str,
+    pub token: String,
+    pub config: String,
+}
+
+impl ExtraPrincipal {
+    pub fn new(name: &'static str, roles: &[&str]) -> ExtraPrincipal {
+        let token = random_token();
+        let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
+        let config = format!(
+            "\n[[principals]]\nname = \"{name}\"\nroles = [{}]\ntoken_sha256 = \"{}\"\n",
+            roles.join(", "),
+            sha256_hex(&token)
+        );
+        ExtraPrincipal {
+            name,
+            token,
+            config,
+        }
+    }
+}
+
+/// What a feed read gave.
+#[derive(Debug)]
+pub enum FeedRead {
+    Frame(Value),
+    Closed(u16, String),
+    /// Nothing arrived in time.
+    Quiet,
+}
+
+/// A blocking websocket client on `GET /api/v1/me/feed`.
+pub struct FeedClient {
+    socket: tokio_tungstenite::tungstenite::WebSocket<std::net::TcpStream>,
+    /// The `Sec-WebSocket-Protocol` the server answered with.
+    pub protocol: Option<String>,
+}
+
+impl FeedClient {
+    /// The next text frame as JSON, a close, or `Quiet` after `timeout`.
+    pub fn read(&mut self, timeout: Duration) -> FeedRead {
+        use tokio_tungstenite::tungstenite::{Error, Message};
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return FeedRead::Quiet;
+            }
+            self.socket
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .expect("set read timeout");
+            match self.socket.read() {
+                Ok(Message::Text(text)) => {
+                    return FeedRead::Frame(serde_json::from_str(&text).unwrap_or_else(|e| {
+                        panic!("feed frame is not JSON ({e}): {}", text.as_str())
+                    }))
+                }
+                Ok(Message::Close(frame)) => {
+                    return match frame {
+                        Some(f) => FeedRead::Closed(f.code.into(), f.reason.to_string()),
+                        None => FeedRead::Closed(1005, String::new()),
+                    }
+                }
+                Ok(_) => {}
+                Err(Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(Error::ConnectionClosed) | Err(Error::AlreadyClosed) => {
+                    return FeedRead::Closed(1006, "connection closed".into())
+                }
+                Err(e) => return FeedRead::Closed(1006, e.to_string()),
+            }
+        }
+    }
+
+    /// The next frame; panics on a close or after `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Value {
+        match self.read(timeout) {
+            FeedRead::Frame(frame) => frame,
+            other => panic!("expected a feed frame within {timeout:?}, got {other:?}"),
+        }
+    }
+
+    /// The next notice (a frame with a `type`), skipping records; panics after `timeout`.
+    pub fn next_notice(&mut self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let frame = self.next(deadline.saturating_duration_since(Instant::now()));
+            if frame["type"].is_string() {
+                return frame;
+            }
+        }
+    }
+
+    /// Reads record frames (skipping notices) until `n` have arrived; panics after `timeout`
+    /// with what it got.
+    pub fn records(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut records = Vec::new();
+        while records.len() < n {
+            match self.read(deadline.saturating_duration_since(Instant::now())) {
+                FeedRead::Frame(frame) if frame["type"].is_string() => {}
+                FeedRead::Frame(frame) => records.push(frame),
+                other => panic!(
+                    "expected {n} records within {timeout:?}, got {} then {other:?}: {records:?}",
+                    records.len()
+                ),
+            }
+        }
+        records
+    }
+
+    /// Every frame that arrives until `quiet` passes without one.
+    pub fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut frames = Vec::new();
+        while let FeedRead::Frame(frame) = self.read(quiet) {
+            frames.push(frame);
+        }
+        frames
+    }
+
+    /// Closes the connection cleanly.
+    pub fn close(mut self) {
+        let _ = self.socket.close(None);
+        let _ = self.socket.flush();
+        let _ = self.drain(Duration::from_millis(200));
+    }
+}
+
+impl Service {
+    /// Opens the websocket feed with `headers` (name, value) and `query` (e.g. `from=earliest`);
+    /// on a refused handshake returns the HTTP status and JSON body.
+    pub fn try_feed(
+        &self,
+        headers: &[(&str, &str)],
+        query: &str,
+    ) -> Result<FeedClient, (u16, Value)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::handshake::HandshakeError;
+        use tokio_tungstenite::tungstenite::Error;
+        let address = self
+            .base_url
+            .strip_prefix("http://")
+            .expect("http base url")
+            .to_string();
+        let mut url = format!("ws://{address}/api/v1/me/feed");
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        let mut request = url.into_client_request().expect("feed request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        let stream = std::net::TcpStream::connect(&address).expect("connect to the service");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        match tokio_tungstenite::tungstenite::client(request, stream) {
+            Ok((socket, response)) => Ok(FeedClient {
+                socket,
+                protocol: response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            }),
+            Err(HandshakeError::Failure(Error::Http(response))) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
+                Err((response.status().as_u16(), body))
+            }
+            Err(e) => panic!("feed handshake: {e}\nstderr tail:\n{}", self.stderr_tail()),
+        }
+    }
+
+    /// Opens the feed with `token` in the Authorization header; panics if refused.
+    pub fn feed(&self, token: &str, query: &str) -> FeedClient {
+        let bearer = format!("Bearer {token}");
+        self.try_feed(&[("authorization", &bearer)], query)
+            .unwrap_or_else(|(status, body)| {
+                panic!(
+                    "feed refused: {status} {body}\nstderr tail:\n{}",
+                    self.stderr_tail()
+                )
+            })
+    }
+
+    /// Sends a request with a raw bearer token (for principals outside [`PRINCIPALS`]).
+    pub fn send_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|b| (serde_json::to_vec(b).expect("json"), "application/json"));
+        self.send(method, path, Some(token), body)
+    }
+}
+
+/// A plain Kafka producer on the real broker, as any client outside KafFlow would use.
+pub fn kafka_producer() -> rdkafka::producer::FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .expect("kafka producer")
+}
+
+/// One record to produce: key, value, headers.
+pub struct Produce<'a> {
+    pub key: Option<&'a str>,
+    pub value: Vec<u8>,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> Produce<'a> {
+    pub fn value(value: impl Into<Vec<u8>>) -> Produce<'a> {
+        Produce {
+            key: None,
+            value: value.into(),
+            headers: &[],
+        }
+    }
+}
+
+/// Produces `records` to `topic` and waits for every ack; returns (partition, offset) of each.
+pub fn kafka_produce(topic: &str, records: &[Produce<'_>]) -> Vec<(i32, i64)> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let producer = kafka_producer();
+    block_on(async {
+        let sends = records.iter().map(|r| {
+            let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(*v),
+                })
+            });
+            let mut record = FutureRecord::<str, [u8]>::to(topic)
+                .payload(&r.value)
+                .headers(headers);
+            if let Some(key) = r.key {
+                record = record.key(key);
+            }
+            producer.send(record, Duration::from_secs(30))
+        });
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|result| {
+                let delivery = result.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+                (delivery.partition, delivery.offset)
+            })
+            .collect()
+    })
+}
+
+/// The next offsets `group` has committed on the partitions of `topic` (None: nothing committed).
+pub fn kafka_committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("kafka consumer");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            },
+        )
+        .collect()
+}
