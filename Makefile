@@ -15,6 +15,10 @@ run: kafka-up
 test: kafka-up
 	$(CARGO) test --all-targets -- --test-threads=4
 
+# Figures go to docs/benchmarks.md; see there for the machine and how to read them.
+bench: kafka-up
+	$(CARGO) bench --bench ingest
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings

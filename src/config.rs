@@ -89,8 +89,10 @@ impl Default for PublisherConfig {
 fn default_delivery_timeout_ms() -> u64 {
     10_000
 }
+/// Below librdkafka's default `message.max.bytes` (1,000,000), which also counts the key,
+/// the headers and the record overhead.
 fn default_max_record_bytes() -> usize {
-    1 << 20
+    900_000
 }
 
 /// Reconciliation with Kafka's real metadata.
@@ -311,6 +313,17 @@ impl Config {
             ));
         }
         let policy = validate_policy(file.policy)?;
+        if file.watcher.reconcile_interval_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "watcher.reconcile_interval_ms must be at least 100".into(),
+            ));
+        }
+        if file.publisher.max_record_bytes == 0 || file.publisher.delivery_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "publisher.max_record_bytes and publisher.delivery_timeout_ms must be positive"
+                    .into(),
+            ));
+        }
         let principals = validate_principals(file.principals)?;
         Ok(Config {
             listen: overrides

@@ -71,6 +71,7 @@ pub enum StartError {
 pub struct State {
     pub governance: Governance,
     pub subscriptions: SubscriptionBook,
+    pub drift: actors::watcher::DriftBook,
 }
 
 impl State {
@@ -78,6 +79,7 @@ impl State {
     pub fn apply(&mut self, event: &events::NewEvent) {
         self.governance.apply(event);
         self.subscriptions.apply(event);
+        self.drift.apply(event);
     }
 }
 
@@ -102,6 +104,21 @@ pub struct Bound {
     pub ingest: SocketAddr,
 }
 
+/// A listener whose connections have Nagle's algorithm off (Linux hands TCP_NODELAY down to
+/// accepted sockets): a feed frame must not wait for the client's delayed ACK.
+fn listen_nodelay(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Runs the service until `shutdown` resolves. Must run inside an actix `System`.
 /// `on_listening` is called with the bound addresses once the service accepts connections.
 pub async fn serve(
@@ -110,12 +127,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     // Bind first: a port in use is reported before any other work.
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen_nodelay(config.listen).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
@@ -170,6 +185,7 @@ pub async fn serve(
         event_store.clone(),
         kafka::admin_client(&config.kafka)?,
         Duration::from_millis(config.watcher.reconcile_interval_ms),
+        state.drift,
     )
     .start();
     event_store.do_send(Follow(watcher.clone().recipient()));

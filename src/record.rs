@@ -43,17 +43,18 @@ impl RecordIn {
             serde_json::Value::String(s) => s.into_bytes(),
             other => other.to_string().into_bytes(),
         };
-        if value.len() > max_bytes {
-            return Err(Error::InvalidRecord(format!(
-                "value is {} bytes, more than the limit of {max_bytes}",
-                value.len()
-            )));
-        }
-        Ok(Record {
+        let record = Record {
             key: self.key,
             value,
             headers: self.headers,
-        })
+        };
+        let size = record.size();
+        if size > max_bytes as u64 {
+            return Err(Error::InvalidRecord(format!(
+                "record is {size} bytes (key, value and headers), more than the limit of {max_bytes}"
+            )));
+        }
+        Ok(record)
     }
 }
 
@@ -96,6 +97,8 @@ mod tests {
         assert_eq!(RecordOut::from(&record).value, serde_json::json!({"a": 1}));
         let big: RecordIn = serde_json::from_str(r#"{"value":"0123456789"}"#).expect("parse");
         assert!(matches!(big.into_record(5), Err(Error::InvalidRecord(_))));
+        let keyed: RecordIn = serde_json::from_str(r#"{"key":"kkkk","value":"v"}"#).expect("parse");
+        assert!(matches!(keyed.into_record(4), Err(Error::InvalidRecord(_))));
         assert!(serde_json::from_str::<RecordIn>(r#"{"value":1,"extra":2}"#).is_err());
     }
 }

@@ -208,6 +208,7 @@ fn reconnect_resumes_after_the_last_commit() {
     let extra = feed.drain(QUIET);
     assert!(extra.is_empty(), "sent again: {extra:?}");
     wait_committed(&topic, 3, 50);
+    feed.close();
 
     // Several quick reconnects while records flow: every record arrives at least once.
     let mut seen = BTreeSet::new();
@@ -399,27 +400,42 @@ fn a_stalled_feed_is_closed_with_a_reason() {
     kafka_produce(&topic, &records);
     std::thread::sleep(Duration::from_secs(3));
 
+    let index =
+        |frame: &Value| -> Option<u32> { frame["value"].as_str()?.split(':').next()?.parse().ok() };
     let started = Instant::now();
-    let mut frames = 0;
+    let mut seen = BTreeSet::new();
     let closed = loop {
         match feed.read(FRAME) {
-            FeedRead::Frame(_) => frames += 1,
+            FeedRead::Frame(frame) => seen.extend(index(&frame)),
             FeedRead::Closed(code, reason) => break (code, reason),
-            FeedRead::Quiet => panic!("no close after {frames} frames in {:?}", started.elapsed()),
+            FeedRead::Quiet => panic!(
+                "no close after {} frames in {:?}",
+                seen.len(),
+                started.elapsed()
+            ),
         }
     };
     assert_eq!(closed.0, 1008, "{closed:?}");
     assert!(closed.1.contains("stalled"), "{closed:?}");
     assert!(
-        frames < 500,
+        seen.len() < 500,
         "the feed was closed before everything was sent"
     );
 
-    // The records not written are not committed: a new feed gets them.
+    // What was not written was not committed: a new feed brings the rest.
     let mut feed = svc.feed(svc.token("erin"), "");
-    feed.next(FRAME);
-    let rest = feed.records(500 - frames, Duration::from_secs(60));
-    assert!(rest.len() >= 500 - frames);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 500 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match feed.read(left) {
+            FeedRead::Frame(frame) => seen.extend(index(&frame)),
+            other => panic!(
+                "{} of 500 records, then {other:?}\n{}",
+                seen.len(),
+                svc.stderr_tail()
+            ),
+        }
+    }
 }
 
 #[test]
@@ -548,4 +564,87 @@ fn feeds_and_subscriptions_refuse_what_they_must() {
         .unwrap_or_else(|e| panic!("subprotocol feed refused: {e:?}"));
     assert_eq!(feed.protocol.as_deref(), Some(protocol.as_str()));
     assert_eq!(feed.next(FRAME), notice(&[&topic]));
+}
+
+#[test]
+fn consume_cli_subscribes_and_prints_ndjson() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let svc = Service::start();
+    let topic = unique_topic("cli");
+    svc.provision(&topic, 2);
+
+    let (status, _, stderr) = common::run_kafflow(
+        &[
+            "consume",
+            "--topic",
+            &topic,
+            "--server",
+            svc.base_url(),
+            "--token",
+            "wrong",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a bad token fails: {stderr}"
+    );
+    assert!(stderr.contains("401"), "{stderr}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kafflow"))
+        .args(["consume", "--topic", &topic, "--server", svc.base_url()])
+        .env("KAFFLOW_TOKEN", svc.token("erin"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kafflow consume");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+
+    // The command subscribes first; records produced after that are printed.
+    let subscribed = wait_until(Duration::from_secs(20), || {
+        mine(&svc)["topics"] == json!([topic])
+    });
+    assert!(subscribed, "kafflow consume did not subscribe");
+    kafka_produce(&topic, &numbered(0..3));
+    let mut printed = Vec::new();
+    for _ in 0..3 {
+        let line = lines.recv_timeout(FRAME).expect("an NDJSON line");
+        let record: Value = serde_json::from_str(&line).expect("each line is JSON");
+        assert_eq!(record["topic"], topic.as_str(), "{line}");
+        printed.push(record);
+    }
+    assert_eq!(numbers(&printed), [0, 1, 2]);
+
+    // When its topic is deleted the command says so and ends.
+    let (status, request) = svc.post(
+        "alice",
+        &format!("/api/v1/topics/{topic}/deletion-requests"),
+        &json!({"reason": "done"}),
+    );
+    assert_eq!(status, 201, "{request}");
+    svc.approve("carol", &id_of(&request));
+    let ended = wait_until(Duration::from_secs(60), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().expect("consume output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        ended,
+        "kafflow consume kept running after its topic was deleted"
+    );
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("deleted"), "{stderr}");
 }

@@ -8,9 +8,12 @@
 //! written its frame to the socket (at-least-once).
 //!
 //! Backpressure: each feed may hold `feeds.buffer_frames` frames not yet written. When a
-//! record cannot be handed to every feed, the actor keeps it and pauses its partitions until
-//! the slow feed catches up; a feed that makes no progress for `feeds.stall_timeout_ms` is
-//! closed with a close frame saying so. Memory stays bounded by the buffers and one fetch batch.
+//! record cannot be handed to every feed, the actor keeps it and stops pulling records from
+//! the reader (librdkafka then stops fetching once its bounded prefetch is full); if the slow
+//! feed has not caught up within `PAUSE_AFTER`, the actor pauses its partitions, which also
+//! frees the prefetch. A feed that makes no progress for `feeds.stall_timeout_ms` is closed
+//! with a close frame saying so. Memory stays bounded by the feed buffers, at most two fetch
+//! batches and librdkafka's prefetch (`queued.max.messages.kbytes`).
 //!
 //! The rdkafka client lives in a reader task that runs the actor's Kafka operations in order
 //! between fetches. Each fetched batch carries the epoch of the last assignment change the
@@ -37,6 +40,11 @@ pub const GROUP_PREFIX: &str = "kafflow.user.";
 
 /// Most records handed from the reader to the actor at once.
 const MAX_FETCH_BATCH: usize = 512;
+/// The reader hands over another batch only while fewer records than this wait for the feeds.
+const PULL_BELOW: usize = MAX_FETCH_BATCH;
+/// How long the feeds may hold the reader back before the partitions are paused. A pause drops
+/// librdkafka's prefetch, so it is kept for a slow client, not for a burst.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How long the reader waits for partition metadata before retrying.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts to assign a topic whose metadata could not be read.
@@ -209,9 +217,10 @@ struct Fetched {
     frame: Arc<str>,
 }
 
-/// Records fetched after the reader's last assignment change `epoch`.
+/// Records fetched after the reader's last assignment change `epoch`; answered with whether
+/// the reader should go on handing over records.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 struct FetchedBatch {
     epoch: u64,
     records: Vec<Fetched>,
@@ -240,6 +249,8 @@ enum KafkaOp {
     },
     Pause,
     Resume,
+    /// Go on handing over records (after a batch was answered with "enough").
+    Pull,
     /// Next offsets to commit.
     Commit(Vec<(String, i32, i64)>),
 }
@@ -285,6 +296,8 @@ pub struct Consumer {
     committed: HashMap<(String, i32), i64>,
     /// Where to restart partitions whose records were dropped when the last feed left.
     resume_at: HashMap<(String, i32), i64>,
+    /// Since when the reader has been told to stop handing over records.
+    holding: Option<Instant>,
     paused: bool,
 }
 
@@ -306,7 +319,9 @@ impl Consumer {
             // nothing produced after the subscription is missed.
             .set("auto.offset.reset", "earliest")
             .set("allow.auto.create.topics", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka's prefetch per consumer; the default (64 MiB) is a lot for one user.
+            .set("queued.max.messages.kbytes", "8192");
         for (key, value) in &kafka.properties {
             config.set(key, value);
         }
@@ -330,6 +345,7 @@ impl Consumer {
             in_flight: VecDeque::new(),
             committed: HashMap::new(),
             resume_at: HashMap::new(),
+            holding: None,
             paused: false,
         })
     }
@@ -419,10 +435,7 @@ impl Consumer {
         self.pending.clear();
         let topics: Vec<String> = self.assigned.keys().cloned().collect();
         self.unassign(topics);
-        if self.paused {
-            self.paused = false;
-            self.op(KafkaOp::Resume);
-        }
+        self.release_hold();
         tracing::debug!(user = %self.user, "Last feed closed; partitions released.");
     }
 
@@ -454,15 +467,33 @@ impl Consumer {
                 offset: record.offset,
             });
         }
-        let backed_up = !self.pending.is_empty();
-        if backed_up != self.paused {
-            self.paused = backed_up;
-            tracing::debug!(user = %self.user, paused = backed_up, "Feed backpressure.");
-            self.op(if backed_up {
-                KafkaOp::Pause
-            } else {
-                KafkaOp::Resume
-            });
+        if self.pending.len() < PULL_BELOW {
+            self.release_hold();
+        }
+    }
+
+    /// Lets the reader hand over records again, resuming the partitions if they were paused.
+    fn release_hold(&mut self) {
+        if self.holding.take().is_none() {
+            return;
+        }
+        if self.paused {
+            self.paused = false;
+            tracing::debug!(user = %self.user, "Feeds caught up; partitions resumed.");
+            self.op(KafkaOp::Resume);
+        }
+        self.op(KafkaOp::Pull);
+    }
+
+    /// Pauses the partitions once the feeds have held the reader back for `PAUSE_AFTER`.
+    fn pause_if_held(&mut self) {
+        let held = self
+            .holding
+            .is_some_and(|since| since.elapsed() >= PAUSE_AFTER);
+        if held && !self.paused {
+            self.paused = true;
+            tracing::debug!(user = %self.user, "A feed is slow; partitions paused.");
+            self.op(KafkaOp::Pause);
         }
     }
 
@@ -532,8 +563,11 @@ impl Actor for Consumer {
         if let Some((client, ops)) = self.reader.take() {
             actix::spawn(read(client, ops, ctx.address()));
         }
-        let every = Duration::from_millis((self.settings.stall_timeout_ms / 4).clamp(50, 1000));
-        ctx.run_interval(every, |act, _| act.close_stalled());
+        let every = Duration::from_millis((self.settings.stall_timeout_ms / 4).clamp(50, 250));
+        ctx.run_interval(every, |act, _| {
+            act.pause_if_held();
+            act.close_stalled();
+        });
         tracing::info!(user = %self.user, "Consumer started.");
     }
 
@@ -607,11 +641,11 @@ impl Handler<Written> for Consumer {
 }
 
 impl Handler<FetchedBatch> for Consumer {
-    type Result = ();
+    type Result = bool;
 
-    fn handle(&mut self, msg: FetchedBatch, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: FetchedBatch, _: &mut Context<Self>) -> bool {
         if self.feeds.is_empty() {
-            return;
+            return true;
         }
         let current = |r: &Fetched| {
             self.assigned
@@ -621,6 +655,11 @@ impl Handler<FetchedBatch> for Consumer {
         let fresh: Vec<Fetched> = msg.records.into_iter().filter(current).collect();
         self.pending.extend(fresh);
         self.dispatch();
+        if self.pending.len() < PULL_BELOW {
+            return true;
+        }
+        self.holding.get_or_insert_with(Instant::now);
+        false
     }
 }
 
@@ -760,6 +799,7 @@ async fn read(
     let client = Arc::new(client);
     let mut epoch = 0;
     let mut paused = false;
+    let mut pulling = true;
     let mut waiting: Vec<WaitingAssign> = Vec::new();
     let mut last_error = String::new();
     let mut retry = tokio::time::interval(ASSIGN_RETRY);
@@ -791,13 +831,14 @@ async fn read(
                         paused = false;
                         pause(&client, false);
                     }
+                    KafkaOp::Pull => pulling = true,
                     KafkaOp::Commit(offsets) => commit(&client, &offsets),
                 }
             }
             _ = retry.tick(), if !waiting.is_empty() => {
                 waiting = assign_waiting(&client, std::mem::take(&mut waiting), paused).await;
             }
-            first = client.recv() => {
+            first = client.recv(), if pulling => {
                 let mut records = Vec::new();
                 match first {
                     Ok(message) => records.push(fetched(&message)),
@@ -816,8 +857,9 @@ async fn read(
                         _ => break,
                     }
                 }
-                if actor.send(FetchedBatch { epoch, records }).await.is_err() {
-                    break;
+                match actor.send(FetchedBatch { epoch, records }).await {
+                    Ok(more) => pulling = more,
+                    Err(_) => break,
                 }
             }
         }
@@ -871,10 +913,14 @@ async fn assign_waiting(
     if list.count() > 0 {
         match client.incremental_assign(&list) {
             Ok(()) => {
-                if paused {
-                    if let Err(e) = client.pause(&list) {
-                        tracing::warn!(error = %e, "Cannot pause new partitions.");
-                    }
+                // librdkafka keeps a partition's pause across unassign and assign: set it anew.
+                let result = if paused {
+                    client.pause(&list)
+                } else {
+                    client.resume(&list)
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, paused, "Cannot pause or resume new partitions.");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "Cannot assign partitions."),

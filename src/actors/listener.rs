@@ -83,25 +83,31 @@ impl Actor for Listener {
             principals: self.principals.clone(),
             max_record_bytes: self.max_record_bytes,
         };
-        actix::spawn(async move {
-            loop {
-                match tcp.accept().await {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let ingest = ingest.clone();
-                        actix::spawn(async move {
-                            if let Err(e) = ingest.connection(stream).await {
-                                tracing::debug!(%peer, error = %e, "Ingest connection ended.");
-                            }
-                        });
-                    }
+        // Parsing lines is the CPU-heavy part of ingest: it runs on a thread of its own, beside
+        // the actors, and hands whole batches to the publisher.
+        let listener = match tcp.into_std() {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "TCP ingest listener unusable; TCP ingest is off.");
+                return;
+            }
+        };
+        let started = std::thread::Builder::new()
+            .name("tcp-ingest".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(ingest.accept_loop(listener)),
                     Err(e) => {
-                        tracing::warn!(error = %e, "Ingest accept failed.");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tracing::error!(error = %e, "TCP ingest runtime failed; TCP ingest is off.")
                     }
                 }
-            }
-        });
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "TCP ingest thread failed; TCP ingest is off.");
+        }
     }
 }
 
@@ -146,8 +152,10 @@ impl Handler<IngestRecords> for Listener {
                 records,
                 requested,
             };
-            let receipt: Receipt = match publisher.send(publish(records.clone(), false)).await? {
-                Err(Error::UnknownTopic(_)) if msg.request => {
+            // Keep a copy only when the records may have to be sent again after a request.
+            let retry = msg.request.then(|| records.clone());
+            let receipt: Receipt = match (publisher.send(publish(records, false)).await?, retry) {
+                (Err(Error::UnknownTopic(_)), Some(records)) => {
                     approval
                         .send(RequestTopic {
                             principal: msg.principal.clone(),
@@ -160,7 +168,7 @@ impl Handler<IngestRecords> for Listener {
                         .await??;
                     publisher.send(publish(records, true)).await??
                 }
-                other => other?,
+                (other, _) => other?,
             };
             Ok(Accepted {
                 accepted,
@@ -208,11 +216,38 @@ impl Reply {
 }
 
 impl Ingest {
+    async fn accept_loop(self, listener: std::net::TcpListener) {
+        let tcp = match TcpListener::from_std(listener) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::error!(error = %e, "TCP ingest listener unusable; TCP ingest is off.");
+                return;
+            }
+        };
+        loop {
+            match tcp.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let ingest = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = ingest.connection(stream).await {
+                            tracing::debug!(%peer, error = %e, "Ingest connection ended.");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Ingest accept failed.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
     async fn connection(self, stream: TcpStream) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, read);
         let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
-        let writer = actix::spawn(async move {
+        let writer = tokio::spawn(async move {
             let mut out = Vec::with_capacity(4096);
             while let Some(reply) = reply_rx.recv().await {
                 out.extend_from_slice(reply.render().as_bytes());
@@ -250,7 +285,7 @@ impl Ingest {
         let _ = reply_tx.send(Reply::Ok(0));
 
         let (batch_tx, batch_rx) = mpsc::channel::<Vec<Group>>(TCP_IN_FLIGHT);
-        let acks = actix::spawn(acknowledge(batch_rx, reply_tx.clone()));
+        let acks = tokio::spawn(acknowledge(batch_rx, reply_tx.clone()));
         let mut line_no = 1u64;
         let mut batch: Vec<(u64, String, Record)> = Vec::with_capacity(TCP_BATCH);
         loop {

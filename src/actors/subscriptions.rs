@@ -24,7 +24,10 @@ use super::consumer::{
     Attach, Consumer, FeedClosed, FeedHandle, FeedStart, SetTopics, Stop, TopicGone,
 };
 use super::event_store::{Append, Committed, EventStore, Follow};
-use super::registry::{GetTopic, ListTopics, Registry, TopicStatus, SYSTEM};
+use super::registry::{
+    GetTopic, ListRequests, ListTopics, Registry, RequestFilter, RequestKind, RequestStatus,
+    TopicStatus, SYSTEM,
+};
 use crate::config::{FeedConfig, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent};
@@ -352,19 +355,32 @@ impl Subscriptions {
     }
 }
 
-/// Passes when the registry knows `topic` and it is active.
+/// Passes when the registry knows `topic` and it is active. A topic that is only asked for
+/// (a pending create request) is not active yet, rather than unknown.
 async fn require_active(registry: &Addr<Registry>, topic: &str) -> Result<()> {
-    let found = registry.send(GetTopic(topic.to_string())).await??;
-    if found.status == TopicStatus::Active {
-        return Ok(());
-    }
-    let status = serde_json::to_value(found.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let status = match registry.send(GetTopic(topic.to_string())).await? {
+        Ok(found) if found.status == TopicStatus::Active => return Ok(()),
+        Ok(found) => serde_json::to_value(found.status),
+        Err(Error::NotFound(what)) => {
+            let filter = RequestFilter {
+                status: Some(RequestStatus::Pending),
+                kind: Some(RequestKind::Create),
+                topic: Some(topic.to_string()),
+                requested_by: None,
+            };
+            match registry.send(ListRequests(filter)).await?.first() {
+                Some(request) => serde_json::to_value(request.status),
+                None => return Err(Error::NotFound(what)),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     Err(Error::TopicNotActive {
         topic: topic.to_string(),
-        status,
+        status: status
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
     })
 }
 

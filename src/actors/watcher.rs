@@ -47,6 +47,27 @@ pub struct ConfigDiff {
     pub actual: Option<String>,
 }
 
+/// The drift recorded in the log: (kind, topic) → detail. Rebuilt by replay so that a restart
+/// records only what changed while KafFlow was down.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriftBook(BTreeMap<(String, String), String>);
+
+impl DriftBook {
+    pub fn apply(&mut self, event: &NewEvent) {
+        let Some(topic) = &event.topic else { return };
+        match &event.kind {
+            EventKind::DriftDetected { drift, detail } => {
+                self.0
+                    .insert((drift.clone(), topic.clone()), detail.clone());
+            }
+            EventKind::DriftResolved { drift } => {
+                self.0.remove(&(drift.clone(), topic.clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "DriftReport")]
 pub struct GetDrift;
@@ -67,6 +88,7 @@ pub struct Watcher {
     admin: Arc<AdminClient<DefaultClientContext>>,
     interval: Duration,
     report: DriftReport,
+    book: DriftBook,
     reconciling: bool,
 }
 
@@ -77,6 +99,7 @@ impl Watcher {
         event_store: Addr<EventStore>,
         admin: AdminClient<DefaultClientContext>,
         interval: Duration,
+        book: DriftBook,
     ) -> Self {
         Watcher {
             registry,
@@ -85,6 +108,7 @@ impl Watcher {
             admin: Arc::new(admin),
             interval,
             report: DriftReport::default(),
+            book,
             reconciling: false,
         }
     }
@@ -210,7 +234,7 @@ impl Handler<Reconciled> for Watcher {
         if report.checked_at.is_none() {
             return;
         }
-        let before = drift_items(&self.report);
+        let before = std::mem::take(&mut self.book.0);
         let after = drift_items(&report);
         let mut events = Vec::new();
         for ((drift, topic), detail) in &after {
@@ -234,6 +258,7 @@ impl Handler<Reconciled> for Watcher {
             tracing::info!(changes = events.len(), "Drift with Kafka changed.");
             self.event_store.do_send(Append(events));
         }
+        self.book = DriftBook(after);
         self.report = report;
     }
 }
@@ -260,8 +285,9 @@ async fn compare(
         .map(|t| (t.name.as_str(), t))
         .collect();
 
+    let now = Utc::now();
     let mut report = DriftReport {
-        checked_at: Some(Utc::now()),
+        checked_at: DateTime::from_timestamp_micros(now.timestamp_micros()).or(Some(now)),
         ..DriftReport::default()
     };
     for (name, topic) in &managed {

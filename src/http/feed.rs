@@ -188,6 +188,11 @@ async fn pump(socket: WebSocket, mut feed: FeedHandle) {
             message = incoming.next() => match message {
                 // Pings are answered by the socket itself; anything else from the client is ignored.
                 Some(Ok(m)) if !m.is_close() => {}
+                // The client's close: send the reply the socket has queued, then go.
+                Some(Ok(_)) => {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                    return;
+                }
                 _ => return,
             },
         }

@@ -1143,3 +1143,416 @@ pub fn kafka_committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<
         )
         .collect()
 }
+
+// ------------------------------------------------------------ producer pipeline
+
+impl Service {
+    /// POSTs a JSON array of records to `topic` as `who`; `query` is appended to the path
+    /// (e.g. `?request=true`).
+    pub fn produce(&self, who: &str, topic: &str, query: &str, records: &Value) -> (u16, Value) {
+        self.post(
+            who,
+            &format!("/api/v1/topics/{topic}/records{query}"),
+            records,
+        )
+    }
+
+    /// POSTs an NDJSON body of records to `topic` as `who`.
+    pub fn produce_ndjson(&self, who: &str, topic: &str, body: &str) -> (u16, Value) {
+        self.send(
+            "POST",
+            &format!("/api/v1/topics/{topic}/records"),
+            Some(self.token(who)),
+            Some((body.as_bytes().to_vec(), "application/x-ndjson")),
+        )
+    }
+
+    /// The `/metrics` text (no auth).
+    pub fn metrics_text(&self) -> String {
+        let (status, body) = self.get_anon("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body.as_str()
+            .unwrap_or_else(|| panic!("/metrics is not text: {body}"))
+            .to_string()
+    }
+
+    /// One unlabelled sample of `/metrics`; panics if it is not there.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (n, v) = l.split_once(' ')?;
+                (n == name).then(|| v.trim().parse::<f64>().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no sample {name} in /metrics:\n{text}"))
+    }
+}
+
+/// Like [`run_kafflow`], with `stdin` fed to the child.
+pub fn run_kafflow_with_stdin(
+    args: &[&str],
+    stdin: Vec<u8>,
+    timeout: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kafflow"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kafflow");
+    let mut input = child.stdin.take().expect("stdin piped");
+    // Dropping the pipe at the end is the child's end of input.
+    let feeder = thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let stdout = child.stdout.take().expect("stdout piped");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let out = thread::spawn(move || read_all(stdout));
+    let err = thread::spawn(move || read_all(stderr));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().expect("try_wait") {
+            Some(status) => break Some(status),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let _ = feeder.join();
+    (
+        status,
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
+}
+
+/// A client of the TCP ingest listener that speaks the line protocol by hand.
+pub struct IngestClient {
+    writer: std::net::TcpStream,
+    reader: BufReader<std::net::TcpStream>,
+}
+
+impl IngestClient {
+    pub fn connect(addr: &str) -> IngestClient {
+        let stream = std::net::TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("connect to ingest {addr}: {e}"));
+        let reader = BufReader::new(stream.try_clone().expect("clone stream"));
+        IngestClient {
+            writer: stream,
+            reader,
+        }
+    }
+
+    /// Sends `text` as it is (lines must carry their own newlines).
+    pub fn send(&mut self, text: &str) {
+        use std::io::Write;
+        self.writer
+            .write_all(text.as_bytes())
+            .expect("write to ingest");
+    }
+
+    /// Sends one line, adding the newline.
+    pub fn send_line(&mut self, line: &str) {
+        self.send(&format!("{line}\n"));
+    }
+
+    /// Half-closes the connection: the server sees the end of input and answers the rest.
+    pub fn finish_sending(&mut self) {
+        self.writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown write");
+    }
+
+    /// The next reply line without its newline; None when the server closed the connection.
+    /// Panics if nothing comes within `timeout`.
+    pub fn read_line(&mut self, timeout: Duration) -> Option<String> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .expect("read timeout");
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line.trim_end_matches(['\n', '\r']).to_string()),
+            Err(e) => panic!("no reply from ingest within {timeout:?}: {e}"),
+        }
+    }
+
+    /// Reads reply lines until `done` says so for one of them (included); panics on a close
+    /// or after `timeout`, with what came.
+    pub fn read_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&str) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "ingest replies within {timeout:?}: {lines:?}"
+            );
+            match self.read_line(left) {
+                Some(line) => {
+                    let stop = done(&line);
+                    lines.push(line);
+                    if stop {
+                        return lines;
+                    }
+                }
+                None => panic!("ingest closed the connection; replies so far: {lines:?}"),
+            }
+        }
+    }
+
+    /// Every reply line until the server closes the connection.
+    pub fn read_to_end(&mut self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "ingest did not close within {timeout:?}: {lines:?}"
+            );
+            match self.read_line(left) {
+                Some(line) => lines.push(line),
+                None => return lines,
+            }
+        }
+    }
+}
+
+/// The `n` of an `OK n` reply.
+pub fn ok_count(line: &str) -> Option<u64> {
+    line.strip_prefix("OK ")?.trim().parse().ok()
+}
+
+/// A record as a plain Kafka consumer reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads `topic` from the beginning of every partition with a plain consumer (no group
+/// membership, nothing committed) until `enough` holds for what has been read, checked
+/// whenever the consumer has caught up; returns everything read, in (partition, offset) order.
+/// Panics after `timeout` with a summary of what arrived.
+pub fn kafka_read_until(
+    topic: &str,
+    timeout: Duration,
+    mut enough: impl FnMut(&[KafkaRecord]) -> bool,
+) -> Vec<KafkaRecord> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let partitions = kafka_topic_partitions(topic)
+        .unwrap_or_else(|| panic!("topic {topic} is not in Kafka")) as i32;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set(
+            "group.id",
+            format!("kafflow-test-reader-{:x}", random_u64()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("kafka consumer");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition offset");
+    }
+    consumer.assign(&list).expect("assign partitions");
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    let mut since_check = 0usize;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let headers = message
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                let value =
+                                    h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                (h.key.to_string(), value.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(KafkaRecord {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: message
+                        .payload()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default(),
+                    headers,
+                });
+                since_check += 1;
+                // A long backlog: look now and then rather than only when caught up.
+                if since_check < 50_000 {
+                    continue;
+                }
+            }
+            Some(Err(e)) => eprintln!("kafka read of {topic}: {e}"),
+            None => {}
+        }
+        since_check = 0;
+        if enough(&records) {
+            records.sort_by_key(|r| (r.partition, r.offset));
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} from Kafka: condition not met within {timeout:?} after {} records",
+            records.len()
+        );
+    }
+}
+
+/// Records `{"key": "k<i mod keys>", "value": "n-<i>"}` for `range`, as an ingest body.
+pub fn numbered_records(range: std::ops::Range<u64>, keys: u64) -> Value {
+    Value::Array(
+        range
+            .map(|i| json!({"key": format!("k{}", i % keys), "value": format!("n-{i}")}))
+            .collect(),
+    )
+}
+
+/// The `i` of a `n-<i>` value.
+pub fn number_of(value: &str) -> Option<u64> {
+    value.strip_prefix("n-")?.parse().ok()
+}
+
+/// Checks numbered records read back from Kafka: every one of `expected` is there (duplicates
+/// allowed, as after a crash), nothing else is, and per key the first arrivals keep the sent
+/// order. Returns how many duplicates there were.
+#[track_caller]
+pub fn assert_numbered_arrived(
+    records: &[KafkaRecord],
+    expected: &std::collections::BTreeSet<u64>,
+) -> usize {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut duplicates = 0;
+    let mut last_by_key: BTreeMap<Option<String>, u64> = BTreeMap::new();
+    for record in records {
+        let n = number_of(&record.value)
+            .unwrap_or_else(|| panic!("unexpected record in Kafka: {record:?}"));
+        assert!(
+            expected.contains(&n),
+            "record n-{n} was never acknowledged: {record:?}"
+        );
+        if !seen.insert(n) {
+            duplicates += 1;
+            continue;
+        }
+        if let Some(before) = last_by_key.insert(record.key.clone(), n) {
+            assert!(
+                before < n,
+                "key {:?}: n-{n} arrived after n-{before} (partition {}, offset {})",
+                record.key,
+                record.partition,
+                record.offset
+            );
+        }
+    }
+    let missing: Vec<u64> = expected.difference(&seen).copied().take(20).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged records missing in Kafka, first: {missing:?}",
+        expected.len() - seen.len()
+    );
+    duplicates
+}
+
+/// Reads numbered records from `topic` until every one of `expected` is there.
+pub fn kafka_read_numbered(
+    topic: &str,
+    expected: &std::collections::BTreeSet<u64>,
+    timeout: Duration,
+) -> Vec<KafkaRecord> {
+    kafka_read_until(topic, timeout, |records| {
+        let seen: std::collections::BTreeSet<u64> =
+            records.iter().filter_map(|r| number_of(&r.value)).collect();
+        expected.is_subset(&seen)
+    })
+}
+
+impl Service {
+    /// (held, dead, published) of a topic's view, as carol; None if the topic is unknown.
+    pub fn topic_counts(&self, name: &str) -> Option<(u64, u64, u64)> {
+        let (status, view) = self.topic(name);
+        if status == 404 {
+            return None;
+        }
+        assert_eq!(status, 200, "GET topic {name}: {view}");
+        let count = |field: &str| {
+            view[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("topic view without {field}: {view}"))
+        };
+        Some((count("held"), count("dead"), count("published")))
+    }
+
+    /// Polls the topic view until its counts satisfy `ok`; panics with the last seen.
+    pub fn wait_topic_counts(
+        &self,
+        name: &str,
+        timeout: Duration,
+        mut ok: impl FnMut(u64, u64, u64) -> bool,
+    ) -> (u64, u64, u64) {
+        let mut last = None;
+        let found = wait_until(timeout, || {
+            last = self.topic_counts(name);
+            last.is_some_and(|(h, d, p)| ok(h, d, p))
+        });
+        assert!(
+            found,
+            "topic {name}: counts (held, dead, published) stayed {last:?}\nstderr tail:\n{}",
+            self.stderr_tail()
+        );
+        last.expect("counts")
+    }
+
+    /// Every held record of `topic` in `state` visible to `who`, following the `next` cursor.
+    pub fn held_records(&self, who: &str, topic: &str, state: &str) -> Vec<Value> {
+        let mut records = Vec::new();
+        let mut after: Option<i64> = None;
+        loop {
+            let mut path = format!("/api/v1/held?topic={topic}&state={state}&limit=500");
+            if let Some(after) = after {
+                path.push_str(&format!("&after={after}"));
+            }
+            let (status, page) = self.get(who, &path);
+            assert_eq!(status, 200, "GET {path} as {who}: {page}");
+            let batch = page["records"]
+                .as_array()
+                .unwrap_or_else(|| panic!("held page without records: {page}"));
+            records.extend(batch.iter().cloned());
+            match page["next"].as_i64() {
+                Some(next) => {
+                    assert!(after.is_none_or(|a| next > a), "held cursor stuck: {page}");
+                    after = Some(next);
+                }
+                None => return records,
+            }
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! Feed benchmark (`make bench`): (1) the time from a record being acknowledged by Kafka to its
+//! frame arriving at a websocket client (p50, p99, max), at a steady 5,000 records/s with 100
+//! connected clients; (2) the highest rate one feed sustains, draining a backlog.
+//!
+//! Runs the release binary against the local broker (`make kafka-up`). The clients are spread
+//! over `FEED_BENCH_USERS` consumer users (each user has one consumer, fanned out to its feeds).
+//! Knobs: `FEED_BENCH_CLIENTS` (100), `FEED_BENCH_USERS` (10), `FEED_BENCH_RATE` (5000),
+//! `FEED_BENCH_SECS` (10), `FEED_BENCH_BACKLOG` (300000).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use kafflow::identity::token_sha256;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const PRODUCER_TOKEN: &str = "bench-producer-token";
+const ADMIN_TOKEN: &str = "bench-admin-token";
+/// Client threads, each running its share of the websocket clients.
+const CLIENT_THREADS: usize = 4;
+/// Producer ticks per second at the steady rate.
+const TICKS_PER_SEC: u64 = 1000;
+
+fn knob(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn reader_token(user: usize) -> String {
+    format!("bench-reader-token-{user}")
+}
+
+fn reader_name(user: usize) -> String {
+    format!("reader{user:03}")
+}
+
+struct Service {
+    child: Child,
+    http: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_service(users: usize) -> Service {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\n[policy]\nmax_partitions = 12\n[watcher]\nreconcile_interval_ms = 3600000\n\
+         [[principals]]\nname = \"producer\"\nroles = [\"producer\"]\ntoken_sha256 = \"{}\"\n\
+         [[principals]]\nname = \"admin\"\nroles = [\"admin\"]\ntoken_sha256 = \"{}\"\n",
+        bootstrap(),
+        token_sha256(PRODUCER_TOKEN),
+        token_sha256(ADMIN_TOKEN)
+    );
+    for user in 0..=users {
+        config.push_str(&format!(
+            "[[principals]]\nname = \"{}\"\nroles = [\"consumer\"]\ntoken_sha256 = \"{}\"\n",
+            reader_name(user),
+            token_sha256(&reader_token(user))
+        ));
+    }
+    let path = dir.path().join("kafflow.toml");
+    std::fs::write(&path, config).expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kafflow"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start kafflow");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut http = String::new();
+    for line in lines {
+        let line = line.expect("read stdout");
+        if let Some(url) = line.strip_prefix("listening on ") {
+            http = url.trim_end_matches('/').to_string();
+            break;
+        }
+    }
+    assert!(!http.is_empty(), "kafflow did not start");
+    Service {
+        child,
+        http,
+        _dir: dir,
+    }
+}
+
+fn call(method: reqwest::Method, url: &str, token: &str, body: Option<Value>) -> Value {
+    let client = reqwest::blocking::Client::new();
+    let mut request = client.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let reply = request.send().expect("request");
+    let status = reply.status();
+    let body: Value = reply.json().expect("json reply");
+    assert!(status.is_success(), "{url}: {status} {body}");
+    body
+}
+
+fn provision(service: &Service, topic: &str, partitions: u32) {
+    let request = call(
+        reqwest::Method::POST,
+        &format!("{}/api/v1/topic-requests", service.http),
+        PRODUCER_TOKEN,
+        Some(json!({ "topic": topic, "partitions": partitions, "reason": "benchmark" })),
+    );
+    let id = request["id"].as_str().expect("request id");
+    call(
+        reqwest::Method::POST,
+        &format!("{}/api/v1/topic-requests/{id}/approve", service.http),
+        ADMIN_TOKEN,
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let view = call(
+            reqwest::Method::GET,
+            &format!("{}/api/v1/topics/{topic}", service.http),
+            ADMIN_TOKEN,
+            None,
+        );
+        if view["status"] == "active" {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("topic {topic} never became active");
+}
+
+fn subscribe(service: &Service, user: usize, topic: &str) {
+    call(
+        reqwest::Method::POST,
+        &format!("{}/api/v1/me/subscriptions/{topic}", service.http),
+        &reader_token(user),
+        None,
+    );
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer")
+}
+
+/// A value of about 100 bytes that carries its sequence number.
+fn value(seq: u64) -> String {
+    format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(70))
+}
+
+/// The `seq` of a record frame, found without parsing the whole frame.
+fn seq_of(frame: &str) -> Option<u64> {
+    let at = frame.find("\"value\":{\"seq\":")? + "\"value\":{\"seq\":".len();
+    let digits: String = frame[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// Nanoseconds since `base`, as an atomic slot (0 = not yet).
+fn stamp(base: Instant) -> u64 {
+    base.elapsed().as_nanos() as u64 + 1
+}
+
+/// What one client saw: (seq, arrival stamp) of every record frame.
+type Arrivals = Vec<(u64, u64)>;
+
+/// Opens `clients` feeds (round-robin over `users`) on a few threads; each reads until it has
+/// seen `expect` records after warm-up or the deadline passes. Returns once every feed is open.
+fn open_clients(
+    service: &Service,
+    clients: usize,
+    users: usize,
+    base: Instant,
+    expect: u64,
+    deadline: Instant,
+) -> (Vec<thread::JoinHandle<Vec<Arrivals>>>, Arc<AtomicU64>) {
+    let ws = service.http.replacen("http://", "ws://", 1) + "/api/v1/me/feed";
+    let ready = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for t in 0..CLIENT_THREADS {
+        let mine: Vec<usize> = (0..clients).filter(|c| c % CLIENT_THREADS == t).collect();
+        let ws = ws.clone();
+        let ready = ready.clone();
+        handles.push(thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut tasks = Vec::new();
+                for client in mine {
+                    let mut request = ws.clone().into_client_request().expect("request");
+                    let bearer = format!("Bearer {}", reader_token(client % users));
+                    request
+                        .headers_mut()
+                        .insert("authorization", bearer.parse().expect("header"));
+                    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+                        .await
+                        .expect("open feed");
+                    let ready = ready.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut seen = Vec::with_capacity(expect as usize + 16);
+                        let mut counted = false;
+                        while let Ok(Some(Ok(message))) = tokio::time::timeout(
+                            deadline.saturating_duration_since(Instant::now()),
+                            socket.next(),
+                        )
+                        .await
+                        {
+                            let Message::Text(text) = message else {
+                                continue;
+                            };
+                            let arrived = stamp(base);
+                            if !counted {
+                                // The first frame is the subscriptions notice: the feed is live.
+                                counted = true;
+                                ready.fetch_add(1, Ordering::SeqCst);
+                                continue;
+                            }
+                            if let Some(seq) = seq_of(&text) {
+                                seen.push((seq, arrived));
+                                if seen.len() as u64 >= expect {
+                                    break;
+                                }
+                            }
+                        }
+                        seen
+                    }));
+                }
+                let mut all = Vec::new();
+                for task in tasks {
+                    all.push(task.await.unwrap_or_default());
+                }
+                all
+            })
+        }));
+    }
+    (handles, ready)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1e6
+}
+
+/// Part 1: ack→frame latency at a steady rate with many clients.
+fn latency(service: &Service, clients: usize, users: usize, rate: u64, secs: u64) {
+    let topic = format!("feed-bench-latency-{}", std::process::id());
+    provision(service, &topic, 3);
+    for user in 0..users {
+        subscribe(service, user, &topic);
+    }
+    let warmup = 200;
+    let total = warmup + rate * secs;
+    let base = Instant::now();
+    let deadline = base + Duration::from_secs(secs + 120);
+    let (handles, ready) = open_clients(service, clients, users, base, total, deadline);
+    while ready.load(Ordering::SeqCst) < clients as u64 {
+        assert!(Instant::now() < deadline, "feeds did not open");
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    let acks: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let failed = Arc::new(Mutex::new(0u64));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = Instant::now();
+    runtime.block_on(async {
+        let producer = producer();
+        let per_tick = rate / TICKS_PER_SEC;
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / TICKS_PER_SEC));
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        let mut seq = 0;
+        while seq < total {
+            // Warm-up records go out at once; the measured ones at the steady rate.
+            let batch = if seq < warmup {
+                warmup
+            } else {
+                per_tick.max(1)
+            };
+            if seq >= warmup {
+                tick.tick().await;
+            }
+            for _ in 0..batch.min(total - seq) {
+                let payload = value(seq);
+                let key = seq.to_string();
+                let record = FutureRecord::to(&topic).payload(&payload).key(&key);
+                let send = producer
+                    .send_result(record)
+                    .unwrap_or_else(|(e, _)| panic!("enqueue: {e}"));
+                let acks = acks.clone();
+                let failed = failed.clone();
+                let n = seq;
+                pending.push(async move {
+                    match send.await {
+                        Ok(Ok(_)) => acks[n as usize].store(stamp(base), Ordering::SeqCst),
+                        _ => *failed.lock().expect("lock") += 1,
+                    }
+                });
+                seq += 1;
+            }
+            while let Some(Some(())) = futures_util::FutureExt::now_or_never(pending.next()) {}
+        }
+        while pending.next().await.is_some() {}
+    });
+    let produced_secs = started.elapsed().as_secs_f64();
+
+    let mut latencies = Vec::new();
+    let mut received = 0u64;
+    let mut complete = 0;
+    for handle in handles {
+        for arrivals in handle.join().expect("client thread") {
+            received += arrivals.len() as u64;
+            if arrivals.len() as u64 >= total {
+                complete += 1;
+            }
+            for (seq, arrived) in arrivals {
+                if seq < warmup {
+                    continue;
+                }
+                let acked = acks[seq as usize].load(Ordering::SeqCst);
+                if acked > 0 {
+                    latencies.push(arrived.saturating_sub(acked));
+                }
+            }
+        }
+    }
+    latencies.sort_unstable();
+    println!(
+        "feed latency: {clients} clients over {users} users, {rate} records/s for {secs} s \
+         (produced in {produced_secs:.1} s, {} failed): every record at {complete}/{clients} clients, \
+         {received} frames",
+        failed.lock().map(|f| *f).unwrap_or(0)
+    );
+    println!(
+        "  ack -> frame: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 100.0),
+        latencies.len()
+    );
+}
+
+/// Part 2: the highest rate one feed sustains, draining a backlog from the beginning.
+fn drain(service: &Service, user: usize, backlog: u64) {
+    let topic = format!("feed-bench-drain-{}", std::process::id());
+    provision(service, &topic, 3);
+    subscribe(service, user, &topic);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .expect("producer");
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        for seq in 0..backlog {
+            let payload = value(seq);
+            let record = FutureRecord::<(), String>::to(&topic).payload(&payload);
+            pending.push(
+                producer
+                    .send_result(record)
+                    .unwrap_or_else(|(e, _)| panic!("enqueue: {e}")),
+            );
+            if pending.len() >= 50_000 {
+                while pending.len() > 10_000 {
+                    pending.next().await;
+                }
+            }
+        }
+        while pending.next().await.is_some() {}
+
+        let mut request = (service.http.replacen("http://", "ws://", 1)
+            + "/api/v1/me/feed?from=earliest")
+            .into_client_request()
+            .expect("request");
+        let bearer = format!("Bearer {}", reader_token(user));
+        request
+            .headers_mut()
+            .insert("authorization", bearer.parse().expect("header"));
+        let opened = Instant::now();
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("open feed");
+        let mut records = 0u64;
+        let mut first: Option<Instant> = None;
+        while records < backlog {
+            let message = tokio::time::timeout(Duration::from_secs(60), socket.next())
+                .await
+                .expect("feed stalled")
+                .expect("feed open")
+                .expect("frame");
+            if let Message::Text(text) = message {
+                if seq_of(&text).is_some() {
+                    records += 1;
+                    first.get_or_insert_with(Instant::now);
+                }
+            }
+        }
+        let total = opened.elapsed().as_secs_f64();
+        let steady = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(total);
+        println!(
+            "one feed: {backlog} records of ~100 bytes in {total:.2} s from open \
+             ({:.0} records/s; {:.0} records/s from the first frame)",
+            backlog as f64 / total,
+            backlog as f64 / steady
+        );
+    });
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is read from the command line.
+    let clients = knob("FEED_BENCH_CLIENTS", 100) as usize;
+    let users = (knob("FEED_BENCH_USERS", 10) as usize).clamp(1, clients.max(1));
+    let rate = knob("FEED_BENCH_RATE", 5000);
+    let secs = knob("FEED_BENCH_SECS", 10);
+    let backlog = knob("FEED_BENCH_BACKLOG", 300_000);
+    let service = start_service(users);
+    latency(&service, clients, users, rate, secs);
+    drain(&service, users, backlog);
+}
