@@ -154,8 +154,11 @@ pub struct BatchProducer {
 
 /// What became of a batch handed to `BatchProducer::send`.
 pub struct Sent {
-    /// Records `0..enqueued` went to librdkafka; the rest found its queue full.
+    /// Records `0..enqueued` went to librdkafka; the rest did not (queue full, or `refused`).
     pub enqueued: usize,
+    /// Record `enqueued` was refused by librdkafka for good (e.g. larger than
+    /// `message.max.bytes`), with the reason; `None` when the queue was merely full.
+    pub refused: Option<String>,
     /// Resolves with the indices of enqueued records that Kafka did not acknowledge.
     pub failed: oneshot::Receiver<Vec<usize>>,
 }
@@ -178,6 +181,7 @@ impl BatchProducer {
             done: Mutex::new(Some(done)),
         });
         let mut enqueued = 0;
+        let mut refused = None;
         for (index, record) in records.iter().enumerate() {
             let ack = Box::new(Ack {
                 batch: batch.clone(),
@@ -207,14 +211,18 @@ impl BatchProducer {
                         e,
                         KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
                     ) {
-                        tracing::warn!(%topic, error = %e, "Record not enqueued.");
+                        refused = Some(e.to_string());
                     }
                     break;
                 }
             }
         }
         batch.finish(records.len() - enqueued + 1);
-        Sent { enqueued, failed }
+        Sent {
+            enqueued,
+            refused,
+            failed,
+        }
     }
 }
 

@@ -222,13 +222,25 @@ impl Spool {
             .await
     }
 
+    /// Moves one held record to the dead-letter state (Kafka refuses it for good).
+    pub async fn kill_one(&self, id: i64) -> Result<()> {
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE held SET state = 'dead' WHERE id = ?1 AND state = 'held'",
+                params![id],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     /// Deletes the dead records of `topic`; returns how many and their bytes.
     pub async fn discard(&self, topic: &str) -> Result<(u64, u64)> {
         let topic = topic.to_string();
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let (n, bytes): (i64, i64) = tx.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(value) + COALESCE(LENGTH(key), 0)), 0)
+                "SELECT COUNT(*), COALESCE(SUM(size), 0)
                  FROM held WHERE topic = ?1 AND state = 'dead'",
                 params![topic],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -265,8 +277,8 @@ fn insert(
     {
         let at = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO held (topic, state, key, value, headers, producer, accepted_at)
-             VALUES (?1, 'held', ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO held (topic, state, key, value, headers, producer, size, accepted_at)
+             VALUES (?1, 'held', ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for record in records {
             let headers = if record.headers.is_empty() {
@@ -280,6 +292,7 @@ fn insert(
                 record.value,
                 headers,
                 producer,
+                record.size() as i64,
                 at
             ])?;
         }
@@ -326,7 +339,7 @@ fn select(
 fn contents(conn: &Connection) -> rusqlite::Result<HashMap<String, TopicContents>> {
     let mut out: HashMap<String, TopicContents> = HashMap::new();
     let mut stmt = conn.prepare(
-        "SELECT topic, state, COUNT(*), COALESCE(SUM(LENGTH(value) + COALESCE(LENGTH(key), 0)), 0)
+        "SELECT topic, state, COUNT(*), COALESCE(SUM(size), 0)
          FROM held GROUP BY topic, state",
     )?;
     let mut rows = stmt.query([])?;

@@ -556,6 +556,22 @@ fn feeds_and_subscriptions_refuse_what_they_must() {
         .err()
         .expect("refused");
     assert_error(&refused, 400, "invalid_query", "bad from");
+    let refused = svc
+        .try_feed(&[("authorization", &bearer)], "bogus=1")
+        .err()
+        .expect("refused");
+    assert_error(&refused, 400, "invalid_query", "unknown feed parameter");
+    let refused = svc
+        .try_feed(&[("authorization", "Bearer nope")], "bogus=1")
+        .err()
+        .expect("refused");
+    assert_error(&refused, 401, "unauthorized", "the token is checked first");
+    assert_error(
+        &svc.get("carol", "/api/v1/subscriptions?bogus=1"),
+        400,
+        "invalid_query",
+        "unknown list parameter",
+    );
 
     // The token as a subprotocol, as browsers send it, and the server picks that protocol.
     let protocol = format!("bearer.{}", svc.token("erin"));

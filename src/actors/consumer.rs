@@ -732,8 +732,12 @@ fn render(message: &BorrowedMessage<'_>) -> String {
     push_value(&mut out, message.payload());
     out.push_str(",\"headers\":{");
     if let Some(headers) = message.headers() {
-        for (i, header) in headers.iter().enumerate() {
-            if i > 0 {
+        let all: Vec<_> = headers.iter().collect();
+        // Kafka allows a name twice; a JSON object should not have it twice: the last one wins.
+        let last = |i: usize| !all[i + 1..].iter().any(|h| h.key == all[i].key);
+        let mut first = true;
+        for (i, header) in all.iter().enumerate().filter(|(i, _)| last(*i)) {
+            if !std::mem::take(&mut first) {
                 out.push(',');
             }
             push_json_str(&mut out, header.key);
@@ -742,6 +746,7 @@ fn render(message: &BorrowedMessage<'_>) -> String {
                 Some(value) => push_json_str(&mut out, &String::from_utf8_lossy(value)),
                 None => out.push_str("null"),
             }
+            let _ = i;
         }
     }
     out.push_str("},\"timestamp\":");

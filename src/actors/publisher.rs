@@ -116,6 +116,21 @@ struct HoldFailed {
     bytes: u64,
 }
 
+/// Held records moved to the dead-letter state.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DeadLettered {
+    topic: String,
+    records: u64,
+    bytes: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DeadLetterIfClosed {
+    topic: String,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Drained {
@@ -254,6 +269,28 @@ impl Publisher {
         })
     }
 
+    /// Moves every held record of a closed topic to the dead-letter state.
+    fn kill_held(&mut self, topic: &str, ctx: &mut Context<Self>) {
+        let spool = self.spool.clone();
+        let topic = topic.to_string();
+        let moved = async move { spool.kill(&topic).await.map(|n| (topic, n)) };
+        ctx.spawn(moved.into_actor(self).map(|result, act, _| match result {
+            Ok((topic, n)) => {
+                METRICS.dead_lettered.inc_by(n);
+                if let Some(state) = act.topics.get_mut(&topic) {
+                    let c = &mut state.contents;
+                    c.held = c.held.saturating_sub(n);
+                    c.dead += n;
+                    c.dead_bytes += c.held_bytes;
+                    c.held_bytes = 0;
+                }
+                act.update_gauges();
+                tracing::info!(%topic, records = n, "Held records dead-lettered.");
+            }
+            Err(e) => tracing::error!(error = %e, "Held records not dead-lettered."),
+        }));
+    }
+
     fn start_drain(&mut self, topic: &str, ctx: &mut Context<Self>) {
         let Some(state) = self.topics.get_mut(topic) else {
             return;
@@ -319,12 +356,11 @@ impl Handler<Publish> for Publisher {
         if let Some(e) = refused {
             return Box::pin(async move { Err(e) });
         }
-        let n = msg.records.len() as u64;
-        METRICS.ingested.inc_by(n);
         if !state.direct() {
             let held = self.hold(&topic, &msg.producer, msg.records, ctx, true);
             return Box::pin(async move {
                 let held = held?.await?;
+                METRICS.ingested.inc_by(held);
                 Ok(Receipt { published: 0, held })
             });
         }
@@ -373,6 +409,7 @@ impl Handler<Publish> for Publisher {
                     })
                     .await??;
             }
+            METRICS.ingested.inc_by(receipt.published + receipt.held);
             Ok(receipt)
         })
     }
@@ -385,7 +422,14 @@ impl Handler<Spill> for Publisher {
         tracing::warn!(topic = %msg.topic, records = msg.records.len(), "Kafka did not acknowledge records; holding them.");
         // Already accepted by the caller's call: bounds do not apply to what was in flight.
         let held = self.hold(&msg.topic, &msg.producer, msg.records, ctx, false);
-        Box::pin(async move { held?.await })
+        let me = ctx.address();
+        let topic = msg.topic;
+        Box::pin(async move {
+            let n = held?.await?;
+            // If the topic closed while these were in flight, they join its dead letters.
+            me.do_send(DeadLetterIfClosed { topic });
+            Ok(n)
+        })
     }
 }
 
@@ -428,6 +472,36 @@ impl Handler<Drained> for Publisher {
     }
 }
 
+impl Handler<DeadLettered> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeadLettered, _: &mut Context<Self>) {
+        METRICS.dead_lettered.inc_by(msg.records);
+        if let Some(state) = self.topics.get_mut(&msg.topic) {
+            let c = &mut state.contents;
+            c.held = c.held.saturating_sub(msg.records);
+            c.held_bytes = c.held_bytes.saturating_sub(msg.bytes);
+            c.dead += msg.records;
+            c.dead_bytes += msg.bytes;
+        }
+        self.update_gauges();
+    }
+}
+
+impl Handler<DeadLetterIfClosed> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeadLetterIfClosed, ctx: &mut Context<Self>) {
+        let closed = self
+            .topics
+            .get(&msg.topic)
+            .is_some_and(|t| matches!(t.route, Some(TopicRoute::Closed(_))) && t.contents.held > 0);
+        if closed {
+            self.kill_held(&msg.topic, ctx);
+        }
+    }
+}
+
 impl Handler<DrainIdle> for Publisher {
     type Result = bool;
 
@@ -462,24 +536,7 @@ impl Handler<SetRoute> for Publisher {
             TopicRoute::Active if state.contents.held > 0 && !state.draining => {
                 self.start_drain(&topic, ctx)
             }
-            TopicRoute::Closed(_) if state.contents.held > 0 => {
-                let spool = self.spool.clone();
-                let moved = async move { spool.kill(&topic).await.map(|n| (topic, n)) };
-                ctx.spawn(moved.into_actor(self).map(|result, act, _| match result {
-                    Ok((topic, n)) => {
-                        METRICS.dead_lettered.inc_by(n);
-                        if let Some(state) = act.topics.get_mut(&topic) {
-                            let c = &mut state.contents;
-                            c.held = c.held.saturating_sub(n);
-                            c.dead += n;
-                            c.dead_bytes += c.held_bytes;
-                            c.held_bytes = 0;
-                        }
-                        tracing::info!(%topic, records = n, "Held records dead-lettered.");
-                    }
-                    Err(e) => tracing::error!(error = %e, "Held records not dead-lettered."),
-                }));
-            }
+            TopicRoute::Closed(_) if state.contents.held > 0 => self.kill_held(&topic, ctx),
             _ => {}
         }
     }
@@ -600,6 +657,23 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
                     bytes,
                 }),
                 Err(e) => tracing::error!(%topic, error = %e, "Cannot release drained records."),
+            }
+        }
+        if let (Some(reason), true) = (&sent.refused, delivered == sent.enqueued) {
+            if let Some(bad) = batch.get(delivered) {
+                // Retrying cannot help, and would block every later record of the topic.
+                tracing::error!(%topic, id = bad.id, %reason, "Kafka refuses a held record; dead-lettering it.");
+                match spool.kill_one(bad.id).await {
+                    Ok(()) => me.do_send(DeadLettered {
+                        topic: topic.clone(),
+                        records: 1,
+                        bytes: bad.record.size(),
+                    }),
+                    Err(e) => {
+                        tracing::error!(%topic, error = %e, "Cannot dead-letter a held record.")
+                    }
+                }
+                continue;
             }
         }
         if delivered < batch.len() {

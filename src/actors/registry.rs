@@ -798,7 +798,7 @@ mod tests {
         decide(&mut s, r.id, Decision::Approve { note: None }).expect("approved");
         assert!(matches!(
             deletion(&mut s),
-            Err(Error::RequestPending { .. })
+            Err(Error::TopicNotActive { .. })
         ));
         run(
             &mut s,
@@ -812,6 +812,10 @@ mod tests {
         )
         .expect("recorded");
         let d = deletion(&mut s).expect("filed");
+        assert!(matches!(
+            deletion(&mut s),
+            Err(Error::RequestPending { .. })
+        ));
         assert_eq!((d.kind, d.partitions), (RequestKind::Delete, 2));
         decide(&mut s, d.id, Decision::Approve { note: None }).expect("approved");
         assert_eq!(

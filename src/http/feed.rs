@@ -13,7 +13,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{auth, body, json, parse_body, respond, App};
+use super::{auth, body, json, parse_body, parse_query, query, respond, App};
 use crate::actors::consumer::{FeedClose, FeedEvent, FeedHandle, FeedStart, Frame};
 use crate::actors::subscriptions::{
     ListSubscriptions, MySubscriptions, OpenFeed, ReplaceSubscriptions, Subscribe, Subscription,
@@ -100,8 +100,9 @@ async fn unsubscribe(app: App, topic: String, auth: Option<String>) -> Result<Re
     Ok(topics(set))
 }
 
-async fn list(app: App, auth: Option<String>, params: ListParams) -> Result<Response> {
+async fn list(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth)?;
+    let params: ListParams = parse_query(&query)?;
     let subscriptions = app
         .subscriptions
         .send(ListSubscriptions {
@@ -135,7 +136,7 @@ async fn open_feed(
     app: App,
     auth: Option<String>,
     protocols: Option<String>,
-    params: FeedParams,
+    query: String,
     ws: Option<Ws>,
 ) -> Result<Response> {
     let protocol = bearer_protocol(protocols.as_deref()).map(str::to_string);
@@ -144,6 +145,7 @@ async fn open_feed(
         _ => auth,
     };
     let principal = app.authenticate(auth)?;
+    let params: FeedParams = parse_query(&query)?;
     let from = parse_start(params.from.as_deref())?;
     let ws = ws.ok_or(Error::UpgradeRequired)?;
     let feed = app
@@ -258,7 +260,7 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_app.clone())
         .and(auth())
-        .and(warp::query::<ListParams>())
+        .and(query())
         .then(list)
         .map(respond);
     let upgrade = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
@@ -269,7 +271,7 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(with_app)
         .and(auth())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
-        .and(warp::query::<FeedParams>())
+        .and(query())
         .and(upgrade)
         .then(open_feed)
         .map(respond);
