@@ -21,6 +21,7 @@ source "$demo/tokens"
 
 cat >"$demo/kafflow.toml" <<TOML
 listen = "127.0.0.1:${KAFFLOW_PORT:-8080}"
+ingest_listen = "127.0.0.1:${KAFFLOW_INGEST_PORT:-7070}"
 data_dir = "$demo/data"
 
 [kafka]
@@ -54,7 +55,9 @@ KafFlow demo on http://127.0.0.1:${KAFFLOW_PORT:-8080}
   alice (producer, consumer): $alice
   carol (admin):              $carol
   erin  (consumer):           $erin
+TCP ingest on tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070}
 Try:
+  seq 1 1000 | $bin produce --topic orders --server tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070} --token $alice
   curl -s -H "Authorization: Bearer $alice" -d '{"topic":"orders","reason":"demo"}' http://127.0.0.1:${KAFFLOW_PORT:-8080}/api/v1/topic-requests
 INFO
 exec "$bin" serve --config "$demo/kafflow.toml"

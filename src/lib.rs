@@ -10,9 +10,13 @@
 //! - `http`: the warp facade that authenticates, parses, messages an actor and renders.
 //! - `config`: the config file and flags, validated once.
 //! - `identity`: principals and bearer-token authentication.
-//! - `kafka`: client settings and metadata reads shared by the actors that talk to Kafka.
+//! - `kafka`: client settings, metadata reads and the batch producer shared by the actors.
+//! - `spool`: the held-record store of the publisher (its own SQLite file).
+//! - `record`: a producer's record, as ingest takes it and the spool keeps it.
+//! - `metrics`: the Prometheus counters behind `/metrics`.
+//! - `sqlite`: how KafFlow opens its SQLite files and applies migrations.
 //! - `error`: the domain errors, each with a stable code.
-//! - `client`: the command-line clients of a running service (`kafflow consume`).
+//! - `client`: the command-line clients of a running service (`kafflow produce`, `kafflow consume`).
 
 pub mod actors;
 pub mod client;

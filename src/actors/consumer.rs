@@ -736,7 +736,8 @@ fn render(message: &BorrowedMessage<'_>) -> String {
         // Kafka allows a name twice; a JSON object should not have it twice: the last one wins.
         let last = |i: usize| !all[i + 1..].iter().any(|h| h.key == all[i].key);
         let mut first = true;
-        for (i, header) in all.iter().enumerate().filter(|(i, _)| last(*i)) {
+        let kept = all.iter().enumerate().filter(|(i, _)| last(*i)).map(|(_, h)| h);
+        for header in kept {
             if !std::mem::take(&mut first) {
                 out.push(',');
             }
@@ -746,7 +747,6 @@ fn render(message: &BorrowedMessage<'_>) -> String {
                 Some(value) => push_json_str(&mut out, &String::from_utf8_lossy(value)),
                 None => out.push_str("null"),
             }
-            let _ = i;
         }
     }
     out.push_str("},\"timestamp\":");

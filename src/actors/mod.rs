@@ -7,9 +7,9 @@
 //! - `subscriptions`: who reads which topic (the single writer of its events), and the door to
 //!   each user's consumer.
 //! - `consumer`: one per user; one rdkafka consumer fanned out to the user's websocket feeds.
-//!
-//! Still to come, each in its own file here: `listener` (ingest), `publisher` (routing to
-//! Kafka and the held-record spool), and `watcher` (activation and reconciliation with Kafka).
+//! - `listener`: record ingest over HTTP and the TCP line protocol.
+//! - `publisher`: routes records to Kafka, holding in the durable spool what cannot go yet.
+//! - `watcher`: tells the publisher of route changes as they commit; reconciles with Kafka.
 
 pub mod approval;
 pub mod consumer;

@@ -617,8 +617,6 @@ impl Handler<Command> for Registry {
             match committed.await {
                 Ok(Ok(_)) => view,
                 Ok(Err(e)) => {
-                    // State already holds an event the log does not: only a restart (replay)
-                    // makes them agree again.
                     // Fail-stop: state holds an event the log does not, and only replay (which
                     // applies committed events alone) can make them agree again.
                     tracing::error!(error = %e, "Event commit failed; exiting so replay can restore state.");
