@@ -57,7 +57,7 @@ KafFlow demo on http://127.0.0.1:${KAFFLOW_PORT:-8080}
   erin  (consumer):           $erin
 TCP ingest on tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070}
 Try:
-  seq 1 1000 | $bin produce --topic orders --server tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070} --token $alice
   curl -s -H "Authorization: Bearer $alice" -d '{"topic":"orders","reason":"demo"}' http://127.0.0.1:${KAFFLOW_PORT:-8080}/api/v1/topic-requests
+  seq 1 1000 | $bin produce --topic orders --server tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070} --token $alice
 INFO
 exec "$bin" serve --config "$demo/kafflow.toml"
