@@ -96,7 +96,7 @@ fn feed_follows_subscription_changes_without_reconnecting() {
         &[Produce {
             key: Some("k1"),
             value: br#"{"n": 1}"#.to_vec(),
-            headers: &[("source", "test")],
+            headers: &[("source", "first"), ("trace", "t1"), ("source", "test")],
         }],
     );
     let record = feed.next(FRAME);
@@ -109,7 +109,11 @@ fn feed_follows_subscription_changes_without_reconnecting() {
         json!({"n": 1}),
         "value is JSON when it parses"
     );
-    assert_eq!(record["headers"], json!({"source": "test"}), "{record}");
+    assert_eq!(
+        record["headers"],
+        json!({"trace": "t1", "source": "test"}),
+        "a repeated header name keeps its last value: {record}"
+    );
     assert!(
         record["timestamp"].as_i64().is_some_and(|t| t > 0),
         "{record}"

@@ -769,7 +769,6 @@ fn records_sent_while_the_topic_turns_active_all_arrive_in_key_order() {
 }
 
 #[test]
-#[ignore = "service bug: a drain ends only when it finds the spool empty, so a topic that keeps receiving records (here ~10,000/s) stays on the spool path for as long as they come"]
 fn a_busy_topic_returns_to_the_direct_path_after_its_drain() {
     use std::sync::atomic::AtomicBool;
     let svc = Service::start();

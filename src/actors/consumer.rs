@@ -736,7 +736,11 @@ fn render(message: &BorrowedMessage<'_>) -> String {
         // Kafka allows a name twice; a JSON object should not have it twice: the last one wins.
         let last = |i: usize| !all[i + 1..].iter().any(|h| h.key == all[i].key);
         let mut first = true;
-        let kept = all.iter().enumerate().filter(|(i, _)| last(*i)).map(|(_, h)| h);
+        let kept = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| last(*i))
+            .map(|(_, h)| h);
         for header in kept {
             if !std::mem::take(&mut first) {
                 out.push(',');

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::event_store::{Append, EventStore};
 use super::registry::TopicRoute;
@@ -42,7 +43,7 @@ pub struct Receipt {
 }
 
 /// Records of one producer for one topic, in order. Answered when every one is durable.
-#[derive(Message)]
+#[derive(Debug, Message)]
 #[rtype(result = "Result<Receipt>")]
 pub struct Publish {
     pub producer: String,
@@ -151,6 +152,10 @@ struct TopicState {
     route: Option<TopicRoute>,
     contents: TopicContents,
     draining: bool,
+    /// The drain is catching up: new records wait here, unacknowledged and in order, until
+    /// the spool is empty, then go straight to Kafka. Without this gate a topic that never
+    /// pauses would never leave the spool. Bounded: it lasts less than one drain batch.
+    gated: Option<Vec<(Publish, oneshot::Sender<Result<Receipt>>)>>,
 }
 
 impl TopicState {
@@ -340,6 +345,25 @@ impl Handler<Publish> for Publisher {
     type Result = ResponseFuture<Result<Receipt>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(waiting) = self
+            .topics
+            .get_mut(&msg.topic)
+            .and_then(|t| t.gated.as_mut())
+        {
+            let (reply, receipt) = oneshot::channel();
+            waiting.push((msg, reply));
+            return Box::pin(async move { receipt.await.map_err(|_| Error::Unavailable)? });
+        }
+        self.publish_now(msg, ctx)
+    }
+}
+
+impl Publisher {
+    fn publish_now(
+        &mut self,
+        msg: Publish,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<Receipt>> {
         let topic = msg.topic;
         let state = self.topics.entry(topic.clone()).or_default();
         if msg.requested && matches!(state.route, None | Some(TopicRoute::Unknown)) {
@@ -502,20 +526,72 @@ impl Handler<DeadLetterIfClosed> for Publisher {
     }
 }
 
+/// The drain has caught up with the spool of `topic`: hold new records back until it is empty.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CatchingUp {
+    topic: String,
+}
+
+impl Handler<CatchingUp> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: CatchingUp, _: &mut Context<Self>) {
+        if let Some(state) = self.topics.get_mut(&msg.topic) {
+            if state.route == Some(TopicRoute::Active) && state.gated.is_none() {
+                state.gated = Some(Vec::new());
+            }
+        }
+    }
+}
+
+/// The drain hit a failure: what waits at the gate goes to the spool instead of waiting on.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct OpenGate {
+    topic: String,
+}
+
+impl Handler<OpenGate> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: OpenGate, ctx: &mut Context<Self>) {
+        let waiting = self
+            .topics
+            .get_mut(&msg.topic)
+            .and_then(|t| t.gated.take())
+            .unwrap_or_default();
+        for (publish, reply) in waiting {
+            let receipt = self.publish_now(publish, ctx);
+            actix::spawn(async move {
+                let _ = reply.send(receipt.await);
+            });
+        }
+    }
+}
+
 impl Handler<DrainIdle> for Publisher {
     type Result = bool;
 
-    fn handle(&mut self, msg: DrainIdle, _: &mut Context<Self>) -> bool {
+    fn handle(&mut self, msg: DrainIdle, ctx: &mut Context<Self>) -> bool {
         let Some(state) = self.topics.get_mut(&msg.topic) else {
             return true;
         };
-        // More records arrived, and the topic is still active: keep draining.
+        // More records are on their way into the spool, and the topic is still active.
         if state.contents.held > 0 && state.route == Some(TopicRoute::Active) {
             return false;
         }
         state.draining = false;
+        let waiting = state.gated.take().unwrap_or_default();
         if state.direct() {
-            tracing::info!(topic = %msg.topic, "Spool drained; publishing directly.");
+            tracing::info!(topic = %msg.topic, waiting = waiting.len(), "Spool drained; publishing directly.");
+        }
+        // What waited at the gate goes now, in arrival order, by whatever path is right.
+        for (publish, reply) in waiting {
+            let receipt = self.publish_now(publish, ctx);
+            actix::spawn(async move {
+                let _ = reply.send(receipt.await);
+            });
         }
         true
     }
@@ -626,6 +702,12 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
                 continue;
             }
         };
+        if batch.len() < DRAIN_BATCH {
+            // Everything the spool had fits in this batch: close the gate behind it.
+            me.do_send(CatchingUp {
+                topic: topic.clone(),
+            });
+        }
         if batch.is_empty() {
             match me
                 .send(DrainIdle {
@@ -677,6 +759,9 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
             }
         }
         if delivered < batch.len() {
+            me.do_send(OpenGate {
+                topic: topic.clone(),
+            });
             tracing::warn!(%topic, retry_in_ms = backoff.as_millis() as u64, "Kafka did not take held records; retrying.");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(DRAIN_BACKOFF_MAX);

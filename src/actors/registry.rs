@@ -62,6 +62,9 @@ impl RequestStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TopicStatus {
+    /// Asked for and not yet approved: shown by `GET /topics/{name}` only, so that held
+    /// records can be counted before the topic exists; never stored.
+    Pending,
     Provisioning,
     Active,
     Failed,
@@ -72,6 +75,7 @@ pub enum TopicStatus {
 impl TopicStatus {
     fn name(self) -> &'static str {
         match self {
+            TopicStatus::Pending => "pending",
             TopicStatus::Provisioning => "provisioning",
             TopicStatus::Active => "active",
             TopicStatus::Failed => "failed",
@@ -447,6 +451,29 @@ impl Governance {
         }
     }
 
+    /// The topic, or, while its create request waits for a decision, what it would be.
+    pub fn topic_or_pending(&self, name: &str) -> Result<Topic> {
+        let live = self.topics.get(name).filter(|t| t.status.is_live());
+        let pending = self
+            .open
+            .get(name)
+            .and_then(|id| self.requests.get(id))
+            .filter(|r| r.kind == RequestKind::Create && r.status == RequestStatus::Pending);
+        match (live, pending) {
+            (None, Some(r)) => Ok(Topic {
+                name: r.topic.clone(),
+                status: TopicStatus::Pending,
+                partitions: r.partitions,
+                replication_factor: r.replication_factor,
+                config: r.config.clone(),
+                owner: r.requested_by.clone(),
+                created_at: None,
+                request_id: r.id,
+            }),
+            _ => self.topic(name).cloned(),
+        }
+    }
+
     /// Where records for `topic` go now.
     pub fn route_of(&self, topic: &str) -> TopicRoute {
         match self.topics.get(topic).map(|t| t.status) {
@@ -648,7 +675,7 @@ impl Handler<GetTopic> for Registry {
     type Result = Result<Topic>;
 
     fn handle(&mut self, msg: GetTopic, _: &mut Context<Self>) -> Self::Result {
-        self.state.topic(&msg.0).cloned()
+        self.state.topic_or_pending(&msg.0)
     }
 }
 
@@ -843,6 +870,12 @@ mod tests {
         assert_eq!(s.route_of("r"), TopicRoute::Unknown);
         let r = create(&mut s, "r").expect("filed");
         assert_eq!(s.route_of("r"), TopicRoute::Pending);
+        let view = s.topic_or_pending("r").expect("pending view");
+        assert_eq!(
+            (view.status, view.owner.as_str()),
+            (TopicStatus::Pending, "alice")
+        );
+        assert!(s.topic("r").is_err(), "a pending topic is not stored");
         decide(&mut s, r.id, Decision::Approve { note: None }).expect("approved");
         assert_eq!(s.route_of("r"), TopicRoute::Pending);
         let provisioned = Outcome::Provisioned {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use warp::filters::ws::{Message, WebSocket, Ws};
 use warp::filters::BoxedFilter;
@@ -23,6 +23,8 @@ use crate::error::{Error, Result};
 
 /// Most frames written to the socket before one flush.
 const MAX_WRITE_BATCH: usize = 256;
+/// While frames keep coming, the client's side is read after this many batches.
+const READ_EVERY: u32 = 16;
 /// How long a close frame may take to go out before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The subprotocol prefix that carries the token for browsers, which cannot set headers.
@@ -164,8 +166,20 @@ async fn open_feed(
 /// detaches it from the consumer.
 async fn pump(socket: WebSocket, mut feed: FeedHandle) {
     let (mut sink, mut incoming) = socket.split();
+    let mut batches_since_read = 0;
     loop {
+        // Frames first: reading the socket costs (each read clears a large buffer), and clients
+        // seldom send anything. While frames keep coming, look at the client every few batches.
+        if batches_since_read >= READ_EVERY {
+            batches_since_read = 0;
+            if let Some(message) = incoming.next().now_or_never() {
+                if !client_stays(message, &mut sink).await {
+                    return;
+                }
+            }
+        }
         tokio::select! {
+            biased;
             event = feed.next() => match event {
                 FeedEvent::Closed(reason) => return close(sink, &reason).await,
                 FeedEvent::Frame(first) => {
@@ -185,19 +199,33 @@ async fn pump(socket: WebSocket, mut feed: FeedHandle) {
                         return;
                     }
                     feed.written(&batch);
+                    batches_since_read += 1;
                 }
             },
-            message = incoming.next() => match message {
-                // Pings are answered by the socket itself; anything else from the client is ignored.
-                Some(Ok(m)) if !m.is_close() => {}
-                // The client's close: send the reply the socket has queued, then go.
-                Some(Ok(_)) => {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+            message = incoming.next() => {
+                batches_since_read = 0;
+                if !client_stays(message, &mut sink).await {
                     return;
                 }
-                _ => return,
-            },
+            }
         }
+    }
+}
+
+/// Whether the feed goes on after this message from the client. Pings are answered by the
+/// socket itself and anything else is ignored; on the client's close, the reply the socket has
+/// queued is sent before going.
+async fn client_stays(
+    message: Option<std::result::Result<Message, warp::Error>>,
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+) -> bool {
+    match message {
+        Some(Ok(m)) if !m.is_close() => true,
+        Some(Ok(_)) => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+            false
+        }
+        _ => false,
     }
 }
 
