@@ -13,7 +13,7 @@ run: kafka-up
 	bash scripts/run-demo.sh
 
 test: kafka-up
-	$(CARGO) test --all-targets -- --test-threads=4
+	$(CARGO) test --lib --bins --tests -- --test-threads=4
 
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.
 bench: kafka-up

@@ -42,6 +42,10 @@ pub const GROUP_PREFIX: &str = "kafflow.user.";
 const MAX_FETCH_BATCH: usize = 512;
 /// The reader hands over another batch only while fewer records than this wait for the feeds.
 const PULL_BELOW: usize = MAX_FETCH_BATCH;
+/// How often offsets written everywhere are committed. Committing after every written batch
+/// would send the broker an offset commit per batch and per user; a crash can at most send
+/// again what was written in this window, which at-least-once allows.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// How long the feeds may hold the reader back before the partitions are paused. A pause drops
 /// librdkafka's prefetch, so it is kept for a slow client, not for a burst.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
@@ -292,8 +296,10 @@ pub struct Consumer {
     /// Fetched records waiting for room in every feed.
     pending: VecDeque<Fetched>,
     in_flight: VecDeque<InFlight>,
-    /// Next offset per partition, as last committed by this consumer.
+    /// Next offset per partition, as last committed (or about to be) by this consumer.
     committed: HashMap<(String, i32), i64>,
+    /// Offsets written everywhere but not yet sent to Kafka (see `COMMIT_EVERY`).
+    to_commit: HashMap<(String, i32), i64>,
     /// Where to restart partitions whose records were dropped when the last feed left.
     resume_at: HashMap<(String, i32), i64>,
     /// Since when the reader has been told to stop handing over records.
@@ -344,6 +350,7 @@ impl Consumer {
             pending: VecDeque::new(),
             in_flight: VecDeque::new(),
             committed: HashMap::new(),
+            to_commit: HashMap::new(),
             resume_at: HashMap::new(),
             holding: None,
             paused: false,
@@ -433,6 +440,7 @@ impl Consumer {
         }
         self.in_flight.clear();
         self.pending.clear();
+        self.commit();
         let topics: Vec<String> = self.assigned.keys().cloned().collect();
         self.unassign(topics);
         self.release_hold();
@@ -510,15 +518,21 @@ impl Consumer {
             let slot = next.entry((r.topic, r.partition)).or_insert(r.offset + 1);
             *slot = (*slot).max(r.offset + 1);
         }
-        if next.is_empty() {
+        for (key, offset) in next {
+            self.committed.insert(key.clone(), offset);
+            self.to_commit.insert(key, offset);
+        }
+    }
+
+    /// Sends the offsets written everywhere since the last commit to Kafka.
+    fn commit(&mut self) {
+        if self.to_commit.is_empty() {
             return;
         }
-        let commits = next
-            .into_iter()
-            .map(|((topic, partition), offset)| {
-                self.committed.insert((topic.clone(), partition), offset);
-                (topic, partition, offset)
-            })
+        let commits = self
+            .to_commit
+            .drain()
+            .map(|((topic, partition), offset)| (topic, partition, offset))
             .collect();
         self.op(KafkaOp::Commit(commits));
     }
@@ -568,10 +582,13 @@ impl Actor for Consumer {
             act.pause_if_held();
             act.close_stalled();
         });
+        ctx.run_interval(COMMIT_EVERY, |act, _| act.commit());
         tracing::info!(user = %self.user, "Consumer started.");
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        // The reader runs the ops already queued before it sees the queue closed.
+        self.commit();
         for (_, mut slot) in self.feeds.drain() {
             if let Some(tx) = slot.close.take() {
                 let _ = tx.send(FeedClose::Shutdown);
@@ -693,6 +710,7 @@ impl Handler<TopicGone> for Consumer {
         self.unassign(vec![topic.clone()]);
         self.in_flight.retain(|r| r.topic != topic);
         self.committed.retain(|(t, _), _| *t != topic);
+        self.to_commit.retain(|(t, _), _| *t != topic);
         self.resume_at.retain(|(t, _), _| *t != topic);
         self.broadcast(&Frame::notice(
             serde_json::json!({ "type": "topic_deleted", "topic": topic }),

@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use warp::filters::ws::{Message, WebSocket, Ws};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -23,8 +25,6 @@ use crate::error::{Error, Result};
 
 /// Most frames written to the socket before one flush.
 const MAX_WRITE_BATCH: usize = 256;
-/// While frames keep coming, the client's side is read after this many batches.
-const READ_EVERY: u32 = 16;
 /// How long a close frame may take to go out before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The subprotocol prefix that carries the token for browsers, which cannot set headers.
@@ -165,19 +165,13 @@ async fn open_feed(
 /// Writes frames to the socket until either side ends the feed. Dropping `feed` at the end
 /// detaches it from the consumer.
 async fn pump(socket: WebSocket, mut feed: FeedHandle) {
-    let (mut sink, mut incoming) = socket.split();
-    let mut batches_since_read = 0;
+    let (mut sink, incoming) = socket.split();
+    let (gone, mut client_gone) = oneshot::channel();
+    // The client's side is read by a task of its own, woken only when the client sends
+    // something: polling it on every turn of the loop below would clear the socket's large
+    // read buffer once per batch written.
+    let _reader = AbortOnDrop(tokio::spawn(read_client(incoming, gone)));
     loop {
-        // Frames first: reading the socket costs (each read clears a large buffer), and clients
-        // seldom send anything. While frames keep coming, look at the client every few batches.
-        if batches_since_read >= READ_EVERY {
-            batches_since_read = 0;
-            if let Some(message) = incoming.next().now_or_never() {
-                if !client_stays(message, &mut sink).await {
-                    return;
-                }
-            }
-        }
         tokio::select! {
             biased;
             event = feed.next() => match event {
@@ -199,38 +193,43 @@ async fn pump(socket: WebSocket, mut feed: FeedHandle) {
                         return;
                     }
                     feed.written(&batch);
-                    batches_since_read += 1;
                 }
             },
-            message = incoming.next() => {
-                batches_since_read = 0;
-                if !client_stays(message, &mut sink).await {
-                    return;
+            closed = &mut client_gone => {
+                if closed.unwrap_or(false) {
+                    // Send the reply to the client's close that the socket has queued.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
                 }
+                return;
             }
         }
     }
 }
 
-/// Whether the feed goes on after this message from the client. Pings are answered by the
-/// socket itself and anything else is ignored; on the client's close, the reply the socket has
-/// queued is sent before going.
-async fn client_stays(
-    message: Option<std::result::Result<Message, warp::Error>>,
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-) -> bool {
-    match message {
-        Some(Ok(m)) if !m.is_close() => true,
-        Some(Ok(_)) => {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-            false
+/// Reads what the client sends until it goes; tells `gone` whether it closed cleanly. Pings
+/// are answered by the socket itself and anything else is ignored.
+async fn read_client(mut incoming: SplitStream<WebSocket>, gone: oneshot::Sender<bool>) {
+    let closed = loop {
+        match incoming.next().await {
+            Some(Ok(m)) if !m.is_close() => {}
+            Some(Ok(_)) => break true,
+            _ => break false,
         }
-        _ => false,
+    };
+    let _ = gone.send(closed);
+}
+
+/// Stops the client reader when the feed ends first.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
 async fn write(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    sink: &mut SplitSink<WebSocket, Message>,
     batch: &[Frame],
 ) -> std::result::Result<(), warp::Error> {
     for frame in batch {
@@ -239,7 +238,7 @@ async fn write(
     sink.flush().await
 }
 
-async fn close(mut sink: futures_util::stream::SplitSink<WebSocket, Message>, reason: &FeedClose) {
+async fn close(mut sink: SplitSink<WebSocket, Message>, reason: &FeedClose) {
     let frame = Message::close_with(reason.code(), reason.reason());
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await;
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
