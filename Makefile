@@ -17,7 +17,7 @@ test: kafka-up
 
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.
 bench: kafka-up
-	$(CARGO) bench --bench ingest
+	$(CARGO) bench --bench ingest --bench feed
 
 lint:
 	$(CARGO) fmt --all -- --check
