@@ -207,9 +207,14 @@ impl BatchProducer {
             match self.producer.send(base) {
                 Ok(()) => enqueued += 1,
                 Err((e, _)) => {
-                    if !matches!(
+                    // Only what no retry can change counts as refused; anything else (queue
+                    // full, unknown topic for now, a fatal producer state) is retried.
+                    if matches!(
                         e,
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                        KafkaError::MessageProduction(
+                            RDKafkaErrorCode::MessageSizeTooLarge
+                                | RDKafkaErrorCode::InvalidArgument
+                        )
                     ) {
                         refused = Some(e.to_string());
                     }

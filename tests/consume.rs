@@ -668,3 +668,39 @@ fn consume_cli_subscribes_and_prints_ndjson() {
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("deleted"), "{stderr}");
 }
+
+#[test]
+fn an_idle_consumer_stops_and_a_new_one_resumes_at_the_commit() {
+    let svc = Service::start_with_config(|text| text + "\n[feeds]\nidle_consumer_ms = 100\n");
+    let topic = unique_topic("idle");
+    svc.provision(&topic, 2);
+    subscribe(&svc, "erin", &topic);
+    let mut feed = svc.feed(svc.token("erin"), "");
+    kafka_produce(&topic, &numbered(0..10));
+    assert_eq!(
+        numbers(&feed.records(10, FRAME)),
+        (0..10).collect::<Vec<_>>()
+    );
+    feed.close();
+    // The last feed's close commits at once; the consumer stops after the idle time.
+    wait_committed(&topic, 2, 10);
+    let stopped = wait_until(Duration::from_secs(10), || {
+        svc.stderr_tail().contains("Consumer stopped.")
+    });
+    assert!(
+        stopped,
+        "the idle consumer did not stop:\n{}",
+        svc.stderr_tail()
+    );
+
+    kafka_produce(&topic, &numbered(10..20));
+    let mut feed = svc.feed(svc.token("erin"), "");
+    assert_eq!(
+        numbers(&feed.records(10, FRAME)),
+        (10..20).collect::<Vec<_>>()
+    );
+    assert!(
+        feed.drain(QUIET).is_empty(),
+        "sent again after a restart of the consumer"
+    );
+}

@@ -287,7 +287,7 @@ impl Ingest {
         let (batch_tx, batch_rx) = mpsc::channel::<Vec<Group>>(TCP_IN_FLIGHT);
         let acks = tokio::spawn(acknowledge(batch_rx, reply_tx.clone()));
         let mut line_no = 1u64;
-        let mut batch: Vec<(u64, String, Record)> = Vec::with_capacity(TCP_BATCH);
+        let mut batch = Batch::default();
         loop {
             let read = read_line(&mut reader, &mut line, max_line).await?;
             if matches!(read, LineRead::Eof) {
@@ -298,11 +298,10 @@ impl Ingest {
                 LineRead::TooLong => Err(Error::InvalidRecord(format!(
                     "line is longer than {max_line} bytes"
                 ))),
-                _ => self.parse(&line),
+                _ => self.parse_into(&line, line_no, &mut batch),
             };
             match parsed {
-                Ok(Some((topic, record))) => batch.push((line_no, topic, record)),
-                Ok(None) => {}
+                Ok(()) => {}
                 Err(e) => {
                     let _ = reply_tx.send(Reply::Err {
                         line: line_no,
@@ -312,7 +311,7 @@ impl Ingest {
                 }
             }
             // Hand on what we have when the batch is full or the socket has nothing more now.
-            if batch.len() >= TCP_BATCH || (!batch.is_empty() && reader.buffer().is_empty()) {
+            if batch.len >= TCP_BATCH || (!batch.is_empty() && reader.buffer().is_empty()) {
                 let groups = self.hand_on(&principal, std::mem::take(&mut batch));
                 if batch_tx.send(groups).await.is_err() {
                     break;
@@ -341,34 +340,47 @@ impl Ingest {
         Ok(principal)
     }
 
-    /// A record line, or `None` for a blank line.
-    fn parse(&self, line: &[u8]) -> Result<Option<(String, Record)>> {
+    /// Parses a record line into `batch`; a blank line is skipped.
+    fn parse_into(&self, line: &[u8], line_no: u64, batch: &mut Batch) -> Result<()> {
         if line.iter().all(u8::is_ascii_whitespace) {
-            return Ok(None);
+            return Ok(());
         }
-        let record: RecordIn =
+        // Borrowed parse: the topic and a non-string value are taken from the line as they
+        // stand, without building a JSON tree per record.
+        let parsed: LineIn<'_> =
             serde_json::from_slice(line).map_err(|e| Error::InvalidRecord(e.to_string()))?;
-        let topic = record
+        let topic = parsed
             .topic
-            .clone()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::InvalidRecord("missing \"topic\"".into()))?;
-        Ok(Some((topic, record.into_record(self.max_record_bytes)?)))
+        let raw = parsed.value.get();
+        let value = if raw.starts_with('"') {
+            serde_json::from_str::<String>(raw)
+                .map_err(|e| Error::InvalidRecord(e.to_string()))?
+                .into_bytes()
+        } else {
+            raw.as_bytes().to_vec()
+        };
+        let record = Record {
+            key: parsed.key,
+            value,
+            headers: parsed.headers,
+        };
+        if record.size() > self.max_record_bytes as u64 {
+            return Err(Error::InvalidRecord(format!(
+                "record is {} bytes (key, value and headers), more than the limit of {}",
+                record.size(),
+                self.max_record_bytes
+            )));
+        }
+        batch.push(&topic, line_no, record);
+        Ok(())
     }
 
     /// Sends the batch to the publisher, one message per topic, in order.
-    fn hand_on(&self, principal: &Principal, batch: Vec<(u64, String, Record)>) -> Vec<Group> {
-        let mut by_topic: Vec<(String, Vec<u64>, Vec<Record>)> = Vec::new();
-        for (line, topic, record) in batch {
-            match by_topic.iter_mut().find(|(t, _, _)| *t == topic) {
-                Some((_, lines, records)) => {
-                    lines.push(line);
-                    records.push(record);
-                }
-                None => by_topic.push((topic, vec![line], vec![record])),
-            }
-        }
-        by_topic
+    fn hand_on(&self, principal: &Principal, batch: Batch) -> Vec<Group> {
+        batch
+            .by_topic
             .into_iter()
             .map(|(topic, lines, records)| Group {
                 lines,
@@ -380,6 +392,46 @@ impl Ingest {
                 }),
             })
             .collect()
+    }
+}
+
+/// A TCP record line, parsed without copying what it need not.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineIn<'a> {
+    #[serde(borrow, default)]
+    topic: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(borrow)]
+    value: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Records of one connection gathered for the publisher, grouped by topic in arrival order.
+#[derive(Default)]
+struct Batch {
+    by_topic: Vec<(String, Vec<u64>, Vec<Record>)>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, topic: &str, line: u64, record: Record) {
+        self.len += 1;
+        match self.by_topic.iter_mut().find(|(t, _, _)| t == topic) {
+            Some((_, lines, records)) => {
+                lines.push(line);
+                records.push(record);
+            }
+            None => self
+                .by_topic
+                .push((topic.to_string(), vec![line], vec![record])),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 

@@ -91,6 +91,8 @@ pub struct ListHeld {
 pub struct DiscardHeld {
     pub principal: Principal,
     pub topic: String,
+    /// Only `dead` records can be discarded; held ones are still owed to Kafka.
+    pub state: HeldState,
 }
 
 /// Records published directly.
@@ -661,30 +663,54 @@ impl Handler<DiscardHeld> for Publisher {
 
     fn handle(&mut self, msg: DiscardHeld, _: &mut Context<Self>) -> Self::Result {
         let spool = self.spool.clone();
-        let event_store = self.event_store.clone();
-        let work = async move {
-            msg.principal.require_any(&[Role::Admin])?;
-            let (count, bytes) = spool.discard(&msg.topic).await?;
-            let event = NewEvent::now(
-                &msg.principal.name,
-                Some(&msg.topic),
-                None,
-                EventKind::HeldDiscarded { count },
-            );
-            event_store.send(Append(vec![event])).await??;
-            Ok::<_, Error>((msg.topic, count, bytes))
-        };
-        Box::pin(work.into_actor(self).map(|result, act, _| {
-            let (topic, count, bytes) = result?;
-            METRICS.discarded.inc_by(count);
-            if let Some(state) = act.topics.get_mut(&topic) {
-                state.contents.dead = state.contents.dead.saturating_sub(count);
-                state.contents.dead_bytes = state.contents.dead_bytes.saturating_sub(bytes);
+        let checked = msg.principal.require_any(&[Role::Admin]).and_then(|_| {
+            if msg.state == HeldState::Dead {
+                Ok(())
+            } else {
+                Err(Error::InvalidQuery(
+                    "only dead records can be discarded: add state=dead".into(),
+                ))
             }
-            act.spool_bytes = act.spool_bytes.saturating_sub(bytes);
-            act.update_gauges();
-            Ok(count)
-        }))
+        });
+        let topic = msg.topic.clone();
+        let discard = async move {
+            checked?;
+            spool
+                .discard(&topic)
+                .await
+                .map(|(n, bytes)| (topic, n, bytes))
+        };
+        let event_store = self.event_store.clone();
+        Box::pin(
+            discard
+                .into_actor(self)
+                .map(|result, act, _| {
+                    // The rows are gone: the counts follow whatever happens to the event.
+                    let (topic, count, bytes) = result?;
+                    METRICS.discarded.inc_by(count);
+                    if let Some(state) = act.topics.get_mut(&topic) {
+                        state.contents.dead = state.contents.dead.saturating_sub(count);
+                        state.contents.dead_bytes = state.contents.dead_bytes.saturating_sub(bytes);
+                    }
+                    act.spool_bytes = act.spool_bytes.saturating_sub(bytes);
+                    act.update_gauges();
+                    Ok((topic, count))
+                })
+                .then(move |result: Result<(String, u64)>, act, _| {
+                    async move {
+                        let (topic, count) = result?;
+                        let event = NewEvent::now(
+                            &msg.principal.name,
+                            Some(&topic),
+                            None,
+                            EventKind::HeldDiscarded { count },
+                        );
+                        event_store.send(Append(vec![event])).await??;
+                        Ok(count)
+                    }
+                    .into_actor(act)
+                }),
+        )
     }
 }
 
@@ -693,6 +719,9 @@ impl Handler<DiscardHeld> for Publisher {
 /// its first unacknowledged record (records after it may then reach Kafka twice).
 async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Addr<Publisher>) {
     let mut backoff = DRAIN_BACKOFF_START;
+    // Whether the last batch did not get through: then the gate stays open, so that callers
+    // are held in the spool rather than in memory while Kafka is away.
+    let mut failing = false;
     loop {
         let batch = match spool.next_held(&topic, 0, DRAIN_BATCH).await {
             Ok(batch) => batch,
@@ -702,7 +731,7 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
                 continue;
             }
         };
-        if batch.len() < DRAIN_BATCH {
+        if batch.len() < DRAIN_BATCH && !failing {
             // Everything the spool had fits in this batch: close the gate behind it.
             me.do_send(CatchingUp {
                 topic: topic.clone(),
@@ -715,13 +744,21 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
                 })
                 .await
             {
-                Ok(false) => continue,
+                Ok(false) => {
+                    // Holds are still being committed: give the spool thread a moment.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
                 _ => return,
             }
         }
         let records: Vec<Record> = batch.iter().map(|h| h.record.clone()).collect();
         let sent = producer.send(&topic, &records);
-        let failed = sent.failed.await.unwrap_or_default();
+        // No delivery reports at all: nothing is known to be in Kafka.
+        let failed = sent
+            .failed
+            .await
+            .unwrap_or_else(|_| (0..sent.enqueued).collect());
         // Everything before the first record Kafka did not take is in Kafka, in order.
         let delivered = failed
             .iter()
@@ -758,6 +795,7 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
                 continue;
             }
         }
+        failing = delivered < batch.len();
         if delivered < batch.len() {
             me.do_send(OpenGate {
                 topic: topic.clone(),

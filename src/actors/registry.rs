@@ -649,7 +649,10 @@ impl Handler<Command> for Registry {
                     tracing::error!(error = %e, "Event commit failed; exiting so replay can restore state.");
                     std::process::exit(70)
                 }
-                Err(e) => Err(e.into()),
+                Err(_) => {
+                    tracing::error!("Event store gone; exiting so replay can restore state.");
+                    std::process::exit(70)
+                }
             }
         })
     }

@@ -13,7 +13,7 @@
 //! and stops it once it has had no feed for `feeds.idle_consumer_ms`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -221,6 +221,8 @@ struct Live {
     addr: Addr<Consumer>,
     feeds: usize,
     generation: u64,
+    /// Since when it has had no feed.
+    idle_since: Option<Instant>,
 }
 
 pub struct Subscriptions {
@@ -517,6 +519,7 @@ impl Handler<OpenFeed> for Subscriptions {
                 addr: consumer.start(),
                 feeds: 0,
                 generation: self.generations,
+                idle_since: None,
             };
             self.consumers.insert(user.clone(), live);
         }
@@ -525,6 +528,7 @@ impl Handler<OpenFeed> for Subscriptions {
         };
         // Counted before the consumer can report the feed closed.
         live.feeds += 1;
+        live.idle_since = None;
         let attach = live.addr.send(Attach { from: msg.from });
         let me = ctx.address();
         Box::pin(async move {
@@ -550,15 +554,17 @@ impl Handler<FeedClosed> for Subscriptions {
         if live.feeds > 0 {
             return;
         }
+        live.idle_since = Some(Instant::now());
         let generation = live.generation;
         let user = msg.user;
         let idle = Duration::from_millis(self.settings.idle_consumer_ms);
-        // Stop the consumer if it is still the same one and still without a feed by then.
+        // Stop the consumer if it is still the same one and has been without a feed since.
         ctx.run_later(idle, move |act, _| {
-            let idle = act
-                .consumers
-                .get(&user)
-                .is_some_and(|live| live.generation == generation && live.feeds == 0);
+            let idle = act.consumers.get(&user).is_some_and(|live| {
+                live.generation == generation
+                    && live.feeds == 0
+                    && live.idle_since.is_some_and(|since| since.elapsed() >= idle)
+            });
             if idle {
                 if let Some(live) = act.consumers.remove(&user) {
                     live.addr.do_send(Stop);

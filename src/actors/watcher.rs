@@ -228,7 +228,7 @@ fn drift_items(report: &DriftReport) -> BTreeMap<(String, String), String> {
 impl Handler<Reconciled> for Watcher {
     type Result = ();
 
-    fn handle(&mut self, msg: Reconciled, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Reconciled, ctx: &mut Context<Self>) {
         self.reconciling = false;
         let report = msg.0;
         if report.checked_at.is_none() {
@@ -254,12 +254,26 @@ impl Handler<Reconciled> for Watcher {
                 events.push(NewEvent::now(SYSTEM, Some(topic), None, kind));
             }
         }
-        if !events.is_empty() {
-            tracing::info!(changes = events.len(), "Drift with Kafka changed.");
-            self.event_store.do_send(Append(events));
-        }
-        self.book = DriftBook(after);
         self.report = report;
+        if events.is_empty() {
+            self.book = DriftBook(after);
+            return;
+        }
+        tracing::info!(changes = events.len(), "Drift with Kafka changed.");
+        // The book follows the log: only a committed change counts as recorded, so a failed
+        // append is tried again at the next reconciliation.
+        let append = self.event_store.send(Append(events));
+        ctx.wait(
+            append
+                .into_actor(self)
+                .map(move |result, act, _| match result {
+                    Ok(Ok(_)) => act.book = DriftBook(after),
+                    _ => {
+                        tracing::warn!("Drift events not recorded; will retry.");
+                        act.book = DriftBook(before);
+                    }
+                }),
+        );
     }
 }
 

@@ -137,16 +137,12 @@ async fn list_held(
 async fn discard_held(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth)?;
     let params: HeldParams = parse_query(&query)?;
-    if params.state != HeldState::Dead {
-        return Err(Error::InvalidQuery(
-            "only dead records can be discarded: add state=dead".into(),
-        ));
-    }
     let discarded = app
         .publisher
         .send(DiscardHeld {
             principal,
             topic: params.topic,
+            state: params.state,
         })
         .await??;
     Ok(json(
