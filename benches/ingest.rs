@@ -138,7 +138,7 @@ async fn request_topic(
     id
 }
 
-async fn approve_and_wait(client: &reqwest::Client, service: &Service, id: &str, topic: &str) {
+async fn approve(client: &reqwest::Client, service: &Service, id: &str) {
     call(
         client,
         reqwest::Method::POST,
@@ -147,6 +147,10 @@ async fn approve_and_wait(client: &reqwest::Client, service: &Service, id: &str,
         None,
     )
     .await;
+}
+
+async fn approve_and_wait(client: &reqwest::Client, service: &Service, id: &str, topic: &str) {
+    approve(client, service, id).await;
     loop {
         let t = topic_view(client, service, topic).await;
         if t["status"] == "active" {
@@ -308,14 +312,7 @@ async fn drain(service: &Service, topic: &str, held: u64) -> f64 {
     let id = request_topic(&client, service, topic, false).await;
     tcp(service, topic, held).await;
     let started = Instant::now();
-    call(
-        &client,
-        reqwest::Method::POST,
-        format!("{}/api/v1/topic-requests/{id}/approve", service.http),
-        ADMIN_TOKEN,
-        None,
-    )
-    .await;
+    approve(&client, service, &id).await;
     loop {
         let t = topic_view(&client, service, topic).await;
         if t["held"] == 0 && t["published"].as_u64() >= Some(held) {
