@@ -488,7 +488,12 @@ fn drain(service: &Service, user: usize, backlog: u64) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is read from the command line.
+    // `cargo bench` passes `--bench`. `cargo test --all-targets` (`make test`) runs this file
+    // too, without it: a debug-build benchmark there would only slow the suite down.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("feed benchmark: skipped (run it with `cargo bench --bench feed`)");
+        return;
+    }
     let clients = knob("FEED_BENCH_CLIENTS", 100) as usize;
     let users = (knob("FEED_BENCH_USERS", 10) as usize).clamp(1, clients.max(1));
     let rate = knob("FEED_BENCH_RATE", 5000);

@@ -327,7 +327,12 @@ impl Consumer {
             .set("allow.auto.create.topics", "false")
             .set("enable.partition.eof", "false")
             // librdkafka's prefetch per consumer; the default (64 MiB) is a lot for one user.
-            .set("queued.max.messages.kbytes", "8192");
+            .set("queued.max.messages.kbytes", "8192")
+            // Let the broker gather up to 5 ms of records per fetch: with fetches answered at
+            // each new record, 10 users at 5,000 records/s kept a broker core busy and the
+            // median latency went from 7 ms to 500 ms.
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.min.bytes", "65536");
         for (key, value) in &kafka.properties {
             config.set(key, value);
         }
@@ -447,7 +452,8 @@ impl Consumer {
         tracing::debug!(user = %self.user, "Last feed closed; partitions released.");
     }
 
-    /// Hands waiting records to every feed while all have room; pauses fetching otherwise.
+    /// Hands waiting records to every feed while all have room; lets the reader hand over more
+    /// once few wait.
     fn dispatch(&mut self) {
         let limit = self.settings.buffer_frames;
         while !self.feeds.is_empty() && self.feeds.values().all(|f| f.queued < limit) {
