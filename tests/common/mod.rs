@@ -95,33 +95,7 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// Runs `kafflow ARGS` to completion (killed after `timeout`) and returns its exit status
 /// (None if it had to be killed), stdout and stderr.
 pub fn run_kafflow(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kafflow"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kafflow");
-    // Read both pipes on threads so a chatty child never blocks on a full pipe.
-    let stdout = child.stdout.take().expect("stdout piped");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let out = thread::spawn(move || read_all(stdout));
-    let err = thread::spawn(move || read_all(stderr));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait().expect("try_wait") {
-            Some(status) => break Some(status),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    let stdout = out.join().expect("stdout reader");
-    let stderr = err.join().expect("stderr reader");
-    (status, stdout, stderr)
+    run_kafflow_with_stdin(args, Vec::new(), timeout)
 }
 
 fn read_all(mut from: impl Read) -> String {
