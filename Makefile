@@ -4,7 +4,7 @@
 CARGO ?= cargo
 include mk/kafka.mk
 
-.PHONY: build run test bench lint fmt clean-data
+.PHONY: build run test bench lint fmt clean-data ui-deps
 
 build:
 	$(CARGO) build --release
@@ -12,7 +12,12 @@ build:
 run: kafka-up
 	bash scripts/run-demo.sh
 
-test: kafka-up
+# Debian's headless Chromium for tests/ui.rs, which skips without it.
+ui-deps:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
+	  || echo "ui-deps: could not install chromium; the browser test will report itself skipped"
+
+test: kafka-up ui-deps
 	$(CARGO) test --lib --bins --tests -- --test-threads=4
 
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.

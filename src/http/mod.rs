@@ -4,6 +4,7 @@
 mod error;
 mod feed;
 mod records;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -469,6 +470,8 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .or(feed::routes(app.clone()))
         .unify()
         .or(records::routes(app.clone()))
+        .unify()
+        .or(ui::routes())
         .unify()
         .recover(error::recover)
         .unify()

@@ -1,0 +1,527 @@
+//! The web console end to end: the real binary, the real broker and Debian's headless Chromium,
+//! driven over the DevTools protocol (a plain websocket). Each step acts through the page the
+//! way a person would (fill a field, press a button) and waits for what the page shows.
+//!
+//! Skipped, with a message, when `/usr/bin/chromium` is missing (`make ui-deps` installs it).
+//! Screenshots go to `target/ui-screenshots/`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{unique_topic, Service};
+use serde_json::{json, Value};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// How long the page may take to show what a step expects.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A topic turns active after the provisioner reaches Kafka; leave it room on a busy broker.
+const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A headless Chromium of our own, killed (by its handle) when dropped.
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    page: Page,
+}
+
+impl Browser {
+    fn launch() -> Browser {
+        let profile = tempfile::Builder::new()
+            .prefix("kafflow-chromium-")
+            .tempdir()
+            .expect("profile dir");
+        let mut child = Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chromium");
+
+        // Chromium prints the browser's DevTools address on stderr; keep draining it afterwards.
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel::<String>();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let mut seen = Vec::new();
+        let browser_url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => match line.split_once("DevTools listening on ") {
+                    Some((_, url)) => break url.trim().to_string(),
+                    None => seen.push(line),
+                },
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("chromium printed no DevTools address ({e}); stderr: {seen:#?}");
+                }
+            }
+        };
+        thread::spawn(move || for _ in rx {});
+
+        // ws://127.0.0.1:PORT/devtools/browser/ID: make a tab there and talk to it directly.
+        let host = browser_url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .expect("devtools host")
+            .to_string();
+        let mut browser = Page::connect(&browser_url);
+        let target = browser.call("Target.createTarget", json!({"url": "about:blank"}));
+        let target_id = target["targetId"].as_str().expect("targetId").to_string();
+        let page = Page::connect(&format!("ws://{host}/devtools/page/{target_id}"));
+        Browser {
+            child,
+            _profile: profile,
+            page,
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One DevTools connection: commands out, replies matched by id, events ignored.
+struct Page {
+    socket: WebSocket<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Page {
+    fn connect(url: &str) -> Page {
+        let (socket, _) = tungstenite::connect(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        Page { socket, next_id: 0 }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let command = json!({"id": id, "method": method, "params": params});
+        self.socket
+            .send(Message::text(command.to_string()))
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        loop {
+            let frame = self
+                .socket
+                .read()
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            let Message::Text(text) = frame else { continue };
+            let reply: Value = serde_json::from_str(text.as_str()).expect("devtools json");
+            if reply["id"] != json!(id) {
+                continue;
+            }
+            if let Some(error) = reply.get("error") {
+                panic!("{method} failed: {error}");
+            }
+            return reply["result"].clone();
+        }
+    }
+
+    /// Evaluates `expression` in the page (awaiting a promise) and returns its JSON value.
+    fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
+        );
+        if let Some(details) = result.get("exceptionDetails") {
+            panic!("page script failed: {expression}\n{details}");
+        }
+        result["result"]["value"].clone()
+    }
+
+    /// Polls `condition` (a JS expression) until it is truthy; panics with `what` and the
+    /// page's message boxes if it never is.
+    fn wait_for(&mut self, what: &str, condition: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.eval(&format!("!!({condition})"));
+            if value == json!(true) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let shown = self.eval(
+                    "JSON.stringify({error: document.getElementById('error').textContent, \
+                     notice: document.getElementById('notice').textContent})",
+                );
+                panic!("{what}: not seen within {timeout:?}; page shows {shown}");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn open(&mut self, url: &str) {
+        self.call("Page.navigate", json!({"url": url}));
+        self.wait_for(
+            "page loaded",
+            "document.readyState === 'complete' && document.getElementById('sign-in')",
+            STEP_TIMEOUT,
+        );
+    }
+
+    fn fill(&mut self, selector: &str, value: &str) {
+        let script = format!(
+            "(() => {{ const e = document.querySelector({sel}); e.value = {val}; \
+             e.dispatchEvent(new Event('input', {{bubbles: true}})); return true; }})()",
+            sel = json!(selector),
+            val = json!(value)
+        );
+        assert_eq!(self.eval(&script), json!(true), "fill {selector}");
+    }
+
+    fn click(&mut self, selector: &str) {
+        let script = format!(
+            "(() => {{ const e = document.querySelector({sel}); if (!e) return false; \
+             e.click(); return true; }})()",
+            sel = json!(selector)
+        );
+        assert_eq!(
+            self.eval(&script),
+            json!(true),
+            "no element {selector} to click"
+        );
+    }
+
+    fn text(&mut self, selector: &str) -> String {
+        let script = format!(
+            "(document.querySelector({sel}) || {{}}).textContent || ''",
+            sel = json!(selector)
+        );
+        self.eval(&script).as_str().unwrap_or_default().to_string()
+    }
+
+    /// Clears the message boxes so the next wait sees only what the next action shows.
+    fn clear_messages(&mut self) {
+        self.eval(
+            "['error','notice'].forEach(id => { const e = document.getElementById(id); \
+             e.hidden = true; e.textContent = ''; })",
+        );
+    }
+
+    fn wait_notice(&mut self, what: &str, contains: &str) {
+        let condition = format!(
+            "!document.getElementById('notice').hidden && \
+             document.getElementById('notice').textContent.includes({})",
+            json!(contains)
+        );
+        self.wait_for(what, &condition, STEP_TIMEOUT);
+    }
+
+    fn wait_error(&mut self, what: &str, contains: &str) {
+        let condition = format!(
+            "!document.getElementById('error').hidden && \
+             document.getElementById('error').textContent.includes({})",
+            json!(contains)
+        );
+        self.wait_for(what, &condition, STEP_TIMEOUT);
+    }
+
+    fn sign_in(&mut self, token: &str) {
+        if self.eval("!document.getElementById('app').hidden") == json!(true) {
+            self.click("#sign-out");
+        }
+        self.fill("#token", token);
+        self.click("#sign-in-form button[type=submit]");
+        self.wait_for(
+            "signed in",
+            "!document.getElementById('app').hidden",
+            STEP_TIMEOUT,
+        );
+    }
+
+    fn tab(&mut self, name: &str) {
+        self.click(&format!("#tabs button[data-tab='{name}']"));
+    }
+
+    fn viewport(&mut self, width: u32, height: u32, mobile: bool) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        );
+    }
+
+    fn screenshot(&mut self, dir: &Path, name: &str) {
+        let shot = self.call(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("screenshot data"))
+            .expect("screenshot base64");
+        std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+/// Requests `topic` from the Produce tab as whoever is signed in.
+fn request_topic_in_page(page: &mut Page, topic: &str, reason: &str) {
+    page.tab("produce");
+    page.clear_messages();
+    page.fill("#request-form [name=topic]", topic);
+    page.fill("#request-form [name=partitions]", "2");
+    page.fill("#request-form [name=reason]", reason);
+    page.click("#request-form button[type=submit]");
+    page.wait_notice(&format!("request for {topic} accepted"), "Requested");
+}
+
+fn card(topic: &str) -> String {
+    format!("#pending [data-topic='{topic}']")
+}
+
+#[test]
+fn console_walkthrough() {
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!("SKIPPED: {CHROMIUM} is missing; `make ui-deps` installs Debian's chromium");
+        return;
+    }
+    let shots = screenshot_dir();
+    let service = Service::start();
+    let mut browser = Browser::launch();
+    let page = &mut browser.page;
+    let approved = unique_topic("ui-approved");
+    let declined = unique_topic("ui-declined");
+    let own = unique_topic("ui-own");
+
+    for (path, content_type) in [
+        ("/", "text/html"),
+        ("/app.js", "text/javascript"),
+        ("/app.css", "text/css"),
+    ] {
+        let response = reqwest::blocking::get(format!("{}{path}", service.base_url()))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(response.status(), 200, "GET {path}");
+        let served = response.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default();
+        assert!(served.starts_with(content_type), "GET {path}: {served}");
+    }
+
+    page.open(&format!("{}/", service.base_url()));
+    page.screenshot(&shots, "01-sign-in");
+
+    // A bad token is refused with words, not silence.
+    page.fill("#token", "not-a-token");
+    page.click("#sign-in-form button[type=submit]");
+    page.wait_error("bad token refused", "not accepted");
+
+    // alice asks for two topics and sends a record that is held while the first is pending.
+    page.sign_in(service.token("alice"));
+    request_topic_in_page(page, &approved, "ui walkthrough");
+    request_topic_in_page(page, &declined, "to be declined");
+    page.fill("#records-form [name=topic]", &approved);
+    page.fill("#records-form [name=key]", "k-held");
+    page.fill("#records-form [name=value]", r#"{"held": true}"#);
+    // The publisher hears of a new request a moment after it is filed; send until it holds.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        page.clear_messages();
+        page.click("#records-form button[type=submit]");
+        page.wait_for(
+            "record reply",
+            "!document.getElementById('notice').hidden || !document.getElementById('error').hidden",
+            STEP_TIMEOUT,
+        );
+        if page.text("#notice").contains("1 held") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "record never held: {}",
+            page.text("#error")
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    page.fill("#held-form [name=topic]", &approved);
+    page.click("#held-form button[type=submit]");
+    page.wait_for(
+        "held record listed",
+        "document.querySelector('#held').textContent.includes('k-held')",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "02-produce");
+
+    // carol approves the first request from the queue, which shows who asked and why.
+    page.sign_in(service.token("carol"));
+    assert!(
+        page.text("#who").ends_with("roles: admin"),
+        "{}",
+        page.text("#who")
+    );
+    page.wait_for(
+        "alice's request in the queue",
+        &format!("document.querySelector(\"{}\")", card(&approved)),
+        STEP_TIMEOUT,
+    );
+    assert!(page
+        .text(&format!("{} .requester", card(&approved)))
+        .contains("alice"));
+    page.screenshot(&shots, "03-requests");
+    page.fill(&format!("{} .note", card(&approved)), "fine by me");
+    page.click(&format!("{} button.approve", card(&approved)));
+    page.wait_notice("approval confirmed", "approved");
+
+    // The topic turns active on the Topics tab by itself: the marker proves no reload happened.
+    page.eval("window.__noReload = true");
+    page.tab("topics");
+    page.wait_for(
+        "topic listed",
+        &format!("document.querySelector(\"#topics tr[data-topic='{approved}']\")"),
+        STEP_TIMEOUT,
+    );
+    page.wait_for(
+        "topic turned active without reload",
+        &format!(
+            "window.__noReload && \
+             document.querySelector(\"#topics tr[data-topic='{approved}'][data-status='active']\")"
+        ),
+        ACTIVE_TIMEOUT,
+    );
+    page.screenshot(&shots, "04-topics");
+
+    // A rejection without a reason is refused with a readable message; with one it goes through.
+    page.tab("requests");
+    page.wait_for(
+        "second request in the queue",
+        &format!("document.querySelector(\"{}\")", card(&declined)),
+        STEP_TIMEOUT,
+    );
+    page.clear_messages();
+    page.click(&format!("{} button.reject", card(&declined)));
+    page.wait_error("reject without reason refused", "A reason is required");
+    assert_eq!(
+        service
+            .get("carol", "/api/v1/topic-requests?status=rejected")
+            .1,
+        json!([]),
+        "nothing was rejected without a reason"
+    );
+    page.fill(&format!("{} .reason", card(&declined)), "not needed");
+    page.click(&format!("{} button.reject", card(&declined)));
+    page.wait_notice("rejection confirmed", "rejected");
+    page.wait_for(
+        "rejected request among the decided",
+        "document.querySelector(\"#decided tr[data-status='rejected']\")",
+        STEP_TIMEOUT,
+    );
+
+    // carol cannot approve her own request, and the page says why.
+    request_topic_in_page(page, &own, "mine");
+    page.tab("requests");
+    page.wait_for(
+        "own request in the queue",
+        &format!("document.querySelector(\"{}\")", card(&own)),
+        STEP_TIMEOUT,
+    );
+    page.clear_messages();
+    page.click(&format!("{} button.approve", card(&own)));
+    page.wait_error("self-approval explained", "cannot decide your own request");
+    page.screenshot(&shots, "05-self-approval");
+
+    page.tab("audit");
+    page.wait_for(
+        "audit events",
+        "document.querySelector('#audit details.event')",
+        STEP_TIMEOUT,
+    );
+    page.eval("document.querySelector('#audit details.event').open = true");
+    page.screenshot(&shots, "06-audit");
+
+    page.tab("drift");
+    page.wait_for(
+        "drift report",
+        "document.querySelector('#drift h3')",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "07-drift");
+
+    // erin subscribes with a checkbox and sees a produced record arrive over the websocket.
+    page.sign_in(service.token("erin"));
+    assert_eq!(
+        page.eval("document.querySelector(\"#tabs button[data-tab='produce']\").hidden"),
+        json!(true),
+        "a consumer is not offered the Produce tab"
+    );
+    let checkbox = format!("#subscriptions input[data-topic='{approved}']");
+    page.wait_for(
+        "active topic offered",
+        &format!("document.querySelector(\"{checkbox}\")"),
+        STEP_TIMEOUT,
+    );
+    page.click(&checkbox);
+    page.click("#save-subscriptions");
+    page.wait_notice("subscription saved", &approved);
+    page.wait_for(
+        "feed live",
+        "document.getElementById('feed-state').textContent === 'live'",
+        STEP_TIMEOUT,
+    );
+    let (status, reply) = service.produce(
+        "alice",
+        &approved,
+        "",
+        &json!([{"key": "k-live", "value": {"hello": "from the ui test"}}]),
+    );
+    assert_eq!(status, 202, "produce: {reply}");
+    page.wait_for(
+        "produced record shown live",
+        "document.querySelector('#messages').textContent.includes('from the ui test')",
+        ACTIVE_TIMEOUT,
+    );
+    page.screenshot(&shots, "08-consume");
+
+    // Phone width: nothing wider than the screen.
+    page.viewport(375, 800, true);
+    page.wait_for(
+        "fits 375 px",
+        "document.documentElement.scrollWidth <= 376",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "09-consume-375");
+    page.tab("topics");
+    page.wait_for(
+        "topics at 375 px",
+        &format!("document.querySelector(\"#topics tr[data-topic='{approved}']\")"),
+        STEP_TIMEOUT,
+    );
+    page.wait_for(
+        "topics fit 375 px",
+        "document.documentElement.scrollWidth <= 376",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "10-topics-375");
+}

@@ -1,0 +1,473 @@
+// KafFlow console. Plain script, no build step: it talks only to the public API under /api/v1
+// with the token the user pasted, and builds every node with textContent (never innerHTML),
+// so nothing the API returns can inject markup.
+"use strict";
+
+const API = "/api/v1";
+const TOKEN_KEY = "kafflow.token";
+const REFRESH_MS = 2000;
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  roles: new Set(),
+  tab: null,
+  timer: null,
+  auditNext: null,
+  feed: null,
+  paused: false,
+  pausedFrames: [],
+};
+
+// Readable words for the error codes a person is likely to meet; the API's message follows.
+const CODE_TEXT = {
+  self_approval: "You cannot decide your own request. Another admin has to approve or reject it.",
+  reason_required: "A reason is required.",
+  forbidden: "Your token does not have the role this needs.",
+  unauthorized: "The token was not accepted. Sign in again.",
+  not_pending: "This request has already been decided.",
+  topic_exists: "That topic already exists.",
+  request_pending: "That topic already has an open request.",
+  topic_not_active: "That topic is not active.",
+  unknown_topic: "KafFlow does not know that topic. Request it first.",
+  topic_closed: "That topic is closed.",
+};
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "class") node.className = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    node.append(c instanceof Node ? c : String(c));
+  }
+  return node;
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    const lead = CODE_TEXT[code];
+    super(lead ? `${lead} (${message})` : `${message || "Request failed"} [${status}${code ? " " + code : ""}]`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: { Authorization: `Bearer ${state.token}` } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(API + path, init);
+  } catch (e) {
+    throw new ApiError(0, "network", `KafFlow cannot be reached: ${e.message}`);
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch (_) {
+    data = text;
+  }
+  if (!response.ok) {
+    const err = data && data.error;
+    throw new ApiError(response.status, err ? err.code : "", err ? err.message : String(data || response.statusText));
+  }
+  return data;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+  $("notice").hidden = true;
+}
+
+function showNotice(message) {
+  const box = $("notice");
+  box.textContent = message;
+  box.hidden = false;
+  $("error").hidden = true;
+}
+
+function clearMessages() {
+  $("error").hidden = true;
+  $("notice").hidden = true;
+}
+
+// Runs an action and reports its failure as a readable message instead of an uncaught rejection.
+async function guarded(action) {
+  try {
+    await action();
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function when(ts) {
+  if (!ts) return "";
+  const d = new Date(ts);
+  return isNaN(d) ? ts : d.toLocaleString();
+}
+
+function shape(r) {
+  const cfg = Object.entries(r.config || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+  return `${r.partitions} partitions × RF ${r.replication_factor}${cfg ? "; " + cfg : ""}`;
+}
+
+// ------------------------------------------------------------------ sign-in and roles
+
+// There is no "who am I" route, so the roles are learned from which reads the token may make.
+async function probeRoles() {
+  const roles = new Set();
+  const probe = async (role, method, path, body) => {
+    try {
+      await api(method, path, body);
+      roles.add(role);
+    } catch (e) {
+      if (e.code === "unauthorized") throw e;
+      if (e.code !== "forbidden") roles.add(role);
+    }
+  };
+  await api("GET", "/topics");
+  await Promise.all([
+    probe("admin", "GET", "/subscriptions"),
+    probe("consumer", "GET", "/me/subscriptions"),
+    // An empty batch changes nothing: a producer gets invalid_record, anyone else forbidden.
+    probe("producer", "POST", "/topics/kafflow-ui-probe/records", []),
+  ]);
+  return roles;
+}
+
+async function signIn(token) {
+  state.token = token;
+  try {
+    state.roles = await probeRoles();
+  } catch (e) {
+    state.token = null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    showError(e.message);
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("sign-in").hidden = true;
+  $("app").hidden = false;
+  $("sign-out").hidden = false;
+  $("who").textContent = `Signed in · roles: ${[...state.roles].join(", ") || "read-only"}`;
+  // Everyone may read; the tabs that act show only for the roles the API would allow.
+  for (const b of document.querySelectorAll("#tabs button[data-roles]")) {
+    b.hidden = !b.dataset.roles.split(" ").some((r) => state.roles.has(r));
+  }
+  clearMessages();
+  const first = state.roles.has("admin") ? "requests"
+    : state.roles.has("producer") ? "produce"
+    : state.roles.has("consumer") ? "consume" : "topics";
+  selectTab(first);
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  closeFeed();
+  clearInterval(state.timer);
+  state.token = null;
+  state.roles = new Set();
+  $("app").hidden = true;
+  $("sign-in").hidden = false;
+  $("sign-out").hidden = true;
+  $("who").textContent = "";
+  $("token").value = "";
+  clearMessages();
+}
+
+// ------------------------------------------------------------------ tabs
+
+const TABS = {
+  requests: { load: loadRequests, refresh: true },
+  topics: { load: loadTopics, refresh: true },
+  audit: { load: () => loadAudit(false) },
+  produce: { load: async () => {} },
+  consume: { load: loadConsume },
+  drift: { load: loadDrift, refresh: true },
+};
+
+function selectTab(name) {
+  state.tab = name;
+  clearMessages();
+  for (const b of document.querySelectorAll("#tabs button")) {
+    b.classList.toggle("active", b.dataset.tab === name);
+  }
+  for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== `tab-${name}`;
+  clearInterval(state.timer);
+  const tab = TABS[name];
+  guarded(tab.load);
+  if (tab.refresh) {
+    // Polling keeps the page live (a topic turning active, failing, being deleted) with no reload.
+    state.timer = setInterval(() => tab.load().catch((e) => showError(e.message)), REFRESH_MS);
+  }
+}
+
+// ------------------------------------------------------------------ requests (admin)
+
+function requestCard(r) {
+  const note = el("input", { placeholder: "note (optional)", class: "note" });
+  const reason = el("input", { placeholder: "reason (required to reject)", class: "reason" });
+  const decide = (action, body) => guarded(async () => {
+    await api("POST", `/topic-requests/${r.id}/${action}`, body);
+    showNotice(`Request for ${r.topic} ${action === "approve" ? "approved" : "rejected"}.`);
+    await loadRequests();
+  });
+  return el("article", { class: "card", "data-request": r.id, "data-topic": r.topic },
+    el("h3", {}, `${r.kind} ${r.topic}`),
+    el("dl", {},
+      el("dt", {}, "Requested by"), el("dd", { class: "requester" }, r.requested_by),
+      el("dt", {}, "At"), el("dd", {}, when(r.requested_at)),
+      el("dt", {}, "Shape"), el("dd", {}, shape(r)),
+      el("dt", {}, "Reason"), el("dd", {}, r.reason || "—")),
+    !state.roles.has("admin") ? null : el("div", { class: "row" }, note,
+      el("button", { class: "approve", onclick: () => decide("approve", { note: note.value }) }, "Approve")),
+    !state.roles.has("admin") ? null : el("div", { class: "row" }, reason,
+      el("button", { class: "reject danger", onclick: () => decide("reject", { reason: reason.value }) }, "Reject")));
+}
+
+async function loadRequests() {
+  const all = await api("GET", "/topic-requests");
+  const pending = all.filter((r) => r.status === "pending");
+  const decided = all.filter((r) => r.status !== "pending").reverse().slice(0, 50);
+  // Keep what an admin is typing: only redraw the queue when its members changed.
+  const box = $("pending");
+  const ids = pending.map((r) => r.id).join(",");
+  if (box.dataset.ids !== ids) {
+    box.dataset.ids = ids;
+    box.replaceChildren(...(pending.length ? pending.map(requestCard) : [el("p", { class: "empty" }, "Nothing waits for a decision.")]));
+  }
+  $("decided").replaceChildren(table(
+    ["Topic", "Kind", "Requested by", "Status", "Decided by", "Note / error"],
+    decided.map((r) => [r.topic, r.kind, r.requested_by, r.status, r.decided_by || "—", r.error || r.decision_note || ""]),
+    (r, i) => ({ "data-request": decided[i].id, "data-status": decided[i].status })));
+}
+
+function table(head, rows, rowAttrs) {
+  if (!rows.length) return el("p", { class: "empty" }, "Nothing yet.");
+  return el("div", { class: "scroll" }, el("table", {},
+    el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.map((r, i) => el("tr", rowAttrs ? rowAttrs(r, i) : {},
+      r.map((c, j) => el("td", { "data-label": head[j] }, c)))))));
+}
+
+// ------------------------------------------------------------------ topics
+
+async function loadTopics() {
+  const topics = await api("GET", "/topics");
+  const box = $("topics");
+  if (box.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return;
+  box.replaceChildren(table(
+    ["Name", "Status", "Partitions", "Owner", "Held", "Published", ""],
+    topics.map((t) => [t.name, el("span", { class: `status ${t.status}` }, t.status), t.partitions, t.owner,
+      t.held, t.published, t.status === "active" ? deletionControl(t) : ""]),
+    (r, i) => ({ "data-topic": topics[i].name, "data-status": topics[i].status })));
+}
+
+function deletionControl(t) {
+  const reason = el("input", { placeholder: "reason", class: "reason" });
+  return el("span", { class: "row" }, reason, el("button", {
+    class: "danger",
+    onclick: () => guarded(async () => {
+      await api("POST", `/topics/${encodeURIComponent(t.name)}/deletion-requests`, { reason: reason.value });
+      showNotice(`Deletion of ${t.name} requested; an admin decides it.`);
+    }),
+  }, "Request deletion"));
+}
+
+// ------------------------------------------------------------------ audit
+
+async function loadAudit(more) {
+  const form = new FormData($("audit-form"));
+  const q = new URLSearchParams({ limit: "50" });
+  for (const key of ["topic", "actor", "kind", "since", "until"]) {
+    const v = String(form.get(key) || "").trim();
+    if (v) q.set(key, v);
+  }
+  if (more && state.auditNext !== null) q.set("after", state.auditNext);
+  const page = await api("GET", `/audit?${q}`);
+  state.auditNext = page.next;
+  const rows = page.events.map((e) => el("details", { class: "event", "data-seq": e.seq },
+    el("summary", {}, `#${e.seq} ${when(e.at)} · ${e.kind} · ${e.actor}${e.topic ? " · " + e.topic : ""}`),
+    el("pre", {}, JSON.stringify(e, null, 2))));
+  if (more) $("audit").append(...rows);
+  else $("audit").replaceChildren(...(rows.length ? rows : [el("p", { class: "empty" }, "No events match.")]));
+  $("audit-more").hidden = page.next === null;
+}
+
+// ------------------------------------------------------------------ produce
+
+async function requestTopic(ev) {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  const body = { topic: String(form.get("topic")).trim() };
+  if (form.get("partitions")) body.partitions = Number(form.get("partitions"));
+  if (String(form.get("reason")).trim()) body.reason = String(form.get("reason")).trim();
+  await guarded(async () => {
+    const r = await api("POST", "/topic-requests", body);
+    showNotice(`Requested ${r.topic} (${shape(r)}); it waits for an admin.`);
+    ev.target.reset();
+  });
+}
+
+function parseValue(text) {
+  try {
+    return JSON.parse(text);
+  } catch (_) {
+    return text;
+  }
+}
+
+async function sendRecord(ev) {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  const topic = String(form.get("topic")).trim();
+  const record = { value: parseValue(String(form.get("value"))) };
+  if (String(form.get("key"))) record.key = String(form.get("key"));
+  await guarded(async () => {
+    const r = await api("POST", `/topics/${encodeURIComponent(topic)}/records`, [record]);
+    showNotice(`Sent to ${topic}: ${r.published} published, ${r.held} held.`);
+  });
+}
+
+async function loadHeld(ev) {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  const q = new URLSearchParams({ topic: String(form.get("topic")).trim(), state: String(form.get("state")), limit: "200" });
+  await guarded(async () => {
+    const page = await api("GET", `/held?${q}`);
+    $("held").replaceChildren(table(["Id", "State", "Producer", "Accepted", "Key", "Value"],
+      page.records.map((r) => [r.id, r.state, r.producer, when(r.accepted_at), r.key ?? "—", JSON.stringify(r.value)])));
+  });
+}
+
+// ------------------------------------------------------------------ consume
+
+async function loadConsume() {
+  const [topics, mine] = await Promise.all([api("GET", "/topics"), api("GET", "/me/subscriptions")]);
+  const subscribed = new Set(mine.topics);
+  const names = [...new Set([...topics.filter((t) => t.status === "active").map((t) => t.name), ...mine.topics])].sort();
+  $("subscriptions").replaceChildren(...(names.length
+    ? names.map((n) => el("label", { class: "check" },
+      el("input", { type: "checkbox", value: n, checked: subscribed.has(n), "data-topic": n }), n))
+    : [el("p", { class: "empty" }, "No active topics.")]));
+  openFeed();
+}
+
+async function saveSubscriptions() {
+  const topics = [...document.querySelectorAll("#subscriptions input:checked")].map((i) => i.value);
+  await guarded(async () => {
+    const r = await api("PUT", "/me/subscriptions", { topics });
+    showNotice(`Subscribed to: ${r.topics.join(", ") || "nothing"}.`);
+  });
+}
+
+function setFeedState(text) {
+  $("feed-state").textContent = text;
+}
+
+function openFeed() {
+  if (state.feed || !state.roles.has("consumer")) return;
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${scheme}//${location.host}${API}/me/feed`, [`bearer.${state.token}`]);
+  state.feed = ws;
+  setFeedState("connecting");
+  ws.onopen = () => setFeedState(state.paused ? "paused" : "live");
+  ws.onmessage = (m) => {
+    const frame = JSON.parse(m.data);
+    if (state.paused) state.pausedFrames.push(frame);
+    else showFrame(frame);
+  };
+  ws.onclose = (c) => {
+    if (state.feed !== ws) return;
+    state.feed = null;
+    setFeedState("closed");
+    if (state.token) {
+      if (c.code !== 1000) showError(`The live feed closed (${c.code}${c.reason ? ": " + c.reason : ""}); reconnecting.`);
+      setTimeout(openFeed, 2000);
+    }
+  };
+}
+
+function closeFeed() {
+  const ws = state.feed;
+  state.feed = null;
+  if (ws) ws.close(1000);
+  setFeedState("closed");
+}
+
+function showFrame(frame) {
+  const list = $("messages");
+  let item;
+  if (frame.type === "subscriptions") {
+    item = el("li", { class: "notice-frame" }, `Subscriptions now: ${frame.topics.join(", ") || "none"}`);
+  } else if (frame.type === "topic_deleted") {
+    item = el("li", { class: "notice-frame" }, `Topic ${frame.topic} was deleted; its subscription ended.`);
+  } else {
+    const value = typeof frame.value === "string" ? frame.value : JSON.stringify(frame.value);
+    item = el("li", { class: "message", "data-topic": frame.topic },
+      el("span", { class: "meta" }, `${frame.topic}[${frame.partition}]@${frame.offset}${frame.key !== null ? " key=" + frame.key : ""}`),
+      el("code", {}, value));
+  }
+  list.prepend(item);
+  while (list.children.length > 500) list.lastChild.remove();
+}
+
+function togglePause() {
+  state.paused = !state.paused;
+  $("feed-pause").textContent = state.paused ? "Resume" : "Pause";
+  setFeedState(state.paused ? "paused" : state.feed ? "live" : "closed");
+  if (!state.paused) {
+    state.pausedFrames.splice(0).forEach(showFrame);
+  }
+}
+
+// ------------------------------------------------------------------ drift
+
+async function loadDrift() {
+  const d = await api("GET", "/drift");
+  const list = (title, items) => el("div", {}, el("h3", {}, title),
+    items.length ? el("ul", {}, items.map((i) => el("li", {}, i))) : el("p", { class: "empty" }, "none"));
+  $("drift").replaceChildren(
+    el("p", {}, d.checked_at ? `Last compared with Kafka: ${when(d.checked_at)}` : "Not compared with Kafka yet."),
+    list("Active in KafFlow, missing in Kafka", d.missing_in_kafka),
+    list("In Kafka, not managed by KafFlow", d.unmanaged_in_kafka),
+    el("h3", {}, "Config differs"),
+    table(["Topic", "Key", "Expected", "Actual"],
+      d.config_differs.map((c) => [c.topic, c.key, c.expected, c.actual ?? "not reported"])));
+}
+
+// ------------------------------------------------------------------ wiring
+
+$("sign-in-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  signIn($("token").value.trim());
+});
+$("sign-out").addEventListener("click", signOut);
+for (const b of document.querySelectorAll("#tabs button")) {
+  b.addEventListener("click", () => selectTab(b.dataset.tab));
+}
+$("audit-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  guarded(() => loadAudit(false));
+});
+$("audit-more").addEventListener("click", () => guarded(() => loadAudit(true)));
+$("request-form").addEventListener("submit", requestTopic);
+$("records-form").addEventListener("submit", sendRecord);
+$("held-form").addEventListener("submit", loadHeld);
+$("save-subscriptions").addEventListener("click", saveSubscriptions);
+$("feed-pause").addEventListener("click", togglePause);
+$("feed-clear").addEventListener("click", () => $("messages").replaceChildren());
+
+if (state.token) signIn(state.token);
