@@ -291,6 +291,12 @@ fn screenshot_dir() -> PathBuf {
 /// Requests `topic` from the Produce tab as whoever is signed in.
 fn request_topic_in_page(page: &mut Page, topic: &str, reason: &str) {
     page.tab("produce");
+    // The policy's limits (the test config allows 1 to 12 partitions) are on the form.
+    page.wait_for(
+        "policy limits",
+        "document.querySelector('#policy').textContent.includes('partitions 1 to 12')",
+        STEP_TIMEOUT,
+    );
     page.clear_messages();
     page.fill("#request-form [name=topic]", topic);
     page.fill("#request-form [name=partitions]", "2");
@@ -456,6 +462,12 @@ fn console_walkthrough() {
     page.wait_for(
         "audit events",
         "document.querySelector('#audit details.event')",
+        STEP_TIMEOUT,
+    );
+    // The result of `kafflow audit verify` stands at the top of the trail.
+    page.wait_for(
+        "hash chain status",
+        "document.querySelector('#chain').textContent.startsWith('Hash chain intact')",
         STEP_TIMEOUT,
     );
     page.eval("document.querySelector('#audit details.event').open = true");

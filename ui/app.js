@@ -193,7 +193,7 @@ const TABS = {
   requests: { load: loadRequests, refresh: true },
   topics: { load: loadTopics, refresh: true },
   audit: { load: () => loadAudit(false) },
-  produce: { load: async () => {} },
+  produce: { load: loadPolicy },
   consume: { load: loadConsume },
   drift: { load: loadDrift, refresh: true },
 };
@@ -288,7 +288,30 @@ function deletionControl(t) {
 
 // ------------------------------------------------------------------ audit
 
+// The result of `kafflow audit verify`, shown above the trail.
+async function loadChain() {
+  const c = await api("GET", "/audit/verify");
+  const p = $("chain");
+  p.classList.toggle("bad", !c.ok);
+  p.textContent = c.ok
+    ? `Hash chain intact: ${c.events} events, head ${String(c.head).slice(0, 16)}…`
+    : `Hash chain BROKEN at seq ${c.bad_seq}: ${c.error}`;
+}
+
+// The policy's limits, shown on the request form and enforced by the form's inputs.
+async function loadPolicy() {
+  const p = await api("GET", "/policy");
+  const partitions = document.querySelector('#request-form input[name="partitions"]');
+  partitions.max = String(p.max_partitions);
+  partitions.placeholder = `default ${p.default_partitions}`;
+  $("policy").textContent =
+    `Names must match ${p.topic_name_pattern}; partitions 1 to ${p.max_partitions} ` +
+    `(default ${p.default_partitions}); replication factor up to ${p.max_replication_factor} ` +
+    `(default ${p.default_replication_factor}).`;
+}
+
 async function loadAudit(more) {
+  if (!more) await loadChain();
   const form = new FormData($("audit-form"));
   const q = new URLSearchParams({ limit: "50" });
   for (const key of ["topic", "actor", "kind", "since", "until"]) {

@@ -295,6 +295,35 @@ impl Handler<Withdraw> for Approval {
     }
 }
 
+/// The limits a topic request must keep, for forms that show them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyView {
+    pub topic_name_pattern: String,
+    pub default_partitions: i32,
+    pub max_partitions: i32,
+    pub default_replication_factor: i32,
+    pub max_replication_factor: i32,
+}
+
+#[derive(Message)]
+#[rtype(result = "PolicyView")]
+pub struct GetPolicy;
+
+impl Handler<GetPolicy> for Approval {
+    type Result = MessageResult<GetPolicy>;
+
+    fn handle(&mut self, _: GetPolicy, _: &mut Context<Self>) -> Self::Result {
+        let p = &self.policy;
+        MessageResult(PolicyView {
+            topic_name_pattern: p.topic_name_pattern.clone(),
+            default_partitions: p.default_partitions,
+            max_partitions: p.max_partitions,
+            default_replication_factor: p.default_replication_factor,
+            max_replication_factor: p.max_replication_factor,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

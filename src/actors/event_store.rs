@@ -81,3 +81,55 @@ impl Handler<QueryAudit> for EventStore {
         })
     }
 }
+
+/// The state of the hash chain, as `kafflow audit verify` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChainCheck {
+    pub ok: bool,
+    /// Events checked (all of them when `ok`).
+    pub events: u64,
+    pub head: Option<String>,
+    /// The first bad seq and why, when not `ok`.
+    pub bad_seq: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// Checks the whole chain on a read connection.
+#[derive(Message)]
+#[rtype(result = "Result<ChainCheck>")]
+pub struct VerifyChain;
+
+impl Handler<VerifyChain> for EventStore {
+    type Result = ResponseFuture<Result<ChainCheck>>;
+
+    fn handle(&mut self, _: VerifyChain, _: &mut Context<Self>) -> Self::Result {
+        let dir = self
+            .writer
+            .path()
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        Box::pin(async move {
+            let checked = tokio::task::spawn_blocking(move || crate::events::verify(&dir))
+                .await
+                .map_err(|_| Error::Unavailable)?;
+            Ok(match checked {
+                Ok(head) => ChainCheck {
+                    ok: true,
+                    events: head.seq,
+                    head: Some(head.hash),
+                    bad_seq: None,
+                    error: None,
+                },
+                Err(StoreError::Corrupt { seq, reason }) => ChainCheck {
+                    ok: false,
+                    events: seq.saturating_sub(1),
+                    head: None,
+                    bad_seq: Some(seq),
+                    error: Some(reason),
+                },
+                Err(e) => return Err(e.into()),
+            })
+        })
+    }
+}

@@ -21,8 +21,10 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use crate::actors::approval::{Approval, Approve, Reject, RequestDeletion, RequestTopic, Withdraw};
-use crate::actors::event_store::{EventStore, QueryAudit};
+use crate::actors::approval::{
+    Approval, Approve, GetPolicy, Reject, RequestDeletion, RequestTopic, Withdraw,
+};
+use crate::actors::event_store::{EventStore, QueryAudit, VerifyChain};
 use crate::actors::listener::Listener;
 use crate::actors::provisioner::{BrokerReachable, Provisioner};
 use crate::actors::publisher::{Counts, Publisher, TopicCounts};
@@ -346,6 +348,18 @@ async fn audit(app: App, auth: Option<String>, query: String) -> Result<Response
     Ok(json(StatusCode::OK, &page))
 }
 
+async fn verify_chain(app: App, auth: Option<String>) -> Result<Response> {
+    app.authenticate(auth)?;
+    let check = app.event_store.send(VerifyChain).await??;
+    Ok(json(StatusCode::OK, &check))
+}
+
+async fn policy(app: App, auth: Option<String>) -> Result<Response> {
+    app.authenticate(auth)?;
+    let policy = app.approval.send(GetPolicy).await?;
+    Ok(json(StatusCode::OK, &policy))
+}
+
 async fn ready(app: App) -> Result<Response> {
     let reachable = app.provisioner.send(BrokerReachable).await?;
     let status = if reachable {
@@ -447,6 +461,23 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .and(query())
         .then(audit)
         .map(respond);
+    let verify = api
+        .and(warp::path("audit"))
+        .and(warp::path("verify"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .then(verify_chain)
+        .map(respond);
+    let policy = api
+        .and(warp::path("policy"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .then(policy)
+        .map(respond);
 
     healthz
         .or(readyz)
@@ -466,6 +497,10 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .or(deletion)
         .unify()
         .or(audit)
+        .unify()
+        .or(verify)
+        .unify()
+        .or(policy)
         .unify()
         .or(feed::routes(app.clone()))
         .unify()
