@@ -66,6 +66,17 @@ pub enum Error {
     UpgradeRequired,
     #[error("cannot start the Kafka consumer: {0}")]
     ConsumerUnavailable(String),
+    /// The disk under the data dir is full: nothing was made durable, nothing was applied.
+    /// Retrying once space is freed succeeds without a restart.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    /// A configured limit was reached; the caller may retry after `retry_after_s` seconds.
+    #[error("{what}: limit of {limit} reached")]
+    TooMany {
+        what: &'static str,
+        limit: u64,
+        retry_after_s: u64,
+    },
 }
 
 impl Error {
@@ -100,6 +111,8 @@ impl Error {
             Error::Unavailable => "unavailable",
             Error::UpgradeRequired => "upgrade_required",
             Error::ConsumerUnavailable(_) => "consumer_unavailable",
+            Error::StorageFull(_) => "storage_full",
+            Error::TooMany { .. } => "too_many_requests",
         }
     }
 }

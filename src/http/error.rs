@@ -34,6 +34,8 @@ pub fn status_of(error: &Error) -> StatusCode {
         Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Error::Unavailable | Error::ConsumerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+        Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        Error::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -47,7 +49,14 @@ pub fn render_error(error: &Error) -> Response {
     if status.is_server_error() {
         tracing::error!(%error, "Request failed.");
     }
-    error_reply(status, error.code(), &error.to_string())
+    let mut reply = error_reply(status, error.code(), &error.to_string());
+    if let Error::TooMany { retry_after_s, .. } = error {
+        reply.headers_mut().insert(
+            warp::http::header::RETRY_AFTER,
+            warp::http::HeaderValue::from(*retry_after_s),
+        );
+    }
+    reply
 }
 
 /// Turns warp's own rejections (no route, wrong method, body too large, ...) into JSON errors.
