@@ -37,6 +37,29 @@ pub struct Config {
     pub publisher: PublisherConfig,
     pub watcher: WatcherConfig,
     pub feeds: FeedConfig,
+    pub server: ServerConfig,
+}
+
+/// How the service as a whole behaves (`[server]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// On SIGTERM or Ctrl-C, how long in-flight work may take to be answered before the
+    /// service stops anyway.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+        }
+    }
+}
+
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
 }
 
 /// Bounds of the held-record spool; past them ingest answers 429 until space frees.
@@ -248,6 +271,8 @@ struct File {
     watcher: WatcherConfig,
     #[serde(default)]
     feeds: FeedConfig,
+    #[serde(default)]
+    server: ServerConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,6 +371,7 @@ impl Config {
             publisher: file.publisher,
             watcher: file.watcher,
             feeds: validate_feeds(file.feeds)?,
+            server: file.server,
         })
     }
 }

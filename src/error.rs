@@ -59,7 +59,7 @@ pub enum Error {
     #[error("topic {topic} is {status}, not active")]
     TopicNotActive { topic: String, status: String },
     #[error("event log: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("service is shutting down")]
     Unavailable,
     #[error("this route is a websocket: send an Upgrade request")]
@@ -113,6 +113,16 @@ impl Error {
             Error::ConsumerUnavailable(_) => "consumer_unavailable",
             Error::StorageFull(_) => "storage_full",
             Error::TooMany { .. } => "too_many_requests",
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    /// A full disk is the caller's `storage_full`; anything else is the log's own error.
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Full(why) => Error::StorageFull(why),
+            other => Error::Store(other),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - `metrics`: the Prometheus counters behind `/metrics`.
 //! - `sqlite`: how KafFlow opens its SQLite files and applies migrations.
 //! - `error`: the domain errors, each with a stable code.
+//! - `shutdown`: the one shutdown every task observes, and the way fatal errors reach `serve`.
 //! - `client`: the command-line clients of a running service (`kafflow produce`, `kafflow consume`).
 
 pub mod actors;
@@ -28,6 +29,7 @@ pub mod identity;
 pub mod kafka;
 pub mod metrics;
 pub mod record;
+pub mod shutdown;
 pub mod spool;
 pub mod sqlite;
 
@@ -39,7 +41,8 @@ use tokio::net::TcpListener;
 
 use actors::approval::Approval;
 use actors::event_store::EventStore;
-use actors::event_store::Follow;
+use actors::event_store::{Close, Follow};
+use actors::journal::Owner;
 use actors::listener::Listener;
 use actors::provisioner::{Provision, Provisioner};
 use actors::publisher::{Publisher, SetRoute};
@@ -52,9 +55,11 @@ use kafka::BatchProducer;
 use spool::Spool;
 use std::time::Duration;
 
-/// Why `serve` could not start.
+/// Why `serve` could not start, or had to stop on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Fatal(#[from] shutdown::FatalError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -79,11 +84,15 @@ pub struct State {
 }
 
 impl State {
-    /// Every part sees every event and takes the ones it owns.
+    /// Each event goes to the one part that owns its kind (`journal::owner`).
     pub fn apply(&mut self, event: &events::NewEvent) {
-        self.governance.apply(event);
-        self.subscriptions.apply(event);
-        self.drift.apply(event);
+        match actors::journal::owner(&event.kind) {
+            Owner::Registry => self.governance.apply(event),
+            Owner::Subscriptions => self.subscriptions.apply(event),
+            Owner::Watcher => self.drift.apply(event),
+            // The publisher's state is the spool; its events are history.
+            Owner::Publisher => {}
+        }
     }
 }
 
@@ -123,12 +132,18 @@ fn listen_nodelay(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Runs the service until `shutdown` resolves. Must run inside an actix `System`.
-/// `on_listening` is called with the bound addresses once the service accepts connections.
+/// Runs the service until `signal` resolves (then shuts down cleanly and returns `Ok`) or a
+/// fatal error stops it (then shuts down as cleanly as it can and returns the error). Must
+/// run inside an actix `System`. `on_listening` is called with the bound addresses once the
+/// service accepts connections.
+///
+/// The shutdown: every task is told (`shutdown::Shutdown`) and stops accepting; every call and
+/// line already accepted is answered; then the event log's writer commits what it has and
+/// closes. All of it within `[server] shutdown_timeout_ms`.
 pub async fn serve(
     config: Config,
     on_listening: impl FnOnce(Bound),
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     // Bind first: a port in use is reported before any other work.
     let listener = listen_nodelay(config.listen).map_err(|source| StartError::Listen {
@@ -150,8 +165,10 @@ pub async fn serve(
         source,
     })?;
 
+    let mut coordinator = shutdown::Coordinator::default();
     let (store, state, head) = replay(&config)?;
-    let event_store = EventStore::new(store.into_writer(head)).start();
+    let (writer, writer_thread) = store.into_writer(head)?;
+    let event_store = EventStore::new(writer, coordinator.fatal()).start();
     let registry = Registry::new(state.governance, event_store.clone()).start();
     let subscriptions = Subscriptions::new(
         state.subscriptions,
@@ -213,7 +230,7 @@ pub async fn serve(
         principals,
         registry,
         approval,
-        event_store,
+        event_store: event_store.clone(),
         provisioner,
         subscriptions,
         listener: listener_actor,
@@ -225,10 +242,39 @@ pub async fn serve(
         http: addr,
         ingest: ingest_addr,
     });
-    warp::serve(http::routes(app))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
-    Ok(())
+    // warp answers every request it has accepted before its graceful future returns.
+    let mut http_shutdown = coordinator.shutdown();
+    let http_done = coordinator.guard();
+    actix::spawn(async move {
+        warp::serve(http::routes(app))
+            .incoming(listener)
+            .graceful(async move { http_shutdown.recv().await })
+            .run()
+            .await;
+        drop(http_done);
+    });
+
+    let outcome = tokio::select! {
+        _ = signal => Ok(()),
+        error = coordinator.fatal_error() => Err(StartError::Fatal(error)),
+    };
+    let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
+    let started = std::time::Instant::now();
+    tracing::info!(timeout_ms = timeout.as_millis() as u64, "Shutting down: no new work, answering what was accepted.");
+    if !coordinator.finish(timeout).await {
+        tracing::warn!("Shutdown timeout passed with work still in flight; stopping anyway.");
+    }
+    // Every acknowledgement is out: close the log, and wait for its writer to finish.
+    let _ = event_store.send(Close).await;
+    drop(event_store);
+    let left = timeout.saturating_sub(started.elapsed());
+    let joined = tokio::task::spawn_blocking(move || writer_thread.join());
+    if tokio::time::timeout(left.max(Duration::from_secs(1)), joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("The event writer did not finish in time.");
+    }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "Shut down.");
+    outcome
 }

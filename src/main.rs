@@ -180,6 +180,11 @@ fn serve(path: PathBuf, overrides: Overrides) -> ExitCode {
     ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The service ran and had to stop (EX_SOFTWARE): replay at the next start restores it.
+        Err(e @ kafflow::StartError::Fatal(_)) => {
+            eprintln!("kafflow: error: {e}");
+            ExitCode::from(70)
+        }
         Err(e) => fail(&e),
     }
 }
@@ -204,5 +209,5 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-    tracing::info!("Shutting down.");
+    tracing::info!("Signal received.");
 }

@@ -14,6 +14,15 @@ use kafflow::actors::registry::{
 };
 use kafflow::config::{Config, Overrides};
 use kafflow::events::TopicSpec;
+use kafflow::identity::{Principal, Role};
+use kafflow::shutdown::Fatal;
+
+fn who(name: &str, role: Role) -> Principal {
+    Principal {
+        name: name.into(),
+        roles: [role].into(),
+    }
+}
 
 const TOPICS: usize = 10_000;
 const EVENTS_PER_TOPIC: u64 = 10;
@@ -46,7 +55,7 @@ async fn topic_lifecycle(registry: Addr<Registry>, n: usize) {
         reason: Some(format!("load {n}")),
     };
     let decide = |id, decision| Command::Decide {
-        actor: "carol".into(),
+        principal: who("carol", Role::Admin),
         id,
         decision,
     };
@@ -65,7 +74,7 @@ async fn topic_lifecycle(registry: Addr<Registry>, n: usize) {
     run(
         &registry,
         Command::Withdraw {
-            actor: "bob".into(),
+            principal: who("bob", Role::Producer),
             id: r.id,
         },
     )
@@ -89,7 +98,7 @@ async fn topic_lifecycle(registry: Addr<Registry>, n: usize) {
     let d = run(
         &registry,
         Command::FileDeletion {
-            actor: "alice".into(),
+            principal: who("alice", Role::Producer),
             topic: topic.clone(),
             reason: "done".into(),
         },
@@ -122,7 +131,8 @@ async fn replay_of_100k_events_matches_live_state() {
 
     let (store, state, head) = kafflow::replay(&config).expect("empty log opens");
     assert_eq!(head.seq, 0);
-    let event_store = EventStore::new(store.into_writer(head)).start();
+    let (writer, _thread) = store.into_writer(head).expect("writer");
+    let event_store = EventStore::new(writer, Fatal::detached()).start();
     let registry = Registry::new(state.governance, event_store).start();
 
     let started = Instant::now();

@@ -1,6 +1,8 @@
-//! The approval actor: the rules of governance. It decides who may ask for, approve, reject,
-//! withdraw or delete what, and what a valid request looks like under the `[policy]`; the
-//! registry then records the change, and on approval the provisioner is told to do the work.
+//! The approval actor: the rules of governance that do not depend on state. It checks the
+//! roles a command needs and what a valid request looks like under the `[policy]`, then sends
+//! the registry one command carrying the principal; the registry checks the rules that depend
+//! on the state (self-approval, requester, owner) and records the change in the same step. On
+//! an approval, once it is committed, the provisioner is told to do the work.
 
 use std::collections::BTreeMap;
 
@@ -8,9 +10,7 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::provisioner::{Provision, Provisioner};
-use super::registry::{
-    Command, Decision, GetRequest, GetTopic, Registry, RequestStatus, TopicRequest,
-};
+use super::registry::{Command, Decision, Registry, RequestStatus, TopicRequest};
 use crate::config::Policy;
 use crate::error::{Error, Result};
 use crate::events::TopicSpec;
@@ -202,30 +202,16 @@ impl Handler<RequestDeletion> for Approval {
     fn handle(&mut self, msg: RequestDeletion, _: &mut Context<Self>) -> Self::Result {
         let registry = self.registry.clone();
         Box::pin(async move {
-            let topic = registry.send(GetTopic(msg.topic.clone())).await??;
-            if topic.owner != msg.principal.name && !msg.principal.has(Role::Admin) {
-                return Err(Error::NotOwner);
-            }
             let reason = required_reason(msg.reason)?;
             registry
                 .send(Command::FileDeletion {
-                    actor: msg.principal.name,
+                    principal: msg.principal,
                     topic: msg.topic,
                     reason,
                 })
                 .await?
         })
     }
-}
-
-/// Checks that `principal` may decide request `id`: an admin, and not its requester.
-async fn check_decider(registry: &Addr<Registry>, principal: &Principal, id: Uuid) -> Result<()> {
-    principal.require_any(&[Role::Admin])?;
-    let request = registry.send(GetRequest(id)).await??;
-    if request.requested_by == principal.name {
-        return Err(Error::SelfApproval);
-    }
-    Ok(())
 }
 
 impl Handler<Approve> for Approval {
@@ -235,17 +221,18 @@ impl Handler<Approve> for Approval {
         let registry = self.registry.clone();
         let provisioner = self.provisioner.clone();
         Box::pin(async move {
-            check_decider(&registry, &msg.principal, msg.id).await?;
+            msg.principal.require_any(&[Role::Admin])?;
             let decision = Decision::Approve {
                 note: optional_text(msg.note),
             };
             let request = registry
                 .send(Command::Decide {
-                    actor: msg.principal.name,
+                    principal: msg.principal,
                     id: msg.id,
                     decision,
                 })
                 .await??;
+            // The approval is committed: the Kafka work it owes may start.
             if request.status == RequestStatus::Approved {
                 provisioner.do_send(Provision(request.clone()));
             }
@@ -260,13 +247,13 @@ impl Handler<Reject> for Approval {
     fn handle(&mut self, msg: Reject, _: &mut Context<Self>) -> Self::Result {
         let registry = self.registry.clone();
         Box::pin(async move {
-            check_decider(&registry, &msg.principal, msg.id).await?;
+            msg.principal.require_any(&[Role::Admin])?;
             let decision = Decision::Reject {
                 reason: required_reason(msg.reason)?,
             };
             registry
                 .send(Command::Decide {
-                    actor: msg.principal.name,
+                    principal: msg.principal,
                     id: msg.id,
                     decision,
                 })
@@ -281,13 +268,9 @@ impl Handler<Withdraw> for Approval {
     fn handle(&mut self, msg: Withdraw, _: &mut Context<Self>) -> Self::Result {
         let registry = self.registry.clone();
         Box::pin(async move {
-            let request = registry.send(GetRequest(msg.id)).await??;
-            if request.requested_by != msg.principal.name {
-                return Err(Error::NotRequester);
-            }
             registry
                 .send(Command::Withdraw {
-                    actor: msg.principal.name,
+                    principal: msg.principal,
                     id: msg.id,
                 })
                 .await?

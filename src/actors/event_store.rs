@@ -5,15 +5,36 @@
 use actix::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::events::{AuditPage, AuditQuery, Event, NewEvent, StoreError, Writer};
+use crate::events::{AuditPage, AuditQuery, Event, NewEvent, StoreError, Stream, Writer};
+use crate::shutdown::{Fatal, FatalError};
 
 pub struct EventStore {
     writer: Writer,
+    fatal: Fatal,
 }
 
 impl EventStore {
-    pub fn new(writer: Writer) -> Self {
-        EventStore { writer }
+    /// `fatal` hears when the writer is gone: nothing can be made durable any more.
+    pub fn new(writer: Writer, fatal: Fatal) -> Self {
+        EventStore { writer, fatal }
+    }
+
+    fn commit(
+        &self,
+        stream: Option<Stream>,
+        events: Vec<NewEvent>,
+    ) -> ResponseFuture<Result<Vec<Event>, StoreError>> {
+        let committed = self.writer.append_to(stream, events);
+        let fatal = self.fatal.clone();
+        Box::pin(async move {
+            let result = committed.await.unwrap_or(Err(StoreError::WriterGone));
+            if let Err(e) = &result {
+                if !e.is_transient() {
+                    fatal.report(FatalError::Log(StoreError::Commit(e.to_string())));
+                }
+            }
+            result
+        })
     }
 }
 
@@ -32,10 +53,31 @@ impl Actor for EventStore {
 #[rtype(result = "Result<Vec<Event>, StoreError>")]
 pub struct Append(pub Vec<NewEvent>);
 
+/// Appends the events of an event-sourced actor's stream (see `journal`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Event>, StoreError>")]
+pub struct Persist {
+    pub stream: Stream,
+    pub events: Vec<NewEvent>,
+}
+
 /// Events that have just been committed, sent to every follower.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Committed(pub Vec<Event>);
+
+/// Stops the actor, dropping its writer handle so the writer thread can finish (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for EventStore {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
 
 /// Registers an actor to be told of every event committed from now on.
 #[derive(Message)]
@@ -58,8 +100,15 @@ impl Handler<Append> for EventStore {
     type Result = ResponseFuture<Result<Vec<Event>, StoreError>>;
 
     fn handle(&mut self, msg: Append, _: &mut Context<Self>) -> Self::Result {
-        let committed = self.writer.append(msg.0);
-        Box::pin(async move { committed.await.unwrap_or(Err(StoreError::WriterGone)) })
+        self.commit(None, msg.0)
+    }
+}
+
+impl Handler<Persist> for EventStore {
+    type Result = ResponseFuture<Result<Vec<Event>, StoreError>>;
+
+    fn handle(&mut self, msg: Persist, _: &mut Context<Self>) -> Self::Result {
+        self.commit(Some(msg.stream), msg.events)
     }
 }
 

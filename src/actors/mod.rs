@@ -1,6 +1,8 @@
 //! The actors. Each owns its state; the others ask it with messages.
 //!
 //! - `event_store`: the door to the event log (group-committed appends, audit reads).
+//! - `journal`: not an actor; how the event-sourced actors (registry, subscriptions, watcher)
+//!   stage, persist and then apply their events, and which actor owns each event kind.
 //! - `registry`: governance state (requests, topics), the single writer of its events.
 //! - `approval`: the governance rules (roles, policy, self-approval, ownership).
 //! - `provisioner`: the Kafka work (create, delete), idempotent and retried.
@@ -14,6 +16,7 @@
 pub mod approval;
 pub mod consumer;
 pub mod event_store;
+pub mod journal;
 pub mod listener;
 pub mod provisioner;
 pub mod publisher;

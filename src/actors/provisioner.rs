@@ -134,15 +134,40 @@ impl Handler<Provision> for Provisioner {
                 RequestKind::Delete => delete(&admin, &request.topic).await,
             };
             tracing::info!(%topic, request_id = %id, ?outcome, "Kafka work done.");
-            match registry.send(Command::RecordOutcome { id, outcome }).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(%topic, error = %e, "Outcome not recorded."),
-                Err(e) => tracing::warn!(%topic, error = %e, "Registry unavailable."),
-            }
+            record(&registry, id, &topic, outcome).await;
         };
         ctx.spawn(job.into_actor(self).map(move |_, act, _| {
             act.in_flight.remove(&id);
         }));
+    }
+}
+
+/// Records the outcome, retrying while the log refuses it for a passing reason (a full disk):
+/// the Kafka work is done and only its event is owed. Stops when the registry says the
+/// request no longer waits for it, or is gone (shutdown; replay resumes the work).
+async fn record(registry: &Addr<Registry>, id: Uuid, topic: &str, outcome: Outcome) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let command = Command::RecordOutcome {
+            id,
+            outcome: outcome.clone(),
+        };
+        match registry.send(command).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e @ (crate::error::Error::StorageFull(_) | crate::error::Error::Store(_)))) => {
+                tracing::warn!(%topic, error = %e, retry_in_ms = backoff.as_millis() as u64, "Outcome not recorded yet; will retry.");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%topic, error = %e, "Outcome not recorded.");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "Registry unavailable; the work resumes at the next start.");
+                return;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -170,12 +195,21 @@ where
     }
 }
 
-async fn describe(admin: &Admin, topic: &str) -> KafkaResult<Option<TopicShape>> {
+/// Why a metadata read gave no answer. Never taken as "the topic is absent".
+#[derive(Debug, thiserror::Error)]
+enum DescribeError {
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("the metadata read did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+async fn describe(admin: &Admin, topic: &str) -> Result<Option<TopicShape>, DescribeError> {
     let admin = admin.clone();
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || kafka::describe_topic(&admin, &topic, METADATA_TIMEOUT))
-        .await
-        .unwrap_or(Ok(None))
+    let read =
+        tokio::task::spawn_blocking(move || kafka::describe_topic(&admin, &topic, METADATA_TIMEOUT));
+    Ok(read.await??)
 }
 
 /// Codes that will not change by retrying.

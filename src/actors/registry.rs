@@ -1,10 +1,11 @@
 //! The registry: owner of governance state (requests and topics).
 //!
-//! It is the single writer of governance events. A command is checked against the state,
-//! turned into an event, applied, and appended to the log; the caller is answered only once the
-//! event is committed. Applying before the commit lets concurrent commands see each other and
-//! be group-committed; if a commit ever fails the process stops, so that replay (which applies
-//! only committed events) is again the truth.
+//! It is the single writer of governance events, through its journal: a command is checked
+//! against the staged state (committed plus in flight, so concurrent commands see each other
+//! and are group-committed), including who may do it (the self-approval, requester and owner
+//! rules travel with the command, so the check and the change are one step); its event is
+//! persisted; and only then applied to the committed state that every query reads, and the
+//! caller answered. A failed commit changes nothing that anyone can see.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,9 +14,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::event_store::{Append, EventStore};
+use super::event_store::EventStore;
+use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent, TopicSpec};
+use crate::identity::{Principal, Role};
 
 /// The principal name on events that KafFlow itself caused.
 pub const SYSTEM: &str = "system";
@@ -162,11 +165,11 @@ pub enum TopicRoute {
 }
 
 impl Governance {
-    /// Turns one event into state. Replay and live appends both come here. It cannot fail:
-    /// the registry only writes events that fit the state, so a valid log always applies.
+    /// Turns one of the registry's events into state. Replay and live appends both come here.
+    /// It cannot fail: the registry only writes events that fit the state, so a valid log
+    /// always applies.
     pub fn apply(&mut self, event: &NewEvent) {
-        // Governance events always name a topic and a request; the others (subscriptions,
-        // held records, drift) belong to other actors' state.
+        // Governance events always name a topic and a request.
         let (Some(topic), Some(id)) = (event.topic.as_deref(), event.request_id) else {
             return;
         };
@@ -251,7 +254,7 @@ impl Governance {
                 // The topic is still in Kafka: it stays usable.
                 self.set_topic_status(topic, TopicStatus::Active);
             }
-            // Records, drift and subscriptions are not governance state.
+            // Owned by other actors (`journal::owner`); never handed to the registry.
             EventKind::HeldDiscarded { .. }
             | EventKind::DriftDetected { .. }
             | EventKind::DriftResolved { .. }
@@ -384,11 +387,14 @@ impl Governance {
                 ))
             }
             Command::FileDeletion {
-                actor,
+                principal,
                 topic,
                 reason,
             } => {
                 let t = self.topic(topic)?;
+                if t.owner != principal.name && !principal.has(Role::Admin) {
+                    return Err(Error::NotOwner);
+                }
                 if t.status != TopicStatus::Active {
                     return Err(Error::TopicNotActive {
                         topic: topic.clone(),
@@ -400,17 +406,22 @@ impl Governance {
                     reason: reason.clone(),
                 };
                 Ok(NewEvent::now(
-                    actor,
+                    &principal.name,
                     Some(topic),
                     Some(Uuid::now_v7()),
                     kind,
                 ))
             }
             Command::Decide {
-                actor,
+                principal,
                 id,
                 decision,
             } => {
+                principal.require_any(&[Role::Admin])?;
+                let request = self.request(*id)?;
+                if request.requested_by == principal.name {
+                    return Err(Error::SelfApproval);
+                }
                 let request = self.pending(*id)?;
                 let kind = match decision {
                     Decision::Approve { note } => EventKind::RequestApproved { note: note.clone() },
@@ -418,12 +429,25 @@ impl Governance {
                         reason: reason.clone(),
                     },
                 };
-                Ok(NewEvent::now(actor, Some(&request.topic), Some(*id), kind))
+                Ok(NewEvent::now(
+                    &principal.name,
+                    Some(&request.topic),
+                    Some(*id),
+                    kind,
+                ))
             }
-            Command::Withdraw { actor, id } => {
+            Command::Withdraw { principal, id } => {
+                if self.request(*id)?.requested_by != principal.name {
+                    return Err(Error::NotRequester);
+                }
                 let request = self.pending(*id)?;
                 let kind = EventKind::RequestWithdrawn {};
-                Ok(NewEvent::now(actor, Some(&request.topic), Some(*id), kind))
+                Ok(NewEvent::now(
+                    &principal.name,
+                    Some(&request.topic),
+                    Some(*id),
+                    kind,
+                ))
             }
             Command::RecordOutcome { id, outcome } => {
                 let request = self.request(*id)?;
@@ -544,7 +568,10 @@ pub enum Outcome {
 }
 
 /// A change to governance state. The registry checks it against the state (is the request
-/// pending, is the topic free) and records it; who may ask for it is the approval actor's rule.
+/// pending, is the topic free) and, where the answer depends on the state, whether the
+/// principal may make it (self-approval, requester, owner), in the same step that records it.
+/// The policy (names, sizes) and the roles a command needs are checked by the approval actor
+/// before it sends one.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<TopicRequest>")]
 pub enum Command {
@@ -554,18 +581,21 @@ pub enum Command {
         spec: TopicSpec,
         reason: Option<String>,
     },
+    /// Only the topic's owner or an admin.
     FileDeletion {
-        actor: String,
+        principal: Principal,
         topic: String,
         reason: String,
     },
+    /// Only an admin, and never on their own request.
     Decide {
-        actor: String,
+        principal: Principal,
         id: Uuid,
         decision: Decision,
     },
+    /// Only the requester.
     Withdraw {
-        actor: String,
+        principal: Principal,
         id: Uuid,
     },
     RecordOutcome {
@@ -614,13 +644,18 @@ pub struct AllRoutes;
 pub struct UnfinishedWork;
 
 pub struct Registry {
-    state: Governance,
-    store: Addr<EventStore>,
+    journal: Journal<Governance>,
 }
 
 impl Registry {
     pub fn new(state: Governance, store: Addr<EventStore>) -> Self {
-        Registry { state, store }
+        Registry {
+            journal: Journal::new(Owner::Registry, state, store),
+        }
+    }
+
+    fn state(&self) -> &Governance {
+        self.journal.committed()
     }
 }
 
@@ -628,33 +663,38 @@ impl Actor for Registry {
     type Context = Context<Self>;
 }
 
+impl Journaled for Governance {
+    fn apply(&mut self, event: &NewEvent) {
+        Governance::apply(self, event);
+    }
+}
+
+impl Journaling for Registry {
+    type State = Governance;
+
+    fn journal(&mut self) -> &mut Journal<Governance> {
+        &mut self.journal
+    }
+}
+
 impl Handler<Command> for Registry {
     type Result = ResponseFuture<Result<TopicRequest>>;
 
-    fn handle(&mut self, command: Command, _: &mut Context<Self>) -> Self::Result {
-        let event = match self.state.event_for(&command) {
+    fn handle(&mut self, command: Command, ctx: &mut Context<Self>) -> Self::Result {
+        let event = match self
+            .journal
+            .staged()
+            .and_then(|state| state.event_for(&command))
+        {
             Ok(event) => event,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let id = event.request_id.unwrap_or_default();
-        self.state.apply(&event);
-        let view = self.state.request(id).cloned();
-        let committed = self.store.send(Append(vec![event]));
-        Box::pin(async move {
-            match committed.await {
-                Ok(Ok(_)) => view,
-                Ok(Err(e)) => {
-                    // Fail-stop: state holds an event the log does not, and only replay (which
-                    // applies committed events alone) can make them agree again.
-                    tracing::error!(error = %e, "Event commit failed; exiting so replay can restore state.");
-                    std::process::exit(70)
-                }
-                Err(_) => {
-                    tracing::error!("Event store gone; exiting so replay can restore state.");
-                    std::process::exit(70)
-                }
-            }
-        })
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        journal::persist(self, ctx, vec![event], move |committed, result| {
+            let _ = reply.send(result.and_then(|()| committed.request(id).cloned()));
+        });
+        Box::pin(async move { answer.await.unwrap_or(Err(Error::Unavailable)) })
     }
 }
 
@@ -662,7 +702,7 @@ impl Handler<GetRequest> for Registry {
     type Result = Result<TopicRequest>;
 
     fn handle(&mut self, msg: GetRequest, _: &mut Context<Self>) -> Self::Result {
-        self.state.request(msg.0).cloned()
+        self.state().request(msg.0).cloned()
     }
 }
 
@@ -670,7 +710,7 @@ impl Handler<ListRequests> for Registry {
     type Result = MessageResult<ListRequests>;
 
     fn handle(&mut self, msg: ListRequests, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.requests(&msg.0))
+        MessageResult(self.state().requests(&msg.0))
     }
 }
 
@@ -678,7 +718,7 @@ impl Handler<GetTopic> for Registry {
     type Result = Result<Topic>;
 
     fn handle(&mut self, msg: GetTopic, _: &mut Context<Self>) -> Self::Result {
-        self.state.topic_or_pending(&msg.0)
+        self.state().topic_or_pending(&msg.0)
     }
 }
 
@@ -686,7 +726,7 @@ impl Handler<ListTopics> for Registry {
     type Result = MessageResult<ListTopics>;
 
     fn handle(&mut self, _: ListTopics, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.topics())
+        MessageResult(self.state().topics())
     }
 }
 
@@ -694,7 +734,7 @@ impl Handler<RouteOf> for Registry {
     type Result = MessageResult<RouteOf>;
 
     fn handle(&mut self, msg: RouteOf, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.route_of(&msg.0))
+        MessageResult(self.state().route_of(&msg.0))
     }
 }
 
@@ -702,11 +742,11 @@ impl Handler<AllRoutes> for Registry {
     type Result = MessageResult<AllRoutes>;
 
     fn handle(&mut self, _: AllRoutes, _: &mut Context<Self>) -> Self::Result {
-        let routes = self
-            .state
+        let state = self.state();
+        let routes = state
             .latest
             .keys()
-            .map(|topic| (topic.clone(), self.state.route_of(topic)))
+            .map(|topic| (topic.clone(), state.route_of(topic)))
             .collect();
         MessageResult(routes)
     }
@@ -716,7 +756,7 @@ impl Handler<UnfinishedWork> for Registry {
     type Result = MessageResult<UnfinishedWork>;
 
     fn handle(&mut self, _: UnfinishedWork, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.requests(&RequestFilter {
+        MessageResult(self.state().requests(&RequestFilter {
             status: Some(RequestStatus::Approved),
             ..Default::default()
         }))
@@ -732,6 +772,20 @@ mod tests {
             partitions: 2,
             replication_factor: 1,
             config: BTreeMap::new(),
+        }
+    }
+
+    fn admin(name: &str) -> Principal {
+        Principal {
+            name: name.into(),
+            roles: [Role::Admin].into(),
+        }
+    }
+
+    fn producer(name: &str) -> Principal {
+        Principal {
+            name: name.into(),
+            roles: [Role::Producer].into(),
         }
     }
 
@@ -758,7 +812,7 @@ mod tests {
         run(
             state,
             Command::Decide {
-                actor: "carol".into(),
+                principal: admin("carol"),
                 id,
                 decision,
             },
@@ -815,7 +869,7 @@ mod tests {
             run(
                 s,
                 Command::FileDeletion {
-                    actor: "alice".into(),
+                    principal: producer("alice"),
                     topic: "logs".into(),
                     reason: "done".into(),
                 },
@@ -925,7 +979,7 @@ mod tests {
         let w = run(
             &mut s,
             Command::Withdraw {
-                actor: "alice".into(),
+                principal: producer("alice"),
                 id: r.id,
             },
         )
@@ -935,11 +989,129 @@ mod tests {
             run(
                 &mut s,
                 Command::Withdraw {
-                    actor: "alice".into(),
+                    principal: producer("alice"),
                     id: r.id
                 }
             ),
             Err(Error::NotPending(_))
+        ));
+    }
+}
+
+#[cfg(test)]
+mod actor_tests {
+    use super::*;
+    use crate::events::{Durability, Store};
+    use crate::shutdown::Fatal;
+
+    fn registry(dir: &std::path::Path) -> Addr<Registry> {
+        let store = Store::open(dir, Durability::Normal).expect("open");
+        // Room for a few small events, not for a large one: a commit fails as on a full disk.
+        store.limit_pages(24).expect("limit");
+        let head = store.replay(|_| {}).expect("replay");
+        let (writer, _thread) = store.into_writer(head).expect("writer");
+        let events = EventStore::new(writer, Fatal::detached()).start();
+        Registry::new(Governance::default(), events).start()
+    }
+
+    fn create(topic: &str, reason: String) -> Command {
+        Command::FileCreate {
+            actor: "alice".into(),
+            topic: topic.into(),
+            spec: TopicSpec {
+                partitions: 1,
+                replication_factor: 1,
+                config: BTreeMap::new(),
+            },
+            reason: Some(reason),
+        }
+    }
+
+    #[actix::test]
+    async fn no_query_sees_a_change_whose_commit_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = registry(dir.path());
+        // Asked while the large request is in flight, and again once it has failed.
+        let (filed, during) = tokio::join!(
+            registry.send(create("big", "x".repeat(512 * 1024))),
+            registry.send(ListRequests(RequestFilter::default()))
+        );
+        assert!(
+            matches!(filed.expect("alive"), Err(Error::StorageFull(_))),
+            "a commit that does not fit is storage_full"
+        );
+        assert!(during.expect("alive").is_empty(), "in-flight change seen");
+        assert!(registry
+            .send(ListRequests(RequestFilter::default()))
+            .await
+            .expect("alive")
+            .is_empty());
+        assert_eq!(
+            registry.send(RouteOf("big".into())).await.expect("alive"),
+            TopicRoute::Unknown
+        );
+        // The name is free again and the registry goes on without a restart.
+        let again = registry
+            .send(create("big", "small".into()))
+            .await
+            .expect("alive")
+            .expect("filed once space allows");
+        assert_eq!(again.status, RequestStatus::Pending);
+        let listed = registry
+            .send(ListRequests(RequestFilter::default()))
+            .await
+            .expect("alive");
+        assert_eq!(listed, vec![again]);
+        assert_eq!(crate::events::verify(dir.path()).expect("chain").seq, 1);
+    }
+
+    #[actix::test]
+    async fn concurrent_commands_are_checked_against_each_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = registry(dir.path());
+        let (a, b) = tokio::join!(
+            registry.send(create("twice", "a".into())),
+            registry.send(create("twice", "b".into()))
+        );
+        let results = [a.expect("alive"), b.expect("alive")];
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        assert!(results
+            .iter()
+            .any(|r| matches!(r, Err(Error::RequestPending { .. }))));
+    }
+
+    #[actix::test]
+    async fn who_may_decide_is_checked_with_the_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = registry(dir.path());
+        let carol = Principal {
+            name: "carol".into(),
+            roles: [Role::Admin, Role::Producer].into(),
+        };
+        let mut own = create("own", "mine".into());
+        if let Command::FileCreate { actor, .. } = &mut own {
+            *actor = "carol".into();
+        }
+        let request = registry.send(own).await.expect("alive").expect("filed");
+        let approve = Command::Decide {
+            principal: carol.clone(),
+            id: request.id,
+            decision: Decision::Approve { note: None },
+        };
+        assert!(matches!(
+            registry.send(approve).await.expect("alive"),
+            Err(Error::SelfApproval)
+        ));
+        let withdraw = Command::Withdraw {
+            principal: Principal {
+                name: "alice".into(),
+                roles: [Role::Producer].into(),
+            },
+            id: request.id,
+        };
+        assert!(matches!(
+            registry.send(withdraw).await.expect("alive"),
+            Err(Error::NotRequester)
         ));
     }
 }

@@ -3,8 +3,9 @@
 //! The user-to-topic mapping is state kept as events: `subscribed` (actor: the user) and
 //! `unsubscribed` (actor: the user, reason `user`; or actor `system`, reason `topic_deleted`,
 //! which ends every subscription to the topic). This actor is their single writer; like the
-//! registry it checks a command, applies the event, appends it and answers once it is
-//! committed. Only active topics can be subscribed (asked of the registry).
+//! registry it goes through its journal: a change is checked against the staged book,
+//! persisted, and only then applied to the book that reads see, and answered. Only active
+//! topics can be subscribed (asked of the registry).
 //!
 //! It follows the log: when a `topic_deleted` event is committed, the topic's subscriptions end
 //! with an event and the readers' consumers are told, so their feeds get `topic_deleted`.
@@ -23,7 +24,8 @@ use tokio::sync::oneshot;
 use super::consumer::{
     Attach, Consumer, FeedClosed, FeedHandle, FeedStart, SetTopics, Stop, TopicGone,
 };
-use super::event_store::{Append, Committed, EventStore, Follow};
+use super::event_store::{Committed, EventStore, Follow};
+use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use super::registry::{
     GetTopic, ListRequests, ListTopics, Registry, RequestFilter, RequestKind, RequestStatus,
     TopicStatus, SYSTEM,
@@ -52,8 +54,14 @@ pub struct SubscriptionBook {
     by_user: BTreeMap<String, BTreeMap<String, DateTime<Utc>>>,
 }
 
+impl Journaled for SubscriptionBook {
+    fn apply(&mut self, event: &NewEvent) {
+        SubscriptionBook::apply(self, event);
+    }
+}
+
 impl SubscriptionBook {
-    /// Turns one event into state; replay and live appends both come here.
+    /// Turns one of this actor's events into state; replay and live appends both come here.
     pub fn apply(&mut self, event: &NewEvent) {
         let Some(topic) = event.topic.as_deref() else {
             return;
@@ -79,6 +87,7 @@ impl SubscriptionBook {
                     }
                 }
             }
+            // Owned by other actors (`journal::owner`); never handed to this book.
             _ => {}
         }
     }
@@ -226,7 +235,7 @@ struct Live {
 }
 
 pub struct Subscriptions {
-    book: SubscriptionBook,
+    journal: Journal<SubscriptionBook>,
     store: Addr<EventStore>,
     registry: Addr<Registry>,
     kafka: KafkaConfig,
@@ -244,7 +253,7 @@ impl Subscriptions {
         settings: FeedConfig,
     ) -> Self {
         Subscriptions {
-            book,
+            journal: Journal::new(Owner::Subscriptions, book, store.clone()),
             store,
             registry,
             kafka,
@@ -254,24 +263,9 @@ impl Subscriptions {
         }
     }
 
-    /// Applies `events` and appends them; the future resolves once they are committed. If a
-    /// commit fails the process stops, so that replay (committed events only) is the truth again.
-    fn record(&mut self, events: Vec<NewEvent>) -> impl std::future::Future<Output = Result<()>> {
-        for event in &events {
-            self.book.apply(event);
-        }
-        let committed = self.store.send(Append(events));
-        async move {
-            match committed.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "Event commit failed; stopping so replay can restore state.");
-                    System::current().stop_with_code(70);
-                    Err(Error::Store(e))
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
+    /// What reads see: the committed book.
+    fn book(&self) -> &SubscriptionBook {
+        self.journal.committed()
     }
 
     /// Checks, records and answers one change of `principal`'s set. The registry check and the
@@ -285,7 +279,10 @@ impl Subscriptions {
         if let Err(e) = principal.require_any(&[Role::Consumer]) {
             return Box::pin(async move { Err(e) });
         }
-        let current = self.book.topics_of(&principal.name);
+        let current = match self.journal.staged() {
+            Ok(book) => book.topics_of(&principal.name),
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
         let to_check: Vec<String> = match &change {
             Change::Add(topic) if !current.contains(topic) => vec![topic.clone()],
             Change::Replace(wanted) => wanted.difference(&current).cloned().collect(),
@@ -304,7 +301,11 @@ impl Subscriptions {
             checked
                 .into_actor(self)
                 .map(move |checked: Result<()>, act, ctx| {
-                    let events = checked.and_then(|()| act.book.events_for(&user, &change));
+                    let events = checked.and_then(|()| {
+                        act.journal
+                            .staged()
+                            .and_then(|book| book.events_for(&user, &change))
+                    });
                     let events = match events {
                         Ok(events) => events,
                         Err(e) => {
@@ -312,20 +313,15 @@ impl Subscriptions {
                             return;
                         }
                     };
-                    if events.is_empty() {
-                        let _ = reply.send(Ok(act.book.topics_of(&user).into_iter().collect()));
-                        return;
-                    }
-                    let committed = act.record(events);
-                    let view: Vec<String> = act.book.topics_of(&user).into_iter().collect();
-                    tracing::info!(%user, topics = ?view, "Subscriptions changed.");
+                    let changed = !events.is_empty();
                     let me = ctx.address();
-                    actix::spawn(async move {
-                        let result = committed.await.map(|()| view);
-                        if result.is_ok() {
+                    journal::persist(act, ctx, events, move |book, result| {
+                        let view: Vec<String> = book.topics_of(&user).into_iter().collect();
+                        if result.is_ok() && changed {
+                            tracing::info!(%user, topics = ?view, "Subscriptions changed.");
                             me.do_send(Notify { user });
                         }
-                        let _ = reply.send(result);
+                        let _ = reply.send(result.map(|()| view));
                     });
                 }),
         );
@@ -334,7 +330,12 @@ impl Subscriptions {
 
     /// Ends every subscription to a deleted topic with one `system` event.
     fn end_subscriptions(&mut self, topic: String, ctx: &mut Context<Self>) {
-        let readers = self.book.readers_of(&topic);
+        let Ok(book) = self.journal.staged() else {
+            // A commit is being cleared; the next start ends them (see `started`).
+            tracing::warn!(%topic, "Subscriptions of a deleted topic not ended yet.");
+            return;
+        };
+        let readers = book.readers_of(&topic);
         if readers.is_empty() {
             return;
         }
@@ -347,12 +348,10 @@ impl Subscriptions {
                 reason: REASON_TOPIC_DELETED.to_string(),
             },
         );
-        let committed = self.record(vec![event]);
         let me = ctx.address();
-        actix::spawn(async move {
-            if committed.await.is_ok() {
-                me.do_send(Ended { topic, readers });
-            }
+        journal::persist(self, ctx, vec![event], move |_, result| match result {
+            Ok(()) => me.do_send(Ended { topic, readers }),
+            Err(e) => tracing::warn!(error = %e, "Subscriptions of a deleted topic not ended yet."),
         });
     }
 }
@@ -384,6 +383,14 @@ async fn require_active(registry: &Addr<Registry>, topic: &str) -> Result<()> {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
     })
+}
+
+impl Journaling for Subscriptions {
+    type State = SubscriptionBook;
+
+    fn journal(&mut self) -> &mut Journal<SubscriptionBook> {
+        &mut self.journal
+    }
 }
 
 impl Actor for Subscriptions {
@@ -438,7 +445,8 @@ impl Handler<Notify> for Subscriptions {
 
     fn handle(&mut self, msg: Notify, _: &mut Context<Self>) {
         if let Some(live) = self.consumers.get(&msg.user) {
-            live.addr.do_send(SetTopics(self.book.topics_of(&msg.user)));
+            live.addr
+                .do_send(SetTopics(self.book().topics_of(&msg.user)));
         }
     }
 }
@@ -449,7 +457,7 @@ impl Handler<MySubscriptions> for Subscriptions {
     fn handle(&mut self, msg: MySubscriptions, _: &mut Context<Self>) -> Self::Result {
         msg.principal.require_any(&[Role::Consumer])?;
         Ok(self
-            .book
+            .book()
             .topics_of(&msg.principal.name)
             .into_iter()
             .collect())
@@ -486,7 +494,7 @@ impl Handler<ListSubscriptions> for Subscriptions {
 
     fn handle(&mut self, msg: ListSubscriptions, _: &mut Context<Self>) -> Self::Result {
         msg.principal.require_any(&[Role::Admin])?;
-        Ok(self.book.list(msg.topic.as_deref()))
+        Ok(self.book().list(msg.topic.as_deref()))
     }
 }
 
@@ -505,7 +513,7 @@ impl Handler<OpenFeed> for Subscriptions {
         if !running {
             let consumer = Consumer::new(
                 &user,
-                self.book.topics_of(&user),
+                self.book().topics_of(&user),
                 &self.kafka,
                 self.settings.clone(),
                 ctx.address().recipient(),

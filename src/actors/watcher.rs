@@ -6,7 +6,8 @@
 //! moment a topic turns active. On an interval it also reconciles with Kafka's own metadata
 //! (Klaw's sync view): managed topics missing in Kafka, topics in Kafka that KafFlow does not
 //! manage, and managed topics whose partitions or config differ. Each change in that picture
-//! is recorded as a `drift_detected` or `drift_resolved` event.
+//! is recorded as a `drift_detected` or `drift_resolved` event, through the watcher's journal:
+//! the drift book changes only by applying those events, once they are committed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use serde::Serialize;
 
-use super::event_store::{Append, Committed, EventStore};
+use super::event_store::{Committed, EventStore};
+use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use super::publisher::{Publisher, SetRoute};
 use super::registry::{ListTopics, Registry, RouteOf, Topic, TopicStatus, SYSTEM};
 use crate::events::{EventKind, NewEvent};
@@ -52,6 +54,12 @@ pub struct ConfigDiff {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DriftBook(BTreeMap<(String, String), String>);
 
+impl Journaled for DriftBook {
+    fn apply(&mut self, event: &NewEvent) {
+        DriftBook::apply(self, event);
+    }
+}
+
 impl DriftBook {
     pub fn apply(&mut self, event: &NewEvent) {
         let Some(topic) = &event.topic else { return };
@@ -84,11 +92,10 @@ struct Reconciled(DriftReport);
 pub struct Watcher {
     registry: Addr<Registry>,
     publisher: Addr<Publisher>,
-    event_store: Addr<EventStore>,
     admin: Arc<AdminClient<DefaultClientContext>>,
     interval: Duration,
     report: DriftReport,
-    book: DriftBook,
+    journal: Journal<DriftBook>,
     reconciling: bool,
 }
 
@@ -104,13 +111,20 @@ impl Watcher {
         Watcher {
             registry,
             publisher,
-            event_store,
             admin: Arc::new(admin),
             interval,
             report: DriftReport::default(),
-            book,
+            journal: Journal::new(Owner::Watcher, book, event_store),
             reconciling: false,
         }
+    }
+}
+
+impl Journaling for Watcher {
+    type State = DriftBook;
+
+    fn journal(&mut self) -> &mut Journal<DriftBook> {
+        &mut self.journal
     }
 }
 
@@ -122,13 +136,9 @@ impl Actor for Watcher {
     }
 }
 
+/// Governance events are the ones that can change where a topic's records go.
 fn changes_route(kind: &EventKind) -> bool {
-    !matches!(
-        kind,
-        EventKind::HeldDiscarded { .. }
-            | EventKind::DriftDetected { .. }
-            | EventKind::DriftResolved { .. }
-    )
+    journal::owner(kind) == Owner::Registry
 }
 
 impl Handler<Committed> for Watcher {
@@ -138,7 +148,7 @@ impl Handler<Committed> for Watcher {
         let mut topics: Vec<String> = msg
             .0
             .iter()
-            .filter(|e| changes_route(&e.body.kind) && e.body.request_id.is_some())
+            .filter(|e| changes_route(&e.body.kind))
             .filter_map(|e| e.body.topic.clone())
             .collect();
         topics.dedup();
@@ -234,7 +244,12 @@ impl Handler<Reconciled> for Watcher {
         if report.checked_at.is_none() {
             return;
         }
-        let before = std::mem::take(&mut self.book.0);
+        let Ok(book) = self.journal.staged() else {
+            // A drift commit failed and is being cleared: the next reconciliation records it.
+            self.report = report;
+            return;
+        };
+        let before = &book.0;
         let after = drift_items(&report);
         let mut events = Vec::new();
         for ((drift, topic), detail) in &after {
@@ -256,24 +271,16 @@ impl Handler<Reconciled> for Watcher {
         }
         self.report = report;
         if events.is_empty() {
-            self.book = DriftBook(after);
             return;
         }
         tracing::info!(changes = events.len(), "Drift with Kafka changed.");
-        // The book follows the log: only a committed change counts as recorded, so a failed
-        // append is tried again at the next reconciliation.
-        let append = self.event_store.send(Append(events));
-        ctx.wait(
-            append
-                .into_actor(self)
-                .map(move |result, act, _| match result {
-                    Ok(Ok(_)) => act.book = DriftBook(after),
-                    _ => {
-                        tracing::warn!("Drift events not recorded; will retry.");
-                        act.book = DriftBook(before);
-                    }
-                }),
-        );
+        // The book follows the log: a change that fails to commit is not in it, so the next
+        // reconciliation records it again.
+        journal::persist(self, ctx, events, |_, result| {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "Drift events not recorded; will retry.");
+            }
+        });
     }
 }
 

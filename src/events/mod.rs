@@ -8,4 +8,7 @@ mod event;
 mod store;
 
 pub use event::{Event, EventKind, NewEvent, TopicSpec, EVENT_VERSION};
-pub use store::{verify, AuditPage, AuditQuery, ChainHead, Durability, Store, StoreError, Writer};
+pub use store::{
+    verify, AuditPage, AuditQuery, ChainHead, Durability, Store, StoreError, Stream, Writer,
+    WriterThread,
+};

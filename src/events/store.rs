@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -37,8 +38,55 @@ pub enum StoreError {
     Corrupt { seq: u64, reason: String },
     #[error("event log commit failed: {0}")]
     Commit(String),
+    /// The disk is full: the batch was rolled back; a later commit succeeds once space is freed.
+    #[error("event log: the disk is full ({0})")]
+    Full(String),
+    /// An earlier batch of the same stream failed after this one was staged against it, so it
+    /// was not written (see `Stream`).
+    #[error("event log: an earlier commit of this stream failed")]
+    Superseded,
     #[error("event log writer has stopped")]
     WriterGone,
+    #[error("cannot start the event log writer: {0}")]
+    WriterStart(std::io::Error),
+}
+
+/// Who appends a job, and in which generation of its staged state.
+///
+/// An event-sourced actor checks each command against its committed state plus the events it
+/// has in flight. If one of its batches fails, every later batch it sent before learning of it
+/// was checked against events that will never exist; the writer refuses those (`Superseded`)
+/// until the actor comes back with a newer generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Stream {
+    pub name: &'static str,
+    pub generation: u64,
+}
+
+impl StoreError {
+    /// A commit error from SQLite, told apart: a full disk is a condition to wait out.
+    fn from_commit(error: &StoreError) -> StoreError {
+        let full = match error {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        };
+        if full {
+            StoreError::Full(error.to_string())
+        } else {
+            StoreError::Commit(error.to_string())
+        }
+    }
+
+    /// A failed commit that says nothing about later ones: they are refused or retried, the
+    /// process goes on.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Commit(_) | StoreError::Full(_) | StoreError::Superseded
+        )
+    }
 }
 
 /// How hard each commit is pushed to disk (SQLite's `synchronous` in WAL mode).
@@ -211,31 +259,42 @@ impl Store {
         &self.path
     }
 
+    /// Caps the log's size in pages, so that tests can make a commit fail as on a full disk.
+    #[cfg(test)]
+    pub(crate) fn limit_pages(&self, pages: u32) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "max_page_count", pages)?;
+        Ok(())
+    }
+
     /// Reads the whole log in seq order, checking the hash chain, and hands each event to
     /// `apply`. Stops at the first bad row with an error naming its seq.
     pub fn replay(&self, mut apply: impl FnMut(Event)) -> Result<ChainHead, StoreError> {
         replay_rows(&self.conn, &mut apply)
     }
 
-    /// Starts the writer thread that owns the connection from now on.
-    pub fn into_writer(self, head: ChainHead) -> Writer {
+    /// Starts the writer thread that owns the connection from now on. The thread ends once
+    /// every `Writer` clone is dropped and the last batch is committed; `WriterThread::join`
+    /// waits for that.
+    pub fn into_writer(self, head: ChainHead) -> Result<(Writer, WriterThread), StoreError> {
         let (tx, rx) = mpsc::channel::<AppendJob>();
         let path = self.path.clone();
         let conn = self.conn;
         let observers = Observers::default();
         let told = observers.clone();
-        thread::Builder::new()
+        let handle = thread::Builder::new()
             .name("event-writer".into())
             .spawn(move || {
                 write_loop(conn, head, rx, &told);
             })
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "Cannot start the event writer."));
-        Writer {
-            tx,
-            path,
-            observers,
-        }
+            .map_err(StoreError::WriterStart)?;
+        Ok((
+            Writer {
+                tx,
+                path,
+                observers,
+            },
+            WriterThread(handle),
+        ))
     }
 }
 
@@ -271,8 +330,22 @@ pub fn verify(data_dir: &Path) -> Result<ChainHead, StoreError> {
     replay_rows(&conn, &mut |_| {})
 }
 
+/// The writer thread; joined at shutdown so the last commit is on disk before `serve` returns.
+pub struct WriterThread(thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits until the writer has committed its last batch and closed the log. Every `Writer`
+    /// must be dropped first, or this waits for ever.
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("The event writer thread panicked.");
+        }
+    }
+}
+
 struct AppendJob {
     events: Vec<NewEvent>,
+    stream: Option<Stream>,
     reply: oneshot::Sender<Result<Vec<Event>, StoreError>>,
 }
 
@@ -308,8 +381,22 @@ impl Writer {
         &self,
         events: Vec<NewEvent>,
     ) -> oneshot::Receiver<Result<Vec<Event>, StoreError>> {
+        self.append_to(None, events)
+    }
+
+    /// Like `append`, for a stream whose batches depend on each other (see `Stream`).
+    pub fn append_to(
+        &self,
+        stream: Option<Stream>,
+        events: Vec<NewEvent>,
+    ) -> oneshot::Receiver<Result<Vec<Event>, StoreError>> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(job)) = self.tx.send(AppendJob { events, reply }) {
+        let job = AppendJob {
+            events,
+            stream,
+            reply,
+        };
+        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
             let _ = job.reply.send(Err(StoreError::WriterGone));
         }
         rx
@@ -338,17 +425,29 @@ fn write_loop(
     observers: &Observers,
 ) -> u64 {
     let mut commits = 0;
+    // Per stream, the newest generation that had a batch fail: its later batches are refused.
+    let mut failed: HashMap<&'static str, u64> = HashMap::new();
+    let superseded = |job: &AppendJob, failed: &HashMap<&'static str, u64>| {
+        job.stream
+            .is_some_and(|s| failed.get(s.name).is_some_and(|&g| s.generation <= g))
+    };
     while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        let mut count = jobs[0].events.len();
-        while count < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => {
-                    count += job.events.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
+        let mut jobs = Vec::new();
+        let mut count = 0;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            if superseded(&job, &failed) {
+                let _ = job.reply.send(Err(StoreError::Superseded));
+            } else {
+                count += job.events.len();
+                jobs.push(job);
             }
+            if count < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if jobs.is_empty() {
+            continue;
         }
         match commit_batch(&mut conn, &head, &jobs) {
             Ok((new_head, written)) => {
@@ -367,10 +466,19 @@ fn write_loop(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, events = count, "Event commit failed.");
-                let message = e.to_string();
+                let e = StoreError::from_commit(&e);
+                tracing::error!(error = %e, events = count, "Event commit failed; nothing of the batch was written.");
                 for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Commit(message.clone())));
+                    if let Some(stream) = job.stream {
+                        let newest = failed.entry(stream.name).or_insert(stream.generation);
+                        *newest = (*newest).max(stream.generation);
+                    }
+                    let again = match &e {
+                        StoreError::Full(m) => StoreError::Full(m.clone()),
+                        StoreError::Commit(m) => StoreError::Commit(m.clone()),
+                        other => StoreError::Commit(other.to_string()),
+                    };
+                    let _ = job.reply.send(Err(again));
                 }
             }
         }
@@ -544,7 +652,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), Durability::Normal).expect("open");
         let head = store.replay(|_| {}).expect("replay");
-        let writer = store.into_writer(head);
+        let (writer, _thread) = store.into_writer(head).expect("writer");
         let pending: Vec<_> = (0..50)
             .map(|n| writer.append(vec![event(n), event(n + 100)]))
             .collect();
@@ -573,6 +681,7 @@ mod tests {
                 let (reply, done) = oneshot::channel();
                 tx.send(AppendJob {
                     events: vec![event(n)],
+                    stream: None,
                     reply,
                 })
                 .expect("queued");
@@ -609,7 +718,7 @@ mod tests {
     async fn tampering_is_caught_at_its_seq() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), Durability::Normal).expect("open");
-        let writer = store.into_writer(ChainHead::default());
+        let (writer, _thread) = store.into_writer(ChainHead::default()).expect("writer");
         writer
             .append((0..5).map(event).collect())
             .await
@@ -645,7 +754,7 @@ mod tests {
     async fn audit_pages_and_filters() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), Durability::Normal).expect("open");
-        let writer = store.into_writer(ChainHead::default());
+        let (writer, _thread) = store.into_writer(ChainHead::default()).expect("writer");
         writer
             .append((0..10).map(event).collect())
             .await
@@ -681,5 +790,42 @@ mod tests {
         .expect("query");
         assert_eq!(one.events.len(), 1);
         assert_eq!(one.events[0].data["reason"], "r3");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_supersedes_the_later_ones_of_its_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        // Room for small events only: a large one fails as on a full disk.
+        store.limit_pages(24).expect("limit");
+        let (writer, _thread) = store.into_writer(ChainHead::default()).expect("writer");
+        let stream = |name, generation| Some(Stream { name, generation });
+        let big = NewEvent::now(
+            "alice",
+            Some("big"),
+            None,
+            EventKind::RequestRejected {
+                reason: "x".repeat(512 * 1024),
+            },
+        );
+        // Queued back to back: the second was staged on top of the first.
+        let first = writer.append_to(stream("s", 0), vec![big]);
+        let second = writer.append_to(stream("s", 0), vec![event(1)]);
+        let other = writer.append_to(stream("t", 0), vec![event(2)]);
+        assert!(matches!(first.await.expect("reply"), Err(StoreError::Full(_))));
+        match second.await.expect("reply") {
+            // Either refused on its own, or it shared the failed batch.
+            Err(StoreError::Superseded | StoreError::Full(_)) => {}
+            other => panic!("a batch staged on a failed one must not commit: {other:?}"),
+        }
+        let _ = other.await.expect("reply");
+        let next = writer
+            .append_to(stream("s", 1), vec![event(3)])
+            .await
+            .expect("reply")
+            .expect("a newer generation commits once space allows");
+        let head = verify(dir.path()).expect("chain");
+        assert_eq!(head.seq, next[0].seq);
+        assert_eq!(next[0].body.topic.as_deref(), Some("t3"));
     }
 }
