@@ -176,6 +176,8 @@ pub async fn serve(
         registry.clone(),
         config.kafka.clone(),
         config.feeds.clone(),
+        coordinator.shutdown(),
+        coordinator.guard(),
     )
     .start();
     let provisioner = Provisioner::new(&config.kafka, registry.clone())?.start();
@@ -217,6 +219,8 @@ pub async fn serve(
         principals.clone(),
         config.publisher.max_record_bytes,
         ingest,
+        coordinator.shutdown(),
+        coordinator.guard(),
     )
     .start();
 
@@ -236,6 +240,8 @@ pub async fn serve(
         listener: listener_actor,
         publisher,
         watcher,
+        shutdown: coordinator.shutdown(),
+        feeds_done: coordinator.guard(),
     };
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "KafFlow listening.");
     on_listening(Bound {
@@ -260,7 +266,10 @@ pub async fn serve(
     };
     let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
     let started = std::time::Instant::now();
-    tracing::info!(timeout_ms = timeout.as_millis() as u64, "Shutting down: no new work, answering what was accepted.");
+    tracing::info!(
+        timeout_ms = timeout.as_millis() as u64,
+        "Shutting down: no new work, answering what was accepted."
+    );
     if !coordinator.finish(timeout).await {
         tracing::warn!("Shutdown timeout passed with work still in flight; stopping anyway.");
     }
@@ -275,6 +284,9 @@ pub async fn serve(
     {
         tracing::warn!("The event writer did not finish in time.");
     }
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "Shut down.");
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Shut down."
+    );
     outcome
 }

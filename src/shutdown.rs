@@ -1,7 +1,7 @@
 //! One shutdown for every task, the mini-redis way.
 //!
 //! `serve` owns a `Coordinator`. Every task that accepts work (the HTTP server, the TCP ingest
-//! listener, each feed, the publisher, the consumers) holds a `Shutdown`, which resolves once
+//! listener and its connections, each feed) holds a `Shutdown`, which resolves once
 //! shutdown begins, and a `Guard`, which it drops only after it has answered the last piece of
 //! work it accepted. `serve` begins the shutdown, then waits until every guard is gone (or the
 //! configured timeout passes).
@@ -11,39 +11,26 @@
 
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
 
 use crate::events::StoreError;
 
-/// Resolves once shutdown has begun. Cheap to clone; each clone sees the signal.
-#[derive(Debug)]
+/// Resolves once shutdown has begun. Cheap to clone; every clone, even one made after the
+/// signal, sees it (a watch, not a broadcast that a late subscriber would miss).
+#[derive(Debug, Clone)]
 pub struct Shutdown {
-    is_shutdown: bool,
-    notify: broadcast::Receiver<()>,
+    notify: watch::Receiver<bool>,
 }
 
 impl Shutdown {
     pub fn is_shutdown(&self) -> bool {
-        self.is_shutdown
+        *self.notify.borrow()
     }
 
-    /// Waits for the shutdown signal (returns at once if it was already seen).
+    /// Waits for the shutdown signal (returns at once if it was already given).
     pub async fn recv(&mut self) {
-        if self.is_shutdown {
-            return;
-        }
-        // Closed or lagged both mean the coordinator has signalled or is gone.
-        let _ = self.notify.recv().await;
-        self.is_shutdown = true;
-    }
-}
-
-impl Clone for Shutdown {
-    fn clone(&self) -> Self {
-        Shutdown {
-            is_shutdown: self.is_shutdown,
-            notify: self.notify.resubscribe(),
-        }
+        // An error means the coordinator is gone, which is a shutdown too.
+        let _ = self.notify.wait_for(|&stopping| stopping).await;
     }
 }
 
@@ -77,7 +64,7 @@ impl Fatal {
 
 /// Owned by `serve`: hands out `Shutdown`s, `Guard`s and the `Fatal` reporter.
 pub struct Coordinator {
-    notify: broadcast::Sender<()>,
+    notify: watch::Sender<bool>,
     done_tx: mpsc::Sender<()>,
     done_rx: mpsc::Receiver<()>,
     fatal_tx: mpsc::UnboundedSender<FatalError>,
@@ -86,7 +73,7 @@ pub struct Coordinator {
 
 impl Default for Coordinator {
     fn default() -> Self {
-        let (notify, _) = broadcast::channel(1);
+        let (notify, _) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel(1);
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
         Coordinator {
@@ -102,7 +89,6 @@ impl Default for Coordinator {
 impl Coordinator {
     pub fn shutdown(&self) -> Shutdown {
         Shutdown {
-            is_shutdown: false,
             notify: self.notify.subscribe(),
         }
     }
@@ -133,7 +119,7 @@ impl Coordinator {
             mut done_rx,
             ..
         } = self;
-        let _ = notify.send(());
+        notify.send_replace(true);
         drop(done_tx);
         tokio::time::timeout(timeout, done_rx.recv()).await.is_ok()
     }
@@ -150,6 +136,9 @@ mod tests {
         let guard = coordinator.guard();
         let task = tokio::spawn(async move {
             shutdown.recv().await;
+            // A clone made after the signal sees it too.
+            let late = shutdown.clone();
+            assert!(late.is_shutdown());
             // The last acknowledgement goes out after the signal.
             tokio::time::sleep(Duration::from_millis(50)).await;
             drop(guard);

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{FeedConfig, KafkaConfig};
 use crate::error::{Error, Result};
+use crate::shutdown::Guard;
 
 /// Prefix of the consumer group of each user.
 pub const GROUP_PREFIX: &str = "kafflow.user.";
@@ -284,6 +285,9 @@ pub struct Consumer {
     ops: mpsc::UnboundedSender<KafkaOp>,
     /// The rdkafka client and the op queue, until `started` hands them to the reader task.
     reader: Option<(StreamConsumer, mpsc::UnboundedReceiver<KafkaOp>)>,
+    /// Held by the reader task until the client is closed (its last offsets committed), so
+    /// that a shutdown waits for it.
+    done: Option<Guard>,
     directory: Recipient<FeedClosed>,
     topics: BTreeSet<String>,
     /// Assigned topics and the epoch of their assignment; empty while there is no feed.
@@ -315,6 +319,7 @@ impl Consumer {
         kafka: &KafkaConfig,
         settings: FeedConfig,
         directory: Recipient<FeedClosed>,
+        done: Guard,
     ) -> Result<Consumer> {
         let mut config = crate::kafka::client_config(kafka);
         config
@@ -345,6 +350,7 @@ impl Consumer {
             settings,
             ops,
             reader: Some((client, ops_rx)),
+            done: Some(done),
             directory,
             topics,
             assigned: HashMap::new(),
@@ -581,7 +587,7 @@ impl Actor for Consumer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some((client, ops)) = self.reader.take() {
-            actix::spawn(read(client, ops, ctx.address()));
+            actix::spawn(read(client, ops, ctx.address(), self.done.take()));
         }
         let every = Duration::from_millis((self.settings.stall_timeout_ms / 4).clamp(50, 250));
         ctx.run_interval(every, |act, _| {
@@ -828,6 +834,7 @@ async fn read(
     client: StreamConsumer,
     mut ops: mpsc::UnboundedReceiver<KafkaOp>,
     actor: Addr<Consumer>,
+    done: Option<Guard>,
 ) {
     let client = Arc::new(client);
     let mut epoch = 0;
@@ -897,8 +904,9 @@ async fn read(
             }
         }
     }
-    // Closing a consumer blocks until librdkafka lets go of it.
-    tokio::task::spawn_blocking(move || drop(client));
+    // Closing a consumer blocks until librdkafka lets go of it, after the commits in flight.
+    let _ = tokio::task::spawn_blocking(move || drop(client)).await;
+    drop(done);
 }
 
 fn fetched(message: &BorrowedMessage<'_>) -> Fetched {

@@ -209,12 +209,16 @@ pub fn persist<A: Journaling>(
         done(&journal.committed, Err(refusal.error()));
         return;
     }
-    if events.is_empty() && journal.in_flight.is_empty() {
-        done(&journal.committed, Ok(()));
+    if events.is_empty() {
+        settled(actor, move |state| done(state, Ok(())));
         return;
     }
     for event in &events {
-        debug_assert_eq!(owner(&event.kind), journal.owner, "an actor writes its own events");
+        debug_assert_eq!(
+            owner(&event.kind),
+            journal.owner,
+            "an actor writes its own events"
+        );
         journal.staged.apply(event);
     }
     let ticket = journal.next_ticket;
@@ -237,6 +241,26 @@ pub fn persist<A: Journaling>(
         };
         act.journal().settle(ticket, result);
     }));
+}
+
+/// Calls `then` with the committed state once every batch in flight now has settled. A reader
+/// told of a commit by the log (a follower) asks through this, so that its answer includes
+/// that commit even if the owner has not settled it yet.
+pub fn settled<A: Journaling>(actor: &mut A, then: impl FnOnce(&A::State) + 'static) {
+    let journal = actor.journal();
+    if journal.in_flight.is_empty() {
+        then(&journal.committed);
+        return;
+    }
+    let ticket = journal.next_ticket;
+    journal.next_ticket += 1;
+    // A barrier: nothing to write, settled as soon as everything before it is.
+    journal.in_flight.push_back(InFlight {
+        ticket,
+        events: Vec::new(),
+        outcome: Some(Ok(())),
+        done: Box::new(move |state, _| then(state)),
+    });
 }
 
 #[cfg(test)]
@@ -340,7 +364,11 @@ mod tests {
         let (staged_b, committed_b, result_b) = b.expect("alive");
         assert!(result_a.is_ok() && result_b.is_ok());
         assert_eq!(staged_a, vec!["a"]);
-        assert_eq!(staged_b, vec!["a", "b"], "staged state sees in-flight events");
+        assert_eq!(
+            staged_b,
+            vec!["a", "b"],
+            "staged state sees in-flight events"
+        );
         assert_eq!(committed_a, vec!["a"], "answered with a's commit applied");
         assert_eq!(committed_b, vec!["a", "b"]);
     }
@@ -372,7 +400,11 @@ mod tests {
             .await
             .expect("alive");
         assert!(result.is_ok(), "{result:?}");
-        assert_eq!(staged, vec!["small"], "the failed event is gone from staged");
+        assert_eq!(
+            staged,
+            vec!["small"],
+            "the failed event is gone from staged"
+        );
         assert_eq!(committed, vec!["small"]);
         assert_eq!(crate::events::verify(dir.path()).expect("chain").seq, 1);
     }
@@ -381,6 +413,9 @@ mod tests {
     fn every_kind_has_one_owner() {
         assert_eq!(owner(&EventKind::Subscribed {}), Owner::Subscriptions);
         assert_eq!(owner(&EventKind::RequestWithdrawn {}), Owner::Registry);
-        assert_eq!(owner(&EventKind::HeldDiscarded { count: 1 }), Owner::Publisher);
+        assert_eq!(
+            owner(&EventKind::HeldDiscarded { count: 1 }),
+            Owner::Publisher
+        );
     }
 }

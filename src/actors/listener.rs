@@ -7,6 +7,9 @@
 //! `OK <n>` whenever the first n accepted records of the connection are durable (at least
 //! every 100 ms while records flow), and `ERR <line> <code> <message>` for a line it refuses,
 //! without closing the connection. Lines are numbered from 1, the AUTH line included.
+//!
+//! On shutdown the TCP listener stops accepting, each connection stops reading, answers every
+//! line it has read (its final `OK n`, or `ERR`s) and closes; the shutdown waits for that.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +25,7 @@ use super::publisher::{Publish, Publisher, Receipt};
 use crate::error::{Error, Result};
 use crate::identity::{Directory, Principal, Role};
 use crate::record::{Record, RecordIn};
+use crate::shutdown::{Guard, Shutdown};
 
 /// Records gathered from one connection before they are handed on together.
 const TCP_BATCH: usize = 2000;
@@ -53,6 +57,8 @@ pub struct Listener {
     principals: Arc<Directory>,
     max_record_bytes: usize,
     tcp: Option<TcpListener>,
+    shutdown: Shutdown,
+    guard: Option<Guard>,
 }
 
 impl Listener {
@@ -62,6 +68,8 @@ impl Listener {
         principals: Arc<Directory>,
         max_record_bytes: usize,
         tcp: TcpListener,
+        shutdown: Shutdown,
+        guard: Guard,
     ) -> Self {
         Listener {
             publisher,
@@ -69,6 +77,8 @@ impl Listener {
             principals,
             max_record_bytes,
             tcp: Some(tcp),
+            shutdown,
+            guard: Some(guard),
         }
     }
 }
@@ -77,11 +87,15 @@ impl Actor for Listener {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        let Some(tcp) = self.tcp.take() else { return };
+        let (Some(tcp), Some(guard)) = (self.tcp.take(), self.guard.take()) else {
+            return;
+        };
         let ingest = Ingest {
             publisher: self.publisher.clone(),
             principals: self.principals.clone(),
             max_record_bytes: self.max_record_bytes,
+            shutdown: self.shutdown.clone(),
+            _guard: guard,
         };
         // Parsing lines is the CPU-heavy part of ingest: it runs on a thread of its own, beside
         // the actors, and hands whole batches to the publisher.
@@ -185,6 +199,10 @@ struct Ingest {
     publisher: Addr<Publisher>,
     principals: Arc<Directory>,
     max_record_bytes: usize,
+    shutdown: Shutdown,
+    /// Held (never read) by the accept loop and every connection until its last line is
+    /// answered.
+    _guard: Guard,
 }
 
 /// One group of records handed to the publisher, with the line numbers they came from.
@@ -216,6 +234,8 @@ impl Reply {
 }
 
 impl Ingest {
+    /// Accepts connections until shutdown, then waits for every connection to finish (the
+    /// runtime that runs this ends when it returns).
     async fn accept_loop(self, listener: std::net::TcpListener) {
         let tcp = match TcpListener::from_std(listener) {
             Ok(tcp) => tcp,
@@ -224,12 +244,20 @@ impl Ingest {
                 return;
             }
         };
+        let mut shutdown = self.shutdown.clone();
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            match tcp.accept().await {
+            let accepted = tokio::select! {
+                accepted = tcp.accept() => accepted,
+                _ = shutdown.recv() => break,
+            };
+            // Reap finished connections so the set stays small.
+            while connections.try_join_next().is_some() {}
+            match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let ingest = self.clone();
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         if let Err(e) = ingest.connection(stream).await {
                             tracing::debug!(%peer, error = %e, "Ingest connection ended.");
                         }
@@ -241,6 +269,12 @@ impl Ingest {
                 }
             }
         }
+        drop(tcp);
+        tracing::info!(
+            open = connections.len(),
+            "TCP ingest stopped accepting; finishing open connections."
+        );
+        while connections.join_next().await.is_some() {}
     }
 
     async fn connection(self, stream: TcpStream) -> std::io::Result<()> {
@@ -264,7 +298,12 @@ impl Ingest {
 
         let max_line = self.max_record_bytes * 2 + 64 * 1024;
         let mut line = Vec::with_capacity(1024);
-        let principal = match read_line(&mut reader, &mut line, max_line).await? {
+        let mut shutdown = self.shutdown.clone();
+        let first = tokio::select! {
+            read = read_line(&mut reader, &mut line, max_line) => read?,
+            _ = shutdown.recv() => LineRead::Eof,
+        };
+        let principal = match first {
             LineRead::Line => self.authenticate(&line),
             LineRead::Eof => return Ok(()),
             LineRead::TooLong => Err(Error::InvalidRecord("line too long".into())),
@@ -289,7 +328,12 @@ impl Ingest {
         let mut line_no = 1u64;
         let mut batch = Batch::default();
         loop {
-            let read = read_line(&mut reader, &mut line, max_line).await?;
+            // At shutdown, a line not read whole is not accepted: the client's last `OK n`
+            // says which lines are durable.
+            let read = tokio::select! {
+                read = read_line(&mut reader, &mut line, max_line) => read?,
+                _ = shutdown.recv() => LineRead::Eof,
+            };
             if matches!(read, LineRead::Eof) {
                 break;
             }

@@ -207,8 +207,9 @@ enum DescribeError {
 async fn describe(admin: &Admin, topic: &str) -> Result<Option<TopicShape>, DescribeError> {
     let admin = admin.clone();
     let topic = topic.to_string();
-    let read =
-        tokio::task::spawn_blocking(move || kafka::describe_topic(&admin, &topic, METADATA_TIMEOUT));
+    let read = tokio::task::spawn_blocking(move || {
+        kafka::describe_topic(&admin, &topic, METADATA_TIMEOUT)
+    });
     Ok(read.await??)
 }
 

@@ -629,6 +629,7 @@ pub struct GetTopic(pub String);
 #[rtype(result = "Vec<Topic>")]
 pub struct ListTopics;
 
+/// Where records for a topic go now, including every commit made before the question.
 #[derive(Message)]
 #[rtype(result = "TopicRoute")]
 pub struct RouteOf(pub String);
@@ -731,10 +732,15 @@ impl Handler<ListTopics> for Registry {
 }
 
 impl Handler<RouteOf> for Registry {
-    type Result = MessageResult<RouteOf>;
+    type Result = ResponseFuture<TopicRoute>;
 
+    /// Asked by the watcher right after a commit: answered once that commit is settled here.
     fn handle(&mut self, msg: RouteOf, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state().route_of(&msg.0))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        journal::settled(self, move |state| {
+            let _ = reply.send(state.route_of(&msg.0));
+        });
+        Box::pin(async move { answer.await.unwrap_or(TopicRoute::Unknown) })
     }
 }
 

@@ -34,6 +34,7 @@ use crate::config::{FeedConfig, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent};
 use crate::identity::{Principal, Role};
+use crate::shutdown::{Guard, Shutdown};
 
 /// The `unsubscribed` reason when the user asked.
 pub const REASON_USER: &str = "user";
@@ -242,6 +243,10 @@ pub struct Subscriptions {
     settings: FeedConfig,
     consumers: HashMap<String, Live>,
     generations: u64,
+    shutdown: Shutdown,
+    /// Cloned into every consumer, so that a shutdown waits for their last commits; dropped
+    /// itself when the shutdown begins.
+    consumers_done: Option<Guard>,
 }
 
 impl Subscriptions {
@@ -251,6 +256,8 @@ impl Subscriptions {
         registry: Addr<Registry>,
         kafka: KafkaConfig,
         settings: FeedConfig,
+        shutdown: Shutdown,
+        consumers_done: Guard,
     ) -> Self {
         Subscriptions {
             journal: Journal::new(Owner::Subscriptions, book, store.clone()),
@@ -260,6 +267,8 @@ impl Subscriptions {
             settings,
             consumers: HashMap::new(),
             generations: 0,
+            shutdown,
+            consumers_done: Some(consumers_done),
         }
     }
 
@@ -398,6 +407,19 @@ impl Actor for Subscriptions {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.store.do_send(Follow(ctx.address().recipient()));
+        // At shutdown every consumer stops now, committing what its feeds delivered.
+        let mut shutdown = self.shutdown.clone();
+        ctx.spawn(
+            async move { shutdown.recv().await }
+                .into_actor(self)
+                .map(|(), act, _| {
+                    act.consumers_done = None;
+                    for (user, live) in act.consumers.drain() {
+                        tracing::debug!(%user, "Stopping consumer for shutdown.");
+                        live.addr.do_send(Stop);
+                    }
+                }),
+        );
         // A deletion committed just before a crash may have left subscriptions behind.
         let registry = self.registry.clone();
         ctx.spawn(
@@ -505,6 +527,9 @@ impl Handler<OpenFeed> for Subscriptions {
         if let Err(e) = msg.principal.require_any(&[Role::Consumer]) {
             return Box::pin(async move { Err(e) });
         }
+        let Some(done) = self.consumers_done.clone() else {
+            return Box::pin(async move { Err(Error::Unavailable) });
+        };
         let user = msg.principal.name;
         let running = self
             .consumers
@@ -517,6 +542,7 @@ impl Handler<OpenFeed> for Subscriptions {
                 &self.kafka,
                 self.settings.clone(),
                 ctx.address().recipient(),
+                done,
             );
             let consumer = match consumer {
                 Ok(consumer) => consumer,

@@ -812,7 +812,10 @@ mod tests {
         let first = writer.append_to(stream("s", 0), vec![big]);
         let second = writer.append_to(stream("s", 0), vec![event(1)]);
         let other = writer.append_to(stream("t", 0), vec![event(2)]);
-        assert!(matches!(first.await.expect("reply"), Err(StoreError::Full(_))));
+        assert!(matches!(
+            first.await.expect("reply"),
+            Err(StoreError::Full(_))
+        ));
         match second.await.expect("reply") {
             // Either refused on its own, or it shared the failed batch.
             Err(StoreError::Superseded | StoreError::Full(_)) => {}

@@ -22,11 +22,14 @@ use crate::actors::subscriptions::{
     Unsubscribe,
 };
 use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
 
 /// Most frames written to the socket before one flush.
 const MAX_WRITE_BATCH: usize = 256;
 /// How long a close frame may take to go out before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The websocket close code for a server that is going away (RFC 6455).
+const GOING_AWAY: u16 = 1001;
 /// The subprotocol prefix that carries the token for browsers, which cannot set headers.
 const BEARER_PROTOCOL: &str = "bearer.";
 
@@ -154,7 +157,12 @@ async fn open_feed(
         .subscriptions
         .send(OpenFeed { principal, from })
         .await??;
-    let reply = ws.on_upgrade(move |socket| pump(socket, feed));
+    let shutdown = app.shutdown.clone();
+    let guard = app.feeds_done.clone();
+    let reply = ws.on_upgrade(move |socket| async move {
+        pump(socket, feed, shutdown).await;
+        drop(guard);
+    });
     Ok(match protocol {
         // A browser drops a connection whose server does not pick one of its subprotocols.
         Some(p) => warp::reply::with_header(reply, "sec-websocket-protocol", p).into_response(),
@@ -162,9 +170,9 @@ async fn open_feed(
     })
 }
 
-/// Writes frames to the socket until either side ends the feed. Dropping `feed` at the end
-/// detaches it from the consumer.
-async fn pump(socket: WebSocket, mut feed: FeedHandle) {
+/// Writes frames to the socket until either side ends the feed, or the service shuts down
+/// (close code 1001, going away). Dropping `feed` at the end detaches it from the consumer.
+async fn pump(socket: WebSocket, mut feed: FeedHandle, mut shutdown: Shutdown) {
     let (mut sink, incoming) = socket.split();
     let (gone, mut client_gone) = oneshot::channel();
     // The client's side is read by a task of its own, woken only when the client sends
@@ -174,6 +182,12 @@ async fn pump(socket: WebSocket, mut feed: FeedHandle) {
     loop {
         tokio::select! {
             biased;
+            _ = shutdown.recv() => {
+                let frame = Message::close_with(GOING_AWAY, "KafFlow is shutting down");
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                return;
+            }
             event = feed.next() => match event {
                 FeedEvent::Closed(reason) => return close(sink, &reason).await,
                 FeedEvent::Frame(first) => {

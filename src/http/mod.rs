@@ -55,6 +55,9 @@ pub struct App {
     pub listener: Addr<Listener>,
     pub publisher: Addr<Publisher>,
     pub watcher: Addr<Watcher>,
+    /// Open feeds close with 1001 when it fires, and hold a guard until they have.
+    pub shutdown: crate::shutdown::Shutdown,
+    pub feeds_done: crate::shutdown::Guard,
 }
 
 impl App {

@@ -1530,3 +1530,33 @@ impl Service {
         }
     }
 }
+
+impl Service {
+    /// SIGTERM, then waits up to `timeout` for the process to exit. Returns its status, or
+    /// None if it was still running (it is then SIGKILLed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process again on the same config and data dir, after `terminate`.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+}
