@@ -2,6 +2,9 @@
 //! audit queries run on their own read connections off the actor's thread. Every committed
 //! event is passed on to the actors that follow the log (`Follow`), in seq order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use actix::prelude::*;
 
 use crate::error::{Error, Result};
@@ -11,12 +14,18 @@ use crate::shutdown::{Fatal, FatalError};
 pub struct EventStore {
     writer: Writer,
     fatal: Fatal,
+    /// Whether the last commit failed for lack of disk space (cleared by the next success).
+    disk_full: Arc<AtomicBool>,
 }
 
 impl EventStore {
     /// `fatal` hears when the writer is gone: nothing can be made durable any more.
     pub fn new(writer: Writer, fatal: Fatal) -> Self {
-        EventStore { writer, fatal }
+        EventStore {
+            writer,
+            fatal,
+            disk_full: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     fn commit(
@@ -26,12 +35,16 @@ impl EventStore {
     ) -> ResponseFuture<Result<Vec<Event>, StoreError>> {
         let committed = self.writer.append_to(stream, events);
         let fatal = self.fatal.clone();
+        let disk_full = self.disk_full.clone();
         Box::pin(async move {
             let result = committed.await.unwrap_or(Err(StoreError::WriterGone));
-            if let Err(e) = &result {
-                if !e.is_transient() {
+            match &result {
+                Ok(_) => disk_full.store(false, Ordering::Relaxed),
+                Err(StoreError::Full(_)) => disk_full.store(true, Ordering::Relaxed),
+                Err(e) if !e.is_transient() => {
                     fatal.report(FatalError::Log(StoreError::Commit(e.to_string())));
                 }
+                Err(_) => {}
             }
             result
         })
@@ -65,6 +78,20 @@ pub struct Persist {
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Committed(pub Vec<Event>);
+
+/// Whether the event log can take writes now, for `/readyz`: `false` while the last commit
+/// failed because the disk is full.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct LogWritable;
+
+impl Handler<LogWritable> for EventStore {
+    type Result = bool;
+
+    fn handle(&mut self, _: LogWritable, _: &mut Context<Self>) -> bool {
+        !self.disk_full.load(Ordering::Relaxed)
+    }
+}
 
 /// Stops the actor, dropping its writer handle so the writer thread can finish (shutdown).
 #[derive(Message)]
