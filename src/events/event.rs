@@ -4,8 +4,32 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Version of the `data` layout written with each event. Replay refuses versions it does not know.
-pub const EVENT_VERSION: u32 = 1;
+/// Version of the `data` layout written with each event. Replay reads every older version
+/// through `upcast`, and refuses versions it does not know.
+///
+/// - 1: KafFlow 0.1.
+/// - 2: `held_discarded` names the last spool id it discards (`up_to_id`), because the event
+///   is now committed before the rows are deleted. A version 1 discard was finished before its
+///   event was written, so it reads as `up_to_id: null` (nothing left to finish).
+pub const EVENT_VERSION: u32 = 2;
+
+/// Rewrites the `data` of an event stored at `version` into the current layout. The stored
+/// row (and so its hash) is never changed; only what replay decodes.
+pub(crate) fn upcast(
+    version: u32,
+    kind: &str,
+    mut data: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    if version == 0 || version > EVENT_VERSION {
+        return Err(format!("unknown event version {version}"));
+    }
+    if version < 2 && kind == "held_discarded" {
+        if let Some(fields) = data.as_object_mut() {
+            fields.entry("up_to_id").or_insert(serde_json::Value::Null);
+        }
+    }
+    Ok(data)
+}
 
 /// The shape of a topic as requested and as provisioned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +219,20 @@ mod tests {
             assert_eq!(name, kind.name());
             assert_eq!(EventKind::from_columns(&name, data).expect("parse"), kind);
         }
+    }
+
+    #[test]
+    fn version_1_discards_read_as_finished() {
+        let data = upcast(1, "held_discarded", serde_json::json!({"count": 4})).expect("v1");
+        assert_eq!(data, serde_json::json!({"count": 4, "up_to_id": null}));
+        assert!(EventKind::from_columns("held_discarded", data).is_ok());
+        // Other kinds pass unchanged; versions from the future are refused.
+        let same = serde_json::json!({"reason": "x"});
+        assert_eq!(
+            upcast(1, "request_rejected", same.clone()).expect("v1"),
+            same
+        );
+        assert!(upcast(EVENT_VERSION + 1, "request_rejected", same).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::event::{Event, EventKind, NewEvent, EVENT_VERSION};
+use super::event::{upcast, Event, EventKind, NewEvent, EVENT_VERSION};
 
 /// Migrations, applied in order at startup; the applied version is kept in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_events.sql"))];
@@ -207,11 +207,11 @@ impl Row {
         if self.compute_hash() != self.hash {
             return Err(self.corrupt("hash does not match the event's content (edited?)"));
         }
-        if self.version != i64::from(EVENT_VERSION) {
-            return Err(self.corrupt(format!("unknown event version {}", self.version)));
-        }
+        let version = u32::try_from(self.version)
+            .map_err(|_| self.corrupt(format!("unknown event version {}", self.version)))?;
         let data: serde_json::Value = serde_json::from_str(&self.data)
             .map_err(|e| self.corrupt(format!("data is not JSON: {e}")))?;
+        let data = upcast(version, &self.kind, data).map_err(|e| self.corrupt(e))?;
         let kind = EventKind::from_columns(&self.kind, data)
             .map_err(|e| self.corrupt(format!("cannot decode {} event: {e}", self.kind)))?;
         Ok(NewEvent {
