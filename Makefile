@@ -20,6 +20,14 @@ ui-deps:
 test: kafka-up ui-deps
 	$(CARGO) test --lib --bins --tests -- --test-threads=4
 
+# The parser property tests (`make test` runs 256 cases of each) with many more cases.
+# A failing case is saved under proptest-regressions/ and replayed first from then on.
+FUZZ_CASES ?= 100000
+.PHONY: fuzz
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --lib -- --test-threads=2 \
+	  http:: actors::listener:: config:: record::
+
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.
 bench: kafka-up
 	$(CARGO) bench --bench ingest --bench feed

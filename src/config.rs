@@ -38,6 +38,7 @@ pub struct Config {
     pub watcher: WatcherConfig,
     pub feeds: FeedConfig,
     pub server: ServerConfig,
+    pub limits: Limits,
 }
 
 /// How the service as a whole behaves (`[server]`).
@@ -58,8 +59,137 @@ impl Default for ServerConfig {
     }
 }
 
+/// What one caller may send or hold open. Each limit is refused with a clear error: 413 for
+/// a size, 429 with `Retry-After` for a count, `ERR ... too_many_requests` on TCP.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest JSON body of every route but record ingest.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Largest body of `POST /topics/{name}/records`.
+    #[serde(default = "default_max_ingest_body_bytes")]
+    pub max_ingest_body_bytes: u64,
+    /// Most records in one ingest call.
+    #[serde(default = "default_max_records_per_call")]
+    pub max_records_per_call: usize,
+    /// Largest record (key, value and headers), over HTTP and TCP: the file's
+    /// `limits.max_record_bytes`, or its older name `publisher.max_record_bytes`.
+    #[serde(skip)]
+    pub max_record_bytes: usize,
+    #[serde(default, rename = "max_record_bytes")]
+    pub(crate) max_record_bytes_given: Option<usize>,
+    /// Most headers on one record.
+    #[serde(default = "default_max_headers_per_record")]
+    pub max_headers_per_record: usize,
+    /// Most bytes of names and values of the headers of one HTTP request.
+    #[serde(default = "default_max_request_header_bytes")]
+    pub max_request_header_bytes: usize,
+    /// Most websocket feeds one user has open at once.
+    #[serde(default = "default_max_feeds_per_user")]
+    pub max_feeds_per_user: usize,
+    /// Most TCP ingest connections open at once.
+    #[serde(default = "default_max_tcp_connections")]
+    pub max_tcp_connections: usize,
+    /// Most TCP ingest connections one principal has open at once.
+    #[serde(default = "default_max_tcp_connections_per_principal")]
+    pub max_tcp_connections_per_principal: usize,
+    /// Most HTTP requests handled at once; past it a request is answered 429 at once.
+    #[serde(default = "default_max_concurrent_http_requests")]
+    pub max_concurrent_http_requests: usize,
+    /// The `Retry-After` of a 429 for one of these limits, in seconds.
+    #[serde(default = "default_retry_after_s")]
+    pub retry_after_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body_bytes(),
+            max_ingest_body_bytes: default_max_ingest_body_bytes(),
+            max_records_per_call: default_max_records_per_call(),
+            max_record_bytes: default_max_record_bytes(),
+            max_record_bytes_given: None,
+            max_headers_per_record: default_max_headers_per_record(),
+            max_request_header_bytes: default_max_request_header_bytes(),
+            max_feeds_per_user: default_max_feeds_per_user(),
+            max_tcp_connections: default_max_tcp_connections(),
+            max_tcp_connections_per_principal: default_max_tcp_connections_per_principal(),
+            max_concurrent_http_requests: default_max_concurrent_http_requests(),
+            retry_after_s: default_retry_after_s(),
+        }
+    }
+}
+
 fn default_shutdown_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_max_body_bytes() -> u64 {
+    64 * 1024
+}
+fn default_max_ingest_body_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_max_records_per_call() -> usize {
+    100_000
+}
+fn default_max_headers_per_record() -> usize {
+    64
+}
+fn default_max_request_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_feeds_per_user() -> usize {
+    16
+}
+fn default_max_tcp_connections() -> usize {
+    1024
+}
+fn default_max_tcp_connections_per_principal() -> usize {
+    256
+}
+fn default_max_concurrent_http_requests() -> usize {
+    1024
+}
+fn default_retry_after_s() -> u64 {
+    1
+}
+
+/// Every limit must let at least something through.
+fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
+    let zero = [
+        ("max_body_bytes", limits.max_body_bytes == 0),
+        ("max_ingest_body_bytes", limits.max_ingest_body_bytes == 0),
+        ("max_records_per_call", limits.max_records_per_call == 0),
+        ("max_record_bytes", limits.max_record_bytes == 0),
+        (
+            "max_request_header_bytes",
+            limits.max_request_header_bytes == 0,
+        ),
+        ("max_feeds_per_user", limits.max_feeds_per_user == 0),
+        ("max_tcp_connections", limits.max_tcp_connections == 0),
+        (
+            "max_tcp_connections_per_principal",
+            limits.max_tcp_connections_per_principal == 0,
+        ),
+        (
+            "max_concurrent_http_requests",
+            limits.max_concurrent_http_requests == 0,
+        ),
+    ];
+    if let Some((key, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
+        return Err(ConfigError::Invalid(format!(
+            "limits.{key} must be at least 1"
+        )));
+    }
+    // Tokio's semaphore refuses more permits than this.
+    if limits.max_concurrent_http_requests > tokio::sync::Semaphore::MAX_PERMITS {
+        return Err(ConfigError::Invalid(
+            "limits.max_concurrent_http_requests is too large".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Bounds of the held-record spool; past them ingest answers 429 until space frees.
@@ -95,16 +225,16 @@ pub struct PublisherConfig {
     /// How long Kafka may take to acknowledge a record before it goes to the spool instead.
     #[serde(default = "default_delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
-    /// Largest record value accepted, in bytes.
-    #[serde(default = "default_max_record_bytes")]
-    pub max_record_bytes: usize,
+    /// The older name of `limits.max_record_bytes`, still read.
+    #[serde(default)]
+    pub max_record_bytes: Option<usize>,
 }
 
 impl Default for PublisherConfig {
     fn default() -> Self {
         PublisherConfig {
             delivery_timeout_ms: default_delivery_timeout_ms(),
-            max_record_bytes: default_max_record_bytes(),
+            max_record_bytes: None,
         }
     }
 }
@@ -273,6 +403,8 @@ struct File {
     feeds: FeedConfig,
     #[serde(default)]
     server: ServerConfig,
+    #[serde(default)]
+    limits: Limits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,12 +475,25 @@ impl Config {
                 "watcher.reconcile_interval_ms must be at least 100".into(),
             ));
         }
-        if file.publisher.max_record_bytes == 0 || file.publisher.delivery_timeout_ms == 0 {
+        if file.publisher.delivery_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
-                "publisher.max_record_bytes and publisher.delivery_timeout_ms must be positive"
-                    .into(),
+                "publisher.delivery_timeout_ms must be positive".into(),
             ));
         }
+        let mut limits = file.limits;
+        limits.max_record_bytes = match (
+            limits.max_record_bytes_given,
+            file.publisher.max_record_bytes,
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "give limits.max_record_bytes or publisher.max_record_bytes, not both".into(),
+                ))
+            }
+            (Some(n), None) | (None, Some(n)) => n,
+            (None, None) => default_max_record_bytes(),
+        };
+        validate_limits(&limits)?;
         let principals = validate_principals(file.principals)?;
         Ok(Config {
             listen: overrides
@@ -372,6 +517,7 @@ impl Config {
             watcher: file.watcher,
             feeds: validate_feeds(file.feeds)?,
             server: file.server,
+            limits,
         })
     }
 }
@@ -450,6 +596,147 @@ fn validate_principals(entries: Vec<PrincipalFile>) -> Result<Directory, ConfigE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Every key the file knows, by section ("" for the top level).
+    const KEYS: &[(&str, &str)] = &[
+        ("", "listen"),
+        ("", "ingest_listen"),
+        ("", "data_dir"),
+        ("kafka", "bootstrap_servers"),
+        ("store", "synchronous"),
+        ("policy", "topic_name_pattern"),
+        ("policy", "default_partitions"),
+        ("policy", "max_partitions"),
+        ("policy", "default_replication_factor"),
+        ("policy", "max_replication_factor"),
+        ("spool", "max_records_per_topic"),
+        ("spool", "max_bytes_total"),
+        ("publisher", "delivery_timeout_ms"),
+        ("publisher", "max_record_bytes"),
+        ("watcher", "reconcile_interval_ms"),
+        ("feeds", "buffer_frames"),
+        ("feeds", "stall_timeout_ms"),
+        ("feeds", "idle_consumer_ms"),
+        ("limits", "max_body_bytes"),
+        ("limits", "max_ingest_body_bytes"),
+        ("limits", "max_records_per_call"),
+        ("limits", "max_record_bytes"),
+        ("limits", "max_headers_per_record"),
+        ("limits", "max_request_header_bytes"),
+        ("limits", "max_feeds_per_user"),
+        ("limits", "max_tcp_connections"),
+        ("limits", "max_tcp_connections_per_principal"),
+        ("limits", "max_concurrent_http_requests"),
+        ("limits", "retry_after_s"),
+        ("limits", "unknown_key"),
+        ("server", "shutdown_timeout_ms"),
+    ];
+
+    /// A TOML value of any type, with the numbers that break arithmetic.
+    fn toml_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            prop_oneof![
+                Just(0i64),
+                Just(-1),
+                Just(1),
+                Just(i64::MAX),
+                Just(i64::MIN)
+            ]
+            .prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            ".{0,16}".prop_map(|s| toml::Value::String(s).to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("\"(\"".to_string()),
+            Just("\"127.0.0.1:0\"".to_string()),
+            Just("\"normal\"".to_string()),
+        ]
+    }
+
+    fn edited_config() -> impl Strategy<Value = String> {
+        proptest::collection::vec((proptest::sample::select(KEYS), toml_value()), 0..6).prop_map(
+            |edits| {
+                let mut sections: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+                for ((section, key), value) in edits {
+                    sections
+                        .entry(section)
+                        .or_default()
+                        .push(format!("{key} = {value}"));
+                }
+                let mut text = sections.remove("").unwrap_or_default().join("\n");
+                for (section, lines) in sections {
+                    text.push_str(&format!("\n[{section}]\n{}\n", lines.join("\n")));
+                }
+                text.push_str(&format!(
+                    "\n[[principals]]\nname = \"a\"\nroles = [\"admin\"]\ntoken_sha256 = \"{HASH}\"\n"
+                ));
+                text
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_config_or_an_error(text in ".{0,200}") {
+            let _ = Config::parse(&text, Overrides::default());
+        }
+
+        #[test]
+        fn any_bytes_cut_from_a_config_are_a_config_or_an_error(
+            text in edited_config(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let cut = cut.index(text.len() + 1);
+            let text = text.get(..cut).unwrap_or(&text);
+            let _ = Config::parse(text, Overrides::default());
+        }
+
+        #[test]
+        fn any_edit_is_a_valid_config_or_an_error(text in edited_config()) {
+            if let Ok(config) = Config::parse(&text, Overrides::default()) {
+                let limits = &config.limits;
+                prop_assert!(limits.max_body_bytes >= 1 && limits.max_record_bytes >= 1);
+                prop_assert!(limits.max_concurrent_http_requests >= 1);
+                prop_assert!(config.policy.default_partitions <= config.policy.max_partitions);
+            }
+        }
+    }
+
+    #[test]
+    fn limits_have_safe_defaults_and_the_older_record_key_still_works() {
+        let principal = format!(
+            "[[principals]]\nname = \"a\"\nroles = [\"admin\"]\ntoken_sha256 = \"{HASH}\"\n"
+        );
+        let config = Config::parse(&principal, Overrides::default()).expect("valid");
+        assert_eq!(config.limits.max_record_bytes, 900_000);
+        assert_eq!(config.limits.max_body_bytes, 64 * 1024);
+        let older = format!("[publisher]\nmax_record_bytes = 1000\n{principal}");
+        let config = Config::parse(&older, Overrides::default()).expect("valid");
+        assert_eq!(config.limits.max_record_bytes, 1000);
+        let newer =
+            format!("[limits]\nmax_record_bytes = 2000\nmax_feeds_per_user = 2\n{principal}");
+        let config = Config::parse(&newer, Overrides::default()).expect("valid");
+        assert_eq!(config.limits.max_record_bytes, 2000);
+        assert_eq!(config.limits.max_feeds_per_user, 2);
+        let both = format!(
+            "[publisher]\nmax_record_bytes = 1\n[limits]\nmax_record_bytes = 2\n{principal}"
+        );
+        assert!(Config::parse(&both, Overrides::default()).is_err());
+        for zero in [
+            "max_tcp_connections",
+            "max_concurrent_http_requests",
+            "max_body_bytes",
+        ] {
+            let text = format!("[limits]\n{zero} = 0\n{principal}");
+            assert!(
+                Config::parse(&text, Overrides::default()).is_err(),
+                "{zero} = 0"
+            );
+        }
+    }
 
     const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 

@@ -29,6 +29,9 @@ pub enum Error {
     InvalidJson(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(u64),
+    /// A call carries more of something than one call may (records per call, ...).
+    #[error("{what}: more than the limit of {limit}")]
+    TooLarge { what: &'static str, limit: u64 },
     #[error("invalid record: {0}")]
     InvalidRecord(String),
     #[error("record {index}: {reason}")]
@@ -94,7 +97,7 @@ impl Error {
             Error::InvalidConfig(_) => "invalid_config",
             Error::ReasonRequired => "reason_required",
             Error::InvalidJson(_) => "invalid_json",
-            Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::PayloadTooLarge(_) | Error::TooLarge { .. } => "payload_too_large",
             Error::InvalidRecord(_) | Error::BadRecord { .. } => "invalid_record",
             Error::UnknownTopic(_) => "unknown_topic",
             Error::TopicClosed { .. } => "topic_closed",

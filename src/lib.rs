@@ -217,7 +217,7 @@ pub async fn serve(
         publisher.clone(),
         approval.clone(),
         principals.clone(),
-        config.publisher.max_record_bytes,
+        config.limits.clone(),
         ingest,
         coordinator.shutdown(),
         coordinator.guard(),
@@ -242,6 +242,7 @@ pub async fn serve(
         watcher,
         shutdown: coordinator.shutdown(),
         feeds_done: coordinator.guard(),
+        limits: config.limits.clone(),
     };
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "KafFlow listening.");
     on_listening(Bound {

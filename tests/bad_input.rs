@@ -503,3 +503,752 @@ fn bad_startup_input_is_a_clear_error() {
         problems.join("\n")
     );
 }
+
+// ------------------------------------------------------------------ hostile requests
+
+/// A reply read off the wire as it came, for requests no HTTP library would send.
+#[derive(Debug)]
+struct RawReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn describe(&self) -> String {
+        let body = String::from_utf8_lossy(&self.body);
+        let body: String = body.chars().take(300).collect();
+        format!("{} {body:?}", self.status)
+    }
+}
+
+/// Decodes a chunked body (`Transfer-Encoding: chunked`).
+fn unchunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        body = &body[end + 2..];
+        if size == 0 || body.len() < size {
+            break;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = body.get(size + 2..).unwrap_or_default();
+    }
+    out
+}
+
+/// Sends `request` as it is on a new connection and reads the reply until the server closes.
+/// The request is written by a thread of its own, so a server that answers before reading
+/// all of a large body is still heard.
+fn raw_http(svc: &Service, request: Vec<u8>) -> RawReply {
+    use std::io::{Read, Write};
+    let address = svc.base_url().trim_start_matches("http://").to_string();
+    let stream = std::net::TcpStream::connect(&address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    let mut writer = stream.try_clone().expect("clone stream");
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&request);
+        let _ = writer.flush();
+    });
+    let mut reader = stream;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A reset after the reply: what came is what there is.
+            Err(_) => break,
+        }
+        if reply_complete(&bytes) {
+            break;
+        }
+    }
+    let _ = reader.shutdown(std::net::Shutdown::Both);
+    let _ = sender.join();
+    parse_reply(&bytes).unwrap_or_else(|| {
+        panic!(
+            "no HTTP reply: {:?}\nstderr tail:\n{}",
+            String::from_utf8_lossy(&bytes),
+            svc.stderr_tail()
+        )
+    })
+}
+
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+/// Whether `bytes` hold a whole reply with a Content-Length (so the connection need not close).
+fn reply_complete(bytes: &[u8]) -> bool {
+    let Some(end) = head_end(bytes) else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| bytes.len() >= end + len)
+}
+
+fn parse_reply(bytes: &[u8]) -> Option<RawReply> {
+    let end = head_end(bytes)?;
+    let head = String::from_utf8_lossy(&bytes[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = bytes[end..].to_vec();
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        body = unchunk(&body);
+    }
+    Some(RawReply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One request as bytes: `Connection: close`, a Content-Length when there is a body.
+fn request_bytes(
+    method: &str,
+    target: &[u8],
+    headers: &[(String, Vec<u8>)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: kafflow.test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(body) = body {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(body) = body {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// Events in the log (count and head hash) and rows in the spool: what must not change.
+fn durable_state(svc: &Service) -> ((u64, String), i64) {
+    let (status, stdout, stderr) = common::audit_verify(svc.data_dir());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "audit verify: {stdout} {stderr}"
+    );
+    let log = common::parse_verify_ok(&stdout).unwrap_or_else(|| panic!("verify: {stdout}"));
+    let spool = rusqlite::Connection::open_with_flags(
+        svc.data_dir().join("spool.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open spool.db");
+    let rows: i64 = spool
+        .query_row("SELECT count(*) FROM held", [], |row| row.get(0))
+        .expect("count held rows");
+    (log, rows)
+}
+
+/// A route of the facade, as `src/http` declares it.
+struct Route {
+    method: &'static str,
+    /// `{id}` and `{topic}` are filled in; the last segment is where hostile names go.
+    path: &'static str,
+    authenticated: bool,
+    body: bool,
+    query: bool,
+}
+
+const fn route(method: &'static str, path: &'static str) -> Route {
+    Route {
+        method,
+        path,
+        authenticated: true,
+        body: false,
+        query: false,
+    }
+}
+
+const fn with_body(method: &'static str, path: &'static str) -> Route {
+    Route {
+        body: true,
+        ..route(method, path)
+    }
+}
+
+const fn with_query(method: &'static str, path: &'static str) -> Route {
+    Route {
+        query: true,
+        ..route(method, path)
+    }
+}
+
+const fn open(path: &'static str) -> Route {
+    Route {
+        authenticated: false,
+        ..route("GET", path)
+    }
+}
+
+/// Every route of `src/http` (mod.rs, records.rs, feed.rs, ui.rs).
+const ROUTES: &[Route] = &[
+    open("/healthz"),
+    open("/readyz"),
+    open("/metrics"),
+    open("/"),
+    open("/app.js"),
+    open("/app.css"),
+    with_body("POST", "/api/v1/topic-requests"),
+    with_query("GET", "/api/v1/topic-requests"),
+    route("GET", "/api/v1/topic-requests/{id}"),
+    with_body("POST", "/api/v1/topic-requests/{id}/approve"),
+    with_body("POST", "/api/v1/topic-requests/{id}/reject"),
+    with_body("POST", "/api/v1/topic-requests/{id}/withdraw"),
+    route("GET", "/api/v1/topics"),
+    route("GET", "/api/v1/topics/{topic}"),
+    with_body("POST", "/api/v1/topics/{topic}/deletion-requests"),
+    Route {
+        query: true,
+        ..with_body("POST", "/api/v1/topics/{topic}/records")
+    },
+    with_query("GET", "/api/v1/audit"),
+    route("GET", "/api/v1/audit/verify"),
+    route("GET", "/api/v1/policy"),
+    route("GET", "/api/v1/drift"),
+    with_query("GET", "/api/v1/held"),
+    with_query("DELETE", "/api/v1/held"),
+    route("GET", "/api/v1/me/subscriptions"),
+    with_body("PUT", "/api/v1/me/subscriptions"),
+    route("POST", "/api/v1/me/subscriptions/{topic}"),
+    route("DELETE", "/api/v1/me/subscriptions/{topic}"),
+    with_query("GET", "/api/v1/subscriptions"),
+    with_query("GET", "/api/v1/me/feed"),
+];
+
+/// What a hostile request expects: an exact status, or any 4xx.
+#[derive(Clone, Copy)]
+enum Expect {
+    Status(u16),
+    AnyClientError,
+}
+
+/// Bodies no route takes: each is refused before anything is decided.
+fn hostile_bodies(max_body: usize) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("truncated JSON", br#"{"topic":"x","reas"#.to_vec()),
+        ("truncated array", br#"[{"value":"#.to_vec()),
+        ("unknown field", br#"{"bogus":1}"#.to_vec()),
+        (
+            "wrong types",
+            br#"{"topic":[1],"topics":7,"note":{},"reason":[]}"#.to_vec(),
+        ),
+        ("array of numbers", b"[1,2,3]".to_vec()),
+        ("invalid UTF-8", b"{\"topic\":\"\xff\xfe\xfd\"}".to_vec()),
+        ("NUL bytes", b"{\"topic\":\"a\0b\",\0}".to_vec()),
+        ("only NUL bytes", vec![0u8; 64]),
+        (
+            "100,000 nested arrays",
+            [b"[".repeat(100_000), b"]".repeat(100_000)].concat(),
+        ),
+        (
+            "100 nested objects",
+            [b"{\"a\":".repeat(100), b"1".to_vec(), b"}".repeat(100)].concat(),
+        ),
+        ("JSON string", br#""\ud800""#.to_vec()),
+        ("oversize", vec![b' '; max_body + 1]),
+    ]
+}
+
+fn hostile_queries() -> Vec<(&'static str, String)> {
+    // Short enough to fit hyper's 64 KB request target; a longer one is the bare 414 below.
+    let many: Vec<String> = (0..10_000).map(|i| format!("{i}=")).collect();
+    vec![
+        ("10,000 query parameters", many.join("&")),
+        (
+            "10,000 repeats of one parameter",
+            vec!["a=1"; 10_000].join("&"),
+        ),
+        (
+            "invalid UTF-8 escapes",
+            "topic=%ff%fe&state=%c3%28".to_string(),
+        ),
+        ("NUL escapes", "topic=%00&kind=%00&from=%00".to_string()),
+        ("broken escapes", "topic=%zz%&limit=%".to_string()),
+        (
+            "huge numbers",
+            "limit=999999999999999999999999&after=-99999999999999999999".to_string(),
+        ),
+        ("unknown parameter", "sudo=true".to_string()),
+    ]
+}
+
+#[test]
+fn every_route_refuses_hostile_requests() {
+    let mut svc = Service::start();
+    // A pending topic: records for it would be held in the spool if any got through.
+    let topic = unique_topic("hostile");
+    let id = svc.request_topic("alice", &topic, 1);
+    let before = durable_state(&svc);
+
+    let defaults = kafflow::config::Limits::default();
+    let token = |who: &str| format!("Bearer {}", svc.token(who)).into_bytes();
+    let mut failures = Vec::new();
+    let mut sent = 0;
+    let mut check = |what: String, reply: RawReply, expect: Expect| {
+        sent += 1;
+        let json = reply.json();
+        let code = json["error"]["code"].as_str().unwrap_or_default();
+        let status_ok = match expect {
+            Expect::Status(s) => reply.status == s,
+            Expect::AnyClientError => (400..500).contains(&reply.status),
+        };
+        if !status_ok || code.is_empty() {
+            failures.push(format!("{what}: got {}", reply.describe()));
+        }
+    };
+
+    for route in ROUTES {
+        let path = route.path.replace("{id}", &id).replace("{topic}", &topic);
+        // Who may call it, if anyone must: carol decides, alice does the rest.
+        let who = if route.path.contains("/approve") || route.path.contains("/reject") {
+            "carol"
+        } else if route.path.contains("/me/") {
+            "erin"
+        } else {
+            "alice"
+        };
+        let auth = || vec![("Authorization".to_string(), token(who))];
+        let name = |what: &str| format!("{} {} [{what}]", route.method, route.path);
+        let send =
+            |method: &str, target: &[u8], headers: &[(String, Vec<u8>)], body: Option<&[u8]>| {
+                raw_http(&svc, request_bytes(method, target, headers, body))
+            };
+        let body_for = |route: &Route| route.body.then_some(&b"{\"bogus\":1}"[..]);
+
+        if route.authenticated {
+            check(
+                name("no token"),
+                send(route.method, path.as_bytes(), &[], body_for(route)),
+                Expect::Status(401),
+            );
+            check(
+                name("a token of nobody"),
+                send(
+                    route.method,
+                    path.as_bytes(),
+                    &[("Authorization".into(), b"Bearer nobody".to_vec())],
+                    body_for(route),
+                ),
+                Expect::Status(401),
+            );
+            check(
+                name("Authorization not UTF-8"),
+                send(
+                    route.method,
+                    path.as_bytes(),
+                    &[("Authorization".into(), b"Bearer \xff\xfe\xc3\x28".to_vec())],
+                    body_for(route),
+                ),
+                Expect::AnyClientError,
+            );
+        }
+        let mut big = auth();
+        big.push((
+            "X-Padding".into(),
+            vec![b'a'; defaults.max_request_header_bytes + 1],
+        ));
+        check(
+            name("headers over the limit"),
+            send(route.method, path.as_bytes(), &big, body_for(route)),
+            Expect::Status(431),
+        );
+        check(
+            name("wrong method"),
+            send("PATCH", path.as_bytes(), &auth(), Some(b"{}")),
+            Expect::Status(405),
+        );
+        let base = path.trim_end_matches('/');
+        let parent = base.rsplit_once('/').map_or("", |(p, _)| p);
+        for (what, target) in [
+            ("path traversal", format!("{base}/../../../../etc/passwd")),
+            (
+                "escaped path traversal",
+                format!("{base}/..%2F..%2F..%2Fetc%2Fpasswd"),
+            ),
+            ("dot segments", format!("{parent}/..")),
+            ("NUL in the path", format!("{parent}/a%00b")),
+            ("invalid UTF-8 in the path", format!("{parent}/%ff%fe")),
+            (
+                "a 4,000-character segment",
+                format!("{parent}/{}", "a".repeat(4000)),
+            ),
+        ] {
+            let body = body_for(route);
+            check(
+                name(what),
+                send(route.method, target.as_bytes(), &auth(), body),
+                Expect::AnyClientError,
+            );
+        }
+        if route.body {
+            let max = if route.path.ends_with("/records") {
+                defaults.max_ingest_body_bytes
+            } else {
+                defaults.max_body_bytes
+            } as usize;
+            for (what, body) in hostile_bodies(max) {
+                let expect = if what == "oversize" {
+                    Expect::Status(413)
+                } else {
+                    Expect::AnyClientError
+                };
+                let mut headers = auth();
+                headers.push(("Content-Type".into(), b"application/json".to_vec()));
+                check(
+                    name(what),
+                    send(route.method, path.as_bytes(), &headers, Some(&body)),
+                    expect,
+                );
+            }
+        }
+        if route.query {
+            for (what, query) in hostile_queries() {
+                let target = format!("{path}?{query}");
+                check(
+                    name(what),
+                    send(route.method, target.as_bytes(), &auth(), body_for(route)),
+                    Expect::AnyClientError,
+                );
+            }
+        }
+    }
+    // Records in NDJSON that are each broken in their own way.
+    let mut headers = vec![
+        ("Authorization".to_string(), token("alice")),
+        ("Content-Type".to_string(), b"application/x-ndjson".to_vec()),
+    ];
+    let ndjson = b"{\"value\":1}\n{\"value\":\0}\n[]\n\xff\n".to_vec();
+    check(
+        "NDJSON with a NUL, an array and invalid UTF-8".into(),
+        raw_http(
+            &svc,
+            request_bytes(
+                "POST",
+                format!("/api/v1/topics/{topic}/records").as_bytes(),
+                &headers,
+                Some(&ndjson),
+            ),
+        ),
+        Expect::Status(400),
+    );
+    headers.truncate(1);
+    let bad_headers = br#"[{"value":1,"headers":{"h":1}},{"value":2,"headers":[]}]"#;
+    check(
+        "records with non-string headers".into(),
+        raw_http(
+            &svc,
+            request_bytes(
+                "POST",
+                format!("/api/v1/topics/{topic}/records").as_bytes(),
+                &headers,
+                Some(bad_headers),
+            ),
+        ),
+        Expect::Status(400),
+    );
+
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} hostile requests were not refused with a 4xx JSON error:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(svc.is_running(), "the server died:\n{}", svc.stderr_tail());
+    let (status, ready) = svc.get_anon("/readyz");
+    assert_eq!(status, 200, "readyz after {sent} hostile requests: {ready}");
+    assert_eq!(
+        durable_state(&svc),
+        before,
+        "hostile requests changed the log or the spool"
+    );
+    assert_eq!(svc.request(&id)["status"], "pending");
+}
+
+/// What the HTTP layer refuses before any route sees it gets a bare 4xx: the contract
+/// (docs/api.md) says so, and the server goes on.
+#[test]
+fn requests_http_cannot_parse_get_a_bare_client_error() {
+    let mut svc = Service::start();
+    let mut problems = Vec::new();
+    let too_many_headers: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| (format!("X-H{i}"), b"1".to_vec()))
+        .collect();
+    let long_uri = format!("/api/v1/audit?topic={}", "a".repeat(70_000));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "200 headers",
+            request_bytes("GET", b"/api/v1/topics", &too_many_headers, None),
+        ),
+        (
+            "a 70 KB URI",
+            request_bytes("GET", long_uri.as_bytes(), &[], None),
+        ),
+        (
+            "a NUL in the request line",
+            request_bytes("GET", b"/api/v1/\0topics", &[], None),
+        ),
+        (
+            "a header without a colon",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nbroken header\r\n\r\n".to_vec(),
+        ),
+        (
+            "a request line of garbage",
+            b"\xff\xfe\xfd \x01\x02 HTTP/9.9\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, request) in cases {
+        let reply = raw_http(&svc, request);
+        if !(400..500).contains(&reply.status) {
+            problems.push(format!("{what}: {}", reply.describe()));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_still_serving(&mut svc);
+}
+
+// ------------------------------------------------------------------ limits
+
+const SMALL_LIMITS: &str = "
+[limits]
+max_body_bytes = 1024
+max_ingest_body_bytes = 4096
+max_records_per_call = 5
+max_record_bytes = 100
+max_headers_per_record = 2
+max_request_header_bytes = 2048
+max_feeds_per_user = 1
+max_tcp_connections = 2
+max_tcp_connections_per_principal = 1
+max_concurrent_http_requests = 2
+retry_after_s = 3
+";
+
+/// Connects to TCP ingest and sends AUTH; returns the client and the first reply line.
+fn tcp_auth(svc: &Service, token: &str) -> (common::IngestClient, Option<String>) {
+    let mut client = common::IngestClient::connect(svc.ingest_addr());
+    client.send_line(&format!("AUTH {token}"));
+    let first = client.read_line(Duration::from_secs(30));
+    (client, first)
+}
+
+#[test]
+fn every_limit_is_refused_with_a_reason() {
+    let mut svc = Service::start_with_config(|c| format!("{c}{SMALL_LIMITS}"));
+    let mut checks = Checks::default();
+    let topic = unique_topic("limits");
+    let records = format!("/api/v1/topics/{topic}/records");
+    let record = |i: usize| json!({"value": format!("v{i}")});
+
+    // Sizes and counts of one call.
+    let six: Vec<_> = (0..6).map(record).collect();
+    checks.expect(
+        "6 records in one call",
+        svc.post("alice", &records, &json!(six)),
+        413,
+        &["payload_too_large"],
+    );
+    let ndjson: String = (0..6).map(|i| format!("{}\n", record(i))).collect();
+    checks.expect(
+        "6 NDJSON records in one call",
+        svc.produce_ndjson("alice", &topic, &ndjson),
+        413,
+        &["payload_too_large"],
+    );
+    checks.expect(
+        "a 200-byte record",
+        svc.post("alice", &records, &json!([{"value": "x".repeat(200)}])),
+        400,
+        &["invalid_record"],
+    );
+    checks.expect(
+        "a record with 3 headers",
+        svc.post(
+            "alice",
+            &records,
+            &json!([{"value": 1, "headers": {"a": "1", "b": "2", "c": "3"}}]),
+        ),
+        400,
+        &["invalid_record"],
+    );
+    checks.expect(
+        "a 5,000-byte ingest body",
+        svc.post_raw("alice", &records, " ".repeat(5000).as_bytes()),
+        413,
+        &["payload_too_large"],
+    );
+    checks.expect(
+        "a 2,000-byte request body",
+        svc.post(
+            "alice",
+            REQUESTS,
+            &json!({"topic": topic, "reason": "r".repeat(2000)}),
+        ),
+        413,
+        &["payload_too_large"],
+    );
+    let padding = "p".repeat(3000);
+    let big_header = raw_http(
+        &svc,
+        request_bytes(
+            "GET",
+            b"/api/v1/topics",
+            &[
+                (
+                    "Authorization".into(),
+                    format!("Bearer {}", svc.token("carol")).into_bytes(),
+                ),
+                ("X-Padding".into(), padding.into_bytes()),
+            ],
+            None,
+        ),
+    );
+    checks.expect(
+        "3,000 bytes of headers",
+        (big_header.status, big_header.json()),
+        431,
+        &["headers_too_large"],
+    );
+    // Within every limit, the same call goes through (to a topic nobody asked for).
+    let five: Vec<_> = (0..5).map(record).collect();
+    checks.expect(
+        "5 records in one call",
+        svc.post("alice", &records, &json!(five)),
+        404,
+        &["unknown_topic"],
+    );
+
+    // TCP: one connection per principal, two in total.
+    let (mut first, reply) = tcp_auth(&svc, svc.token("alice"));
+    assert_eq!(reply.as_deref(), Some("OK 0"));
+    first.send_line(r#"{"topic":"t","value":1,"headers":{"a":"1","b":"2","c":"3"}}"#);
+    let refused = first.read_line(Duration::from_secs(30)).unwrap_or_default();
+    assert!(
+        refused.starts_with("ERR 2 invalid_record") && refused.contains("3 headers"),
+        "{refused}"
+    );
+    let (mut second, reply) = tcp_auth(&svc, svc.token("alice"));
+    let reply = reply.unwrap_or_default();
+    assert!(
+        reply.starts_with("ERR 1 too_many_requests") && reply.contains("retry after 3 s"),
+        "alice's second connection: {reply}"
+    );
+    assert!(second.read_to_end(Duration::from_secs(30)).is_empty());
+    drop(second);
+    // The refused connection gives its place back once it is gone.
+    let mut bob = None;
+    let freed = common::wait_until(Duration::from_secs(30), || {
+        let (client, reply) = tcp_auth(&svc, svc.token("bob"));
+        let ok = reply.as_deref() == Some("OK 0");
+        if ok {
+            bob = Some(client);
+        }
+        ok
+    });
+    assert!(freed, "bob never got a connection");
+    let mut third = common::IngestClient::connect(svc.ingest_addr());
+    let lines = third.read_to_end(Duration::from_secs(30));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("ERR 0 too_many_requests"),
+        "a third connection: {lines:?}"
+    );
+    drop((first, bob));
+
+    // Feeds: one per user.
+    let feed = svc.feed(svc.token("erin"), "");
+    let bearer = format!("Bearer {}", svc.token("erin"));
+    match svc.try_feed(&[("authorization", &bearer)], "") {
+        Ok(_) => panic!("a second feed of erin was opened"),
+        Err(reply) => checks.expect("a second feed", reply, 429, &["too_many_requests"]),
+    }
+    feed.close();
+    let reopened = common::wait_until(Duration::from_secs(30), || {
+        svc.try_feed(&[("authorization", &bearer)], "").is_ok()
+    });
+    assert!(reopened, "erin's place was not given back");
+
+    // HTTP: two requests at once. Two bodies that never finish hold both places.
+    let hold = || {
+        use std::io::Write;
+        let address = svc.base_url().trim_start_matches("http://").to_string();
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        let head = format!(
+            "POST {REQUESTS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{",
+            svc.token("alice")
+        );
+        stream.write_all(head.as_bytes()).expect("write");
+        stream
+    };
+    let held = [hold(), hold()];
+    let carol = [(
+        "Authorization".to_string(),
+        format!("Bearer {}", svc.token("carol")).into_bytes(),
+    )];
+    let mut busy = None;
+    let full = common::wait_until(Duration::from_secs(30), || {
+        let reply = raw_http(&svc, request_bytes("GET", b"/api/v1/topics", &carol, None));
+        let is_full = reply.status == 429;
+        busy = Some(reply);
+        is_full
+    });
+    let busy = busy.expect("a reply");
+    assert!(
+        full,
+        "never 429 with every place taken: {}",
+        busy.describe()
+    );
+    assert_eq!(busy.json()["error"]["code"], "too_many_requests");
+    assert_eq!(busy.header("retry-after"), Some("3"), "{:?}", busy.headers);
+    let (status, _) = svc.get_anon("/healthz");
+    assert_eq!(status, 200, "healthz takes no place");
+    drop(held);
+    let freed = common::wait_until(Duration::from_secs(30), || {
+        svc.get("carol", "/api/v1/topics").0 == 200
+    });
+    assert!(freed, "places were not given back");
+
+    checks.finish();
+    assert_still_serving(&mut svc);
+}

@@ -7,11 +7,16 @@
 //! `OK <n>` whenever the first n accepted records of the connection are durable (at least
 //! every 100 ms while records flow), and `ERR <line> <code> <message>` for a line it refuses,
 //! without closing the connection. Lines are numbered from 1, the AUTH line included.
+//! A connection past `limits.max_tcp_connections` (or, after AUTH, past
+//! `limits.max_tcp_connections_per_principal`) gets one `ERR <line> too_many_requests ...`
+//! line and is closed.
 //!
 //! On shutdown the TCP listener stops accepting, each connection stops reading, answers every
 //! line it has read (its final `OK n`, or `ERR`s) and closes; the shutdown waits for that.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -22,9 +27,10 @@ use tokio::sync::mpsc;
 
 use super::approval::{Approval, RequestTopic};
 use super::publisher::{Publish, Publisher, Receipt};
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::identity::{Directory, Principal, Role};
-use crate::record::{Record, RecordIn};
+use crate::record::{Record, RecordIn, RecordLimits};
 use crate::shutdown::{Guard, Shutdown};
 
 /// Records gathered from one connection before they are handed on together.
@@ -32,6 +38,11 @@ const TCP_BATCH: usize = 2000;
 /// Batches of one connection waiting for durability before the reader stops reading.
 const TCP_IN_FLIGHT: usize = 64;
 const OK_EVERY: Duration = Duration::from_millis(100);
+/// How long a refused connection's input is read and dropped after its `ERR` line, so that
+/// closing with unread input does not reset the connection before the client reads the line.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+/// Replies of one connection waiting for the socket before its reader stops reading.
+const REPLY_QUEUE: usize = 4096;
 
 /// Records posted over HTTP for one topic.
 #[derive(Message)]
@@ -55,7 +66,7 @@ pub struct Listener {
     publisher: Addr<Publisher>,
     approval: Addr<Approval>,
     principals: Arc<Directory>,
-    max_record_bytes: usize,
+    limits: Limits,
     tcp: Option<TcpListener>,
     shutdown: Shutdown,
     guard: Option<Guard>,
@@ -66,7 +77,7 @@ impl Listener {
         publisher: Addr<Publisher>,
         approval: Addr<Approval>,
         principals: Arc<Directory>,
-        max_record_bytes: usize,
+        limits: Limits,
         tcp: TcpListener,
         shutdown: Shutdown,
         guard: Guard,
@@ -75,7 +86,7 @@ impl Listener {
             publisher,
             approval,
             principals,
-            max_record_bytes,
+            limits,
             tcp: Some(tcp),
             shutdown,
             guard: Some(guard),
@@ -93,7 +104,8 @@ impl Actor for Listener {
         let ingest = Ingest {
             publisher: self.publisher.clone(),
             principals: self.principals.clone(),
-            max_record_bytes: self.max_record_bytes,
+            record_limits: RecordLimits::from(&self.limits),
+            connections: Arc::new(Connections::new(&self.limits)),
             shutdown: self.shutdown.clone(),
             _guard: guard,
         };
@@ -133,10 +145,17 @@ impl Handler<IngestRecords> for Listener {
     type Result = ResponseFuture<Result<Accepted>>;
 
     fn handle(&mut self, msg: IngestRecords, _: &mut Context<Self>) -> Self::Result {
-        let max = self.max_record_bytes;
+        let limits = RecordLimits::from(&self.limits);
+        let max_records = self.limits.max_records_per_call;
         let checked = require_producer(&msg.principal).and_then(|_| {
             if msg.records.is_empty() {
                 return Err(Error::InvalidRecord("the call has no records".into()));
+            }
+            if msg.records.len() > max_records {
+                return Err(Error::TooLarge {
+                    what: "records per call",
+                    limit: max_records as u64,
+                });
             }
             msg.records
                 .into_iter()
@@ -148,7 +167,7 @@ impl Handler<IngestRecords> for Listener {
                             reason: "its topic differs from the topic in the path".into(),
                         });
                     }
-                    r.into_record(max).map_err(|e| Error::BadRecord {
+                    r.into_record(limits).map_err(|e| Error::BadRecord {
                         index,
                         reason: e.to_string(),
                     })
@@ -198,11 +217,130 @@ impl Handler<IngestRecords> for Listener {
 struct Ingest {
     publisher: Addr<Publisher>,
     principals: Arc<Directory>,
-    max_record_bytes: usize,
+    record_limits: RecordLimits,
+    connections: Arc<Connections>,
     shutdown: Shutdown,
     /// Held (never read) by the accept loop and every connection until its last line is
     /// answered.
     _guard: Guard,
+}
+
+/// The open TCP connections, in total and per principal, against their limits.
+struct Connections {
+    total: AtomicUsize,
+    by_principal: Mutex<HashMap<String, usize>>,
+    max_total: usize,
+    max_per_principal: usize,
+    retry_after_s: u64,
+}
+
+/// One place of `Connections`, given back when dropped.
+struct Slot {
+    connections: Arc<Connections>,
+    principal: Option<String>,
+}
+
+impl Connections {
+    fn new(limits: &Limits) -> Self {
+        Connections {
+            total: AtomicUsize::new(0),
+            by_principal: Mutex::new(HashMap::new()),
+            max_total: limits.max_tcp_connections,
+            max_per_principal: limits.max_tcp_connections_per_principal,
+            retry_after_s: limits.retry_after_s,
+        }
+    }
+
+    /// A place among all connections, or `TooMany`.
+    fn open(self: &Arc<Self>) -> Result<Slot> {
+        let taken = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_total).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(Slot {
+                connections: self.clone(),
+                principal: None,
+            }),
+            Err(_) => Err(Error::TooMany {
+                what: "TCP ingest connections",
+                limit: self.max_total as u64,
+                retry_after_s: self.retry_after_s,
+            }),
+        }
+    }
+
+    /// Counts the connection against `principal` too, or refuses it.
+    fn claim(&self, slot: &mut Slot, principal: &str) -> Result<()> {
+        let mut by_principal = self
+            .by_principal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = by_principal.entry(principal.to_string()).or_insert(0);
+        if *open >= self.max_per_principal {
+            return Err(Error::TooMany {
+                what: "TCP ingest connections of one principal",
+                limit: self.max_per_principal as u64,
+                retry_after_s: self.retry_after_s,
+            });
+        }
+        *open += 1;
+        slot.principal = Some(principal.to_string());
+        Ok(())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(principal) = self.principal.take() {
+            let mut by_principal = self
+                .connections
+                .by_principal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(open) = by_principal.get_mut(&principal) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    by_principal.remove(&principal);
+                }
+            }
+        }
+    }
+}
+
+/// Writes one `ERR` line and closes, reading and dropping what the client still sends for a
+/// moment so the line is not lost to a reset.
+async fn refuse(mut stream: TcpStream, line: u64, error: &Error) {
+    let reply = Reply::Err {
+        line,
+        code: error.code(),
+        message: refusal_message(error),
+    };
+    if stream.write_all(reply.render().as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// An error's text, with when to try again for a limit (TCP has no `Retry-After`).
+fn refusal_message(error: &Error) -> String {
+    match error {
+        Error::TooMany { retry_after_s, .. } => {
+            format!("{error}; retry after {retry_after_s} s")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// One group of records handed to the publisher, with the line numbers they came from.
@@ -256,9 +394,17 @@ impl Ingest {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let slot = match self.connections.open() {
+                        Ok(slot) => slot,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "Ingest connection refused.");
+                            tokio::spawn(async move { refuse(stream, 0, &e).await });
+                            continue;
+                        }
+                    };
                     let ingest = self.clone();
                     connections.spawn(async move {
-                        if let Err(e) = ingest.connection(stream).await {
+                        if let Err(e) = ingest.connection(stream, slot).await {
                             tracing::debug!(%peer, error = %e, "Ingest connection ended.");
                         }
                     });
@@ -277,10 +423,12 @@ impl Ingest {
         while connections.join_next().await.is_some() {}
     }
 
-    async fn connection(self, stream: TcpStream) -> std::io::Result<()> {
+    async fn connection(self, stream: TcpStream, mut slot: Slot) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, read);
-        let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
+        // Bounded: a client that sends lines without reading its replies is slowed down
+        // (the reader waits here) instead of growing a queue of replies.
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(REPLY_QUEUE);
         let writer = tokio::spawn(async move {
             let mut out = Vec::with_capacity(4096);
             while let Some(reply) = reply_rx.recv().await {
@@ -296,7 +444,7 @@ impl Ingest {
             let _ = write.shutdown().await;
         });
 
-        let max_line = self.max_record_bytes * 2 + 64 * 1024;
+        let max_line = max_line(self.record_limits);
         let mut line = Vec::with_capacity(1024);
         let mut shutdown = self.shutdown.clone();
         let first = tokio::select! {
@@ -304,24 +452,41 @@ impl Ingest {
             _ = shutdown.recv() => LineRead::Eof,
         };
         let principal = match first {
-            LineRead::Line => self.authenticate(&line),
+            LineRead::Line => auth_line(&self.principals, &line),
             LineRead::Eof => return Ok(()),
             LineRead::TooLong => Err(Error::InvalidRecord("line too long".into())),
         };
+        let principal = principal.and_then(|p| {
+            self.connections.claim(&mut slot, &p.name)?;
+            Ok(p)
+        });
         let principal = match principal {
             Ok(p) => p,
             Err(e) => {
-                let _ = reply_tx.send(Reply::Err {
-                    line: 1,
-                    code: e.code(),
-                    message: e.to_string(),
-                });
+                let _ = reply_tx
+                    .send(Reply::Err {
+                        line: 1,
+                        code: e.code(),
+                        message: refusal_message(&e),
+                    })
+                    .await;
                 drop(reply_tx);
                 let _ = writer.await;
+                // Drop what the client sent after AUTH for a moment, so the close that
+                // follows does not reset the connection before it reads the ERR line.
+                let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                    let mut sink = [0u8; 4096];
+                    while let Ok(n) = reader.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
                 return Ok(());
             }
         };
-        let _ = reply_tx.send(Reply::Ok(0));
+        let _ = reply_tx.send(Reply::Ok(0)).await;
 
         let (batch_tx, batch_rx) = mpsc::channel::<Vec<Group>>(TCP_IN_FLIGHT);
         let acks = tokio::spawn(acknowledge(batch_rx, reply_tx.clone()));
@@ -347,11 +512,13 @@ impl Ingest {
             match parsed {
                 Ok(()) => {}
                 Err(e) => {
-                    let _ = reply_tx.send(Reply::Err {
-                        line: line_no,
-                        code: e.code(),
-                        message: e.to_string(),
-                    });
+                    let _ = reply_tx
+                        .send(Reply::Err {
+                            line: line_no,
+                            code: e.code(),
+                            message: e.to_string(),
+                        })
+                        .await;
                 }
             }
             // Hand on what we have when the batch is full or the socket has nothing more now.
@@ -373,50 +540,11 @@ impl Ingest {
         Ok(())
     }
 
-    fn authenticate(&self, line: &[u8]) -> Result<Principal> {
-        let text = std::str::from_utf8(line).map_err(|_| Error::Unauthorized)?;
-        let token = text
-            .trim()
-            .strip_prefix("AUTH ")
-            .ok_or(Error::Unauthorized)?;
-        let principal = self.principals.authenticate(token.trim())?;
-        require_producer(&principal)?;
-        Ok(principal)
-    }
-
     /// Parses a record line into `batch`; a blank line is skipped.
     fn parse_into(&self, line: &[u8], line_no: u64, batch: &mut Batch) -> Result<()> {
-        if line.iter().all(u8::is_ascii_whitespace) {
+        let Some((topic, record)) = parse_line(line, self.record_limits)? else {
             return Ok(());
-        }
-        // Borrowed parse: the topic and a non-string value are taken from the line as they
-        // stand, without building a JSON tree per record.
-        let parsed: LineIn<'_> =
-            serde_json::from_slice(line).map_err(|e| Error::InvalidRecord(e.to_string()))?;
-        let topic = parsed
-            .topic
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::InvalidRecord("missing \"topic\"".into()))?;
-        let raw = parsed.value.get();
-        let value = if raw.starts_with('"') {
-            serde_json::from_str::<String>(raw)
-                .map_err(|e| Error::InvalidRecord(e.to_string()))?
-                .into_bytes()
-        } else {
-            raw.as_bytes().to_vec()
         };
-        let record = Record {
-            key: parsed.key,
-            value,
-            headers: parsed.headers,
-        };
-        if record.size() > self.max_record_bytes as u64 {
-            return Err(Error::InvalidRecord(format!(
-                "record is {} bytes (key, value and headers), more than the limit of {}",
-                record.size(),
-                self.max_record_bytes
-            )));
-        }
         batch.push(&topic, line_no, record);
         Ok(())
     }
@@ -437,6 +565,53 @@ impl Ingest {
             })
             .collect()
     }
+}
+
+/// The principal of an `AUTH <token>` line, if it may produce.
+pub(crate) fn auth_line(principals: &Directory, line: &[u8]) -> Result<Principal> {
+    let text = std::str::from_utf8(line).map_err(|_| Error::Unauthorized)?;
+    let token = text
+        .trim()
+        .strip_prefix("AUTH ")
+        .ok_or(Error::Unauthorized)?;
+    let principal = principals.authenticate(token.trim())?;
+    require_producer(&principal)?;
+    Ok(principal)
+}
+
+/// The longest line read whole: room for a record of the largest size, escaped.
+fn max_line(limits: RecordLimits) -> usize {
+    limits.max_bytes.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+/// A record line as (topic, record); None for a blank line.
+pub(crate) fn parse_line(line: &[u8], limits: RecordLimits) -> Result<Option<(String, Record)>> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    // Borrowed parse: the topic and a non-string value are taken from the line as they
+    // stand, without building a JSON tree per record.
+    let parsed: LineIn<'_> =
+        serde_json::from_slice(line).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+    let topic = parsed
+        .topic
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::InvalidRecord("missing \"topic\"".into()))?;
+    let raw = parsed.value.get();
+    let value = if raw.starts_with('"') {
+        serde_json::from_str::<String>(raw)
+            .map_err(|e| Error::InvalidRecord(e.to_string()))?
+            .into_bytes()
+    } else {
+        raw.as_bytes().to_vec()
+    };
+    let record = Record {
+        key: parsed.key,
+        value,
+        headers: parsed.headers,
+    };
+    record.check(limits)?;
+    Ok(Some((topic.into_owned(), record)))
 }
 
 /// A TCP record line, parsed without copying what it need not.
@@ -480,10 +655,7 @@ impl Batch {
 }
 
 /// Waits for batches in order and reports: cumulative `OK`s, an `ERR` per refused line.
-async fn acknowledge(
-    mut batches: mpsc::Receiver<Vec<Group>>,
-    replies: mpsc::UnboundedSender<Reply>,
-) {
+async fn acknowledge(mut batches: mpsc::Receiver<Vec<Group>>, replies: mpsc::Sender<Reply>) {
     let mut durable = 0u64;
     let mut reported = 0u64;
     let mut last_ok = Instant::now();
@@ -491,28 +663,30 @@ async fn acknowledge(
         for group in groups {
             match group.reply.await {
                 Ok(Ok(receipt)) => durable += receipt.published + receipt.held,
-                Ok(Err(e)) => report_lines(&replies, &group.lines, &e),
-                Err(e) => report_lines(&replies, &group.lines, &Error::from(e)),
+                Ok(Err(e)) => report_lines(&replies, &group.lines, &e).await,
+                Err(e) => report_lines(&replies, &group.lines, &Error::from(e)).await,
             }
         }
         if durable != reported && (batches.is_empty() || last_ok.elapsed() >= OK_EVERY) {
-            let _ = replies.send(Reply::Ok(durable));
+            let _ = replies.send(Reply::Ok(durable)).await;
             reported = durable;
             last_ok = Instant::now();
         }
     }
     if durable != reported {
-        let _ = replies.send(Reply::Ok(durable));
+        let _ = replies.send(Reply::Ok(durable)).await;
     }
 }
 
-fn report_lines(replies: &mpsc::UnboundedSender<Reply>, lines: &[u64], error: &Error) {
+async fn report_lines(replies: &mpsc::Sender<Reply>, lines: &[u64], error: &Error) {
     for &line in lines {
-        let _ = replies.send(Reply::Err {
-            line,
-            code: error.code(),
-            message: error.to_string(),
-        });
+        let _ = replies
+            .send(Reply::Err {
+                line,
+                code: error.code(),
+                message: error.to_string(),
+            })
+            .await;
     }
 }
 
@@ -525,7 +699,7 @@ enum LineRead {
 /// Reads one line (without its newline) into `line`, never buffering more than `max` bytes:
 /// the rest of a longer line is skipped.
 async fn read_line(
-    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
     line: &mut Vec<u8>,
     max: usize,
 ) -> std::io::Result<LineRead> {
@@ -559,5 +733,184 @@ async fn read_line(
         if n == 0 || skipped.last() == Some(&b'\n') {
             return Ok(LineRead::TooLong);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::strategies::{damaged, deep_nesting, json_value, record_like};
+    use proptest::prelude::*;
+
+    const LIMITS: RecordLimits = RecordLimits {
+        max_bytes: 200,
+        max_headers: 3,
+    };
+
+    fn check_line(line: &[u8]) -> std::result::Result<(), TestCaseError> {
+        match parse_line(line, LIMITS) {
+            Ok(Some((topic, record))) => {
+                prop_assert!(!topic.is_empty());
+                prop_assert!(record.size() <= LIMITS.max_bytes as u64);
+                prop_assert!(record.headers.len() <= LIMITS.max_headers);
+            }
+            Ok(None) => prop_assert!(line.iter().all(u8::is_ascii_whitespace)),
+            Err(e) => prop_assert_eq!(e.code(), "invalid_record"),
+        }
+        Ok(())
+    }
+
+    fn directory() -> Directory {
+        let principal = |name: &str, role| Principal {
+            name: name.into(),
+            roles: [role].into(),
+        };
+        Directory::new([
+            (
+                crate::identity::token_sha256("producer-token"),
+                principal("p", Role::Producer),
+            ),
+            (
+                crate::identity::token_sha256("consumer-token"),
+                principal("c", Role::Consumer),
+            ),
+        ])
+    }
+
+    /// Runs `read_line` over `input` until the end, through a buffer of `capacity` bytes.
+    fn read_all_lines(input: &[u8], capacity: usize, max: usize) -> Vec<Option<Vec<u8>>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut reader = BufReader::with_capacity(capacity, input);
+            let mut line = Vec::new();
+            let mut out = Vec::new();
+            loop {
+                match read_line(&mut reader, &mut line, max).await.expect("read") {
+                    LineRead::Line => out.push(Some(line.clone())),
+                    LineRead::TooLong => out.push(None),
+                    LineRead::Eof => return out,
+                }
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_line_is_refused_or_parsed(line in proptest::collection::vec(any::<u8>(), 0..512)) {
+            check_line(&line)?;
+        }
+
+        #[test]
+        fn damaged_record_lines_are_refused_or_parsed(
+            line in record_like().prop_flat_map(|r| damaged(r.to_string().into_bytes())),
+        ) {
+            check_line(&line)?;
+        }
+
+        #[test]
+        fn any_json_line_is_refused_or_parsed(value in json_value()) {
+            check_line(value.to_string().as_bytes())?;
+        }
+
+        #[test]
+        fn deeply_nested_lines_are_refused(line in deep_nesting()) {
+            check_line(&line)?;
+        }
+
+        #[test]
+        fn only_a_producer_token_authenticates(
+            line in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                "(AUTH|auth|AUTH )?[ \t]{0,2}(producer-token|consumer-token|.{0,20})[ \t\r]{0,2}"
+                    .prop_map(String::into_bytes),
+            ],
+        ) {
+            let directory = directory();
+            match auth_line(&directory, &line) {
+                Ok(principal) => {
+                    prop_assert_eq!(principal.name, "p");
+                    let text = String::from_utf8_lossy(&line);
+                    let token = text.trim().strip_prefix("AUTH ").map(str::trim);
+                    prop_assert_eq!(token, Some("producer-token"));
+                }
+                Err(e) => prop_assert!(matches!(e, Error::Unauthorized | Error::Forbidden(_))),
+            }
+        }
+
+        #[test]
+        fn lines_are_read_whole_or_reported_too_long(
+            segments in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![Just(b'x'), Just(b'\r'), Just(b'{')], 0..40),
+                0..8,
+            ),
+            final_newline: bool,
+            capacity in 1usize..16,
+            max in 1usize..32,
+        ) {
+            let mut input = segments.join(&b'\n');
+            if final_newline && !segments.is_empty() {
+                input.push(b'\n');
+            }
+            let mut expected: Vec<Option<Vec<u8>>> = Vec::new();
+            let pieces: Vec<&[u8]> = input.split(|b| *b == b'\n').collect();
+            let last = pieces.len() - 1;
+            for (i, piece) in pieces.into_iter().enumerate() {
+                // The piece after the last newline is a line only if it has bytes.
+                if i == last && piece.is_empty() {
+                    break;
+                }
+                if piece.len() > max {
+                    expected.push(None);
+                    continue;
+                }
+                let mut line = piece.to_vec();
+                if i != last && line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                expected.push(Some(line));
+            }
+            prop_assert_eq!(read_all_lines(&input, capacity, max), expected);
+        }
+    }
+
+    #[test]
+    fn headers_past_the_limit_are_refused_on_a_line() {
+        let line = br#"{"topic":"t","value":1,"headers":{"a":"1","b":"2","c":"3","d":"4"}}"#;
+        let refused = parse_line(line, LIMITS);
+        assert!(
+            matches!(&refused, Err(Error::InvalidRecord(m)) if m.contains("4 headers")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn connections_are_counted_in_total_and_per_principal() {
+        let limits = Limits {
+            max_tcp_connections: 3,
+            max_tcp_connections_per_principal: 2,
+            ..Limits::default()
+        };
+        let connections = Arc::new(Connections::new(&limits));
+        let mut a1 = connections.open().expect("first");
+        let mut a2 = connections.open().expect("second");
+        let mut a3 = connections.open().expect("third");
+        assert!(matches!(
+            connections.open(),
+            Err(Error::TooMany { limit: 3, .. })
+        ));
+        connections.claim(&mut a1, "alice").expect("alice 1");
+        connections.claim(&mut a2, "alice").expect("alice 2");
+        assert!(matches!(
+            connections.claim(&mut a3, "alice"),
+            Err(Error::TooMany { limit: 2, .. })
+        ));
+        connections.claim(&mut a3, "bob").expect("bob 1");
+        drop(a1);
+        let mut a4 = connections.open().expect("a place was given back");
+        connections
+            .claim(&mut a4, "alice")
+            .expect("alice has a place again");
     }
 }

@@ -22,7 +22,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::InvalidRecord(_)
         | Error::BadRecord { .. }
         | Error::InvalidQuery(_) => StatusCode::BAD_REQUEST,
-        Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::PayloadTooLarge(_) | Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::NotFound(_) | Error::UnknownTopic(_) => StatusCode::NOT_FOUND,
         Error::SpoolFull(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -59,10 +59,32 @@ pub fn render_error(error: &Error) -> Response {
     reply
 }
 
+/// A domain error raised by a filter before any handler ran (a limit of the facade).
+#[derive(Debug)]
+pub struct Refused(pub Error);
+
+impl warp::reject::Reject for Refused {}
+
+/// The request's headers are larger than `limits.max_request_header_bytes`.
+#[derive(Debug)]
+pub struct HeadersTooLarge(pub usize);
+
+impl warp::reject::Reject for HeadersTooLarge {}
+
 /// Turns warp's own rejections (no route, wrong method, body too large, ...) into JSON errors.
+/// Every rejection comes out as a JSON error with a code, and none as a 5xx: a rejection is
+/// always about the request.
 pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
     use warp::reject;
-    let reply = if rejection.is_not_found() {
+    let reply = if let Some(Refused(e)) = rejection.find::<Refused>() {
+        render_error(e)
+    } else if let Some(HeadersTooLarge(limit)) = rejection.find::<HeadersTooLarge>() {
+        error_reply(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            &format!("the request headers are larger than {limit} bytes"),
+        )
+    } else if rejection.is_not_found() {
         error_reply(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if let Some(e) = rejection.find::<reject::InvalidQuery>() {
         error_reply(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string())
@@ -74,6 +96,26 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
         )
     } else if let Some(e) = rejection.find::<reject::InvalidHeader>() {
         error_reply(StatusCode::BAD_REQUEST, "invalid_header", &e.to_string())
+    } else if let Some(e) = rejection.find::<reject::MissingHeader>() {
+        error_reply(StatusCode::BAD_REQUEST, "invalid_header", &e.to_string())
+    } else if rejection.find::<reject::PayloadTooLarge>().is_some() {
+        error_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        )
+    } else if rejection.find::<reject::LengthRequired>().is_some() {
+        error_reply(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a content-length header is required",
+        )
+    } else if rejection.find::<reject::UnsupportedMediaType>().is_some() {
+        error_reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the content-type is not supported",
+        )
     } else {
         tracing::warn!(?rejection, "Unhandled rejection.");
         error_reply(

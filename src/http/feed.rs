@@ -2,6 +2,8 @@
 //! subscriptions actor, render. The feed then only moves frames from the user's consumer to
 //! the socket and reports each written batch back, which is what lets the consumer commit.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,12 +17,13 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{auth, body, json, parse_body, parse_query, query, respond, App};
+use super::{auth, body_up_to, json, parse_body, parse_query, query, respond, App};
 use crate::actors::consumer::{FeedClose, FeedEvent, FeedHandle, FeedStart, Frame};
 use crate::actors::subscriptions::{
     ListSubscriptions, MySubscriptions, OpenFeed, ReplaceSubscriptions, Subscribe, Subscription,
     Unsubscribe,
 };
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 
@@ -32,6 +35,69 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const GOING_AWAY: u16 = 1001;
 /// The subprotocol prefix that carries the token for browsers, which cannot set headers.
 const BEARER_PROTOCOL: &str = "bearer.";
+/// Largest message a client may send on a feed. Clients have nothing to say but pings and a
+/// close, so this is far below the websocket library's default of 64 MiB.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// The feeds each user has open, against `limits.max_feeds_per_user`.
+#[derive(Clone)]
+pub(super) struct Feeds {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    max_per_user: usize,
+    retry_after_s: u64,
+}
+
+/// One open feed of a user, given back when dropped.
+struct FeedSlot {
+    feeds: Feeds,
+    user: String,
+}
+
+impl Feeds {
+    pub(super) fn new(limits: &Limits) -> Self {
+        Feeds {
+            open: Arc::new(Mutex::new(HashMap::new())),
+            max_per_user: limits.max_feeds_per_user,
+            retry_after_s: limits.retry_after_s,
+        }
+    }
+
+    fn claim(&self, user: &str) -> Result<FeedSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(user.to_string()).or_insert(0);
+        if *count >= self.max_per_user {
+            return Err(Error::TooMany {
+                what: "open feeds of one user",
+                limit: self.max_per_user as u64,
+                retry_after_s: self.retry_after_s,
+            });
+        }
+        *count += 1;
+        Ok(FeedSlot {
+            feeds: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .feeds
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct TopicsBody {
@@ -139,6 +205,7 @@ fn parse_start(from: Option<&str>) -> Result<FeedStart> {
 
 async fn open_feed(
     app: App,
+    feeds: Feeds,
     auth: Option<String>,
     protocols: Option<String>,
     query: String,
@@ -153,14 +220,19 @@ async fn open_feed(
     let params: FeedParams = parse_query(&query)?;
     let from = parse_start(params.from.as_deref())?;
     let ws = ws.ok_or(Error::UpgradeRequired)?;
+    let slot = feeds.claim(&principal.name)?;
     let feed = app
         .subscriptions
         .send(OpenFeed { principal, from })
         .await??;
+    let ws = ws
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE);
     let shutdown = app.shutdown.clone();
     let guard = app.feeds_done.clone();
     let reply = ws.on_upgrade(move |socket| async move {
         pump(socket, feed, shutdown).await;
+        drop(slot);
         drop(guard);
     });
     Ok(match protocol {
@@ -209,10 +281,22 @@ async fn pump(socket: WebSocket, mut feed: FeedHandle, mut shutdown: Shutdown) {
                     feed.written(&batch);
                 }
             },
-            closed = &mut client_gone => {
-                if closed.unwrap_or(false) {
+            end = &mut client_gone => {
+                match end.unwrap_or(ClientEnd::Gone) {
                     // Send the reply to the client's close that the socket has queued.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                    ClientEnd::Closed => {
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                    }
+                    ClientEnd::TooLarge => {
+                        let reason = format!(
+                            "message too big: a client may send at most {MAX_CLIENT_MESSAGE} bytes"
+                        );
+                        return close_with(sink, 1009, reason).await;
+                    }
+                    ClientEnd::Broken => {
+                        return close_with(sink, 1002, "protocol error".to_string()).await;
+                    }
+                    ClientEnd::Gone => {}
                 }
                 return;
             }
@@ -220,17 +304,53 @@ async fn pump(socket: WebSocket, mut feed: FeedHandle, mut shutdown: Shutdown) {
     }
 }
 
-/// Reads what the client sends until it goes; tells `gone` whether it closed cleanly. Pings
-/// are answered by the socket itself and anything else is ignored.
-async fn read_client(mut incoming: SplitStream<WebSocket>, gone: oneshot::Sender<bool>) {
-    let closed = loop {
-        match incoming.next().await {
-            Some(Ok(m)) if !m.is_close() => {}
-            Some(Ok(_)) => break true,
-            _ => break false,
+/// How the client's side of a feed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientEnd {
+    /// It sent a close frame.
+    Closed,
+    /// The connection ended or failed without a close.
+    Gone,
+    /// It sent a message larger than `MAX_CLIENT_MESSAGE`.
+    TooLarge,
+    /// It sent something that is not the websocket protocol.
+    Broken,
+}
+
+/// What one read from the client means: None to read on, or how its side ended. Pings are
+/// answered by the socket itself and data messages are ignored.
+fn client_end<E>(read: Option<std::result::Result<&Message, &E>>) -> Option<ClientEnd>
+where
+    E: std::error::Error + 'static,
+{
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match read {
+        Some(Ok(message)) if message.is_close() => Some(ClientEnd::Closed),
+        Some(Ok(_)) => None,
+        None => Some(ClientEnd::Gone),
+        Some(Err(e)) => {
+            let cause = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .find_map(|e| e.downcast_ref::<WsError>());
+            Some(match cause {
+                Some(WsError::Capacity(_)) => ClientEnd::TooLarge,
+                Some(WsError::Protocol(_) | WsError::Utf8(_)) => ClientEnd::Broken,
+                _ => ClientEnd::Gone,
+            })
+        }
+    }
+}
+
+/// Reads what the client sends until it goes; tells `gone` how.
+async fn read_client(mut incoming: SplitStream<WebSocket>, gone: oneshot::Sender<ClientEnd>) {
+    let end = loop {
+        let read = incoming.next().await;
+        if let Some(end) = client_end(read.as_ref().map(|r| r.as_ref())) {
+            break end;
         }
     };
-    let _ = gone.send(closed);
+    let _ = gone.send(end);
 }
 
 /// Stops the client reader when the feed ends first.
@@ -252,14 +372,24 @@ async fn write(
     sink.flush().await
 }
 
-async fn close(mut sink: SplitSink<WebSocket, Message>, reason: &FeedClose) {
-    let frame = Message::close_with(reason.code(), reason.reason());
+async fn close(sink: SplitSink<WebSocket, Message>, reason: &FeedClose) {
+    close_with(sink, reason.code(), reason.reason()).await
+}
+
+async fn close_with(
+    mut sink: SplitSink<WebSocket, Message>,
+    code: u16,
+    reason: impl Into<std::borrow::Cow<'static, str>>,
+) {
+    let frame = Message::close_with(code, reason);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await;
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
 }
 
 /// The subscription and feed routes.
-pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
+    let max_body = app.limits.max_body_bytes;
+    let body = move || body_up_to(max_body);
     let with_app = warp::any().map(move || app.clone());
     let me = warp::path("api")
         .and(warp::path("v1"))
@@ -310,6 +440,7 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(warp::path::end())
         .and(warp::get())
         .and(with_app)
+        .and(warp::any().map(move || feeds.clone()))
         .and(auth())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(query())
@@ -334,6 +465,121 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+    fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            ".{0,64}".prop_map(Message::text),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Message::binary),
+            proptest::collection::vec(any::<u8>(), 0..32).prop_map(Message::ping),
+            proptest::collection::vec(any::<u8>(), 0..32).prop_map(Message::pong),
+            (any::<u16>(), ".{0,32}").prop_map(|(code, reason)| Message::close_with(code, reason)),
+            Just(Message::close()),
+        ]
+    }
+
+    /// Feeds `bytes` to a server-side websocket configured as the feed's, as if a client sent
+    /// them; returns how the client's side ended.
+    fn server_reads(bytes: Vec<u8>) -> ClientEnd {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_CLIENT_MESSAGE))
+                .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+            let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                server,
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = client.write_all(&bytes).await;
+                let _ = client.shutdown().await;
+                // Keep the client's end open until the server has read everything.
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut client, &mut sink).await;
+            });
+            loop {
+                let read = socket.next().await;
+                let end = match &read {
+                    Some(Ok(m)) if m.is_close() => Some(ClientEnd::Closed),
+                    Some(Ok(_)) => None,
+                    None => Some(ClientEnd::Gone),
+                    Some(Err(e)) => {
+                        client_end::<tokio_tungstenite::tungstenite::Error>(Some(Err(e)))
+                    }
+                };
+                if let Some(end) = end {
+                    return end;
+                }
+            }
+        })
+    }
+
+    /// One masked client frame.
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn only_a_close_frame_ends_a_feed_cleanly(message in message()) {
+            let end = client_end::<std::io::Error>(Some(Ok(&message)));
+            prop_assert_eq!(end, message.is_close().then_some(ClientEnd::Closed));
+        }
+
+        #[test]
+        fn any_bytes_from_a_client_end_the_feed_without_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            server_reads(bytes);
+        }
+
+        #[test]
+        fn any_frames_from_a_client_end_the_feed_without_a_panic(
+            frames in proptest::collection::vec(
+                (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..200)),
+                0..6,
+            ),
+        ) {
+            let bytes: Vec<u8> = frames
+                .iter()
+                .flat_map(|(opcode, payload)| frame(opcode & 0x0f, payload))
+                .collect();
+            server_reads(bytes);
+        }
+    }
+
+    #[test]
+    fn a_client_message_past_the_limit_is_too_large() {
+        let big = frame(0x2, &vec![7u8; MAX_CLIENT_MESSAGE + 1]);
+        assert_eq!(server_reads(big), ClientEnd::TooLarge);
+        let fine = [frame(0x2, &[7u8; 1000]), frame(0x8, &[0x03, 0xe8])].concat();
+        assert_eq!(server_reads(fine), ClientEnd::Closed);
+        let reserved_opcode = frame(0x3, b"x");
+        assert_eq!(server_reads(reserved_opcode), ClientEnd::Broken);
+    }
 
     #[test]
     fn token_may_come_as_a_subprotocol() {

@@ -34,12 +34,11 @@ use crate::actors::registry::{
 };
 use crate::actors::subscriptions::Subscriptions;
 use crate::actors::watcher::Watcher;
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::events::AuditQuery;
 use crate::identity::{Directory, Principal};
 
-/// Largest request body accepted.
-pub const MAX_BODY: u64 = 64 * 1024;
 const DEFAULT_AUDIT_LIMIT: usize = 100;
 const MAX_AUDIT_LIMIT: usize = 1000;
 
@@ -58,6 +57,7 @@ pub struct App {
     /// Open feeds close with 1001 when it fires, and hold a guard until they have.
     pub shutdown: crate::shutdown::Shutdown,
     pub feeds_done: crate::shutdown::Guard,
+    pub limits: Limits,
 }
 
 impl App {
@@ -79,7 +79,7 @@ pub(super) fn respond(result: Result<Response>) -> Response {
     result.unwrap_or_else(|e| error::render_error(&e))
 }
 
-pub(super) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
     // An empty body stands for `{}`, so that `curl -X POST` works on bodiless actions.
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -114,10 +114,6 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-pub(super) fn body() -> impl Filter<Extract = (Result<Bytes>,), Error = warp::Rejection> + Clone {
-    body_up_to(MAX_BODY)
-}
-
 pub(super) fn body_up_to(
     limit: u64,
 ) -> impl Filter<Extract = (Result<Bytes>,), Error = warp::Rejection> + Clone {
@@ -131,7 +127,7 @@ pub(super) fn query() -> impl Filter<Extract = (String,), Error = std::convert::
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
-pub(super) fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T> {
+pub(crate) fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T> {
     serde_urlencoded::from_str(query).map_err(|e| Error::InvalidQuery(e.to_string()))
 }
 
@@ -168,7 +164,7 @@ struct EmptyBody {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuditParams {
+pub(crate) struct AuditParams {
     topic: Option<String>,
     actor: Option<String>,
     kind: Option<String>,
@@ -190,7 +186,7 @@ fn parse_time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>
 }
 
 impl AuditParams {
-    fn into_query(self) -> Result<AuditQuery> {
+    pub(crate) fn into_query(self) -> Result<AuditQuery> {
         let limit = self.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
         if limit == 0 || limit > MAX_AUDIT_LIMIT {
             return Err(Error::InvalidQuery(format!(
@@ -375,8 +371,51 @@ async fn ready(app: App) -> Result<Response> {
     Ok(json(status, &body))
 }
 
+/// Refuses a request whose headers are larger than `limit` bytes (names and values).
+fn headers_within(limit: usize) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and_then(move |headers: warp::http::HeaderMap| async move {
+            let size: usize = headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum();
+            if size > limit {
+                Err(warp::reject::custom(error::HeadersTooLarge(limit)))
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
+}
+
+/// A place among the requests handled at once, held until the reply is built; 429 when full.
+fn admit(
+    permits: Arc<tokio::sync::Semaphore>,
+    limits: &Limits,
+) -> impl Filter<Extract = (tokio::sync::OwnedSemaphorePermit,), Error = warp::Rejection> + Clone {
+    let limit = limits.max_concurrent_http_requests as u64;
+    let retry_after_s = limits.retry_after_s;
+    warp::any().and_then(move || {
+        let permit = permits.clone().try_acquire_owned();
+        async move {
+            permit.map_err(|_| {
+                warp::reject::custom(error::Refused(Error::TooMany {
+                    what: "HTTP requests in progress",
+                    limit,
+                    retry_after_s,
+                }))
+            })
+        }
+    })
+}
+
 /// Every route, with warp's own rejections rendered as JSON errors.
 pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
+    let limits = app.limits.clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        limits.max_concurrent_http_requests,
+    ));
+    let body = || body_up_to(limits.max_body_bytes);
     let with_app = {
         let app = app.clone();
         warp::any().map(move || app.clone())
@@ -482,11 +521,7 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .then(policy)
         .map(respond);
 
-    healthz
-        .or(readyz)
-        .unify()
-        .or(create)
-        .unify()
+    let gated = create
         .or(list)
         .unify()
         .or(get)
@@ -505,13 +540,157 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .unify()
         .or(policy)
         .unify()
-        .or(feed::routes(app.clone()))
+        .or(feed::routes(app.clone(), feed::Feeds::new(&limits)))
         .unify()
         .or(records::routes(app.clone()))
         .unify()
         .or(ui::routes())
-        .unify()
+        .unify();
+    // The probes answer even when every place is taken.
+    let gated = admit(permits, &limits)
+        .and(gated)
+        .map(|permit, reply: Response| {
+            drop(permit);
+            reply
+        });
+    headers_within(limits.max_request_header_bytes)
+        .and(healthz.or(readyz).unify().or(gated).unify())
         .recover(error::recover)
         .unify()
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::approval::check_topic_name;
+    use crate::config::Policy;
+    use proptest::prelude::*;
+
+    fn policy() -> Policy {
+        let policy = Policy::default();
+        Policy {
+            name_regex: regex::Regex::new(&policy.topic_name_pattern).ok(),
+            ..policy
+        }
+    }
+
+    /// A query value as a client might write it, escaped or not, well-formed or not.
+    fn query_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9._-]{0,12}",
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u128>().prop_map(|n| n.to_string()),
+            Just("2024-01-02T03:04:05Z".to_string()),
+            Just("2024-13-45T99:00:00Z".to_string()),
+            Just("0190aa4e-7f2a-7b5e-9f00-000000000000".to_string()),
+            Just("%zz".to_string()),
+            Just("%ff%fe".to_string()),
+            Just("%00".to_string()),
+            Just("a+b%20c".to_string()),
+            ".{0,16}",
+        ]
+    }
+
+    fn query_string() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("topic"),
+            Just("actor"),
+            Just("kind"),
+            Just("request_id"),
+            Just("since"),
+            Just("until"),
+            Just("after"),
+            Just("limit"),
+            Just("status"),
+            Just("requested_by"),
+            Just(""),
+            Just("junk"),
+        ];
+        prop_oneof![
+            proptest::collection::vec((key, query_value(), any::<bool>()), 0..8).prop_map(
+                |pairs| {
+                    pairs
+                        .into_iter()
+                        .map(|(k, v, with_eq)| {
+                            if with_eq {
+                                format!("{k}={v}")
+                            } else {
+                                k.to_string()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("&")
+                }
+            ),
+            ".{0,64}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_topic_name_passes_only_within_kafkas_rules(
+            name in prop_oneof![".{0,20}", "[a-zA-Z0-9._-]{0,300}", "__[a-z]{0,5}", "\\.{1,3}"],
+        ) {
+            if check_topic_name(&policy(), &name).is_ok() {
+                prop_assert!(!name.is_empty() && name.len() <= 249);
+                prop_assert!(name != "." && name != "..");
+                prop_assert!(!name.starts_with("__"));
+                prop_assert!(name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+            }
+        }
+
+        #[test]
+        fn an_audit_query_is_a_page_request_or_invalid(query in query_string()) {
+            let parsed = parse_query::<AuditParams>(&query).and_then(AuditParams::into_query);
+            match parsed {
+                Ok(q) => prop_assert!((1..=MAX_AUDIT_LIMIT).contains(&q.limit)),
+                Err(e) => prop_assert_eq!(e.code(), "invalid_query"),
+            }
+        }
+
+        #[test]
+        fn a_request_filter_query_is_a_filter_or_invalid(query in query_string()) {
+            if let Err(e) = parse_query::<RequestFilter>(&query) {
+                prop_assert_eq!(e.code(), "invalid_query");
+            }
+        }
+
+        #[test]
+        fn any_body_is_parsed_or_invalid_json(
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..256),
+                crate::record::strategies::json_value().prop_map(|v| v.to_string().into_bytes()),
+                crate::record::strategies::deep_nesting(),
+            ],
+        ) {
+            let body = Bytes::from(body);
+            for parsed in [
+                parse_body::<CreateRequestBody>(&body).map(|_| ()),
+                parse_body::<ApproveBody>(&body).map(|_| ()),
+                parse_body::<ReasonBody>(&body).map(|_| ()),
+                parse_body::<EmptyBody>(&body).map(|_| ()),
+            ] {
+                if let Err(e) = parsed {
+                    prop_assert_eq!(e.code(), "invalid_json");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ten_thousand_query_parameters_are_one_invalid_query() {
+        let many = vec!["limit=1"; 10_000].join("&");
+        assert!(matches!(
+            parse_query::<AuditParams>(&many),
+            Err(Error::InvalidQuery(_))
+        ));
+        let junk: Vec<String> = (0..10_000).map(|i| format!("p{i}=1")).collect();
+        assert!(matches!(
+            parse_query::<AuditParams>(&junk.join("&")),
+            Err(Error::InvalidQuery(_))
+        ));
+    }
 }

@@ -16,8 +16,6 @@ use crate::metrics::METRICS;
 use crate::record::RecordIn;
 use crate::spool::HeldState;
 
-/// Largest ingest body: room for a few thousand ordinary records per call.
-const MAX_RECORDS_BODY: u64 = 16 * 1024 * 1024;
 const DEFAULT_HELD_LIMIT: usize = 1000;
 const MAX_HELD_LIMIT: usize = 100_000;
 
@@ -48,26 +46,46 @@ fn is_ndjson(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|t| t.starts_with("application/x-ndjson"))
 }
 
-/// A JSON array of records, or one record per line for NDJSON.
-fn parse_records(body: &Bytes, ndjson: bool) -> Result<Vec<RecordIn>> {
+/// A JSON array of records, or one record per line for NDJSON; more than `max_records` is
+/// refused before any record is parsed.
+pub(crate) fn parse_records(
+    body: &[u8],
+    ndjson: bool,
+    max_records: usize,
+) -> Result<Vec<RecordIn>> {
     let bad = |index, e: serde_json::Error| Error::BadRecord {
         index,
         reason: e.to_string(),
     };
+    let too_many = || Error::TooLarge {
+        what: "records per call",
+        limit: max_records as u64,
+    };
     if ndjson {
-        return body
+        let lines: Vec<&[u8]> = body
             .split(|b| *b == b'\n')
             .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .collect();
+        if lines.len() > max_records {
+            return Err(too_many());
+        }
+        return lines
+            .into_iter()
             .enumerate()
             .map(|(index, line)| serde_json::from_slice(line).map_err(|e| bad(index, e)))
             .collect();
     }
-    let values: Vec<serde_json::Value> = serde_json::from_slice(body)
+    // Split the array first without building the records, so a count past the limit costs
+    // nothing more.
+    let values: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body)
         .map_err(|e| Error::InvalidJson(format!("expected a JSON array of records: {e}")))?;
+    if values.len() > max_records {
+        return Err(too_many());
+    }
     values
         .into_iter()
         .enumerate()
-        .map(|(index, v)| serde_json::from_value(v).map_err(|e| bad(index, e)))
+        .map(|(index, v)| serde_json::from_str(v.get()).map_err(|e| bad(index, e)))
         .collect()
 }
 
@@ -81,7 +99,11 @@ async fn ingest(
 ) -> Result<Response> {
     let principal = app.authenticate(auth)?;
     let params: IngestParams = parse_query(&query)?;
-    let records = parse_records(&body?, is_ndjson(content_type.as_deref()))?;
+    let records = parse_records(
+        &body?,
+        is_ndjson(content_type.as_deref()),
+        app.limits.max_records_per_call,
+    )?;
     let accepted = app
         .listener
         .send(IngestRecords {
@@ -158,6 +180,7 @@ async fn drift(app: App, auth: Option<String>) -> Result<Response> {
 }
 
 pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
+    let max_body = app.limits.max_ingest_body_bytes;
     let with_app = warp::any().map(move || app.clone());
     let api = warp::path("api").and(warp::path("v1"));
 
@@ -171,7 +194,7 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .and(warp::header::optional::<String>("content-type"))
-        .and(body_up_to(MAX_RECORDS_BODY))
+        .and(body_up_to(max_body))
         .then(|topic, app, auth, query, content_type, body| {
             ingest(app, topic, auth, query, content_type, body)
         })
@@ -218,4 +241,90 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .or(metrics)
         .unify()
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::strategies::{damaged, deep_nesting, json_value, record_like};
+    use proptest::prelude::*;
+
+    const MAX: usize = 50;
+
+    /// A parse either fails with a 4xx error or returns at most `MAX` records.
+    fn check(body: &[u8], ndjson: bool) -> std::result::Result<(), TestCaseError> {
+        match parse_records(body, ndjson, MAX) {
+            Ok(records) => prop_assert!(records.len() <= MAX),
+            Err(e) => prop_assert!(
+                matches!(
+                    e,
+                    Error::InvalidJson(_) | Error::BadRecord { .. } | Error::TooLarge { .. }
+                ),
+                "unexpected error {e:?}"
+            ),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_refused_or_parsed(body in proptest::collection::vec(any::<u8>(), 0..512), ndjson: bool) {
+            check(&body, ndjson)?;
+        }
+
+        #[test]
+        fn damaged_record_arrays_are_refused_or_parsed(
+            body in proptest::collection::vec(record_like(), 0..8)
+                .prop_flat_map(|records| damaged(serde_json::to_vec(&records).unwrap_or_default())),
+        ) {
+            check(&body, false)?;
+        }
+
+        #[test]
+        fn damaged_ndjson_is_refused_or_parsed(
+            body in proptest::collection::vec(record_like(), 0..8)
+                .prop_flat_map(|records| {
+                    let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+                    damaged(lines.join("\n").into_bytes())
+                }),
+        ) {
+            check(&body, true)?;
+        }
+
+        #[test]
+        fn any_json_is_refused_or_parsed(value in json_value(), ndjson: bool) {
+            check(value.to_string().as_bytes(), ndjson)?;
+        }
+
+        #[test]
+        fn deep_nesting_is_refused(body in deep_nesting(), ndjson: bool) {
+            check(&body, ndjson)?;
+        }
+
+        #[test]
+        fn more_records_than_the_limit_are_refused(n in (MAX + 1)..(4 * MAX), ndjson: bool) {
+            let body = if ndjson {
+                "{\"value\":1}\n".repeat(n)
+            } else {
+                format!("[{}{{\"value\":1}}]", "{\"value\":1},".repeat(n - 1))
+            };
+            let refused = matches!(
+                parse_records(body.as_bytes(), ndjson, MAX),
+                Err(Error::TooLarge { .. })
+            );
+            prop_assert!(refused);
+        }
+    }
+
+    #[test]
+    fn a_hundred_thousand_nested_arrays_are_a_json_error() {
+        let body = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for ndjson in [false, true] {
+            let parsed = parse_records(body.as_bytes(), ndjson, MAX);
+            assert!(
+                matches!(parsed, Err(Error::InvalidJson(_) | Error::BadRecord { .. })),
+                "{parsed:?}"
+            );
+        }
+    }
 }
