@@ -16,6 +16,8 @@
 #
 # Environment:
 #   KAFKA_HOME_DIR         cache/state folder (default <repo>/.kafka): libs/, data/, logs/, broker.pid
+#   KAFKA_LIBS_DIR         where the jars are fetched and read (default $KAFKA_HOME_DIR/libs); point a second
+#                          broker instance (own KAFKA_HOME_DIR and ports) at the first one's jars
 #   KAFKA_PORT             PLAINTEXT listener on 127.0.0.1 (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener on 127.0.0.1 (default 9093)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 90)
@@ -43,7 +45,9 @@ case "$PORT$CPORT" in *[!0-9]*) die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must b
 
 mkdir -p "$KHOME"
 KHOME="$(cd "$KHOME" && pwd)"   # absolute, whatever was given
-LIBS="$KHOME/libs"
+LIBS="${KAFKA_LIBS_DIR:-$KHOME/libs}"
+mkdir -p "$(dirname "$LIBS")"
+LIBS="$(cd "$(dirname "$LIBS")" && pwd)/$(basename "$LIBS")"
 DATA="$KHOME/data"
 LOGS="$KHOME/logs"
 PIDFILE="$KHOME/broker.pid"
