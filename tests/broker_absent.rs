@@ -26,8 +26,17 @@ fn produce(svc: &Service, topic: &str, range: std::ops::Range<u64>) -> Value {
         last = svc.produce("alice", topic, "", &body);
         last.0 == 202
     });
-    assert!(accepted, "produce {range:?} to {topic}: {} {}", last.0, last.1);
-    assert_eq!(last.1["accepted"].as_u64(), Some(range.end - range.start), "{}", last.1);
+    assert!(
+        accepted,
+        "produce {range:?} to {topic}: {} {}",
+        last.0, last.1
+    );
+    assert_eq!(
+        last.1["accepted"].as_u64(),
+        Some(range.end - range.start),
+        "{}",
+        last.1
+    );
     last.1
 }
 
@@ -64,7 +73,11 @@ fn serve_starts_without_its_broker_and_catches_up_when_it_appears() {
 
     // Reads answer from the log.
     let (status, topic) = svc.topic(&active);
-    assert_eq!((status, &topic["status"]), (200, &Value::from("active")), "{topic}");
+    assert_eq!(
+        (status, &topic["status"]),
+        (200, &Value::from("active")),
+        "{topic}"
+    );
     let (status, topics) = svc.get("carol", "/api/v1/topics");
     assert_eq!(status, 200, "{topics}");
     let (status, requests) = svc.get("carol", "/api/v1/topic-requests");

@@ -272,10 +272,22 @@ impl Load<'_> {
                 };
                 if roll < 65 {
                     let who = rng.pick(ADMINS).expect("admins");
-                    self.decide(&id, who, "approve", json!({"note": "chaos"}), Acked::Approved);
+                    self.decide(
+                        &id,
+                        who,
+                        "approve",
+                        json!({"note": "chaos"}),
+                        Acked::Approved,
+                    );
                 } else if roll < 83 {
                     let who = rng.pick(ADMINS).expect("admins");
-                    self.decide(&id, who, "reject", json!({"reason": "chaos"}), Acked::Rejected);
+                    self.decide(
+                        &id,
+                        who,
+                        "reject",
+                        json!({"reason": "chaos"}),
+                        Acked::Rejected,
+                    );
                 } else {
                     self.decide(&id, &req.requester, "withdraw", json!({}), Acked::Withdrawn);
                 }
@@ -423,7 +435,9 @@ impl Load<'_> {
     /// One connection until the stop or a broken pipe; None if it could not start.
     fn tcp_connection(&self, rng: &mut Rng, topics: &[String]) -> Option<()> {
         let stream = TcpStream::connect(&self.target.ingest).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .ok()?;
         let mut writer = stream.try_clone().ok()?;
         let mut reader = BufReader::new(stream);
         writeln!(writer, "AUTH {}", self.target.tokens["alice"]).ok()?;
@@ -541,7 +555,10 @@ struct TcpConn {
 
 impl TcpConn {
     fn answer(&mut self, reply: &str, ledger: &mut Ledger) {
-        if let Some(n) = reply.strip_prefix("OK ").and_then(|n| n.trim().parse().ok()) {
+        if let Some(n) = reply
+            .strip_prefix("OK ")
+            .and_then(|n| n.trim().parse().ok())
+        {
             self.ok = self.ok.max(n);
         } else if let Some(rest) = reply.strip_prefix("ERR ") {
             let line: u64 = rest
@@ -607,7 +624,12 @@ fn shown(svc: &Service) -> Shown {
             .as_array()
             .expect("topic list")
             .iter()
-            .map(|t| (t["name"].as_str().unwrap_or_default().to_string(), t.clone()))
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap_or_default().to_string(),
+                    t.clone(),
+                )
+            })
             .collect(),
     }
 }
@@ -650,8 +672,17 @@ fn check_state(svc: &Service, before: &Shown, ledger: &mut Ledger) -> Shown {
             topic_may_become(was_status, is_status),
             "topic {name} was {was_status} before the kill and is {is_status} after it"
         );
-        for field in ["partitions", "replication_factor", "owner", "request_id", "config"] {
-            assert_eq!(was[field], is[field], "topic {name}: {field} changed in the restart");
+        for field in [
+            "partitions",
+            "replication_factor",
+            "owner",
+            "request_id",
+            "config",
+        ] {
+            assert_eq!(
+                was[field], is[field],
+                "topic {name}: {field} changed in the restart"
+            );
         }
     }
     for (id, req) in ledger.requests.iter_mut() {
@@ -811,7 +842,10 @@ fn acknowledged_work_survives_kill_9_and_broker_restarts() {
     let mut rng = Rng::new(params.seed);
     let broker = OwnBroker::start();
     let bootstrap = broker.bootstrap();
-    eprintln!("chaos: own broker on {bootstrap} after {:?}", started.elapsed());
+    eprintln!(
+        "chaos: own broker on {bootstrap} after {:?}",
+        started.elapsed()
+    );
     let mut svc = Service::start_at(&bootstrap, |text| {
         text + "\n[publisher]\ndelivery_timeout_ms = 3000\n"
     });
@@ -831,7 +865,9 @@ fn acknowledged_work_survives_kill_9_and_broker_restarts() {
         let mut ledger = ledger.lock().expect("ledger");
         ledger.events.insert(("topic_requested".into(), id.clone()));
         let acked = if i < 2 {
-            ledger.events.insert(("request_approved".into(), id.clone()));
+            ledger
+                .events
+                .insert(("request_approved".into(), id.clone()));
             let (status, body) = svc.post(
                 READER,
                 &format!("/api/v1/me/subscriptions/{topic}"),
@@ -949,7 +985,9 @@ fn acknowledged_work_survives_kill_9_and_broker_restarts() {
     for id in &stable_pending {
         svc.approve("carol", id);
         let mut ledger = ledger.lock().expect("ledger");
-        ledger.events.insert(("request_approved".into(), id.clone()));
+        ledger
+            .events
+            .insert(("request_approved".into(), id.clone()));
         if let Some(req) = ledger.requests.get_mut(id) {
             req.acked = Acked::Approved;
         }
@@ -1016,7 +1054,10 @@ fn acknowledged_work_survives_kill_9_and_broker_restarts() {
         .collect();
     let duplicates: usize = copies.values().map(|n| n - 1).sum();
     let never_sent = copies.keys().filter(|id| !ledger.sent.contains(id)).count();
-    let unacked_found = copies.keys().filter(|id| !ledger.acked.contains_key(id)).count();
+    let unacked_found = copies
+        .keys()
+        .filter(|id| !ledger.acked.contains_key(id))
+        .count();
 
     // Topics created twice: a second provisioning that did not find the topic already there.
     let provisioned = svc.audit("kind=topic_provisioned&limit=1000");
@@ -1045,7 +1086,13 @@ fn acknowledged_work_survives_kill_9_and_broker_restarts() {
     );
     let (log_events, _) = parse_verify_ok(&stdout).expect("verify output");
 
-    let status_count = |acked: Acked| ledger.requests.values().filter(|r| r.acked == acked).count();
+    let status_count = |acked: Acked| {
+        ledger
+            .requests
+            .values()
+            .filter(|r| r.acked == acked)
+            .count()
+    };
     eprintln!(
         "chaos: seed {seed:#x}, {elapsed:?}\n\
          chaos: kills                   {kills} ({broker_restarts} with a broker restart)\n\
@@ -1090,10 +1137,19 @@ fn acknowledged_work_survives_kill_9_and_broker_restarts() {
         lost.len(),
         &lost[..lost.len().min(20)]
     );
-    assert!(misplaced.is_empty(), "records in the wrong topic: {misplaced:?}");
+    assert!(
+        misplaced.is_empty(),
+        "records in the wrong topic: {misplaced:?}"
+    );
     assert_eq!(never_sent, 0, "records found that were never sent");
-    assert_eq!(unknown, 0, "records in the chaos topics without a record id");
-    assert!(created_twice.is_empty(), "topics created twice: {created_twice:?}");
+    assert_eq!(
+        unknown, 0,
+        "records in the chaos topics without a record id"
+    );
+    assert!(
+        created_twice.is_empty(),
+        "topics created twice: {created_twice:?}"
+    );
     assert!(
         ledger.feed_phantoms.is_empty(),
         "feed frames of records never sent: {:?}",
