@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures_util::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
@@ -944,14 +945,16 @@ async fn assign_waiting(
             let c = client.clone();
             let topic = wanted.topic.clone();
             let fetched =
-                tokio::task::spawn_blocking(move || committed_offsets(&c, &topic, &unknown))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
+                tokio::task::spawn_blocking(move || committed_offsets(&c, &topic, &unknown)).await;
             match fetched {
-                Ok(offsets) => offsets,
-                Err(e) => {
+                Ok(Ok(offsets)) => offsets,
+                Ok(Err(e)) => {
                     tracing::warn!(topic = %wanted.topic, error = %e, "Committed offsets not readable yet; will retry the assignment.");
+                    retry.push(wanted);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %wanted.topic, error = %e, "Committed offsets read failed; will retry the assignment.");
                     retry.push(wanted);
                     continue;
                 }
@@ -996,15 +999,16 @@ async fn assign_waiting(
 }
 
 /// The user's committed next offsets on `partitions` of `topic` (a partition without a commit is
-/// left out). Read here rather than left to librdkafka's assign with `Offset::Stored`: when that
-/// fetch fails as a whole (a group coordinator still loading, as on a new broker's first group
-/// request), librdkafka leaves the partition waiting for good and nothing is ever fetched, while
-/// an error here is retried with the assignment.
+/// left out). Read here rather than left to librdkafka's assign with `Offset::Stored`: when the
+/// offset fetch that assign sends fails (for example `NOT_COORDINATOR` from a group coordinator
+/// still loading `__consumer_offsets`, as on a new broker's first group request), librdkafka
+/// leaves the partition assigned but never fetches it; an error here is retried with the
+/// assignment.
 fn committed_offsets(
     client: &StreamConsumer,
     topic: &str,
     partitions: &[i32],
-) -> std::result::Result<HashMap<i32, i64>, String> {
+) -> KafkaResult<HashMap<i32, i64>> {
     if partitions.is_empty() {
         return Ok(HashMap::new());
     }
@@ -1012,12 +1016,10 @@ fn committed_offsets(
     for &partition in partitions {
         list.add_partition(topic, partition);
     }
-    let committed = client
-        .committed_offsets(list, METADATA_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+    let committed = client.committed_offsets(list, METADATA_TIMEOUT)?;
     let mut offsets = HashMap::new();
     for elem in committed.elements() {
-        elem.error().map_err(|e| e.to_string())?;
+        elem.error()?;
         if let Offset::Offset(next) = elem.offset() {
             offsets.insert(elem.partition(), next);
         }
