@@ -161,8 +161,8 @@ impl Ledger {
 
 // ------------------------------------------------------------------ talking to the service
 
-/// What a load thread needs to reach the running service; survives nothing (a new one per
-/// restart).
+/// What a load thread needs to reach the running service: a new one after every restart, since
+/// the ports change.
 #[derive(Clone)]
 struct Target {
     base: String,
