@@ -4,7 +4,7 @@
 CARGO ?= cargo
 include mk/kafka.mk
 
-.PHONY: build run test bench lint fmt clean-data ui-deps
+.PHONY: build run test chaos fuzz bench lint fmt clean-data ui-deps
 
 build:
 	$(CARGO) build --release
@@ -23,10 +23,15 @@ test: kafka-up ui-deps
 # The parser property tests (`make test` runs 256 cases of each) with many more cases.
 # A failing case is saved under proptest-regressions/ and replayed first from then on.
 FUZZ_CASES ?= 100000
-.PHONY: fuzz
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --lib -- --test-threads=2 \
 	  http:: actors::listener:: config:: record::
+
+# The long chaos run (docs/faults.md): 20 kill -9 of KafFlow, 4 of them with a broker restart,
+# on a broker of the test's own. `make test` runs the short form (5 kills).
+chaos: kafka-up
+	KAFFLOW_CHAOS_KILLS=$${KAFFLOW_CHAOS_KILLS:-20} KAFFLOW_CHAOS_BROKER_RESTARTS=$${KAFFLOW_CHAOS_BROKER_RESTARTS:-4} \
+	KAFFLOW_CHAOS_PHASE_MS=$${KAFFLOW_CHAOS_PHASE_MS:-4000} $(CARGO) test --test chaos -- --nocapture
 
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.
 bench: kafka-up

@@ -16,6 +16,8 @@
 #
 # Environment:
 #   KAFKA_HOME_DIR         cache/state folder (default <repo>/.kafka): libs/, data/, logs/, broker.pid
+#   KAFKA_LIBS_DIR         where the jars are fetched and read (default $KAFKA_HOME_DIR/libs); point a second
+#                          broker instance (own KAFKA_HOME_DIR and ports) at the first one's jars
 #   KAFKA_PORT             PLAINTEXT listener on 127.0.0.1 (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener on 127.0.0.1 (default 9093)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 90)
@@ -43,7 +45,9 @@ case "$PORT$CPORT" in *[!0-9]*) die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must b
 
 mkdir -p "$KHOME"
 KHOME="$(cd "$KHOME" && pwd)"   # absolute, whatever was given
-LIBS="$KHOME/libs"
+LIBS="${KAFKA_LIBS_DIR:-$KHOME/libs}"
+mkdir -p "$(dirname "$LIBS")"
+LIBS="$(cd "$(dirname "$LIBS")" && pwd)/$(basename "$LIBS")"
 DATA="$KHOME/data"
 LOGS="$KHOME/logs"
 PIDFILE="$KHOME/broker.pid"
@@ -236,6 +240,33 @@ format_once() {
   fi
 }
 
+# The first group request on a new data dir makes the broker create __consumer_offsets, and
+# its group coordinator needs a moment to load it. A client whose offset fetch lands in that
+# moment may fail it (librdkafka then never starts the partition), so the script makes that
+# first request itself, once per data dir, before it declares the broker ready: describing an
+# unknown group answers "not found" only once the coordinator is loaded.
+warm_group_coordinator() {
+  local mark="$DATA/.group-coordinator-ready" deadline=$((SECONDS + START_TIMEOUT)) out
+  [ -f "$mark" ] && return 0
+  write_admin_probe
+  while :; do
+    out="$(timeout 30 "$JAVA" -Xms32m -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+      -Djava.awt.headless=true -Dlog4j2.configurationFile="$LOG4J_TOOLS" -cp "$LIBS/*" \
+      org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --bootstrap-server "$BOOTSTRAP" \
+      --command-config "$ADMIN_PROBE" --describe --group kafka-sh-warm-up 2>&1 || true)"
+    case "$out" in
+      *GroupIdNotFound*|*"does not exist"*|*"no active members"*)
+        touch "$mark"
+        return 0 ;;
+    esac
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "$out" | tail -n 5 >&2
+      die "the group coordinator on $BOOTSTRAP did not answer within ${START_TIMEOUT}s"
+    fi
+    sleep 1
+  done
+}
+
 # ---------------------------------------------------------------- commands
 
 wait_ready() {
@@ -264,11 +295,13 @@ cmd_up() {
   pid="$(broker_pid)"
   if [ -n "$pid" ]; then
     if answers; then
+      warm_group_coordinator
       say "already running on $BOOTSTRAP (pid $pid)"
       return 0
     fi
     # Alive but not answering yet: perhaps still starting.
     wait_ready "$pid"
+    warm_group_coordinator
     say "ready on $BOOTSTRAP (pid $pid)"
     return 0
   fi
@@ -311,6 +344,7 @@ cmd_up() {
   [ -n "$found" ] && pid="$found"
   say "started broker (pid $pid), waiting up to ${START_TIMEOUT}s for $BOOTSTRAP ..."
   wait_ready "$pid"
+  warm_group_coordinator
   say "ready on $BOOTSTRAP (pid $pid, $((SECONDS - started))s, data in $DATA)"
 }
 

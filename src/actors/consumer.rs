@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures_util::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
@@ -937,11 +938,38 @@ async fn assign_waiting(
             retry.push(wanted);
             continue;
         };
+        let stored = if matches!(wanted.at, StartAt::Stored) {
+            let unknown: Vec<i32> = (0..count)
+                .filter(|p| !wanted.resume.contains_key(&(wanted.topic.clone(), *p)))
+                .collect();
+            let c = client.clone();
+            let topic = wanted.topic.clone();
+            let fetched =
+                tokio::task::spawn_blocking(move || committed_offsets(&c, &topic, &unknown)).await;
+            match fetched {
+                Ok(Ok(offsets)) => offsets,
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %wanted.topic, error = %e, "Committed offsets not readable yet; will retry the assignment.");
+                    retry.push(wanted);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %wanted.topic, error = %e, "Committed offsets read failed; will retry the assignment.");
+                    retry.push(wanted);
+                    continue;
+                }
+            }
+        } else {
+            HashMap::new()
+        };
         for partition in 0..count {
             let offset = match wanted.resume.get(&(wanted.topic.clone(), partition)) {
                 Some(&next) => Offset::Offset(next),
                 None => match wanted.at {
-                    StartAt::Stored => Offset::Stored,
+                    // Nothing committed: from the beginning, as `auto.offset.reset` says.
+                    StartAt::Stored => stored
+                        .get(&partition)
+                        .map_or(Offset::Beginning, |&next| Offset::Offset(next)),
                     StartAt::Beginning => Offset::Beginning,
                     StartAt::End => Offset::End,
                 },
@@ -968,6 +996,35 @@ async fn assign_waiting(
         }
     }
     retry
+}
+
+/// The user's committed next offsets on `partitions` of `topic` (a partition without a commit is
+/// left out). Read here rather than left to librdkafka's assign with `Offset::Stored`: when the
+/// offset fetch that assign sends fails (for example `NOT_COORDINATOR` from a group coordinator
+/// still loading `__consumer_offsets`, as on a new broker's first group request), librdkafka
+/// leaves the partition assigned but never fetches it; an error here is retried with the
+/// assignment.
+fn committed_offsets(
+    client: &StreamConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> KafkaResult<HashMap<i32, i64>> {
+    if partitions.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut list = TopicPartitionList::new();
+    for &partition in partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = client.committed_offsets(list, METADATA_TIMEOUT)?;
+    let mut offsets = HashMap::new();
+    for elem in committed.elements() {
+        elem.error()?;
+        if let Offset::Offset(next) = elem.offset() {
+            offsets.insert(elem.partition(), next);
+        }
+    }
+    Ok(offsets)
 }
 
 fn partition_count(client: &StreamConsumer, topic: &str) -> Option<i32> {

@@ -181,6 +181,12 @@ impl Service {
         Service::start_configured(&bootstrap(), edit)
     }
 
+    /// Starts the service against `bootstrap` (e.g. an [`OwnBroker`]) with `edit` applied to
+    /// the config text.
+    pub fn start_at(bootstrap: &str, edit: impl FnOnce(String) -> String) -> Service {
+        Service::start_configured(bootstrap, edit)
+    }
+
     fn start_configured(bootstrap: &str, edit: impl FnOnce(String) -> String) -> Service {
         let dir = tempfile::Builder::new()
             .prefix("kafflow-test-")
@@ -742,8 +748,13 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// An admin client on the real broker that never asks the broker to create topics.
 pub fn kafka_admin() -> AdminClient<DefaultClientContext> {
+    kafka_admin_at(&bootstrap())
+}
+
+/// Like [`kafka_admin`], on the broker at `bootstrap` (e.g. an [`OwnBroker`]).
+pub fn kafka_admin_at(bootstrap: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("allow.auto.create.topics", "false")
         .create()
         .expect("kafka admin client")
@@ -752,7 +763,12 @@ pub fn kafka_admin() -> AdminClient<DefaultClientContext> {
 /// The partition count of `name` according to the broker's own metadata; None if the broker
 /// does not know the topic.
 pub fn kafka_topic_partitions(name: &str) -> Option<usize> {
-    let admin = kafka_admin();
+    kafka_topic_partitions_at(&bootstrap(), name)
+}
+
+/// Like [`kafka_topic_partitions`], on the broker at `bootstrap`.
+pub fn kafka_topic_partitions_at(bootstrap: &str, name: &str) -> Option<usize> {
+    let admin = kafka_admin_at(bootstrap);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let last = match admin
@@ -773,8 +789,7 @@ pub fn kafka_topic_partitions(name: &str) -> Option<usize> {
         };
         assert!(
             Instant::now() < deadline,
-            "no usable metadata for {name} from {}: {last}",
-            bootstrap()
+            "no usable metadata for {name} from {bootstrap}: {last}"
         );
         thread::sleep(Duration::from_millis(200));
     }
@@ -1326,15 +1341,25 @@ pub struct KafkaRecord {
 pub fn kafka_read_until(
     topic: &str,
     timeout: Duration,
+    enough: impl FnMut(&[KafkaRecord]) -> bool,
+) -> Vec<KafkaRecord> {
+    kafka_read_until_at(&bootstrap(), topic, timeout, enough)
+}
+
+/// Like [`kafka_read_until`], on the broker at `bootstrap`.
+pub fn kafka_read_until_at(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
     mut enough: impl FnMut(&[KafkaRecord]) -> bool,
 ) -> Vec<KafkaRecord> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     use rdkafka::{Offset, TopicPartitionList};
-    let partitions = kafka_topic_partitions(topic)
+    let partitions = kafka_topic_partitions_at(bootstrap, topic)
         .unwrap_or_else(|| panic!("topic {topic} is not in Kafka")) as i32;
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set(
             "group.id",
             format!("kafflow-test-reader-{:x}", random_u64()),
@@ -1558,5 +1583,117 @@ impl Service {
     /// Starts the process again on the same config and data dir, after `terminate`.
     pub fn start_again(&mut self) {
         self.spawn();
+    }
+}
+
+// ------------------------------------------------------------ a broker of one test's own
+
+/// A single-node broker of one test's own: `scripts/kafka.sh` with its own home (under the
+/// target dir) and its own ports, reading the shared broker's jars. A test may stop and start it
+/// at will; it is stopped, and its data removed, when dropped.
+pub struct OwnBroker {
+    home: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+/// Two ports nothing listens on now.
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let ports = (
+        a.local_addr().expect("local addr").port(),
+        b.local_addr().expect("local addr").port(),
+    );
+    drop((a, b));
+    ports
+}
+
+impl OwnBroker {
+    /// A broker home and two free ports, with nothing started: until [`OwnBroker::up`], its
+    /// bootstrap address is one where nothing listens.
+    pub fn new() -> OwnBroker {
+        let home = tempfile::Builder::new()
+            .prefix("kafka-own-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("broker home");
+        let (port, controller_port) = free_ports();
+        OwnBroker {
+            home,
+            port,
+            controller_port,
+        }
+    }
+
+    /// A new broker, started and answering.
+    pub fn start() -> OwnBroker {
+        let broker = OwnBroker::new();
+        broker.up();
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The jars of the shared broker (`KAFKA_LIBS_DIR`, else `KAFKA_HOME_DIR/libs`, else the
+    /// repository's `.kafka/libs`): fetched once, read by every instance.
+    fn libs_dir() -> PathBuf {
+        if let Ok(dir) = std::env::var("KAFKA_LIBS_DIR") {
+            return PathBuf::from(dir);
+        }
+        let home = std::env::var("KAFKA_HOME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join(".kafka"));
+        home.join("libs")
+    }
+
+    fn script(&self, command: &str) -> std::process::Output {
+        Command::new("bash")
+            .arg("scripts/kafka.sh")
+            .arg(command)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("KAFKA_HOME_DIR", self.home.path())
+            .env("KAFKA_LIBS_DIR", OwnBroker::libs_dir())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run scripts/kafka.sh {command}: {e}"))
+    }
+
+    fn script_ok(&self, command: &str) {
+        let out = self.script(command);
+        assert!(
+            out.status.success(),
+            "scripts/kafka.sh {command} for {}: {}\n{}{}",
+            self.bootstrap(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the broker (formatting its data dir the first time) and waits until it answers.
+    pub fn up(&self) {
+        self.script_ok("up");
+    }
+
+    /// Stops the broker with SIGTERM (a controlled shutdown) and waits until it has exited.
+    pub fn down(&self) {
+        self.script_ok("down");
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let out = self.script("down");
+        if !out.status.success() {
+            eprintln!(
+                "could not stop the broker on {}: {}",
+                self.bootstrap(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
