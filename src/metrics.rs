@@ -21,6 +21,10 @@ pub struct Metrics {
     pub discarded: IntCounter,
     /// Ingest refused because the spool was full.
     pub spool_full: IntCounter,
+    /// Spool writes refused because the disk was full.
+    pub storage_full: IntCounter,
+    /// Held records whose stored headers could not be read back (dead-lettered, not sent).
+    pub undecodable_held: IntCounter,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
 }
@@ -75,6 +79,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "kafflow_spool_full_total",
             "Ingest calls refused because the spool was full.",
+        ),
+        storage_full: counter(
+            &r,
+            "kafflow_storage_full_total",
+            "Spool writes refused because the disk was full.",
+        ),
+        undecodable_held: counter(
+            &r,
+            "kafflow_undecodable_held_records_total",
+            "Held records whose stored headers could not be decoded; dead-lettered, not sent.",
         ),
         spool_records: gauge(
             &r,

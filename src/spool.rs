@@ -3,23 +3,34 @@
 //! One thread owns the connection and runs every operation in the order it was asked for, so
 //! a drain that reads after an insert always sees it, and ids (arrival order) are committed in
 //! order. Only the publisher actor uses it.
+//!
+//! Every operation that removes or moves rows answers with what it removed or moved (a
+//! [`Tally`] read in the same transaction), so the publisher's counts follow the rows exactly.
+//! A write that fails because the disk is full is [`Error::StorageFull`], and the spool's
+//! [`Health`] says so until a later write succeeds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
 use chrono::{SecondsFormat, Utc};
-use rusqlite::{params, Connection};
+use rusqlite::types::{ToSqlOutput, Value};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::events::Durability;
-use crate::record::{Record, RecordOut};
+use crate::record::{value_json, Record, RecordOut};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/spool_0001_held.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/spool_0001_held.sql")),
+    (2, include_str!("../migrations/spool_0002_meta.sql")),
+];
 const DB_FILE: &str = "spool.db";
+const DISCARDED_SEQ: &str = "discarded_seq";
+const PROBE: &str = "probe";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,15 +50,42 @@ impl HeldState {
     }
 }
 
+/// The stored headers of a held record do not read back as a JSON object of strings (the
+/// file was damaged or edited). Such a record is never sent to Kafka without its headers.
+#[derive(Debug, thiserror::Error)]
+#[error("held record {id}: its stored headers cannot be decoded: {source}")]
+pub struct UndecodableHeaders {
+    pub id: i64,
+    #[source]
+    pub source: serde_json::Error,
+}
+
 /// A record in the spool.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HeldRecord {
     pub id: i64,
     pub topic: String,
     pub producer: String,
     pub accepted_at: String,
     pub state: HeldState,
-    pub record: Record,
+    /// What the row counts for in the spool's bytes (key, value and headers).
+    pub size: u64,
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    /// The headers, or why they cannot be read back.
+    pub headers: std::result::Result<BTreeMap<String, String>, UndecodableHeaders>,
+}
+
+impl HeldRecord {
+    /// The record as Kafka gets it; an error when its headers cannot be read back.
+    pub fn record(&self) -> std::result::Result<Record, &UndecodableHeaders> {
+        let headers = self.headers.as_ref()?;
+        Ok(Record {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            headers: headers.clone(),
+        })
+    }
 }
 
 /// How a held record is listed and exported.
@@ -60,22 +98,34 @@ pub struct HeldRecordOut {
     pub accepted_at: String,
     #[serde(flatten)]
     pub record: RecordOut,
+    /// Set when the stored headers cannot be decoded; `headers` is then empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers_error: Option<String>,
 }
 
 impl From<&HeldRecord> for HeldRecordOut {
     fn from(held: &HeldRecord) -> Self {
+        let (headers, headers_error) = match &held.headers {
+            Ok(headers) => (headers.clone(), None),
+            Err(e) => (BTreeMap::new(), Some(e.to_string())),
+        };
         HeldRecordOut {
             id: held.id,
             topic: held.topic.clone(),
             state: held.state,
             producer: held.producer.clone(),
             accepted_at: held.accepted_at.clone(),
-            record: RecordOut::from(&held.record),
+            record: RecordOut {
+                key: held.key.clone(),
+                value: value_json(&held.value),
+                headers,
+            },
+            headers_error,
         }
     }
 }
 
-/// Per-topic contents, for the publisher's accounting at startup.
+/// Per-topic contents, for the publisher's accounting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicContents {
     pub held: u64,
@@ -85,15 +135,85 @@ pub struct TopicContents {
     pub published: u64,
 }
 
+/// Rows an operation removed or moved, and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The dead records of a topic, as a discard is about to take them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadRecords {
+    pub records: u64,
+    pub bytes: u64,
+    /// The highest id among them: a discard takes the dead records up to it.
+    pub last_id: Option<i64>,
+}
+
+/// Whether the spool can write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// The last write failed because the disk is full. Cleared by the next write that succeeds.
+    pub storage_full: bool,
+    /// The error of the last failed write, while `storage_full`.
+    pub error: Option<String>,
+}
+
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 #[derive(Clone)]
 pub struct Spool {
     tx: mpsc::Sender<Job>,
+    health: Arc<Mutex<Health>>,
 }
 
-fn spool_error(e: impl std::fmt::Display) -> Error {
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+fn spool_error(e: rusqlite::Error) -> Error {
+    if is_disk_full(&e) {
+        return Error::StorageFull(format!("the spool cannot write: {e}"));
+    }
+    if let rusqlite::Error::ToSqlConversionFailure(cause) = &e {
+        return Error::InvalidRecord(format!("cannot be stored: {cause}"));
+    }
     Error::Spool(e.to_string())
+}
+
+fn thread_gone() -> Error {
+    Error::Spool("spool thread stopped".into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A record's headers as the `headers` column keeps them: a JSON object, or NULL when empty.
+struct HeadersColumn<'a>(&'a BTreeMap<String, String>);
+
+impl ToSql for HeadersColumn<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        if self.0.is_empty() {
+            return Ok(ToSqlOutput::Owned(Value::Null));
+        }
+        serde_json::to_string(self.0)
+            .map(|text| ToSqlOutput::Owned(Value::Text(text)))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+    }
+}
+
+fn decode_headers(
+    id: i64,
+    column: Option<String>,
+) -> std::result::Result<BTreeMap<String, String>, UndecodableHeaders> {
+    match column {
+        None => Ok(BTreeMap::new()),
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|source| UndecodableHeaders { id, source })
+        }
+    }
 }
 
 impl Spool {
@@ -114,46 +234,67 @@ impl Spool {
                     job(&mut conn);
                 }
             })
-            .map_err(spool_error)?;
-        Ok((Spool { tx }, contents))
+            .map_err(|e| Error::Spool(format!("cannot start the spool thread: {e}")))?;
+        let spool = Spool {
+            tx,
+            health: Arc::default(),
+        };
+        Ok((spool, contents))
     }
 
-    async fn call<R: Send + 'static>(
+    /// Queues `f` now, behind everything already asked for; the future waits for its answer.
+    /// A write's outcome sets the spool's health (on the spool thread, before the answer).
+    fn queue<R, F>(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> Result<R> {
+        write: bool,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R>> + use<R, F>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
+        let health = self.health.clone();
         let job: Job = Box::new(move |conn| {
-            let _ = reply.send(f(conn));
+            let result = f(conn).map_err(spool_error);
+            if write {
+                let mut health = lock(&health);
+                match &result {
+                    Ok(_) => *health = Health::default(),
+                    Err(e @ Error::StorageFull(_)) => {
+                        if !health.storage_full {
+                            tracing::error!(error = %e, "The spool cannot write: the disk is full.");
+                        }
+                        health.storage_full = true;
+                        health.error = Some(e.to_string());
+                    }
+                    Err(_) => {}
+                }
+            }
+            let _ = reply.send(result);
         });
-        self.tx
-            .send(job)
-            .map_err(|_| Error::Spool("spool thread stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Spool("spool thread stopped".into()))?
-            .map_err(spool_error)
+        let queued = self.tx.send(job);
+        async move {
+            queued.map_err(|_| thread_gone())?;
+            rx.await.map_err(|_| thread_gone())?
+        }
     }
 
-    /// Stores records for `topic` in one transaction; durable when this returns.
+    /// Whether the spool can write, as its last write found.
+    pub fn health(&self) -> Health {
+        lock(&self.health).clone()
+    }
+
+    /// Stores records for `topic` in one transaction; durable when the future resolves. The
+    /// insert is queued now, in the caller's order.
     pub fn hold(
         &self,
         topic: String,
         producer: String,
         records: Vec<Record>,
     ) -> impl std::future::Future<Output = Result<()>> + use<> {
-        let spool = self.clone();
-        // Queued now, in the caller's order; the future only waits for the commit.
-        let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let _ = reply.send(insert(conn, &topic, &producer, &records));
-        });
-        let queued = spool.tx.send(job);
-        async move {
-            queued.map_err(|_| Error::Spool("spool thread stopped".into()))?;
-            rx.await
-                .map_err(|_| Error::Spool("spool thread stopped".into()))?
-                .map_err(spool_error)
-        }
+        let held = self.queue(true, move |conn| insert(conn, &topic, &producer, &records));
+        async move { held.await }
     }
 
     /// The next held records of `topic` after `after_id`, oldest first.
@@ -164,28 +305,34 @@ impl Spool {
         limit: usize,
     ) -> Result<Vec<HeldRecord>> {
         let topic = topic.to_string();
-        self.call(move |conn| select(conn, &topic, HeldState::Held, None, after_id, limit))
-            .await
+        self.queue(false, move |conn| {
+            select(conn, &topic, HeldState::Held, None, after_id, limit)
+        })
+        .await
     }
 
-    /// Removes held records of `topic` up to `up_to_id`, once Kafka has them.
-    pub async fn release(&self, topic: &str, up_to_id: i64, published: u64) -> Result<()> {
+    /// Removes held records of `topic` up to `up_to_id`, once Kafka has them; counts them as
+    /// published in the same transaction.
+    pub async fn release(&self, topic: &str, up_to_id: i64) -> Result<Tally> {
         let topic = topic.to_string();
-        self.call(move |conn| {
+        self.queue(true, move |conn| {
             let tx = conn.transaction()?;
+            let where_ = "topic = ?1 AND state = 'held' AND id <= ?2";
+            let removed = tally(&tx, where_, params![topic, up_to_id])?;
             tx.execute(
-                "DELETE FROM held WHERE topic = ?1 AND state = 'held' AND id <= ?2",
+                &format!("DELETE FROM held WHERE {where_}"),
                 params![topic, up_to_id],
             )?;
-            add_published(&tx, &topic, published)?;
-            tx.commit()
+            add_published(&tx, &topic, removed.records)?;
+            tx.commit()?;
+            Ok(removed)
         })
         .await
     }
 
     /// Counts records that went straight to Kafka (saved now and then, not per record).
     pub async fn add_published(&self, counts: HashMap<String, u64>) -> Result<()> {
-        self.call(move |conn| {
+        self.queue(true, move |conn| {
             let tx = conn.transaction()?;
             for (topic, n) in &counts {
                 add_published(&tx, topic, *n)?;
@@ -195,15 +342,36 @@ impl Spool {
         .await
     }
 
-    /// Moves every held record of `topic` to the dead-letter state; returns how many.
-    pub async fn kill(&self, topic: &str) -> Result<u64> {
+    /// Moves every held record of `topic` to the dead-letter state.
+    pub async fn kill(&self, topic: &str) -> Result<Tally> {
         let topic = topic.to_string();
-        self.call(move |conn| {
-            conn.execute(
-                "UPDATE held SET state = 'dead' WHERE topic = ?1 AND state = 'held'",
+        self.queue(true, move |conn| {
+            let tx = conn.transaction()?;
+            let where_ = "topic = ?1 AND state = 'held'";
+            let moved = tally(&tx, where_, params![topic])?;
+            tx.execute(
+                &format!("UPDATE held SET state = 'dead' WHERE {where_}"),
                 params![topic],
-            )
-            .map(|n| n as u64)
+            )?;
+            tx.commit()?;
+            Ok(moved)
+        })
+        .await
+    }
+
+    /// Moves one held record to the dead-letter state (Kafka refuses it for good, or its
+    /// headers cannot be read back).
+    pub async fn kill_one(&self, id: i64) -> Result<Tally> {
+        self.queue(true, move |conn| {
+            let tx = conn.transaction()?;
+            let where_ = "id = ?1 AND state = 'held'";
+            let moved = tally(&tx, where_, params![id])?;
+            tx.execute(
+                &format!("UPDATE held SET state = 'dead' WHERE {where_}"),
+                params![id],
+            )?;
+            tx.commit()?;
+            Ok(moved)
         })
         .await
     }
@@ -218,42 +386,120 @@ impl Spool {
         limit: usize,
     ) -> Result<Vec<HeldRecord>> {
         let topic = topic.to_string();
-        self.call(move |conn| select(conn, &topic, state, producer.as_deref(), after_id, limit))
-            .await
+        self.queue(false, move |conn| {
+            select(conn, &topic, state, producer.as_deref(), after_id, limit)
+        })
+        .await
     }
 
-    /// Moves one held record to the dead-letter state (Kafka refuses it for good).
-    pub async fn kill_one(&self, id: i64) -> Result<()> {
-        self.call(move |conn| {
+    /// The dead records of `topic` that a discard would take now.
+    pub async fn dead(&self, topic: &str) -> Result<DeadRecords> {
+        let topic = topic.to_string();
+        self.queue(false, move |conn| {
+            conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), MAX(id)
+                 FROM held WHERE topic = ?1 AND state = 'dead'",
+                params![topic],
+                |r| {
+                    Ok(DeadRecords {
+                        records: r.get::<_, i64>(0)? as u64,
+                        bytes: r.get::<_, i64>(1)? as u64,
+                        last_id: r.get(2)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    /// Carries out the committed `held_discarded` event `seq`: deletes the dead records of
+    /// `topic` up to `up_to_id` (none when `None`) and notes `seq` as done, in one transaction.
+    /// Idempotent: ids are never reused, so running it again deletes nothing more.
+    pub async fn discard(&self, topic: &str, up_to_id: Option<i64>, seq: u64) -> Result<Tally> {
+        let topic = topic.to_string();
+        self.queue(true, move |conn| {
+            let tx = conn.transaction()?;
+            let mut removed = Tally::default();
+            if let Some(up_to_id) = up_to_id {
+                let where_ = "topic = ?1 AND state = 'dead' AND id <= ?2";
+                removed = tally(&tx, where_, params![topic, up_to_id])?;
+                tx.execute(
+                    &format!("DELETE FROM held WHERE {where_}"),
+                    params![topic, up_to_id],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO spool_meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                params![DISCARDED_SEQ, seq as i64],
+            )?;
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// The seq of the last `held_discarded` event carried out (0 when none).
+    pub async fn discarded_seq(&self) -> Result<u64> {
+        self.queue(false, |conn| {
+            let seq: Option<i64> = conn
+                .query_row(
+                    "SELECT value FROM spool_meta WHERE key = ?1",
+                    params![DISCARDED_SEQ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(seq.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    /// A small write, to learn whether the disk has room again; clears `storage_full` when it
+    /// succeeds.
+    pub async fn probe(&self) -> Result<()> {
+        self.queue(true, |conn| {
             conn.execute(
-                "UPDATE held SET state = 'dead' WHERE id = ?1 AND state = 'held'",
-                params![id],
+                "INSERT INTO spool_meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![PROBE, Utc::now().timestamp_micros()],
             )
             .map(|_| ())
         })
         .await
     }
 
-    /// Deletes the dead records of `topic`; returns how many and their bytes.
-    pub async fn discard(&self, topic: &str) -> Result<(u64, u64)> {
-        let topic = topic.to_string();
-        self.call(move |conn| {
-            let tx = conn.transaction()?;
-            let (n, bytes): (i64, i64) = tx.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0)
-                 FROM held WHERE topic = ?1 AND state = 'dead'",
-                params![topic],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            tx.execute(
-                "DELETE FROM held WHERE topic = ?1 AND state = 'dead'",
-                params![topic],
-            )?;
-            tx.commit()?;
-            Ok((n as u64, bytes as u64))
+    /// What the spool holds now, per topic (as `open` reads it).
+    pub async fn contents(&self) -> Result<HashMap<String, TopicContents>> {
+        self.queue(false, |conn| contents(conn)).await
+    }
+
+    /// Caps the file at its current size, as a full disk would (SQLite's `max_page_count`):
+    /// the next write that needs a new page fails with `SQLITE_FULL`. `None` lifts the cap.
+    #[cfg(test)]
+    pub(crate) async fn cap_pages(&self, cap: Option<u64>) -> Result<()> {
+        self.queue(false, move |conn| {
+            let pages = cap.unwrap_or(0xFFFF_FFFE);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|_| ())
         })
         .await
     }
+}
+
+/// Counts and sums the rows of `held` that match `where_`.
+fn tally(conn: &Connection, where_: &str, args: impl rusqlite::Params) -> rusqlite::Result<Tally> {
+    conn.query_row(
+        &format!("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM held WHERE {where_}"),
+        args,
+        |r| {
+            Ok(Tally {
+                records: r.get::<_, i64>(0)? as u64,
+                bytes: r.get::<_, i64>(1)? as u64,
+            })
+        },
+    )
 }
 
 fn add_published(conn: &Connection, topic: &str, n: u64) -> rusqlite::Result<()> {
@@ -281,16 +527,11 @@ fn insert(
              VALUES (?1, 'held', ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for record in records {
-            let headers = if record.headers.is_empty() {
-                None
-            } else {
-                serde_json::to_string(&record.headers).ok()
-            };
             stmt.execute(params![
                 topic,
                 record.key,
                 record.value,
-                headers,
+                HeadersColumn(&record.headers),
                 producer,
                 record.size() as i64,
                 at
@@ -309,27 +550,24 @@ fn select(
     limit: usize,
 ) -> rusqlite::Result<Vec<HeldRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, topic, key, value, headers, producer, accepted_at FROM held
+        "SELECT id, topic, key, value, headers, producer, accepted_at, size FROM held
          WHERE topic = ?1 AND state = ?2 AND id > ?3 AND (?4 IS NULL OR producer = ?4)
          ORDER BY id LIMIT ?5",
     )?;
     let rows = stmt.query_map(
         params![topic, state.as_str(), after_id, producer, limit as i64],
         |r| {
-            let headers: Option<String> = r.get(4)?;
+            let id: i64 = r.get(0)?;
             Ok(HeldRecord {
-                id: r.get(0)?,
+                id,
                 topic: r.get(1)?,
                 producer: r.get(5)?,
                 accepted_at: r.get(6)?,
                 state,
-                record: Record {
-                    key: r.get(2)?,
-                    value: r.get(3)?,
-                    headers: headers
-                        .and_then(|h| serde_json::from_str::<BTreeMap<String, String>>(&h).ok())
-                        .unwrap_or_default(),
-                },
+                size: r.get::<_, i64>(7)? as u64,
+                key: r.get(2)?,
+                value: r.get(3)?,
+                headers: decode_headers(id, r.get(4)?),
             })
         },
     )?;
@@ -388,17 +626,25 @@ mod tests {
         second.await.expect("held");
         first.await.expect("held");
         let batch = spool.next_held("t", 0, 10).await.expect("read");
-        let values: Vec<_> = batch.iter().map(|h| h.record.value.clone()).collect();
+        let values: Vec<_> = batch.iter().map(|h| h.value.clone()).collect();
         assert_eq!(
             values,
             (0..5)
                 .map(|n| format!("v{n}").into_bytes())
                 .collect::<Vec<_>>()
         );
-        assert_eq!(batch[4].record.headers["h"], "4");
-        spool.release("t", batch[1].id, 2).await.expect("release");
+        assert_eq!(batch[4].record().expect("headers").headers["h"], "4");
+        let released = spool.release("t", batch[1].id).await.expect("release");
+        let two = (0..2).map(record).map(|r| r.size()).sum();
+        assert_eq!(
+            released,
+            Tally {
+                records: 2,
+                bytes: two
+            }
+        );
         assert_eq!(spool.next_held("t", 0, 10).await.expect("read").len(), 3);
-        assert_eq!(spool.kill("t").await.expect("kill"), 3);
+        assert_eq!(spool.kill("t").await.expect("kill").records, 3);
         let bobs = spool
             .list("t", HeldState::Dead, Some("bob".into()), 0, 10)
             .await
@@ -409,11 +655,117 @@ mod tests {
         let (spool, contents) = Spool::open(dir.path(), Durability::Normal).expect("reopen");
         let t = &contents["t"];
         assert_eq!((t.held, t.dead, t.published), (0, 3, 2));
-        assert_eq!(spool.discard("t").await.expect("discard").0, 3);
+        let dead = spool.dead("t").await.expect("dead");
+        assert_eq!((dead.records, dead.last_id), (3, Some(batch[4].id)));
+        assert_eq!(
+            spool
+                .discard("t", dead.last_id, 9)
+                .await
+                .expect("discard")
+                .records,
+            3
+        );
         let left = spool
             .list("t", HeldState::Dead, None, 0, 10)
             .await
             .expect("list");
         assert!(left.is_empty());
+        assert_eq!(spool.discarded_seq().await.expect("seq"), 9);
+    }
+
+    #[tokio::test]
+    async fn a_discard_takes_only_the_dead_records_up_to_its_id_and_runs_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), Durability::Normal).expect("open");
+        spool
+            .hold("t".into(), "p".into(), (0..3).map(record).collect())
+            .await
+            .expect("held");
+        spool.kill("t").await.expect("kill");
+        let dead = spool.dead("t").await.expect("dead");
+        // Records that die after the discard was decided are not part of it.
+        spool
+            .hold("t".into(), "p".into(), (3..5).map(record).collect())
+            .await
+            .expect("held");
+        spool.kill("t").await.expect("kill");
+        let removed = spool.discard("t", dead.last_id, 4).await.expect("discard");
+        assert_eq!(removed.records, 3);
+        // Finishing the same event again (replay after a crash) deletes nothing more.
+        let again = spool.discard("t", dead.last_id, 4).await.expect("again");
+        assert_eq!(again, Tally::default());
+        assert_eq!(spool.dead("t").await.expect("dead").records, 2);
+        // An older seq never moves the mark back.
+        spool.discard("t", None, 2).await.expect("old");
+        assert_eq!(spool.discarded_seq().await.expect("seq"), 4);
+    }
+
+    #[tokio::test]
+    async fn undecodable_headers_are_reported_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), Durability::Normal).expect("open");
+        spool
+            .hold("t".into(), "p".into(), (0..2).map(record).collect())
+            .await
+            .expect("held");
+        let batch = spool.next_held("t", 0, 10).await.expect("read");
+        // Damage the stored headers of the first record, as a bad disk or a hand edit would.
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("second connection");
+        conn.execute(
+            "UPDATE held SET headers = '{\"h\": 1' WHERE id = ?1",
+            params![batch[0].id],
+        )
+        .expect("damage");
+        drop(conn);
+
+        let batch = spool.next_held("t", 0, 10).await.expect("read");
+        let error = batch[0]
+            .record()
+            .expect_err("the damaged headers are an error");
+        assert_eq!(error.id, batch[0].id);
+        assert!(batch[1].record().is_ok(), "the next record is intact");
+        let listed = HeldRecordOut::from(&batch[0]);
+        let message = listed.headers_error.expect("the listing says why");
+        assert!(message.contains("cannot be decoded"), "{message}");
+        assert!(listed.record.headers.is_empty());
+        assert_eq!(HeldRecordOut::from(&batch[1]).headers_error, None);
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_refuses_writes_with_storage_full_and_recovers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), Durability::Normal).expect("open");
+        spool
+            .hold("t".into(), "p".into(), (0..2).map(record).collect())
+            .await
+            .expect("held");
+        assert_eq!(spool.health(), Health::default());
+        spool.cap_pages(Some(1)).await.expect("cap");
+        let big: Vec<Record> = (0..50)
+            .map(|n| Record {
+                key: None,
+                value: vec![b'x'; 4000 + n],
+                headers: BTreeMap::new(),
+            })
+            .collect();
+        let refused = spool.hold("t".into(), "p".into(), big.clone()).await;
+        assert!(matches!(refused, Err(Error::StorageFull(_))), "{refused:?}");
+        assert_eq!(refused.expect_err("refused").code(), "storage_full");
+        let health = spool.health();
+        assert!(health.storage_full, "{health:?}");
+        assert!(health.error.is_some_and(|e| e.contains("full")));
+        // Nothing of the refused call is in the spool; reads still work.
+        assert_eq!(spool.contents().await.expect("contents")["t"].held, 2);
+        assert!(spool.health().storage_full, "a read does not clear it");
+
+        // Space comes back: the probe notices, and the same call is taken without reopening.
+        spool.cap_pages(None).await.expect("uncap");
+        spool.probe().await.expect("probe");
+        assert_eq!(spool.health(), Health::default());
+        spool
+            .hold("t".into(), "p".into(), big)
+            .await
+            .expect("held after space is back");
+        assert_eq!(spool.contents().await.expect("contents")["t"].held, 52);
     }
 }

@@ -10,12 +10,14 @@
 //!   each user's consumer.
 //! - `consumer`: one per user; one rdkafka consumer fanned out to the user's websocket feeds.
 //! - `listener`: record ingest over HTTP and the TCP line protocol.
-//! - `publisher`: routes records to Kafka, holding in the durable spool what cannot go yet.
+//! - `publisher`: routes records to Kafka, holding in the durable spool what cannot go yet
+//!   (`held_counts`: its accounting of what the spool holds).
 //! - `watcher`: tells the publisher of route changes as they commit; reconciles with Kafka.
 
 pub mod approval;
 pub mod consumer;
 pub mod event_store;
+mod held_counts;
 pub mod journal;
 pub mod listener;
 pub mod provisioner;

@@ -8,6 +8,12 @@
 //! goes to the spool behind them; once the spool of the topic is empty the topic switches back
 //! to the direct path. A topic that is rejected, withdrawn, failed or deleted has its held
 //! records moved to the dead-letter state.
+//!
+//! The counts of what the spool holds live in one type, `HeldCounts`. A discard of dead
+//! records commits its `held_discarded` event first and deletes the rows after; a deletion that
+//! a crash or a failure interrupted is finished from the log (at startup, and before the next
+//! discard). When the disk is full, holds fail with `storage_full` and the spool's health says
+//! so; a small probe write notices when space is back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,21 +23,43 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::event_store::{Append, EventStore};
+use super::event_store::{Append, EventStore, QueryAudit};
+use super::held_counts::HeldCounts;
 use super::registry::TopicRoute;
 use crate::config::SpoolLimits;
 use crate::error::{Error, Result};
-use crate::events::{EventKind, NewEvent};
+use crate::events::{AuditQuery, EventKind, NewEvent, StoreError};
 use crate::identity::{Principal, Role};
 use crate::kafka::BatchProducer;
 use crate::metrics::METRICS;
 use crate::record::Record;
-use crate::spool::{HeldRecordOut, HeldState, Spool, TopicContents};
+use crate::spool::{Health, HeldRecordOut, HeldState, Spool, Tally, TopicContents};
 
 const DRAIN_BATCH: usize = 2000;
 const DRAIN_BACKOFF_START: Duration = Duration::from_millis(200);
 const DRAIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const SAVE_PUBLISHED_EVERY: Duration = Duration::from_secs(2);
+/// How often a full disk is probed, and a failed dead-letter or discard retried.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// `held_discarded` events read from the log per page when finishing discards.
+const DISCARD_PAGE: usize = 500;
+
+/// The doors of the event log that the publisher uses: appending its `held_discarded` events
+/// and reading them back to finish an interrupted discard.
+#[derive(Clone)]
+pub struct EventLog {
+    pub append: Recipient<Append>,
+    pub query: Recipient<QueryAudit>,
+}
+
+impl From<Addr<EventStore>> for EventLog {
+    fn from(store: Addr<EventStore>) -> Self {
+        EventLog {
+            append: store.clone().recipient(),
+            query: store.recipient(),
+        }
+    }
+}
 
 /// What became of the records of one ingest call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -85,7 +113,8 @@ pub struct ListHeld {
     pub limit: usize,
 }
 
-/// Deletes the dead records of a topic (admin); recorded as a `held_discarded` event.
+/// Deletes the dead records of a topic (admin). The `held_discarded` event is committed first;
+/// the rows are deleted after it.
 #[derive(Message)]
 #[rtype(result = "Result<u64>")]
 pub struct DiscardHeld {
@@ -94,6 +123,11 @@ pub struct DiscardHeld {
     /// Only `dead` records can be discarded; held ones are still owed to Kafka.
     pub state: HeldState,
 }
+
+/// Whether the spool can write (for `/readyz`).
+#[derive(Message)]
+#[rtype(result = "Health")]
+pub struct SpoolHealth;
 
 /// Records published directly.
 #[derive(Message)]
@@ -115,8 +149,7 @@ struct Spill {
 #[rtype(result = "()")]
 struct HoldFailed {
     topic: String,
-    records: u64,
-    bytes: u64,
+    records: Tally,
 }
 
 /// Held records moved to the dead-letter state.
@@ -124,8 +157,7 @@ struct HoldFailed {
 #[rtype(result = "()")]
 struct DeadLettered {
     topic: String,
-    records: u64,
-    bytes: u64,
+    records: Tally,
 }
 
 #[derive(Message)]
@@ -134,12 +166,12 @@ struct DeadLetterIfClosed {
     topic: String,
 }
 
+/// Held records released from the spool once Kafka had them.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Drained {
     topic: String,
-    records: u64,
-    bytes: u64,
+    records: Tally,
 }
 
 /// The drain of `topic` found the spool empty: may it stop?
@@ -152,7 +184,6 @@ struct DrainIdle {
 #[derive(Debug, Default)]
 struct TopicState {
     route: Option<TopicRoute>,
-    contents: TopicContents,
     draining: bool,
     /// The drain is catching up: new records wait here, unacknowledged and in order, until
     /// the spool is empty, then go straight to Kafka. Without this gate a topic that never
@@ -160,20 +191,19 @@ struct TopicState {
     gated: Option<Vec<(Publish, oneshot::Sender<Result<Receipt>>)>>,
 }
 
-impl TopicState {
-    fn direct(&self) -> bool {
-        self.route == Some(TopicRoute::Active) && self.contents.held == 0 && !self.draining
-    }
-}
-
 pub struct Publisher {
     producer: Arc<BatchProducer>,
     spool: Spool,
     limits: SpoolLimits,
-    event_store: Addr<EventStore>,
+    log: EventLog,
     topics: HashMap<String, TopicState>,
-    spool_bytes: u64,
+    counts: HeldCounts,
     unsaved_published: HashMap<String, u64>,
+    /// Discards run one at a time, in the log's order, so that the spool's `discarded_seq`
+    /// never passes an event whose rows are still there.
+    discards: Arc<tokio::sync::Mutex<()>>,
+    /// A committed discard whose rows are not deleted yet: retried until done.
+    discard_owed: bool,
 }
 
 impl Publisher {
@@ -182,40 +212,28 @@ impl Publisher {
         spool: Spool,
         contents: HashMap<String, TopicContents>,
         limits: SpoolLimits,
-        event_store: Addr<EventStore>,
+        log: impl Into<EventLog>,
     ) -> Self {
-        let spool_bytes = contents.values().map(|c| c.held_bytes + c.dead_bytes).sum();
-        let topics = contents
-            .into_iter()
-            .map(|(topic, contents)| {
-                let state = TopicState {
-                    contents,
-                    ..TopicState::default()
-                };
-                (topic, state)
-            })
-            .collect();
-        let publisher = Publisher {
+        Publisher {
             producer: Arc::new(producer),
             spool,
             limits,
-            event_store,
-            topics,
-            spool_bytes,
+            log: log.into(),
+            topics: HashMap::new(),
+            counts: HeldCounts::new(contents),
             unsaved_published: HashMap::new(),
-        };
-        publisher.update_gauges();
-        publisher
+            discards: Arc::default(),
+            // The last run may have stopped between a discard's commit and its deletion.
+            discard_owed: true,
+        }
     }
 
-    fn update_gauges(&self) {
-        let records: u64 = self
-            .topics
-            .values()
-            .map(|t| t.contents.held + t.contents.dead)
-            .sum();
-        METRICS.spool_records.set(records as i64);
-        METRICS.spool_bytes.set(self.spool_bytes as i64);
+    /// Records of `topic` go straight to Kafka: it is active and nothing of it is held.
+    fn direct(&self, topic: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|t| t.route == Some(TopicRoute::Active) && !t.draining)
+            && self.counts.held(topic) == 0
     }
 
     /// Appends records to the spool behind everything already there; checks the bounds.
@@ -227,33 +245,32 @@ impl Publisher {
         ctx: &mut Context<Self>,
         enforce_limits: bool,
     ) -> Result<impl std::future::Future<Output = Result<u64>> + use<>> {
-        let n = records.len() as u64;
-        let bytes: u64 = records.iter().map(Record::size).sum();
-        let state = self.topics.entry(topic.to_string()).or_default();
+        let tally = Tally {
+            records: records.len() as u64,
+            bytes: records.iter().map(Record::size).sum(),
+        };
         if enforce_limits {
-            if state.contents.held + n > self.limits.max_records_per_topic {
+            let held = self.counts.held(topic);
+            if held + tally.records > self.limits.max_records_per_topic {
                 METRICS.spool_full.inc();
                 return Err(Error::SpoolFull(format!(
-                    "topic {topic} already holds {} records (limit {})",
-                    state.contents.held, self.limits.max_records_per_topic
+                    "topic {topic} already holds {held} records (limit {})",
+                    self.limits.max_records_per_topic
                 )));
             }
-            if self.spool_bytes + bytes > self.limits.max_bytes_total {
+            let bytes = self.counts.bytes();
+            if bytes + tally.bytes > self.limits.max_bytes_total {
                 METRICS.spool_full.inc();
                 return Err(Error::SpoolFull(format!(
-                    "the spool holds {} bytes (limit {})",
-                    self.spool_bytes, self.limits.max_bytes_total
+                    "the spool holds {bytes} bytes (limit {})",
+                    self.limits.max_bytes_total
                 )));
             }
         }
         // Counted now, in arrival order, so a drain never stops while records are on their way.
-        state.contents.held += n;
-        state.contents.held_bytes += bytes;
-        let start_drain = state.route == Some(TopicRoute::Active) && !state.draining;
-        self.spool_bytes += bytes;
-        METRICS.held.inc_by(n);
-        self.update_gauges();
-        if start_drain {
+        self.counts.hold(topic, tally);
+        let state = self.topics.entry(topic.to_string()).or_default();
+        if state.route == Some(TopicRoute::Active) && !state.draining {
             self.start_drain(topic, ctx);
         }
         let committed = self
@@ -263,12 +280,17 @@ impl Publisher {
         let topic = topic.to_string();
         Ok(async move {
             match committed.await {
-                Ok(()) => Ok(n),
+                Ok(()) => {
+                    METRICS.held.inc_by(tally.records);
+                    Ok(tally.records)
+                }
                 Err(e) => {
+                    if matches!(e, Error::StorageFull(_)) {
+                        METRICS.storage_full.inc();
+                    }
                     me.do_send(HoldFailed {
                         topic,
-                        records: n,
-                        bytes,
+                        records: tally,
                     });
                     Err(e)
                 }
@@ -276,26 +298,29 @@ impl Publisher {
         })
     }
 
-    /// Moves every held record of a closed topic to the dead-letter state.
+    /// Moves every held record of a closed topic to the dead-letter state; retried until the
+    /// spool can do it.
     fn kill_held(&mut self, topic: &str, ctx: &mut Context<Self>) {
         let spool = self.spool.clone();
         let topic = topic.to_string();
-        let moved = async move { spool.kill(&topic).await.map(|n| (topic, n)) };
-        ctx.spawn(moved.into_actor(self).map(|result, act, _| match result {
-            Ok((topic, n)) => {
-                METRICS.dead_lettered.inc_by(n);
-                if let Some(state) = act.topics.get_mut(&topic) {
-                    let c = &mut state.contents;
-                    c.held = c.held.saturating_sub(n);
-                    c.dead += n;
-                    c.dead_bytes += c.held_bytes;
-                    c.held_bytes = 0;
-                }
-                act.update_gauges();
-                tracing::info!(%topic, records = n, "Held records dead-lettered.");
-            }
-            Err(e) => tracing::error!(error = %e, "Held records not dead-lettered."),
-        }));
+        let moved = async move {
+            let moved = spool.kill(&topic).await;
+            (topic, moved)
+        };
+        ctx.spawn(
+            moved
+                .into_actor(self)
+                .map(|(topic, result), act, ctx| match result {
+                    Ok(moved) => {
+                        act.counts.dead_letter(&topic, moved);
+                        tracing::info!(%topic, records = moved.records, "Held records dead-lettered.");
+                    }
+                    Err(e) => {
+                        tracing::error!(%topic, error = %e, "Held records not dead-lettered; retrying.");
+                        ctx.notify_later(DeadLetterIfClosed { topic }, RETRY_EVERY);
+                    }
+                }),
+        );
     }
 
     fn start_drain(&mut self, topic: &str, ctx: &mut Context<Self>) {
@@ -303,7 +328,7 @@ impl Publisher {
             return;
         };
         state.draining = true;
-        tracing::info!(%topic, held = state.contents.held, "Draining held records.");
+        tracing::info!(%topic, held = self.counts.held(topic), "Draining held records.");
         actix::spawn(drain(
             topic.to_string(),
             self.spool.clone(),
@@ -312,13 +337,78 @@ impl Publisher {
         ));
     }
 
-    fn count_published(&mut self, topic: &str, n: u64) {
-        METRICS.published.inc_by(n);
-        self.topics
-            .entry(topic.to_string())
-            .or_default()
-            .contents
-            .published += n;
+    /// Finishes the discards the log has committed and the spool has not carried out (one
+    /// at a time with live discards), and counts what they deleted.
+    fn finish_owed_discards(&mut self, ctx: &mut Context<Self>, wait: bool) {
+        let spool = self.spool.clone();
+        let query = self.log.query.clone();
+        let turn = self.discards.clone();
+        let finished = async move {
+            let _turn = turn.lock_owned().await;
+            finish_discards(&spool, &query).await
+        }
+        .into_actor(self)
+        .map(|result, act, _| match result {
+            Ok(done) => {
+                for (topic, removed) in done {
+                    act.counts.discard(&topic, removed);
+                }
+                act.discard_owed = false;
+            }
+            Err(e) => tracing::error!(error = %e, "Committed discards not finished; retrying."),
+        });
+        if wait {
+            ctx.wait(finished);
+        } else {
+            ctx.spawn(finished);
+        }
+    }
+}
+
+/// Carries out every `held_discarded` event after the spool's `discarded_seq`, in log order.
+/// Returns the rows each one deleted (none for those already done).
+async fn finish_discards(
+    spool: &Spool,
+    query: &Recipient<QueryAudit>,
+) -> Result<Vec<(String, Tally)>> {
+    let mut after = spool.discarded_seq().await?;
+    let mut done = Vec::new();
+    loop {
+        let page = query
+            .send(QueryAudit(AuditQuery {
+                kind: Some("held_discarded".into()),
+                after: Some(after),
+                limit: DISCARD_PAGE,
+                ..AuditQuery::default()
+            }))
+            .await??;
+        for entry in page.events {
+            let up_to_id = match EventKind::from_columns(&entry.kind, entry.data) {
+                Ok(EventKind::HeldDiscarded { up_to_id, .. }) => up_to_id,
+                Ok(other) => {
+                    return Err(Error::Store(StoreError::Corrupt {
+                        seq: entry.seq,
+                        reason: format!("expected held_discarded, read {}", other.name()),
+                    }))
+                }
+                Err(e) => {
+                    return Err(Error::Store(StoreError::Corrupt {
+                        seq: entry.seq,
+                        reason: e.to_string(),
+                    }))
+                }
+            };
+            let topic = entry.topic.unwrap_or_default();
+            let removed = spool.discard(&topic, up_to_id, entry.seq).await?;
+            if removed.records > 0 {
+                tracing::info!(%topic, seq = entry.seq, records = removed.records, "Finished a committed discard.");
+                done.push((topic, removed));
+            }
+        }
+        match page.next {
+            Some(next) => after = next,
+            None => return Ok(done),
+        }
     }
 }
 
@@ -328,17 +418,39 @@ impl Actor for Publisher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Records of one connection must reach the publisher in the order they were sent.
         ctx.set_mailbox_capacity(super::UNBOUNDED_MAILBOX);
-        ctx.run_interval(SAVE_PUBLISHED_EVERY, |act, _| {
+        // Nothing is handled before the discards of the last run are finished.
+        self.finish_owed_discards(ctx, true);
+        ctx.run_interval(SAVE_PUBLISHED_EVERY, |act, ctx| {
             if act.unsaved_published.is_empty() {
                 return;
             }
             let counts = std::mem::take(&mut act.unsaved_published);
             let spool = act.spool.clone();
-            actix::spawn(async move {
-                if let Err(e) = spool.add_published(counts).await {
-                    tracing::warn!(error = %e, "Published counts not saved.");
+            let saved = async move {
+                let saved = spool.add_published(counts.clone()).await;
+                (counts, saved)
+            };
+            ctx.spawn(saved.into_actor(act).map(|(counts, saved), act, _| {
+                if let Err(e) = saved {
+                    tracing::warn!(error = %e, "Published counts not saved; keeping them for the next try.");
+                    for (topic, n) in counts {
+                        *act.unsaved_published.entry(topic).or_default() += n;
+                    }
                 }
-            });
+            }));
+        });
+        ctx.run_interval(RETRY_EVERY, |act, ctx| {
+            if act.spool.health().storage_full {
+                let spool = act.spool.clone();
+                actix::spawn(async move {
+                    if spool.probe().await.is_ok() {
+                        tracing::info!("The spool can write again.");
+                    }
+                });
+            }
+            if act.discard_owed {
+                act.finish_owed_discards(ctx, false);
+            }
         });
     }
 }
@@ -382,7 +494,7 @@ impl Publisher {
         if let Some(e) = refused {
             return Box::pin(async move { Err(e) });
         }
-        if !state.direct() {
+        if !self.direct(&topic) {
             let held = self.hold(&topic, &msg.producer, msg.records, ctx, true);
             return Box::pin(async move {
                 let held = held?.await?;
@@ -463,12 +575,7 @@ impl Handler<HoldFailed> for Publisher {
     type Result = ();
 
     fn handle(&mut self, msg: HoldFailed, _: &mut Context<Self>) {
-        if let Some(state) = self.topics.get_mut(&msg.topic) {
-            state.contents.held = state.contents.held.saturating_sub(msg.records);
-            state.contents.held_bytes = state.contents.held_bytes.saturating_sub(msg.bytes);
-        }
-        self.spool_bytes = self.spool_bytes.saturating_sub(msg.bytes);
-        self.update_gauges();
+        self.counts.hold_failed(&msg.topic, msg.records);
     }
 }
 
@@ -477,7 +584,7 @@ impl Handler<Delivered> for Publisher {
 
     fn handle(&mut self, msg: Delivered, _: &mut Context<Self>) {
         if msg.records > 0 {
-            self.count_published(&msg.topic, msg.records);
+            self.counts.publish(&msg.topic, msg.records);
             *self.unsaved_published.entry(msg.topic).or_default() += msg.records;
         }
     }
@@ -487,14 +594,7 @@ impl Handler<Drained> for Publisher {
     type Result = ();
 
     fn handle(&mut self, msg: Drained, _: &mut Context<Self>) {
-        METRICS.drained.inc_by(msg.records);
-        self.count_published(&msg.topic, msg.records);
-        if let Some(state) = self.topics.get_mut(&msg.topic) {
-            state.contents.held = state.contents.held.saturating_sub(msg.records);
-            state.contents.held_bytes = state.contents.held_bytes.saturating_sub(msg.bytes);
-        }
-        self.spool_bytes = self.spool_bytes.saturating_sub(msg.bytes);
-        self.update_gauges();
+        self.counts.drain(&msg.topic, msg.records);
     }
 }
 
@@ -502,15 +602,7 @@ impl Handler<DeadLettered> for Publisher {
     type Result = ();
 
     fn handle(&mut self, msg: DeadLettered, _: &mut Context<Self>) {
-        METRICS.dead_lettered.inc_by(msg.records);
-        if let Some(state) = self.topics.get_mut(&msg.topic) {
-            let c = &mut state.contents;
-            c.held = c.held.saturating_sub(msg.records);
-            c.held_bytes = c.held_bytes.saturating_sub(msg.bytes);
-            c.dead += msg.records;
-            c.dead_bytes += msg.bytes;
-        }
-        self.update_gauges();
+        self.counts.dead_letter(&msg.topic, msg.records);
     }
 }
 
@@ -521,7 +613,8 @@ impl Handler<DeadLetterIfClosed> for Publisher {
         let closed = self
             .topics
             .get(&msg.topic)
-            .is_some_and(|t| matches!(t.route, Some(TopicRoute::Closed(_))) && t.contents.held > 0);
+            .is_some_and(|t| matches!(t.route, Some(TopicRoute::Closed(_))))
+            && self.counts.held(&msg.topic) > 0;
         if closed {
             self.kill_held(&msg.topic, ctx);
         }
@@ -576,16 +669,17 @@ impl Handler<DrainIdle> for Publisher {
     type Result = bool;
 
     fn handle(&mut self, msg: DrainIdle, ctx: &mut Context<Self>) -> bool {
+        let held = self.counts.held(&msg.topic);
         let Some(state) = self.topics.get_mut(&msg.topic) else {
             return true;
         };
         // More records are on their way into the spool, and the topic is still active.
-        if state.contents.held > 0 && state.route == Some(TopicRoute::Active) {
+        if held > 0 && state.route == Some(TopicRoute::Active) {
             return false;
         }
         state.draining = false;
         let waiting = state.gated.take().unwrap_or_default();
-        if state.direct() {
+        if self.direct(&msg.topic) {
             tracing::info!(topic = %msg.topic, waiting = waiting.len(), "Spool drained; publishing directly.");
         }
         // What waited at the gate goes now, in arrival order, by whatever path is right.
@@ -610,11 +704,11 @@ impl Handler<SetRoute> for Publisher {
         }
         tracing::debug!(%topic, route = ?msg.route, "Route changed.");
         state.route = Some(msg.route.clone());
+        let draining = state.draining;
+        let held = self.counts.held(&topic);
         match msg.route {
-            TopicRoute::Active if state.contents.held > 0 && !state.draining => {
-                self.start_drain(&topic, ctx)
-            }
-            TopicRoute::Closed(_) if state.contents.held > 0 => self.kill_held(&topic, ctx),
+            TopicRoute::Active if held > 0 && !draining => self.start_drain(&topic, ctx),
+            TopicRoute::Closed(_) if held > 0 => self.kill_held(&topic, ctx),
             _ => {}
         }
     }
@@ -625,10 +719,9 @@ impl Handler<Counts> for Publisher {
 
     fn handle(&mut self, _: Counts, _: &mut Context<Self>) -> Self::Result {
         MessageResult(
-            self.topics
-                .iter()
-                .map(|(topic, state)| {
-                    let c = &state.contents;
+            self.counts
+                .topics()
+                .map(|(topic, c)| {
                     let counts = TopicCounts {
                         held: c.held,
                         dead: c.dead,
@@ -662,7 +755,6 @@ impl Handler<DiscardHeld> for Publisher {
     type Result = ResponseActFuture<Self, Result<u64>>;
 
     fn handle(&mut self, msg: DiscardHeld, _: &mut Context<Self>) -> Self::Result {
-        let spool = self.spool.clone();
         let checked = msg.principal.require_any(&[Role::Admin]).and_then(|_| {
             if msg.state == HeldState::Dead {
                 Ok(())
@@ -672,45 +764,55 @@ impl Handler<DiscardHeld> for Publisher {
                 ))
             }
         });
-        let topic = msg.topic.clone();
+        let spool = self.spool.clone();
+        let log = self.log.clone();
+        let turn = self.discards.clone();
+        let topic = msg.topic;
+        let actor = msg.principal.name;
         let discard = async move {
             checked?;
-            spool
-                .discard(&topic)
-                .await
-                .map(|(n, bytes)| (topic, n, bytes))
+            let _turn = turn.lock_owned().await;
+            // What an earlier discard still owes goes first: its records are not counted again.
+            let finished = finish_discards(&spool, &log.query).await?;
+            let dead = spool.dead(&topic).await?;
+            let event = NewEvent::now(
+                &actor,
+                Some(&topic),
+                None,
+                EventKind::HeldDiscarded {
+                    count: dead.records,
+                    up_to_id: dead.last_id,
+                },
+            );
+            // Durable first: if the commit fails, every row is still there.
+            let committed = log.append.send(Append(vec![event])).await??;
+            let seq = committed.first().map_or(0, |e| e.seq);
+            let deleted = spool.discard(&topic, dead.last_id, seq).await;
+            Ok::<_, Error>((topic, dead.records, finished, deleted))
         };
-        let event_store = self.event_store.clone();
-        Box::pin(
-            discard
-                .into_actor(self)
-                .map(|result, act, _| {
-                    // The rows are gone: the counts follow whatever happens to the event.
-                    let (topic, count, bytes) = result?;
-                    METRICS.discarded.inc_by(count);
-                    if let Some(state) = act.topics.get_mut(&topic) {
-                        state.contents.dead = state.contents.dead.saturating_sub(count);
-                        state.contents.dead_bytes = state.contents.dead_bytes.saturating_sub(bytes);
-                    }
-                    act.spool_bytes = act.spool_bytes.saturating_sub(bytes);
-                    act.update_gauges();
-                    Ok((topic, count))
-                })
-                .then(move |result: Result<(String, u64)>, act, _| {
-                    async move {
-                        let (topic, count) = result?;
-                        let event = NewEvent::now(
-                            &msg.principal.name,
-                            Some(&topic),
-                            None,
-                            EventKind::HeldDiscarded { count },
-                        );
-                        event_store.send(Append(vec![event])).await??;
-                        Ok(count)
-                    }
-                    .into_actor(act)
-                }),
-        )
+        Box::pin(discard.into_actor(self).map(|result, act, _| {
+            let (topic, count, finished, deleted) = result?;
+            for (topic, removed) in finished {
+                act.counts.discard(&topic, removed);
+            }
+            match deleted {
+                Ok(removed) => act.counts.discard(&topic, removed),
+                Err(e) => {
+                    // The discard is decided; the rows go at the next retry or start.
+                    tracing::warn!(%topic, error = %e, "Discard committed, rows not deleted yet; retrying.");
+                    act.discard_owed = true;
+                }
+            }
+            Ok(count)
+        }))
+    }
+}
+
+impl Handler<SpoolHealth> for Publisher {
+    type Result = MessageResult<SpoolHealth>;
+
+    fn handle(&mut self, _: SpoolHealth, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.spool.health())
     }
 }
 
@@ -752,7 +854,18 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
                 _ => return,
             }
         }
-        let records: Vec<Record> = batch.iter().map(|h| h.record.clone()).collect();
+        // Records go up to the first one whose headers cannot be read back; that one is
+        // dead-lettered when it comes first, never sent without its headers.
+        let records: Vec<Record> = batch.iter().map_while(|h| h.record().ok()).collect();
+        if records.is_empty() {
+            let bad = &batch[0];
+            if let Err(e) = &bad.headers {
+                tracing::error!(%topic, id = bad.id, error = %e, "A held record cannot be read back; dead-lettering it.");
+            }
+            METRICS.undecodable_held.inc();
+            dead_letter_one(&topic, &spool, bad.id, &me).await;
+            continue;
+        }
         let sent = producer.send(&topic, &records);
         // No delivery reports at all: nothing is known to be in Kafka.
         let failed = sent
@@ -767,36 +880,18 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
             .unwrap_or(sent.enqueued)
             .min(sent.enqueued);
         if delivered > 0 {
-            let last = &batch[delivered - 1];
-            let bytes = records[..delivered].iter().map(Record::size).sum();
-            match spool.release(&topic, last.id, delivered as u64).await {
-                Ok(()) => me.do_send(Drained {
-                    topic: topic.clone(),
-                    records: delivered as u64,
-                    bytes,
-                }),
-                Err(e) => tracing::error!(%topic, error = %e, "Cannot release drained records."),
-            }
+            release(&topic, &spool, batch[delivered - 1].id, &me).await;
         }
         if let (Some(reason), true) = (&sent.refused, delivered == sent.enqueued) {
             if let Some(bad) = batch.get(delivered) {
                 // Retrying cannot help, and would block every later record of the topic.
                 tracing::error!(%topic, id = bad.id, %reason, "Kafka refuses a held record; dead-lettering it.");
-                match spool.kill_one(bad.id).await {
-                    Ok(()) => me.do_send(DeadLettered {
-                        topic: topic.clone(),
-                        records: 1,
-                        bytes: bad.record.size(),
-                    }),
-                    Err(e) => {
-                        tracing::error!(%topic, error = %e, "Cannot dead-letter a held record.")
-                    }
-                }
+                dead_letter_one(&topic, &spool, bad.id, &me).await;
                 continue;
             }
         }
-        failing = delivered < batch.len();
-        if delivered < batch.len() {
+        failing = delivered < records.len();
+        if failing {
             me.do_send(OpenGate {
                 topic: topic.clone(),
             });
@@ -806,5 +901,308 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
         } else {
             backoff = DRAIN_BACKOFF_START;
         }
+    }
+}
+
+/// Releases the held records of `topic` up to `up_to_id`, which Kafka has. Retried until the
+/// spool can (a full disk refuses even a delete): sending them again would duplicate them.
+async fn release(topic: &str, spool: &Spool, up_to_id: i64, me: &Addr<Publisher>) {
+    let mut backoff = DRAIN_BACKOFF_START;
+    loop {
+        match spool.release(topic, up_to_id).await {
+            Ok(released) => {
+                me.do_send(Drained {
+                    topic: topic.to_string(),
+                    records: released,
+                });
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%topic, error = %e, "Cannot release drained records; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(DRAIN_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Moves one held record to the dead-letter state. Retried until the spool can: the drain
+/// cannot pass the record before.
+async fn dead_letter_one(topic: &str, spool: &Spool, id: i64, me: &Addr<Publisher>) {
+    let mut backoff = DRAIN_BACKOFF_START;
+    loop {
+        match spool.kill_one(id).await {
+            Ok(moved) => {
+                me.do_send(DeadLettered {
+                    topic: topic.to_string(),
+                    records: moved,
+                });
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%topic, id, error = %e, "Cannot dead-letter a held record; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(DRAIN_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::events::{Durability, Event, Store};
+
+    /// An event log whose appends fail, as a full or broken disk makes them.
+    struct FailingAppends;
+
+    impl Actor for FailingAppends {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Append> for FailingAppends {
+        type Result = std::result::Result<Vec<Event>, StoreError>;
+
+        fn handle(&mut self, _: Append, _: &mut Context<Self>) -> Self::Result {
+            Err(StoreError::Commit("database or disk is full".into()))
+        }
+    }
+
+    fn event_store(dir: &std::path::Path) -> Addr<EventStore> {
+        let store = Store::open(dir, Durability::Normal).expect("open the log");
+        let head = store.replay(|_| {}).expect("replay");
+        EventStore::new(store.into_writer(head)).start()
+    }
+
+    fn admin() -> Principal {
+        Principal {
+            name: "carol".into(),
+            roles: BTreeSet::from([Role::Admin]),
+        }
+    }
+
+    fn producer() -> BatchProducer {
+        // Never reached: these tests do not send to Kafka.
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:1");
+        BatchProducer::new(&config).expect("producer")
+    }
+
+    fn record(n: usize) -> Record {
+        Record {
+            key: Some(format!("k{n}")),
+            value: format!("v{n}").into_bytes(),
+            headers: BTreeMap::from([("h".to_string(), n.to_string())]),
+        }
+    }
+
+    /// A spool in `dir` whose topic `t` has three dead records.
+    async fn spool_with_dead(dir: &std::path::Path) -> Spool {
+        let (spool, _) = Spool::open(dir, Durability::Normal).expect("spool");
+        spool
+            .hold("t".into(), "alice".into(), (0..3).map(record).collect())
+            .await
+            .expect("held");
+        spool.kill("t").await.expect("dead");
+        spool
+    }
+
+    async fn start(spool: &Spool, log: EventLog) -> Addr<Publisher> {
+        let contents = spool.contents().await.expect("contents");
+        Publisher::new(
+            producer(),
+            spool.clone(),
+            contents,
+            SpoolLimits::default(),
+            log,
+        )
+        .start()
+    }
+
+    fn discard() -> DiscardHeld {
+        DiscardHeld {
+            principal: admin(),
+            topic: "t".into(),
+            state: HeldState::Dead,
+        }
+    }
+
+    async fn dead_of(spool: &Spool, topic: &str) -> Vec<i64> {
+        let dead = spool.list(topic, HeldState::Dead, None, 0, 100).await;
+        dead.expect("list").iter().map(|h| h.id).collect()
+    }
+
+    #[actix::test]
+    async fn a_discard_deletes_nothing_when_its_event_is_not_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = spool_with_dead(dir.path()).await;
+        let store = event_store(dir.path());
+        let failing = EventLog {
+            append: FailingAppends.start().recipient(),
+            query: store.clone().recipient(),
+        };
+        let publisher = start(&spool, failing).await;
+
+        let refused = publisher.send(discard()).await.expect("mailbox");
+        assert!(
+            matches!(refused, Err(Error::Store(_))),
+            "the failed commit is the caller's error: {refused:?}"
+        );
+        assert_eq!(dead_of(&spool, "t").await.len(), 3, "no row is deleted");
+        let counts = publisher.send(Counts).await.expect("counts");
+        assert_eq!(counts["t"].dead, 3);
+
+        // With a log that commits, the same discard goes through: event first, then rows.
+        let publisher = start(&spool, store.clone().into()).await;
+        let ids = dead_of(&spool, "t").await;
+        let discarded = publisher.send(discard()).await.expect("mailbox");
+        assert_eq!(discarded.expect("discarded"), 3);
+        assert!(dead_of(&spool, "t").await.is_empty());
+        assert_eq!(publisher.send(Counts).await.expect("counts")["t"].dead, 0);
+        let page = store
+            .send(QueryAudit(AuditQuery {
+                kind: Some("held_discarded".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            }))
+            .await
+            .expect("mailbox")
+            .expect("audit");
+        assert_eq!(page.events.len(), 1);
+        assert_eq!(
+            page.events[0].data,
+            serde_json::json!({"count": 3, "up_to_id": ids[2]})
+        );
+        assert_eq!(
+            spool.discarded_seq().await.expect("seq"),
+            page.events[0].seq
+        );
+    }
+
+    #[actix::test]
+    async fn a_discard_committed_before_a_crash_is_finished_at_the_next_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = spool_with_dead(dir.path()).await;
+        spool
+            .hold("u".into(), "bob".into(), (0..2).map(record).collect())
+            .await
+            .expect("held");
+        spool.kill("u").await.expect("dead");
+        let ids = dead_of(&spool, "t").await;
+        // The crash came after the commit and before the deletion.
+        let store = event_store(dir.path());
+        let event = NewEvent::now(
+            "carol",
+            Some("t"),
+            None,
+            EventKind::HeldDiscarded {
+                count: 3,
+                up_to_id: Some(ids[2]),
+            },
+        );
+        let committed = store.send(Append(vec![event])).await.expect("mailbox");
+        let seq = committed.expect("committed")[0].seq;
+
+        let publisher = start(&spool, store.clone().into()).await;
+        // The first answer comes after the start has finished what the log owed.
+        let counts = publisher.send(Counts).await.expect("counts");
+        assert_eq!(counts["t"].dead, 0, "{counts:?}");
+        assert_eq!(counts["u"].dead, 2, "another topic's dead records stay");
+        assert!(dead_of(&spool, "t").await.is_empty());
+        assert_eq!(dead_of(&spool, "u").await.len(), 2);
+        assert_eq!(spool.discarded_seq().await.expect("seq"), seq);
+
+        // Records of `t` that die later are not part of that discard, at any later start.
+        spool
+            .hold("t".into(), "alice".into(), (3..5).map(record).collect())
+            .await
+            .expect("held");
+        spool.kill("t").await.expect("dead");
+        let publisher = start(&spool, store.into()).await;
+        assert_eq!(publisher.send(Counts).await.expect("counts")["t"].dead, 2);
+        assert_eq!(dead_of(&spool, "t").await.len(), 2);
+    }
+
+    #[actix::test]
+    async fn a_full_disk_refuses_ingest_with_storage_full_and_recovers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), Durability::Normal).expect("spool");
+        let publisher = start(&spool, event_store(dir.path()).into()).await;
+        publisher
+            .send(SetRoute {
+                topic: "t".into(),
+                route: TopicRoute::Pending,
+            })
+            .await
+            .expect("route");
+        let publish = || Publish {
+            producer: "alice".into(),
+            topic: "t".into(),
+            records: (0..40)
+                .map(|n| Record {
+                    key: None,
+                    value: vec![b'x'; 4000 + n],
+                    headers: BTreeMap::new(),
+                })
+                .collect(),
+            requested: false,
+        };
+        spool.cap_pages(Some(1)).await.expect("cap");
+        let refused = publisher.send(publish()).await.expect("mailbox");
+        assert!(matches!(refused, Err(Error::StorageFull(_))), "{refused:?}");
+        let health = publisher.send(SpoolHealth).await.expect("health");
+        assert!(health.storage_full, "{health:?}");
+        let counts = publisher.send(Counts).await.expect("counts");
+        assert_eq!(counts["t"].held, 0, "the refused records are not counted");
+        assert_eq!(METRICS.storage_full.get() > 0, true);
+
+        spool.cap_pages(None).await.expect("uncap");
+        let receipt = publisher.send(publish()).await.expect("mailbox");
+        assert_eq!(receipt.expect("held").held, 40);
+        assert!(
+            !publisher
+                .send(SpoolHealth)
+                .await
+                .expect("health")
+                .storage_full
+        );
+        assert_eq!(publisher.send(Counts).await.expect("counts")["t"].held, 40);
+    }
+
+    #[actix::test]
+    async fn a_held_record_whose_headers_cannot_be_read_is_dead_lettered_not_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), Durability::Normal).expect("spool");
+        spool
+            .hold("t".into(), "alice".into(), vec![record(0)])
+            .await
+            .expect("held");
+        let conn = rusqlite::Connection::open(dir.path().join("spool.db")).expect("connection");
+        conn.execute("UPDATE held SET headers = 'not json'", [])
+            .expect("damage");
+        drop(conn);
+        let publisher = start(&spool, event_store(dir.path()).into()).await;
+        let before = METRICS.undecodable_held.get();
+        publisher
+            .send(SetRoute {
+                topic: "t".into(),
+                route: TopicRoute::Active,
+            })
+            .await
+            .expect("route");
+        // The drain runs on its own; wait for it to move the record.
+        let mut counts = TopicCounts::default();
+        for _ in 0..600 {
+            counts = publisher.send(Counts).await.expect("counts")["t"];
+            if counts.dead == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!((counts.held, counts.dead, counts.published), (0, 1, 0));
+        assert_eq!(dead_of(&spool, "t").await.len(), 1);
+        assert!(METRICS.undecodable_held.get() > before);
     }
 }

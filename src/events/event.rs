@@ -72,8 +72,15 @@ pub enum EventKind {
     TopicDeleted { already_absent: bool },
     /// Kafka refused to delete the topic for good.
     DeletionFailed { error: String },
-    /// An admin discarded the dead-lettered records of a topic.
-    HeldDiscarded { count: u64 },
+    /// An admin discarded the dead-lettered records of a topic: `count` of them, the dead
+    /// records of the topic up to spool id `up_to_id`. The spool deletes them after the commit
+    /// (at the next start if a crash came in between). Events written before `up_to_id`
+    /// existed have none: their rows were deleted before the event.
+    HeldDiscarded {
+        count: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        up_to_id: Option<i64>,
+    },
     /// The watcher found the cluster out of line with KafFlow (`drift` names how).
     DriftDetected { drift: String, detail: String },
     /// A drift the watcher had reported is gone.
@@ -201,7 +208,14 @@ mod tests {
                 already_absent: false,
             },
             EventKind::DeletionFailed { error: "y".into() },
-            EventKind::HeldDiscarded { count: 3 },
+            EventKind::HeldDiscarded {
+                count: 3,
+                up_to_id: Some(7),
+            },
+            EventKind::HeldDiscarded {
+                count: 0,
+                up_to_id: None,
+            },
             EventKind::DriftDetected {
                 drift: "missing_in_kafka".into(),
                 detail: "gone".into(),
@@ -233,6 +247,18 @@ mod tests {
             same
         );
         assert!(upcast(EVENT_VERSION + 1, "request_rejected", same).is_err());
+    }
+
+    #[test]
+    fn held_discarded_without_up_to_id_still_reads() {
+        let old = EventKind::from_columns("held_discarded", serde_json::json!({"count": 31}));
+        assert_eq!(
+            old.expect("parse"),
+            EventKind::HeldDiscarded {
+                count: 31,
+                up_to_id: None
+            }
+        );
     }
 
     #[test]

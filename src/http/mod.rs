@@ -27,7 +27,7 @@ use crate::actors::approval::{
 use crate::actors::event_store::{EventStore, QueryAudit, VerifyChain};
 use crate::actors::listener::Listener;
 use crate::actors::provisioner::{BrokerReachable, Provisioner};
-use crate::actors::publisher::{Counts, Publisher, TopicCounts};
+use crate::actors::publisher::{Counts, Publisher, SpoolHealth, TopicCounts};
 use crate::actors::registry::Topic;
 use crate::actors::registry::{
     GetRequest, GetTopic, ListRequests, ListTopics, Registry, RequestFilter,
@@ -361,13 +361,20 @@ async fn policy(app: App, auth: Option<String>) -> Result<Response> {
 
 async fn ready(app: App) -> Result<Response> {
     let reachable = app.provisioner.send(BrokerReachable).await?;
-    let status = if reachable {
+    let spool = app.publisher.send(SpoolHealth).await?;
+    let ready = reachable && !spool.storage_full;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body =
-        serde_json::json!({ "ready": reachable, "replayed": true, "broker_reachable": reachable });
+    let body = serde_json::json!({
+        "ready": ready,
+        "replayed": true,
+        "broker_reachable": reachable,
+        "storage_full": spool.storage_full,
+        "storage_error": spool.error,
+    });
     Ok(json(status, &body))
 }
 
