@@ -1,6 +1,7 @@
 //! Held records whose topic never comes: a rejected or withdrawn request dead-letters them, and
-//! they are listed, exported and discarded; and the bounds of the spool, which answer 429 and
-//! accept again once space frees.
+//! they are listed, exported and discarded (the event first, the rows after, finished at the
+//! next start when a crash comes in between); held records whose stored headers are damaged;
+//! and the bounds of the spool, which answer 429 and accept again once space frees.
 
 mod common;
 
@@ -10,6 +11,7 @@ use common::{
     assert_error, kafka_topic_partitions, numbered_records, unique_topic, Checks, IngestClient,
     Service,
 };
+use kafflow::events::{Durability, EventKind, NewEvent, Store};
 use serde_json::{json, Value};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -235,6 +237,12 @@ fn rejected_topic_dead_letters_its_records_for_export_and_discard() {
     assert!(!discarded.is_empty(), "no held_discarded event");
     assert_eq!(discarded[0]["actor"], "carol", "{}", discarded[0]);
     assert_eq!(discarded[0]["data"]["count"], 31, "{}", discarded[0]);
+    // The event names the last record it takes: what a restart needs to finish it.
+    assert_eq!(
+        discarded[0]["data"]["up_to_id"], dead[30]["id"],
+        "{}",
+        discarded[0]
+    );
 
     assert_eq!(svc.metric("kafflow_discarded_records_total"), 31.0);
     assert_eq!(svc.metric("kafflow_spool_records"), 0.0);
@@ -287,6 +295,130 @@ fn topic_view_counts_held_and_dead_records_before_activation() {
         dead,
         "the 7 held records were not dead-lettered after the reject"
     );
+}
+
+/// Appends `event` to the log of a stopped service, as the service itself would have.
+fn append_event(data_dir: &std::path::Path, event: NewEvent) {
+    let store = Store::open(data_dir, Durability::Full).expect("open the log");
+    let head = store.replay(|_| {}).expect("replay the log");
+    let writer = store.into_writer(head);
+    common::block_on(writer.append(vec![event]))
+        .expect("writer reply")
+        .expect("commit");
+}
+
+#[test]
+fn a_discard_committed_before_a_crash_is_finished_at_the_next_start() {
+    let mut svc = Service::start();
+    let topic = unique_topic("held-discard-crash");
+    let id = svc.request_topic("alice", &topic, 1);
+    let (status, reply) = svc.produce("alice", &topic, "", &numbered_records(0..5, 1));
+    assert_eq!((status, reply["held"].as_u64()), (202, Some(5)), "{reply}");
+    reject(&svc, &id);
+    let dead = wait_dead(&svc, &topic, 5);
+    let up_to_id = dead[4]["id"].as_i64().expect("id");
+
+    // What a kill between the commit of `held_discarded` and the deletion leaves behind: the
+    // event in the log, the rows still in the spool.
+    svc.kill9();
+    append_event(
+        svc.data_dir(),
+        NewEvent::now(
+            "carol",
+            Some(&topic),
+            None,
+            EventKind::HeldDiscarded {
+                count: 5,
+                up_to_id: Some(up_to_id),
+            },
+        ),
+    );
+    svc.restart();
+    assert!(
+        svc.held_records("carol", &topic, "dead").is_empty(),
+        "the start finishes the committed discard"
+    );
+    assert_eq!(svc.metric("kafflow_spool_records"), 0.0);
+    assert_eq!(svc.metric("kafflow_spool_bytes"), 0.0);
+    assert_eq!(svc.metric("kafflow_discarded_records_total"), 5.0);
+
+    // Nothing is counted twice: one event in the log, and a new discard finds nothing.
+    let (status, body) = svc.send(
+        "DELETE",
+        &format!("/api/v1/held?topic={topic}&state=dead"),
+        Some(svc.token("carol")),
+        None,
+    );
+    assert_eq!(
+        (status, body.clone()),
+        (200, json!({"discarded": 0})),
+        "{body}"
+    );
+    let events = svc.audit(&format!("topic={topic}&kind=held_discarded"));
+    let counts: Vec<&Value> = events.iter().map(|e| &e["data"]["count"]).collect();
+    assert_eq!(counts, [&json!(5), &json!(0)], "{events:?}");
+    // And a further restart deletes nothing more.
+    svc.restart();
+    assert_eq!(svc.metric("kafflow_discarded_records_total"), 0.0);
+}
+
+#[test]
+fn a_held_record_with_damaged_headers_is_dead_lettered_not_sent_without_them() {
+    let mut svc = Service::start();
+    let topic = unique_topic("held-bad-headers");
+    let id = svc.request_topic("alice", &topic, 1);
+    let records: Vec<Value> = (0..3)
+        .map(|i| json!({"key": "k", "value": format!("n-{i}"), "headers": {"h": i.to_string()}}))
+        .collect();
+    let (status, reply) = svc.produce("alice", &topic, "", &Value::Array(records));
+    assert_eq!((status, reply["held"].as_u64()), (202, Some(3)), "{reply}");
+    let held = svc.held_records("carol", &topic, "held");
+    assert_eq!(held.len(), 3);
+
+    // The middle record's stored headers are damaged while the service is down.
+    svc.kill9();
+    let spool = rusqlite::Connection::open(svc.data_dir().join("spool.db")).expect("spool.db");
+    let damaged = spool
+        .execute(
+            "UPDATE held SET headers = '{\"h\": ' WHERE id = ?1",
+            [held[1]["id"].as_i64().expect("id")],
+        )
+        .expect("damage the headers");
+    assert_eq!(damaged, 1);
+    drop(spool);
+    svc.restart();
+
+    // The listing says what is wrong instead of showing the record without headers.
+    let listed = svc.held_records("carol", &topic, "held");
+    assert_eq!(listed.len(), 3);
+    let error = listed[1]["headers_error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot be decoded"), "{}", listed[1]);
+    assert!(listed[0].get("headers_error").is_none(), "{}", listed[0]);
+    assert_eq!(listed[2]["headers"], json!({"h": "2"}));
+
+    // Approval: the intact records reach Kafka with their headers, the damaged one is
+    // dead-lettered.
+    svc.approve("carol", &id);
+    svc.wait_request_status(&id, "completed", SETTLE);
+    let dead = wait_dead(&svc, &topic, 1);
+    assert_eq!(values(&dead), ["n-1"]);
+    assert!(dead[0]["headers_error"].is_string(), "{}", dead[0]);
+    let arrived = common::kafka_read_until(&topic, SETTLE, |r| r.len() >= 2);
+    let got: Vec<(String, Option<String>)> = arrived
+        .iter()
+        .map(|r| (r.value.clone(), r.headers.get("h").cloned()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("n-0".to_string(), Some("0".to_string())),
+            ("n-2".to_string(), Some("2".to_string()))
+        ]
+    );
+    svc.wait_topic_counts(&topic, SETTLE, |held, dead, published| {
+        (held, dead, published) == (0, 1, 2)
+    });
+    assert_eq!(svc.metric("kafflow_undecodable_held_records_total"), 1.0);
 }
 
 /// `[spool]` bounds small enough to reach in a test.
