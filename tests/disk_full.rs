@@ -211,6 +211,10 @@ fn a_full_disk_refuses_ingest_with_507_and_recovers_without_a_restart() {
     // Approval drains every acknowledged record into Kafka, headers and all.
     svc.approve("carol", &request);
     svc.wait_request_status(&request, "completed", SETTLE);
+    let total = acked.len() as u64;
+    svc.wait_topic_counts(&topic, SETTLE, |held, dead, published| {
+        (held, dead, published) == (0, 0, total)
+    });
     let records = common::kafka_read_numbered(&topic, &acked, SETTLE);
     assert_eq!(common::assert_numbered_arrived(&records, &acked), 0);
     assert!(

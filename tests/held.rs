@@ -301,10 +301,12 @@ fn topic_view_counts_held_and_dead_records_before_activation() {
 fn append_event(data_dir: &std::path::Path, event: NewEvent) {
     let store = Store::open(data_dir, Durability::Full).expect("open the log");
     let head = store.replay(|_| {}).expect("replay the log");
-    let writer = store.into_writer(head);
+    let (writer, thread) = store.into_writer(head).expect("writer");
     common::block_on(writer.append(vec![event]))
         .expect("writer reply")
         .expect("commit");
+    drop(writer);
+    thread.join();
 }
 
 #[test]

@@ -413,9 +413,10 @@ mod tests {
     fn every_kind_has_one_owner() {
         assert_eq!(owner(&EventKind::Subscribed {}), Owner::Subscriptions);
         assert_eq!(owner(&EventKind::RequestWithdrawn {}), Owner::Registry);
-        assert_eq!(
-            owner(&EventKind::HeldDiscarded { count: 1 }),
-            Owner::Publisher
-        );
+        let discarded = EventKind::HeldDiscarded {
+            count: 1,
+            up_to_id: None,
+        };
+        assert_eq!(owner(&discarded), Owner::Publisher);
     }
 }

@@ -966,14 +966,15 @@ mod tests {
         type Result = std::result::Result<Vec<Event>, StoreError>;
 
         fn handle(&mut self, _: Append, _: &mut Context<Self>) -> Self::Result {
-            Err(StoreError::Commit("database or disk is full".into()))
+            Err(StoreError::Full("database or disk is full".into()))
         }
     }
 
     fn event_store(dir: &std::path::Path) -> Addr<EventStore> {
         let store = Store::open(dir, Durability::Normal).expect("open the log");
         let head = store.replay(|_| {}).expect("replay");
-        EventStore::new(store.into_writer(head)).start()
+        let (writer, _thread) = store.into_writer(head).expect("writer");
+        EventStore::new(writer, crate::shutdown::Fatal::detached()).start()
     }
 
     fn admin() -> Principal {
@@ -1047,7 +1048,7 @@ mod tests {
 
         let refused = publisher.send(discard()).await.expect("mailbox");
         assert!(
-            matches!(refused, Err(Error::Store(_))),
+            matches!(refused, Err(Error::StorageFull(_))),
             "the failed commit is the caller's error: {refused:?}"
         );
         assert_eq!(dead_of(&spool, "t").await.len(), 3, "no row is deleted");
