@@ -293,8 +293,7 @@ impl Spool {
         producer: String,
         records: Vec<Record>,
     ) -> impl std::future::Future<Output = Result<()>> + use<> {
-        let held = self.queue(true, move |conn| insert(conn, &topic, &producer, &records));
-        async move { held.await }
+        self.queue(true, move |conn| insert(conn, &topic, &producer, &records))
     }
 
     /// The next held records of `topic` after `after_id`, oldest first.

@@ -172,7 +172,7 @@ mod tests {
             headers.insert("trace".to_string(), "x".repeat(len % 7));
         }
         Record {
-            key: (len % 3 == 0).then(|| format!("k{len}")),
+            key: len.is_multiple_of(3).then(|| format!("k{len}")),
             value: vec![b'v'; len],
             headers,
         }
