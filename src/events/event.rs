@@ -239,7 +239,14 @@ mod tests {
     fn version_1_discards_read_as_finished() {
         let data = upcast(1, "held_discarded", serde_json::json!({"count": 4})).expect("v1");
         assert_eq!(data, serde_json::json!({"count": 4, "up_to_id": null}));
-        assert!(EventKind::from_columns("held_discarded", data).is_ok());
+        let kind = EventKind::from_columns("held_discarded", data).expect("decodes");
+        assert!(matches!(
+            kind,
+            EventKind::HeldDiscarded {
+                count: 4,
+                up_to_id: None
+            }
+        ));
         // Other kinds pass unchanged; versions from the future are refused.
         let same = serde_json::json!({"reason": "x"});
         assert_eq!(

@@ -24,7 +24,7 @@ use warp::{Filter, Reply};
 use crate::actors::approval::{
     Approval, Approve, GetPolicy, Reject, RequestDeletion, RequestTopic, Withdraw,
 };
-use crate::actors::event_store::{EventStore, QueryAudit, VerifyChain};
+use crate::actors::event_store::{EventStore, LogWritable, QueryAudit, VerifyChain};
 use crate::actors::listener::Listener;
 use crate::actors::provisioner::{BrokerReachable, Provisioner};
 use crate::actors::publisher::{Counts, Publisher, SpoolHealth, TopicCounts};
@@ -362,7 +362,19 @@ async fn policy(app: App, auth: Option<String>) -> Result<Response> {
 async fn ready(app: App) -> Result<Response> {
     let reachable = app.provisioner.send(BrokerReachable).await?;
     let spool = app.publisher.send(SpoolHealth).await?;
-    let ready = reachable && !spool.storage_full;
+    let log_writable = app.event_store.send(LogWritable).await?;
+    let storage_full = spool.storage_full || !log_writable;
+    let mut reasons = Vec::new();
+    if !reachable {
+        reasons.push("broker_unreachable");
+    }
+    if spool.storage_full {
+        reasons.push("spool_storage_full");
+    }
+    if !log_writable {
+        reasons.push("log_storage_full");
+    }
+    let ready = reasons.is_empty();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -370,9 +382,10 @@ async fn ready(app: App) -> Result<Response> {
     };
     let body = serde_json::json!({
         "ready": ready,
+        "reasons": reasons,
         "replayed": true,
         "broker_reachable": reachable,
-        "storage_full": spool.storage_full,
+        "storage_full": storage_full,
         "storage_error": spool.error,
     });
     Ok(json(status, &body))
