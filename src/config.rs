@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::events::Durability;
+use crate::identity::jwt::{JwksSource, JwtConfig, MAX_LEEWAY_S};
 use crate::identity::{Directory, Principal, Role};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,130 @@ pub struct Config {
     pub feeds: FeedConfig,
     pub server: ServerConfig,
     pub limits: Limits,
+    pub auth: AuthConfig,
+}
+
+/// How callers sign in (`[auth]`), beyond the config's principals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Failed sign-ins of one client address within a minute before it is refused (429).
+    pub max_failures_per_minute: u32,
+    /// Single sign-on with the JWTs of an identity provider (`[auth.jwt]`).
+    pub jwt: Option<JwtConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            max_failures_per_minute: default_max_failures_per_minute(),
+            jwt: None,
+        }
+    }
+}
+
+fn default_max_failures_per_minute() -> u32 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    #[serde(default = "default_max_failures_per_minute")]
+    max_failures_per_minute: u32,
+    jwt: Option<JwtFile>,
+}
+
+impl Default for AuthFile {
+    fn default() -> Self {
+        AuthFile {
+            max_failures_per_minute: default_max_failures_per_minute(),
+            jwt: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtFile {
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    issuer: String,
+    audience: String,
+    #[serde(default = "default_name_claim")]
+    name_claim: String,
+    #[serde(default = "default_roles_claim")]
+    roles_claim: String,
+    #[serde(default)]
+    role_map: BTreeMap<String, Role>,
+    #[serde(default = "default_leeway_s")]
+    leeway_s: u64,
+}
+
+fn default_name_claim() -> String {
+    "sub".into()
+}
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_leeway_s() -> u64 {
+    30
+}
+
+fn validate_auth(file: AuthFile) -> Result<AuthConfig, ConfigError> {
+    if file.max_failures_per_minute == 0 {
+        return Err(ConfigError::Invalid(
+            "auth.max_failures_per_minute must be at least 1".into(),
+        ));
+    }
+    let jwt = match file.jwt {
+        None => None,
+        Some(j) => {
+            let jwks = match (j.jwks_file, j.jwks_url) {
+                (Some(path), None) => JwksSource::File(path),
+                (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                    JwksSource::Url(url)
+                }
+                (None, Some(url)) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "auth.jwt.jwks_url must be an http:// or https:// URL, not {url:?}"
+                    )))
+                }
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "auth.jwt needs exactly one of jwks_file and jwks_url".into(),
+                    ))
+                }
+            };
+            for (key, value) in [
+                ("issuer", &j.issuer),
+                ("audience", &j.audience),
+                ("name_claim", &j.name_claim),
+                ("roles_claim", &j.roles_claim),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(ConfigError::Invalid(format!("auth.jwt.{key} is empty")));
+                }
+            }
+            if j.leeway_s > MAX_LEEWAY_S {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.jwt.leeway_s must be at most {MAX_LEEWAY_S}"
+                )));
+            }
+            Some(JwtConfig {
+                jwks,
+                issuer: j.issuer,
+                audience: j.audience,
+                name_claim: j.name_claim,
+                roles_claim: j.roles_claim,
+                role_map: j.role_map,
+                leeway_s: j.leeway_s,
+            })
+        }
+    };
+    Ok(AuthConfig {
+        max_failures_per_minute: file.max_failures_per_minute,
+        jwt,
+    })
 }
 
 /// How the service as a whole behaves (`[server]`).
@@ -405,6 +530,8 @@ struct File {
     server: ServerConfig,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    auth: AuthFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -495,6 +622,7 @@ impl Config {
         };
         validate_limits(&limits)?;
         let principals = validate_principals(file.principals)?;
+        let auth = validate_auth(file.auth)?;
         Ok(Config {
             listen: overrides
                 .listen
@@ -518,6 +646,7 @@ impl Config {
             feeds: validate_feeds(file.feeds)?,
             server: file.server,
             limits,
+            auth,
         })
     }
 }
@@ -631,6 +760,7 @@ mod tests {
         ("limits", "retry_after_s"),
         ("limits", "unknown_key"),
         ("server", "shutdown_timeout_ms"),
+        ("auth", "max_failures_per_minute"),
     ];
 
     /// A TOML value of any type, with the numbers that break arithmetic.
@@ -738,6 +868,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn auth_defaults_and_the_jwt_table() {
+        let config = Config::parse("", Overrides::default()).expect("valid");
+        assert_eq!(config.auth.max_failures_per_minute, 30);
+        assert!(config.auth.jwt.is_none());
+        let text = "[auth]\nmax_failures_per_minute = 5\n[auth.jwt]\njwks_url = \"http://idp/jwks\"\nissuer = \"https://idp\"\naudience = \"kafflow\"\nroles_claim = \"realm_access.roles\"\n[auth.jwt.role_map]\n\"kafka-admins\" = \"admin\"\n";
+        let config = Config::parse(text, Overrides::default()).expect("valid");
+        assert_eq!(config.auth.max_failures_per_minute, 5);
+        let jwt = config.auth.jwt.expect("jwt");
+        assert_eq!(jwt.jwks, JwksSource::Url("http://idp/jwks".into()));
+        assert_eq!(jwt.name_claim, "sub");
+        assert_eq!(jwt.roles_claim, "realm_access.roles");
+        assert_eq!(jwt.leeway_s, 30);
+        assert_eq!(jwt.role_map.get("kafka-admins"), Some(&Role::Admin));
+    }
+
     const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
     #[test]
@@ -769,6 +915,12 @@ mod tests {
             "unknown_key = 1",
             "[store]\nsynchronous = \"sometimes\"",
             "[feeds]\nbuffer_frames = 0",
+            "[auth]\nmax_failures_per_minute = 0",
+            "[auth.jwt]\nissuer = \"i\"\naudience = \"a\"",
+            "[auth.jwt]\njwks_file = \"j\"\njwks_url = \"http://x\"\nissuer = \"i\"\naudience = \"a\"",
+            "[auth.jwt]\njwks_url = \"ftp://x\"\nissuer = \"i\"\naudience = \"a\"",
+            "[auth.jwt]\njwks_file = \"j\"\nissuer = \"i\"\naudience = \"a\"\nleeway_s = 9999",
+            "[auth.jwt]\njwks_file = \"j\"\nissuer = \"i\"\naudience = \"a\"\n[auth.jwt.role_map]\nx = \"wizard\"",
         ] {
             assert!(Config::parse(bad, Overrides::default()).is_err(), "{bad}");
         }

@@ -7,6 +7,18 @@ use crate::events::StoreError;
 pub enum Error {
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// A token of a known kind that is not (or no longer) good; the code says why.
+    #[error("{0}")]
+    TokenRefused(crate::identity::Refusal),
+    #[error("invalid token request: {0}")]
+    InvalidTokenRequest(String),
+    #[error("{0} is the name of a principal of the config file")]
+    NameTaken(String),
+    #[error("token {0} is already revoked")]
+    AlreadyRevoked(uuid::Uuid),
+    /// Something that cannot happen did (no randomness from the OS, ...).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("the requester of a request cannot decide it")]
@@ -87,6 +99,11 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Unauthorized => "unauthorized",
+            Error::TokenRefused(refusal) => refusal.code(),
+            Error::InvalidTokenRequest(_) => "invalid_token_request",
+            Error::NameTaken(_) => "name_taken",
+            Error::AlreadyRevoked(_) => "already_revoked",
+            Error::Internal(_) => "internal_error",
             Error::Forbidden(_) => "forbidden",
             Error::SelfApproval => "self_approval",
             Error::NotRequester => "not_requester",

@@ -9,7 +9,8 @@
 //! - `actors`: the actix actors that own the state and do the work (see `actors` for the list).
 //! - `http`: the warp facade that authenticates, parses, messages an actor and renders.
 //! - `config`: the config file and flags, validated once.
-//! - `identity`: principals and bearer-token authentication.
+//! - `identity`: who is calling: config principals, issued tokens and JWTs, and the count of
+//!   failed sign-ins per address.
 //! - `kafka`: client settings, metadata reads and the batch producer shared by the actors.
 //! - `spool`: the held-record store of the publisher (its own SQLite file).
 //! - `record`: a producer's record, as ingest takes it and the spool keeps it.
@@ -34,7 +35,6 @@ pub mod spool;
 pub mod sqlite;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use actix::Actor;
 use tokio::net::TcpListener;
@@ -48,6 +48,7 @@ use actors::provisioner::{Provision, Provisioner};
 use actors::publisher::{Publisher, SetRoute};
 use actors::registry::{AllRoutes, Governance, Registry, UnfinishedWork};
 use actors::subscriptions::{SubscriptionBook, Subscriptions};
+use actors::tokens::{TokenBook, Tokens};
 use actors::watcher::Watcher;
 use config::Config;
 use events::{Store, StoreError};
@@ -73,6 +74,8 @@ pub enum StartError {
     Spool(#[from] error::Error),
     #[error("actor system stopped during startup")]
     Actors(#[from] actix::MailboxError),
+    #[error("auth.jwt: {0}")]
+    Jwks(String),
 }
 
 /// Everything rebuilt from the log, one part per actor that owns state.
@@ -81,6 +84,7 @@ pub struct State {
     pub governance: Governance,
     pub subscriptions: SubscriptionBook,
     pub drift: actors::watcher::DriftBook,
+    pub tokens: TokenBook,
 }
 
 impl State {
@@ -90,6 +94,7 @@ impl State {
             Owner::Registry => self.governance.apply(event),
             Owner::Subscriptions => self.subscriptions.apply(event),
             Owner::Watcher => self.drift.apply(event),
+            Owner::Tokens => self.tokens.apply(event),
             // The publisher's state is the spool; its events are history.
             Owner::Publisher => {}
         }
@@ -212,11 +217,30 @@ pub async fn serve(
     )
     .start();
     event_store.do_send(Follow(watcher.clone().recipient()));
-    let principals = Arc::new(config.principals.clone());
+    let (tokens, published_tokens) = Tokens::new(
+        state.tokens,
+        event_store.clone(),
+        config.principals.names(),
+    );
+    let tokens = tokens.start();
+    let jwt = match config.auth.jwt.clone() {
+        Some(jwt) => Some(
+            identity::jwt::Verifier::start(jwt)
+                .await
+                .map_err(StartError::Jwks)?,
+        ),
+        None => None,
+    };
+    let identity = identity::Identity::new(
+        config.principals.clone(),
+        published_tokens,
+        jwt,
+        config.auth.max_failures_per_minute,
+    );
     let listener_actor = Listener::new(
         publisher.clone(),
         approval.clone(),
-        principals.clone(),
+        identity.clone(),
         config.limits.clone(),
         ingest,
         coordinator.shutdown(),
@@ -231,7 +255,8 @@ pub async fn serve(
     }
 
     let app = http::App {
-        principals,
+        identity,
+        tokens,
         registry,
         approval,
         event_store: event_store.clone(),

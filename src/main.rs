@@ -62,6 +62,17 @@ enum Cmd {
         #[arg(long, env = "KAFFLOW_TOKEN", hide_env_values = true)]
         token: String,
     },
+    /// Issue, list and revoke bearer tokens (needs an admin's token).
+    Token {
+        /// The KafFlow service.
+        #[arg(long, env = "KAFFLOW_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+        server: String,
+        /// An admin's bearer token.
+        #[arg(long, env = "KAFFLOW_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
     /// Subscribe to topics and print their records as NDJSON (runs until the feed ends).
     Consume {
         /// A topic to subscribe to and print (repeat for several).
@@ -77,6 +88,26 @@ enum Cmd {
         #[arg(long, default_value = "committed", value_parser = ["committed", "earliest", "latest"])]
         from: String,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Issue a token; prints its details, and the token alone on the last line.
+    Create {
+        /// The name the token signs in as.
+        #[arg(long)]
+        name: String,
+        /// A role of the token: admin, producer or consumer (repeat for several).
+        #[arg(long = "role", required = true, value_parser = ["admin", "producer", "consumer"])]
+        roles: Vec<String>,
+        /// Days until the token expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<i64>,
+    },
+    /// List the issued tokens, without their secrets.
+    List,
+    /// Revoke a token by its id; it is refused from then on.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +164,36 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        Cmd::Token {
+            server,
+            token,
+            command,
+        } => {
+            let Some(token) = token else {
+                return fail(&"an admin token is needed: --token TOKEN or KAFFLOW_TOKEN");
+            };
+            let action = match command {
+                TokenCmd::Create {
+                    name,
+                    roles,
+                    expires_in_days,
+                } => kafflow::client::token::Action::Create {
+                    name,
+                    roles,
+                    expires_in_days,
+                },
+                TokenCmd::List => kafflow::client::token::Action::List,
+                TokenCmd::Revoke { id } => kafflow::client::token::Action::Revoke { id },
+            };
+            match kafflow::client::token::run(kafflow::client::token::Options {
+                server,
+                token,
+                action,
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
         Cmd::Consume {
             topics,
             server,

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub storage_full: IntCounter,
     /// Held records whose stored headers could not be read back (dead-lettered, not sent).
     pub undecodable_held: IntCounter,
+    /// Failed sign-ins (HTTP 401s of calls with a token, refused TCP `AUTH` lines).
+    pub signin_failures: IntCounter,
+    /// Calls and `AUTH` lines refused because their address failed to sign in too often.
+    pub signin_refused: IntCounter,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
 }
@@ -89,6 +93,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "kafflow_undecodable_held_records_total",
             "Held records whose stored headers could not be decoded; dead-lettered, not sent.",
+        ),
+        signin_failures: counter(
+            &r,
+            "kafflow_signin_failures_total",
+            "Failed sign-ins over HTTP and TCP.",
+        ),
+        signin_refused: counter(
+            &r,
+            "kafflow_signin_refused_total",
+            "Sign-ins refused because their address failed too often.",
         ),
         spool_records: gauge(
             &r,

@@ -312,3 +312,47 @@ fn deletion_approved_while_the_broker_is_down_completes_after_restart() {
     assert_eq!(deleted[0]["actor"], "system");
     conflicts.finish();
 }
+
+#[test]
+fn issued_and_revoked_tokens_survive_kill9() {
+    let mut svc = Service::start();
+    let issue = |svc: &Service, name: &str| {
+        let (status, issued) = svc.post(
+            "carol",
+            "/api/v1/tokens",
+            &json!({"name": name, "roles": ["producer"], "expires_in_days": 7}),
+        );
+        assert_eq!(status, 201, "{issued}");
+        (
+            issued["id"].as_str().expect("id").to_string(),
+            issued["token"].as_str().expect("token").to_string(),
+        )
+    };
+    let (_, kept) = issue(&svc, "kept");
+    let (revoked_id, revoked) = issue(&svc, "gone");
+    let (status, _) = svc.send(
+        "DELETE",
+        &format!("/api/v1/tokens/{revoked_id}"),
+        Some(svc.token("dave")),
+        None,
+    );
+    assert_eq!(status, 200);
+    let (status, before) = svc.get("carol", "/api/v1/tokens");
+    assert_eq!(status, 200, "{before}");
+    let head_before = verify_head(&svc);
+
+    svc.restart();
+
+    let (status, after) = svc.get("carol", "/api/v1/tokens");
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after, before, "the tokens differ after restart");
+    assert_eq!(verify_head(&svc), head_before, "chain head differs after restart");
+    let (status, _) = svc.send("GET", "/api/v1/topics", Some(&kept), None);
+    assert_eq!(status, 200, "a token issued before the kill signs in after it");
+    let (status, body) = svc.send("GET", "/api/v1/topics", Some(&revoked), None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_revoked")),
+        "a token revoked before the kill stays revoked: {body}"
+    );
+}

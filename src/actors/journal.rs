@@ -36,6 +36,8 @@ pub enum Owner {
     Watcher,
     /// Held records (`publisher`); its state is the spool, not the log.
     Publisher,
+    /// Issued bearer tokens (`tokens`).
+    Tokens,
 }
 
 /// Which actor owns an event kind. No wildcard: a new kind does not compile until it has one.
@@ -53,6 +55,7 @@ pub fn owner(kind: &EventKind) -> Owner {
         EventKind::Subscribed {} | EventKind::Unsubscribed { .. } => Owner::Subscriptions,
         EventKind::DriftDetected { .. } | EventKind::DriftResolved { .. } => Owner::Watcher,
         EventKind::HeldDiscarded { .. } => Owner::Publisher,
+        EventKind::TokenIssued { .. } | EventKind::TokenRevoked { .. } => Owner::Tokens,
     }
 }
 
@@ -142,6 +145,7 @@ impl<S: Journaled + 'static> Journal<S> {
             Owner::Subscriptions => "subscriptions",
             Owner::Watcher => "watcher",
             Owner::Publisher => "publisher",
+            Owner::Tokens => "tokens",
         };
         Stream {
             name,

@@ -29,7 +29,7 @@ use super::approval::{Approval, RequestTopic};
 use super::publisher::{Publish, Publisher, Receipt};
 use crate::config::Limits;
 use crate::error::{Error, Result};
-use crate::identity::{Directory, Principal, Role};
+use crate::identity::{Door, Identity, Principal, Refusal, Role, SignedIn};
 use crate::record::{Record, RecordIn, RecordLimits};
 use crate::shutdown::{Guard, Shutdown};
 
@@ -65,7 +65,7 @@ pub struct Accepted {
 pub struct Listener {
     publisher: Addr<Publisher>,
     approval: Addr<Approval>,
-    principals: Arc<Directory>,
+    identity: Identity,
     limits: Limits,
     tcp: Option<TcpListener>,
     shutdown: Shutdown,
@@ -76,7 +76,7 @@ impl Listener {
     pub fn new(
         publisher: Addr<Publisher>,
         approval: Addr<Approval>,
-        principals: Arc<Directory>,
+        identity: Identity,
         limits: Limits,
         tcp: TcpListener,
         shutdown: Shutdown,
@@ -85,7 +85,7 @@ impl Listener {
         Listener {
             publisher,
             approval,
-            principals,
+            identity,
             limits,
             tcp: Some(tcp),
             shutdown,
@@ -103,7 +103,7 @@ impl Actor for Listener {
         };
         let ingest = Ingest {
             publisher: self.publisher.clone(),
-            principals: self.principals.clone(),
+            identity: self.identity.clone(),
             record_limits: RecordLimits::from(&self.limits),
             connections: Arc::new(Connections::new(&self.limits)),
             shutdown: self.shutdown.clone(),
@@ -216,7 +216,7 @@ impl Handler<IngestRecords> for Listener {
 #[derive(Clone)]
 struct Ingest {
     publisher: Addr<Publisher>,
-    principals: Arc<Directory>,
+    identity: Identity,
     record_limits: RecordLimits,
     connections: Arc<Connections>,
     shutdown: Shutdown,
@@ -404,7 +404,7 @@ impl Ingest {
                     };
                     let ingest = self.clone();
                     connections.spawn(async move {
-                        if let Err(e) = ingest.connection(stream, slot).await {
+                        if let Err(e) = ingest.connection(stream, slot, peer).await {
                             tracing::debug!(%peer, error = %e, "Ingest connection ended.");
                         }
                     });
@@ -423,7 +423,12 @@ impl Ingest {
         while connections.join_next().await.is_some() {}
     }
 
-    async fn connection(self, stream: TcpStream, mut slot: Slot) -> std::io::Result<()> {
+    async fn connection(
+        self,
+        stream: TcpStream,
+        mut slot: Slot,
+        peer: std::net::SocketAddr,
+    ) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, read);
         // Bounded: a client that sends lines without reading its replies is slowed down
@@ -451,17 +456,17 @@ impl Ingest {
             read = read_line(&mut reader, &mut line, max_line) => read?,
             _ = shutdown.recv() => LineRead::Eof,
         };
-        let principal = match first {
-            LineRead::Line => auth_line(&self.principals, &line),
+        let signed = match first {
+            LineRead::Line => self.sign_in(&line, peer).await,
             LineRead::Eof => return Ok(()),
             LineRead::TooLong => Err(Error::InvalidRecord("line too long".into())),
         };
-        let principal = principal.and_then(|p| {
-            self.connections.claim(&mut slot, &p.name)?;
-            Ok(p)
+        let signed = signed.and_then(|s| {
+            self.connections.claim(&mut slot, &s.principal.name)?;
+            Ok(s)
         });
-        let principal = match principal {
-            Ok(p) => p,
+        let (principal, credential) = match signed {
+            Ok(s) => (s.principal, s.credential),
             Err(e) => {
                 let _ = reply_tx
                     .send(Reply::Err {
@@ -474,15 +479,7 @@ impl Ingest {
                 let _ = writer.await;
                 // Drop what the client sent after AUTH for a moment, so the close that
                 // follows does not reset the connection before it reads the ERR line.
-                let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-                    let mut sink = [0u8; 4096];
-                    while let Ok(n) = reader.read(&mut sink).await {
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                })
-                .await;
+                linger(&mut reader).await;
                 return Ok(());
             }
         };
@@ -492,12 +489,19 @@ impl Ingest {
         let acks = tokio::spawn(acknowledge(batch_rx, reply_tx.clone()));
         let mut line_no = 1u64;
         let mut batch = Batch::default();
+        let revoked = self.identity.revoked(credential);
+        tokio::pin!(revoked);
+        let mut ended_by_revocation = false;
         loop {
-            // At shutdown, a line not read whole is not accepted: the client's last `OK n`
-            // says which lines are durable.
+            // At shutdown or revocation, a line not read whole is not accepted: the client's
+            // last `OK n` says which lines are durable.
             let read = tokio::select! {
                 read = read_line(&mut reader, &mut line, max_line) => read?,
                 _ = shutdown.recv() => LineRead::Eof,
+                _ = &mut revoked => {
+                    ended_by_revocation = true;
+                    LineRead::Eof
+                }
             };
             if matches!(read, LineRead::Eof) {
                 break;
@@ -535,9 +539,47 @@ impl Ingest {
         }
         drop(batch_tx);
         let _ = acks.await;
+        if ended_by_revocation {
+            tracing::info!(%peer, principal = %principal.name, "Ingest connection closed: its token was revoked.");
+            let e = Error::TokenRefused(Refusal::Revoked);
+            let _ = reply_tx
+                .send(Reply::Err {
+                    line: 0,
+                    code: e.code(),
+                    message: e.to_string(),
+                })
+                .await;
+        }
         drop(reply_tx);
         let _ = writer.await;
+        if ended_by_revocation {
+            // As for a refused AUTH: drop what the client still sends for a moment, so the
+            // close does not reset the connection before it reads the ERR line.
+            linger(&mut reader).await;
+        }
         Ok(())
+    }
+
+    /// Signs the `AUTH` line's token in, counting a failure against the client's address.
+    async fn sign_in(&self, line: &[u8], peer: std::net::SocketAddr) -> Result<SignedIn> {
+        let failures = self.identity.failures();
+        failures.admit(peer.ip(), Door::Tcp)?;
+        let signed = match auth_token(line) {
+            Ok(token) => self.identity.sign_in(token).await,
+            Err(e) => Err(e),
+        };
+        match signed {
+            Ok(signed) => {
+                require_producer(&signed.principal)?;
+                Ok(signed)
+            }
+            Err(e) => {
+                if crate::identity::is_sign_in_failure(&e) {
+                    failures.failed(peer.ip(), Door::Tcp);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Parses a record line into `batch`; a blank line is skipped.
@@ -567,16 +609,27 @@ impl Ingest {
     }
 }
 
-/// The principal of an `AUTH <token>` line, if it may produce.
-pub(crate) fn auth_line(principals: &Directory, line: &[u8]) -> Result<Principal> {
+/// Reads and drops what the client sends, for at most `REFUSAL_LINGER` or until it closes.
+async fn linger(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The token of an `AUTH <token>` line.
+pub(crate) fn auth_token(line: &[u8]) -> Result<&str> {
     let text = std::str::from_utf8(line).map_err(|_| Error::Unauthorized)?;
     let token = text
         .trim()
         .strip_prefix("AUTH ")
         .ok_or(Error::Unauthorized)?;
-    let principal = principals.authenticate(token.trim())?;
-    require_producer(&principal)?;
-    Ok(principal)
+    Ok(token.trim())
 }
 
 /// The longest line read whole: room for a record of the largest size, escaped.
@@ -760,12 +813,12 @@ mod tests {
         Ok(())
     }
 
-    fn directory() -> Directory {
+    fn directory() -> crate::identity::Directory {
         let principal = |name: &str, role| Principal {
             name: name.into(),
             roles: [role].into(),
         };
-        Directory::new([
+        crate::identity::Directory::new([
             (
                 crate::identity::token_sha256("producer-token"),
                 principal("p", Role::Producer),
@@ -828,7 +881,10 @@ mod tests {
             ],
         ) {
             let directory = directory();
-            match auth_line(&directory, &line) {
+            let signed = auth_token(&line)
+                .and_then(|token| directory.authenticate(token))
+                .and_then(|p| require_producer(&p).map(|()| p));
+            match signed {
                 Ok(principal) => {
                     prop_assert_eq!(principal.name, "p");
                     let text = String::from_utf8_lossy(&line);

@@ -13,6 +13,8 @@
 //! - `publisher`: routes records to Kafka, holding in the durable spool what cannot go yet
 //!   (`held_counts`: its accounting of what the spool holds).
 //! - `watcher`: tells the publisher of route changes as they commit; reconciles with Kafka.
+//! - `tokens`: the bearer tokens KafFlow issues (the single writer of their events), published
+//!   to sign-in after every commit.
 
 pub mod approval;
 pub mod consumer;
@@ -24,6 +26,7 @@ pub mod provisioner;
 pub mod publisher;
 pub mod registry;
 pub mod subscriptions;
+pub mod tokens;
 pub mod watcher;
 
 /// Mailbox capacity for actors whose senders rely on message order: a full mailbox parks

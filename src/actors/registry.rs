@@ -259,7 +259,9 @@ impl Governance {
             | EventKind::DriftDetected { .. }
             | EventKind::DriftResolved { .. }
             | EventKind::Subscribed {}
-            | EventKind::Unsubscribed { .. } => {}
+            | EventKind::Unsubscribed { .. }
+            | EventKind::TokenIssued { .. }
+            | EventKind::TokenRevoked { .. } => {}
         }
     }
 

@@ -1,8 +1,10 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::identity::Role;
 
 /// Version of the `data` layout written with each event. Replay reads every older version
 /// through `upcast`, and refuses versions it does not know.
@@ -90,6 +92,16 @@ pub enum EventKind {
     /// A subscription ended: the consumer's own (`reason` "user"), or, with actor `system`,
     /// every subscription to a deleted topic (`reason` "topic_deleted").
     Unsubscribed { reason: String },
+    /// An admin (the actor) issued a bearer token. Only the SHA-256 of its secret is kept.
+    TokenIssued {
+        token_id: Uuid,
+        name: String,
+        roles: BTreeSet<Role>,
+        sha256: String,
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// An admin (the actor) revoked an issued token.
+    TokenRevoked { token_id: Uuid },
 }
 
 impl EventKind {
@@ -110,6 +122,8 @@ impl EventKind {
             EventKind::DriftResolved { .. } => "drift_resolved",
             EventKind::Subscribed {} => "subscribed",
             EventKind::Unsubscribed { .. } => "unsubscribed",
+            EventKind::TokenIssued { .. } => "token_issued",
+            EventKind::TokenRevoked { .. } => "token_revoked",
         }
     }
 
@@ -226,6 +240,16 @@ mod tests {
             EventKind::Subscribed {},
             EventKind::Unsubscribed {
                 reason: "topic_deleted".into(),
+            },
+            EventKind::TokenIssued {
+                token_id: Uuid::now_v7(),
+                name: "loader".into(),
+                roles: BTreeSet::from([Role::Producer, Role::Consumer]),
+                sha256: "ab".repeat(32),
+                expires_at: Some(Utc::now()),
+            },
+            EventKind::TokenRevoked {
+                token_id: Uuid::now_v7(),
             },
         ];
         for kind in kinds {

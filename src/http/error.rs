@@ -8,7 +8,7 @@ use crate::error::Error;
 
 pub fn status_of(error: &Error) -> StatusCode {
     match error {
-        Error::Unauthorized => StatusCode::UNAUTHORIZED,
+        Error::Unauthorized | Error::TokenRefused(_) => StatusCode::UNAUTHORIZED,
         Error::Forbidden(_) | Error::SelfApproval | Error::NotRequester | Error::NotOwner => {
             StatusCode::FORBIDDEN
         }
@@ -21,7 +21,8 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::InvalidId(_)
         | Error::InvalidRecord(_)
         | Error::BadRecord { .. }
-        | Error::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+        | Error::InvalidQuery(_)
+        | Error::InvalidTokenRequest(_) => StatusCode::BAD_REQUEST,
         Error::PayloadTooLarge(_) | Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::NotFound(_) | Error::UnknownTopic(_) => StatusCode::NOT_FOUND,
         Error::SpoolFull(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -30,8 +31,10 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::RequestPending { .. }
         | Error::NotPending(_)
         | Error::TopicNotActive { .. }
-        | Error::TopicClosed { .. } => StatusCode::CONFLICT,
-        Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | Error::TopicClosed { .. }
+        | Error::NameTaken(_)
+        | Error::AlreadyRevoked(_) => StatusCode::CONFLICT,
+        Error::Store(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Error::Unavailable | Error::ConsumerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,

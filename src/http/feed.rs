@@ -33,6 +33,8 @@ const MAX_WRITE_BATCH: usize = 256;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The websocket close code for a server that is going away (RFC 6455).
 const GOING_AWAY: u16 = 1001;
+/// The websocket close code for a feed whose token is no longer good (RFC 6455).
+const POLICY_VIOLATION: u16 = 1008;
 /// The subprotocol prefix that carries the token for browsers, which cannot set headers.
 const BEARER_PROTOCOL: &str = "bearer.";
 /// Largest message a client may send on a feed. Clients have nothing to say but pings and a
@@ -132,7 +134,7 @@ fn topics(topics: Vec<String>) -> Response {
 }
 
 async fn mine(app: App, auth: Option<String>) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     Ok(topics(
         app.subscriptions
             .send(MySubscriptions { principal })
@@ -141,7 +143,7 @@ async fn mine(app: App, auth: Option<String>) -> Result<Response> {
 }
 
 async fn replace(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let body: ReplaceBody = parse_body(&body?)?;
     let set = app
         .subscriptions
@@ -154,7 +156,7 @@ async fn replace(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<
 }
 
 async fn subscribe(app: App, topic: String, auth: Option<String>) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let set = app
         .subscriptions
         .send(Subscribe { principal, topic })
@@ -163,7 +165,7 @@ async fn subscribe(app: App, topic: String, auth: Option<String>) -> Result<Resp
 }
 
 async fn unsubscribe(app: App, topic: String, auth: Option<String>) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let set = app
         .subscriptions
         .send(Unsubscribe { principal, topic })
@@ -172,7 +174,7 @@ async fn unsubscribe(app: App, topic: String, auth: Option<String>) -> Result<Re
 }
 
 async fn list(app: App, auth: Option<String>, query: String) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let params: ListParams = parse_query(&query)?;
     let subscriptions = app
         .subscriptions
@@ -216,7 +218,8 @@ async fn open_feed(
         (None, Some(p)) => Some(format!("Bearer {}", &p[BEARER_PROTOCOL.len()..])),
         _ => auth,
     };
-    let principal = app.authenticate(auth)?;
+    let signed = app.sign_in(auth).await?;
+    let principal = signed.principal;
     let params: FeedParams = parse_query(&query)?;
     let from = parse_start(params.from.as_deref())?;
     let ws = ws.ok_or(Error::UpgradeRequired)?;
@@ -230,8 +233,10 @@ async fn open_feed(
         .max_frame_size(MAX_CLIENT_MESSAGE);
     let shutdown = app.shutdown.clone();
     let guard = app.feeds_done.clone();
+    let identity = app.identity.clone();
+    let credential = signed.credential;
     let reply = ws.on_upgrade(move |socket| async move {
-        pump(socket, feed, shutdown).await;
+        pump(socket, feed, shutdown, identity.revoked(credential)).await;
         drop(slot);
         drop(guard);
     });
@@ -242,9 +247,16 @@ async fn open_feed(
     })
 }
 
-/// Writes frames to the socket until either side ends the feed, or the service shuts down
-/// (close code 1001, going away). Dropping `feed` at the end detaches it from the consumer.
-async fn pump(socket: WebSocket, mut feed: FeedHandle, mut shutdown: Shutdown) {
+/// Writes frames to the socket until either side ends the feed, the service shuts down
+/// (close code 1001, going away), or the feed's token is revoked (1008). Dropping `feed` at
+/// the end detaches it from the consumer.
+async fn pump(
+    socket: WebSocket,
+    mut feed: FeedHandle,
+    mut shutdown: Shutdown,
+    revoked: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(revoked);
     let (mut sink, incoming) = socket.split();
     let (gone, mut client_gone) = oneshot::channel();
     // The client's side is read by a task of its own, woken only when the client sends
@@ -259,6 +271,10 @@ async fn pump(socket: WebSocket, mut feed: FeedHandle, mut shutdown: Shutdown) {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await;
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
                 return;
+            }
+            _ = &mut revoked => {
+                let reason = "token_revoked: the token of this feed was revoked";
+                return close_with(sink, POLICY_VIOLATION, reason).await;
             }
             event = feed.next() => match event {
                 FeedEvent::Closed(reason) => return close(sink, &reason).await,

@@ -4,6 +4,7 @@
 mod error;
 mod feed;
 mod records;
+mod tokens;
 mod ui;
 
 use std::collections::BTreeMap;
@@ -37,7 +38,8 @@ use crate::actors::watcher::Watcher;
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::events::AuditQuery;
-use crate::identity::{Directory, Principal};
+use crate::actors::tokens::Tokens;
+use crate::identity::{Door, Identity, Principal, SignedIn};
 
 const DEFAULT_AUDIT_LIMIT: usize = 100;
 const MAX_AUDIT_LIMIT: usize = 1000;
@@ -45,7 +47,8 @@ const MAX_AUDIT_LIMIT: usize = 1000;
 /// What the handlers talk to.
 #[derive(Clone)]
 pub struct App {
-    pub principals: Arc<Directory>,
+    pub identity: Identity,
+    pub tokens: Addr<Tokens>,
     pub registry: Addr<Registry>,
     pub approval: Addr<Approval>,
     pub event_store: Addr<EventStore>,
@@ -61,13 +64,19 @@ pub struct App {
 }
 
 impl App {
-    fn authenticate(&self, header: Option<String>) -> Result<Principal> {
+    /// The caller of an `Authorization` header value.
+    async fn authenticate(&self, header: Option<String>) -> Result<Principal> {
+        Ok(self.sign_in(header).await?.principal)
+    }
+
+    /// The caller and the kind of token it signed in with (a feed watches it for revocation).
+    async fn sign_in(&self, header: Option<String>) -> Result<SignedIn> {
         let header = header.ok_or(Error::Unauthorized)?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(Error::Unauthorized)?;
-        self.principals.authenticate(token.trim())
+        self.identity.sign_in(token.trim()).await
     }
 }
 
@@ -214,7 +223,7 @@ impl AuditParams {
 }
 
 async fn create_request(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let body: CreateRequestBody = parse_body(&body?)?;
     let request = app
         .approval
@@ -231,14 +240,14 @@ async fn create_request(app: App, auth: Option<String>, body: Result<Bytes>) -> 
 }
 
 async fn list_requests(app: App, auth: Option<String>, query: String) -> Result<Response> {
-    app.authenticate(auth)?;
+    app.authenticate(auth).await?;
     let filter: RequestFilter = parse_query(&query)?;
     let requests = app.registry.send(ListRequests(filter)).await?;
     Ok(json(StatusCode::OK, &requests))
 }
 
 async fn get_request(app: App, id: String, auth: Option<String>) -> Result<Response> {
-    app.authenticate(auth)?;
+    app.authenticate(auth).await?;
     let request = app.registry.send(GetRequest(parse_id(&id)?)).await??;
     Ok(json(StatusCode::OK, &request))
 }
@@ -250,7 +259,7 @@ async fn act_on_request(
     auth: Option<String>,
     body: Result<Bytes>,
 ) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let id = parse_id(&id)?;
     let body = body?;
     let request = match action.as_str() {
@@ -304,7 +313,7 @@ fn topic_view(topic: Topic, counts: &std::collections::HashMap<String, TopicCoun
 }
 
 async fn list_topics(app: App, auth: Option<String>) -> Result<Response> {
-    app.authenticate(auth)?;
+    app.authenticate(auth).await?;
     let topics = app.registry.send(ListTopics).await?;
     let counts = app.publisher.send(Counts).await?;
     let views: Vec<TopicView> = topics.into_iter().map(|t| topic_view(t, &counts)).collect();
@@ -312,7 +321,7 @@ async fn list_topics(app: App, auth: Option<String>) -> Result<Response> {
 }
 
 async fn get_topic(app: App, name: String, auth: Option<String>) -> Result<Response> {
-    app.authenticate(auth)?;
+    app.authenticate(auth).await?;
     let topic = app.registry.send(GetTopic(name)).await??;
     let counts = app.publisher.send(Counts).await?;
     Ok(json(StatusCode::OK, &topic_view(topic, &counts)))
@@ -324,7 +333,7 @@ async fn request_deletion(
     auth: Option<String>,
     body: Result<Bytes>,
 ) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let b: ReasonBody = parse_body(&body?)?;
     let request = app
         .approval
@@ -338,7 +347,7 @@ async fn request_deletion(
 }
 
 async fn audit(app: App, auth: Option<String>, query: String) -> Result<Response> {
-    app.authenticate(auth)?;
+    app.authenticate(auth).await?;
     let params: AuditParams = parse_query(&query)?;
     let page = app
         .event_store
@@ -348,13 +357,13 @@ async fn audit(app: App, auth: Option<String>, query: String) -> Result<Response
 }
 
 async fn verify_chain(app: App, auth: Option<String>) -> Result<Response> {
-    app.authenticate(auth)?;
+    app.authenticate(auth).await?;
     let check = app.event_store.send(VerifyChain).await??;
     Ok(json(StatusCode::OK, &check))
 }
 
 async fn policy(app: App, auth: Option<String>) -> Result<Response> {
-    app.authenticate(auth)?;
+    app.authenticate(auth).await?;
     let policy = app.approval.send(GetPolicy).await?;
     Ok(json(StatusCode::OK, &policy))
 }
@@ -427,6 +436,35 @@ fn admit(
             })
         }
     })
+}
+
+/// The address of a call that carries a token (a bearer header, or the feed's `bearer.`
+/// subprotocol), refused with 429 while that address is blocked for failed sign-ins. A call
+/// without a token is neither counted nor refused: it gets its 401.
+fn sign_in_address(
+    identity: Identity,
+) -> impl Filter<Extract = (Option<std::net::IpAddr>,), Error = warp::Rejection> + Clone {
+    warp::addr::remote()
+        .and(warp::header::headers_cloned())
+        .and_then(
+            move |peer: Option<std::net::SocketAddr>, headers: warp::http::HeaderMap| {
+                let carries_token = headers.contains_key(warp::http::header::AUTHORIZATION)
+                    || headers
+                        .get_all(warp::http::header::SEC_WEBSOCKET_PROTOCOL)
+                        .iter()
+                        .any(|v| v.to_str().is_ok_and(|p| p.contains("bearer.")));
+                let address = peer.map(|p| p.ip()).filter(|_| carries_token);
+                let admitted = match address {
+                    Some(ip) => identity
+                        .failures()
+                        .admit(ip, Door::Http)
+                        .map(|()| address)
+                        .map_err(|e| warp::reject::custom(error::Refused(e))),
+                    None => Ok(None),
+                };
+                futures_util::future::ready(admitted)
+            },
+        )
 }
 
 /// Every route, with warp's own rejections rendered as JSON errors.
@@ -560,19 +598,32 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .unify()
         .or(policy)
         .unify()
+        // Boxed halfway: every unboxed `or` level multiplies the type checker's work.
+        .boxed()
         .or(feed::routes(app.clone(), feed::Feeds::new(&limits)))
         .unify()
         .or(records::routes(app.clone()))
         .unify()
+        .or(tokens::routes(app.clone()))
+        .unify()
         .or(ui::routes())
-        .unify();
-    // The probes answer even when every place is taken.
+        .unify()
+        .boxed();
+    // The probes answer even when every place is taken. Every 401 of a call with a token is
+    // a failed sign-in of its address.
+    let identity = app.identity.clone();
     let gated = admit(permits, &limits)
+        .and(sign_in_address(identity.clone()))
         .and(gated)
-        .map(|permit, reply: Response| {
-            drop(permit);
-            reply
-        });
+        .map(
+            move |permit, address: Option<std::net::IpAddr>, reply: Response| {
+                drop(permit);
+                if let Some(ip) = address.filter(|_| reply.status() == StatusCode::UNAUTHORIZED) {
+                    identity.failures().failed(ip, Door::Http);
+                }
+                reply
+            },
+        );
     headers_within(limits.max_request_header_bytes)
         .and(healthz.or(readyz).unify().or(gated).unify())
         .recover(error::recover)

@@ -97,7 +97,7 @@ async fn ingest(
     content_type: Option<String>,
     body: Result<Bytes>,
 ) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let params: IngestParams = parse_query(&query)?;
     let records = parse_records(
         &body?,
@@ -122,7 +122,7 @@ async fn list_held(
     query: String,
     accept: Option<String>,
 ) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let params: HeldParams = parse_query(&query)?;
     let limit = params.limit.unwrap_or(DEFAULT_HELD_LIMIT);
     if limit == 0 || limit > MAX_HELD_LIMIT {
@@ -157,7 +157,7 @@ async fn list_held(
 }
 
 async fn discard_held(app: App, auth: Option<String>, query: String) -> Result<Response> {
-    let principal = app.authenticate(auth)?;
+    let principal = app.authenticate(auth).await?;
     let params: HeldParams = parse_query(&query)?;
     let discarded = app
         .publisher
@@ -174,7 +174,7 @@ async fn discard_held(app: App, auth: Option<String>, query: String) -> Result<R
 }
 
 async fn drift(app: App, auth: Option<String>) -> Result<Response> {
-    app.authenticate(auth)?;
+    app.authenticate(auth).await?;
     let report: crate::actors::watcher::DriftReport = app.watcher.send(GetDrift).await?;
     Ok(json(StatusCode::OK, &report))
 }

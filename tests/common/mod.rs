@@ -631,6 +631,10 @@ default_partitions = 3
 max_partitions = 12
 default_replication_factor = 1
 max_replication_factor = 1
+
+# The tests send bad tokens on purpose, many from one address; tests/identity.rs lowers this.
+[auth]
+max_failures_per_minute = 100000
 "#,
         bootstrap()
     );

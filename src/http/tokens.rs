@@ -1,0 +1,82 @@
+//! The issued tokens: authenticate, parse, send one message to the tokens actor, render.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::{auth, body_up_to, json, parse_body, parse_id, respond, App};
+use crate::actors::tokens::{IssueToken, ListTokens, RevokeToken};
+use crate::error::Result;
+use crate::identity::Role;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    name: String,
+    roles: Vec<Role>,
+    expires_in_days: Option<i64>,
+}
+
+async fn issue(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
+    let principal = app.authenticate(auth).await?;
+    let body: IssueBody = parse_body(&body?)?;
+    let issued = app
+        .tokens
+        .send(IssueToken {
+            principal,
+            name: body.name,
+            roles: body.roles,
+            expires_in_days: body.expires_in_days,
+        })
+        .await??;
+    Ok(json(StatusCode::CREATED, &issued))
+}
+
+async fn list(app: App, auth: Option<String>) -> Result<Response> {
+    let principal = app.authenticate(auth).await?;
+    let tokens = app.tokens.send(ListTokens { principal }).await??;
+    Ok(json(StatusCode::OK, &tokens))
+}
+
+async fn revoke(app: App, id: String, auth: Option<String>) -> Result<Response> {
+    let principal = app.authenticate(auth).await?;
+    let id = parse_id(&id)?;
+    let token = app.tokens.send(RevokeToken { principal, id }).await??;
+    Ok(json(StatusCode::OK, &token))
+}
+
+/// `POST /tokens`, `GET /tokens`, `DELETE /tokens/{id}`.
+pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
+    let max_body = app.limits.max_body_bytes;
+    let with_app = warp::any().map(move || app.clone());
+    let tokens = warp::path("api")
+        .and(warp::path("v1"))
+        .and(warp::path("tokens"));
+    let create = tokens
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth())
+        .and(body_up_to(max_body))
+        .then(issue)
+        .map(respond);
+    let get = tokens
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .then(list)
+        .map(respond);
+    let delete = tokens
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::delete())
+        .and(with_app)
+        .and(auth())
+        .then(|id, app, auth| revoke(app, id, auth))
+        .map(respond);
+    create.or(get).unify().or(delete).unify().boxed()
+}
