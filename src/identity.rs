@@ -160,7 +160,10 @@ impl Directory {
 
     /// The names of the config's principals, which no issued token may take.
     pub fn names(&self) -> HashSet<String> {
-        self.by_token_hash.values().map(|p| p.name.clone()).collect()
+        self.by_token_hash
+            .values()
+            .map(|p| p.name.clone())
+            .collect()
     }
 }
 
@@ -382,7 +385,10 @@ mod tests {
         for i in 0..2 {
             failures.failed_at(a, Door::Http, t0 + Duration::from_secs(i));
         }
-        assert!(failures.admit_at(a, Door::Http, t0).is_ok(), "below the limit");
+        assert!(
+            failures.admit_at(a, Door::Http, t0).is_ok(),
+            "below the limit"
+        );
         failures.failed_at(a, Door::Tcp, t0 + Duration::from_secs(10));
         let refused = failures.admit_at(a, Door::Http, t0 + Duration::from_secs(11));
         match refused {
@@ -390,11 +396,15 @@ mod tests {
             other => panic!("expected 429, got {other:?}"),
         }
         assert!(
-            failures.admit_at(b, Door::Http, t0 + Duration::from_secs(11)).is_ok(),
+            failures
+                .admit_at(b, Door::Http, t0 + Duration::from_secs(11))
+                .is_ok(),
             "another address is not affected"
         );
         assert!(
-            failures.admit_at(a, Door::Http, t0 + Duration::from_secs(71)).is_ok(),
+            failures
+                .admit_at(a, Door::Http, t0 + Duration::from_secs(71))
+                .is_ok(),
             "a minute after the last failure the address may try again"
         );
         // Failures spread over more than a minute never add up to a block.

@@ -217,11 +217,8 @@ pub async fn serve(
     )
     .start();
     event_store.do_send(Follow(watcher.clone().recipient()));
-    let (tokens, published_tokens) = Tokens::new(
-        state.tokens,
-        event_store.clone(),
-        config.principals.names(),
-    );
+    let (tokens, published_tokens) =
+        Tokens::new(state.tokens, event_store.clone(), config.principals.names());
     let tokens = tokens.start();
     let jwt = match config.auth.jwt.clone() {
         Some(jwt) => Some(

@@ -65,7 +65,12 @@ enum Cmd {
     /// Issue, list and revoke bearer tokens (needs an admin's token).
     Token {
         /// The KafFlow service.
-        #[arg(long, env = "KAFFLOW_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+        #[arg(
+            long,
+            env = "KAFFLOW_SERVER",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
         server: String,
         /// An admin's bearer token.
         #[arg(long, env = "KAFFLOW_TOKEN", hide_env_values = true, global = true)]

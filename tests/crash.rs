@@ -346,9 +346,16 @@ fn issued_and_revoked_tokens_survive_kill9() {
     let (status, after) = svc.get("carol", "/api/v1/tokens");
     assert_eq!(status, 200, "{after}");
     assert_eq!(after, before, "the tokens differ after restart");
-    assert_eq!(verify_head(&svc), head_before, "chain head differs after restart");
+    assert_eq!(
+        verify_head(&svc),
+        head_before,
+        "chain head differs after restart"
+    );
     let (status, _) = svc.send("GET", "/api/v1/topics", Some(&kept), None);
-    assert_eq!(status, 200, "a token issued before the kill signs in after it");
+    assert_eq!(
+        status, 200,
+        "a token issued before the kill signs in after it"
+    );
     let (status, body) = svc.send("GET", "/api/v1/topics", Some(&revoked), None);
     assert_eq!(
         (status, body["error"]["code"].as_str()),

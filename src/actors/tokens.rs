@@ -419,7 +419,10 @@ mod tests {
         book.apply(&issued(b, "old", "bb", Some(past)));
         let now = Utc::now();
         assert_eq!(book.by_hash("aa").map(|t| t.id), Some(a));
-        assert_eq!(book.by_hash("bb").map(|t| t.status(now)), Some(TokenStatus::Expired));
+        assert_eq!(
+            book.by_hash("bb").map(|t| t.status(now)),
+            Some(TokenStatus::Expired)
+        );
         assert!(book.by_hash("cc").is_none());
         assert!(!book.is_revoked(&a));
         book.apply(&NewEvent::now(
@@ -430,7 +433,10 @@ mod tests {
         ));
         let token = book.get(&a).expect("kept after revocation");
         assert_eq!(token.status(now), TokenStatus::Revoked);
-        assert_eq!(token.revoked.as_ref().map(|(by, _)| by.as_str()), Some("dave"));
+        assert_eq!(
+            token.revoked.as_ref().map(|(by, _)| by.as_str()),
+            Some("dave")
+        );
         assert!(book.is_revoked(&a));
         // A second revocation (never written, but replay must not mind) keeps the first.
         book.apply(&NewEvent::now(
@@ -440,7 +446,9 @@ mod tests {
             EventKind::TokenRevoked { token_id: a },
         ));
         assert_eq!(
-            book.get(&a).and_then(|t| t.revoked.clone()).map(|(by, _)| by),
+            book.get(&a)
+                .and_then(|t| t.revoked.clone())
+                .map(|(by, _)| by),
             Some("dave".to_string())
         );
     }

@@ -134,14 +134,15 @@ async fn call<T: serde::de::DeserializeOwned>(
     url: &str,
     token: &str,
 ) -> Result<T, TokenError> {
-    let response = request
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|source| TokenError::Unreachable {
-            url: url.to_string(),
-            source,
-        })?;
+    let response =
+        request
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|source| TokenError::Unreachable {
+                url: url.to_string(),
+                source,
+            })?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if !status.is_success() {

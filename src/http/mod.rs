@@ -34,11 +34,11 @@ use crate::actors::registry::{
     GetRequest, GetTopic, ListRequests, ListTopics, Registry, RequestFilter,
 };
 use crate::actors::subscriptions::Subscriptions;
+use crate::actors::tokens::Tokens;
 use crate::actors::watcher::Watcher;
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::events::AuditQuery;
-use crate::actors::tokens::Tokens;
 use crate::identity::{Door, Identity, Principal, SignedIn};
 
 const DEFAULT_AUDIT_LIMIT: usize = 100;

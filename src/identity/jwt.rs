@@ -261,7 +261,13 @@ impl Verifier {
         };
         let roles: BTreeSet<Role> = values
             .into_iter()
-            .filter_map(|v| self.config.role_map.get(v).copied().or_else(|| Role::parse(v)))
+            .filter_map(|v| {
+                self.config
+                    .role_map
+                    .get(v)
+                    .copied()
+                    .or_else(|| Role::parse(v))
+            })
             .collect();
         if roles.is_empty() {
             return Err(Error::Forbidden(format!(
@@ -314,7 +320,8 @@ mod tests {
         let p = v.principal(&claims).expect("principal");
         assert_eq!(p.name, "ann");
         assert_eq!(p.roles, BTreeSet::from([Role::Admin, Role::Consumer]));
-        let none = serde_json::json!({"preferred_username": "bo", "realm_access": {"roles": ["x"]}});
+        let none =
+            serde_json::json!({"preferred_username": "bo", "realm_access": {"roles": ["x"]}});
         assert!(matches!(v.principal(&none), Err(Error::Forbidden(_))));
         let nameless = serde_json::json!({"realm_access": {"roles": ["admin"]}});
         assert!(matches!(
