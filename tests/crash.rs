@@ -316,27 +316,8 @@ fn deletion_approved_while_the_broker_is_down_completes_after_restart() {
 #[test]
 fn issued_and_revoked_tokens_survive_kill9() {
     let mut svc = Service::start();
-    let issue = |svc: &Service, name: &str| {
-        let (status, issued) = svc.post(
-            "carol",
-            "/api/v1/tokens",
-            &json!({"name": name, "roles": ["producer"], "expires_in_days": 7}),
-        );
-        assert_eq!(status, 201, "{issued}");
-        (
-            issued["id"].as_str().expect("id").to_string(),
-            issued["token"].as_str().expect("token").to_string(),
-        )
-    };
-    let (_, kept) = issue(&svc, "kept");
-    let (revoked_id, revoked) = issue(&svc, "gone");
-    let (status, _) = svc.send(
-        "DELETE",
-        &format!("/api/v1/tokens/{revoked_id}"),
-        Some(svc.token("dave")),
-        None,
-    );
-    assert_eq!(status, 200);
+    let (_, kept) = svc.issue_token("kept", &["producer"]);
+    let revoked = svc.revoked_token("gone", &["producer"]);
     let (status, before) = svc.get("carol", "/api/v1/tokens");
     assert_eq!(status, 200, "{before}");
     let head_before = verify_head(&svc);

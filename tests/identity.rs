@@ -33,7 +33,17 @@ fn token_cli(svc: &Service, token: &str, args: &[&str]) -> (bool, String, String
 
 #[test]
 fn issued_tokens_sign_in_and_revocation_ends_calls_feeds_and_connections_at_once() {
-    let svc = Service::start();
+    // Beside the config's principals and issued tokens, JWTs from a JWKS file.
+    let idp = TestIdp::new();
+    let svc = Service::start_with_config(|text| text + &idp.config);
+    let jwt = idp.token("jo", &["consumer"], 600);
+    assert_eq!(
+        svc.send_as(&jwt, "GET", "/api/v1/me/subscriptions", None).0,
+        200
+    );
+    let expired = idp.token("jo", &["consumer"], -3600);
+    let reply = svc.send_as(&expired, "GET", "/api/v1/me/subscriptions", None);
+    assert_error(&reply, 401, "token_expired", "an expired JWT");
     let admin = svc.token("carol").to_string();
 
     // Issue with the CLI: the secret alone on the last line.

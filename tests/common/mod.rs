@@ -1701,3 +1701,94 @@ impl Drop for OwnBroker {
         }
     }
 }
+
+/// An identity provider for tests: an EC P-256 key made at run time, its JWKS in a file, and
+/// the `[auth.jwt]` section that trusts it (append `config` to a service's config).
+pub struct TestIdp {
+    pem: Vec<u8>,
+    pub config: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestIdp {
+    pub const ISSUER: &'static str = "https://idp.test/realms/kafka";
+
+    pub fn new() -> TestIdp {
+        use base64::Engine;
+        use openssl::bn::{BigNum, BigNumContext};
+        use openssl::ec::{EcGroup, EcKey};
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).expect("P-256");
+        let key = EcKey::generate(&group).expect("ec key");
+        let (mut x, mut y) = (BigNum::new().expect("bn"), BigNum::new().expect("bn"));
+        let mut ctx = BigNumContext::new().expect("ctx");
+        key.public_key()
+            .affine_coordinates(&group, &mut x, &mut y, &mut ctx)
+            .expect("coordinates");
+        let pem = openssl::pkey::PKey::from_ec_key(key)
+            .expect("pkey")
+            .private_key_to_pem_pkcs8()
+            .expect("pkcs8");
+        let jwks = json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "test",
+            "x": b64(&x.to_vec_padded(32).expect("x")),
+            "y": b64(&y.to_vec_padded(32).expect("y")),
+        }]});
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).expect("write jwks");
+        let config = format!(
+            "\n[auth.jwt]\njwks_file = \"{}\"\nissuer = \"{}\"\naudience = \"kafflow\"\n",
+            path.display(),
+            TestIdp::ISSUER
+        );
+        TestIdp {
+            pem,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// A JWT for `name` with `roles`, signed by this IdP, that expires `exp_in_s` seconds from
+    /// now (negative: already expired).
+    pub fn token(&self, name: &str, roles: &[&str], exp_in_s: i64) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({
+            "iss": TestIdp::ISSUER, "aud": "kafflow", "sub": name, "roles": roles,
+            "iat": now, "exp": now + exp_in_s,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("test".into());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(&self.pem).expect("encoding key");
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    }
+}
+
+impl Service {
+    /// Issues a token named `name` with `roles` as carol (admin); returns (id, secret).
+    pub fn issue_token(&self, name: &str, roles: &[&str]) -> (String, String) {
+        let (status, issued) = self.post(
+            "carol",
+            "/api/v1/tokens",
+            &json!({"name": name, "roles": roles}),
+        );
+        assert_eq!(status, 201, "POST /api/v1/tokens: {issued}");
+        (
+            issued["id"].as_str().expect("id").to_string(),
+            issued["token"].as_str().expect("token").to_string(),
+        )
+    }
+
+    /// A token that was issued (with `roles`) and then revoked: refused with `token_revoked`.
+    pub fn revoked_token(&self, name: &str, roles: &[&str]) -> String {
+        let (id, secret) = self.issue_token(name, roles);
+        let (status, body) = self.send(
+            "DELETE",
+            &format!("/api/v1/tokens/{id}"),
+            Some(self.token("carol")),
+            None,
+        );
+        assert_eq!(status, 200, "DELETE /api/v1/tokens/{id}: {body}");
+        secret
+    }
+}
