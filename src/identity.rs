@@ -378,6 +378,67 @@ mod tests {
     }
 
     #[test]
+    fn issued_tokens_sign_in_until_revoked_or_expired() {
+        use crate::actors::tokens::TokenBook;
+        use crate::events::{EventKind, NewEvent};
+        let issued = |name: &str, secret: &str, expires_at| {
+            let id = Uuid::now_v7();
+            let kind = EventKind::TokenIssued {
+                token_id: id,
+                name: name.into(),
+                roles: BTreeSet::from([Role::Producer]),
+                sha256: token_sha256(secret),
+                expires_at,
+            };
+            (id, NewEvent::now("carol", None, None, kind))
+        };
+        let revoke = |id| {
+            NewEvent::now(
+                "carol",
+                None,
+                None,
+                EventKind::TokenRevoked { token_id: id },
+            )
+        };
+        let mut book = TokenBook::default();
+        let (live, event) = issued("live", "a", None);
+        book.apply(&event);
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        book.apply(&issued("old", "b", Some(past)).1);
+        let (gone, event) = issued("gone", "c", None);
+        book.apply(&event);
+        book.apply(&revoke(gone));
+        let (publish, tokens) = tokio::sync::watch::channel(Arc::new(book.clone()));
+        let identity = Identity::new(Directory::default(), tokens, None, 30);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let signed = identity.sign_in("a").await.expect("a live token");
+            assert_eq!(signed.principal.name, "live");
+            assert_eq!(signed.credential, Credential::Issued(live));
+            let refusal = |token: &'static str| {
+                let identity = identity.clone();
+                async move { identity.sign_in(token).await.err().map(|e| e.code()) }
+            };
+            assert_eq!(refusal("b").await, Some("token_expired"));
+            assert_eq!(refusal("c").await, Some("token_revoked"));
+            assert_eq!(refusal("unknown").await, Some("unauthorized"));
+            // Without [auth.jwt], a JWT is just an unknown token.
+            assert_eq!(refusal("eyJh.eyJz.sig").await, Some("unauthorized"));
+            // A connection of the live token learns of its revocation from the next publish.
+            let revoked = identity.revoked(signed.credential);
+            book.apply(&revoke(live));
+            publish.send_replace(Arc::new(book));
+            tokio::time::timeout(Duration::from_secs(10), revoked)
+                .await
+                .expect("the revocation reaches the waiting connection");
+            assert_eq!(refusal("a").await, Some("token_revoked"));
+        });
+    }
+
+    #[test]
     fn an_address_is_refused_for_a_minute_after_its_failures() {
         let failures = SignInFailures::new(3);
         let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
