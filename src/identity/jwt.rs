@@ -62,7 +62,6 @@ pub struct Verifier {
     keys: RwLock<Vec<Key>>,
     /// Held while the keys are read again; when they last were.
     refresh: tokio::sync::Mutex<Option<Instant>>,
-    http: reqwest::Client,
 }
 
 #[derive(Deserialize)]
@@ -105,15 +104,10 @@ impl Verifier {
     /// Builds the verifier and reads the keys once. A file that cannot be read stops startup;
     /// a URL that cannot be fetched is only logged (the IdP may come up later).
     pub async fn start(config: JwtConfig) -> std::result::Result<Verifier, String> {
-        let http = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .build()
-            .map_err(|e| format!("cannot build the JWKS client: {e}"))?;
         let verifier = Verifier {
             config,
             keys: RwLock::new(Vec::new()),
             refresh: tokio::sync::Mutex::new(None),
-            http,
         };
         match verifier.load().await {
             Ok(keys) => verifier.replace_keys(keys),
@@ -133,8 +127,13 @@ impl Verifier {
                 .await
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
             JwksSource::Url(url) => {
-                let response = self
-                    .http
+                // A client per read: reads are rare, and sign-in runs on the HTTP runtime and
+                // on the TCP listener's, which must not share pooled connections.
+                let http = reqwest::Client::builder()
+                    .timeout(FETCH_TIMEOUT)
+                    .build()
+                    .map_err(|e| format!("cannot build the JWKS client: {e}"))?;
+                let response = http
                     .get(url)
                     .send()
                     .await
@@ -306,7 +305,6 @@ mod tests {
             },
             keys: RwLock::new(Vec::new()),
             refresh: tokio::sync::Mutex::new(None),
-            http: reqwest::Client::new(),
         }
     }
 
