@@ -216,6 +216,7 @@ pub async fn serve(
     let listener_actor = Listener::new(
         publisher.clone(),
         approval.clone(),
+        registry.clone(),
         principals.clone(),
         config.limits.clone(),
         ingest,

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub storage_full: IntCounter,
     /// Held records whose stored headers could not be read back (dead-lettered, not sent).
     pub undecodable_held: IntCounter,
+    /// Full checks of the hash chain for `GET /audit/verify` (cached answers not counted).
+    pub audit_verify_runs: IntCounter,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
 }
@@ -89,6 +91,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "kafflow_undecodable_held_records_total",
             "Held records whose stored headers could not be decoded; dead-lettered, not sent.",
+        ),
+        audit_verify_runs: counter(
+            &r,
+            "kafflow_audit_verify_runs_total",
+            "Full checks of the event log's hash chain made for GET /audit/verify.",
         ),
         spool_records: gauge(
             &r,

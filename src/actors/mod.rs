@@ -14,6 +14,7 @@
 //!   (`held_counts`: its accounting of what the spool holds).
 //! - `watcher`: tells the publisher of route changes as they commit; reconciles with Kafka.
 
+pub mod access;
 pub mod approval;
 pub mod consumer;
 pub mod event_store;
