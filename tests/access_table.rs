@@ -135,25 +135,17 @@ enum Call {
 }
 
 impl World {
-    fn token_of(&self, persona: &str) -> String {
-        let name = self.names[persona];
-        match self.who[persona].as_ref().and_then(|c| c.header.clone()) {
-            Some(h) => h.trim_start_matches("Bearer ").to_string(),
-            None => panic!("{name} has no token"),
-        }
-    }
-
     fn http(&self, persona: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let creds = self.who[persona].as_ref().expect("persona not skipped");
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self
             .http
             .request(method, format!("{}/api/v1{path}", self.svc.base_url()));
-        if path.starts_with("/healthz") || path.starts_with("/readyz") || path.starts_with("/metrics")
+        if path.starts_with("/healthz")
+            || path.starts_with("/readyz")
+            || path.starts_with("/metrics")
         {
-            request = self
-                .http
-                .get(format!("{}{path}", self.svc.base_url()));
+            request = self.http.get(format!("{}{path}", self.svc.base_url()));
         }
         if let Some(h) = &creds.header {
             request = request.header("Authorization", h);
@@ -163,9 +155,9 @@ impl World {
                 .header("Content-Type", "application/json")
                 .body(serde_json::to_vec(body).expect("json"));
         }
-        let response = request.send().unwrap_or_else(|e| {
-            panic!("{path}: {e}\nstderr tail:\n{}", self.svc.stderr_tail())
-        });
+        let response = request
+            .send()
+            .unwrap_or_else(|e| panic!("{path}: {e}\nstderr tail:\n{}", self.svc.stderr_tail()));
         let status = response.status().as_u16();
         let text = response.text().unwrap_or_default();
         (
@@ -248,11 +240,8 @@ impl World {
 fn subject(w: &World, shared: &Shared, route: &str, persona: &str, fresh: bool) -> Call {
     let own = persona == "admin_own";
     let t = w.t.clone();
-    let http = |method: &'static str, path: String, body: Option<Value>| Call::Http {
-        method,
-        path,
-        body,
-    };
+    let http =
+        |method: &'static str, path: String, body: Option<Value>| Call::Http { method, path, body };
     let topic_request = |for_admin: bool| -> String {
         let by = if for_admin { "admin" } else { "owner" };
         if fresh {
@@ -358,7 +347,11 @@ fn subject(w: &World, shared: &Shared, route: &str, persona: &str, fresh: bool) 
         ),
         "GET /grants" => http("GET", format!("/grants?topic={t}"), None),
         "DELETE /grants/{id}" => {
-            let id = if fresh { w.grant() } else { shared.grant.clone() };
+            let id = if fresh {
+                w.grant()
+            } else {
+                shared.grant.clone()
+            };
             http("DELETE", format!("/grants/{id}"), None)
         }
         "GET /held" => http("GET", format!("/held?topic={t}"), None),
@@ -520,7 +513,10 @@ fn setup() -> World {
     // T: restricted, owned by alice; bob may send to it, erin may read it.
     w.t = w.live_topic(true);
     let t = w.t.clone();
-    for (persona, access) in [("producer_granted", "produce"), ("consumer_granted", "consume")] {
+    for (persona, access) in [
+        ("producer_granted", "produce"),
+        ("consumer_granted", "consume"),
+    ] {
         let request = w.must(
             persona,
             "POST",
@@ -536,7 +532,6 @@ fn setup() -> World {
             200,
         );
     }
-    let _ = w.token_of("owner");
     w
 }
 
@@ -586,7 +581,10 @@ fn every_route_answers_every_persona_as_the_table_says() {
             let got = answer(&w, persona, call);
             checked += 1;
             if &got != expected {
-                wrong.push(format!("{} as {persona}: expected {expected}, got {got}", row.route));
+                wrong.push(format!(
+                    "{} as {persona}: expected {expected}, got {got}",
+                    row.route
+                ));
             }
         }
     }
@@ -601,4 +599,73 @@ fn every_route_answers_every_persona_as_the_table_says() {
         wrong.join("\n"),
         w.svc.stderr_tail()
     );
+}
+
+#[test]
+fn the_audit_trail_is_scoped_and_its_check_cached_per_log_head() {
+    let svc = Service::start();
+    let mine = unique_topic("scope-alice");
+    let theirs = unique_topic("scope-bob");
+    let id = svc.request_topic("alice", &mine, 1);
+    svc.request_topic("bob", &theirs, 1);
+    let topics_seen = |who: &str| -> BTreeSet<String> {
+        let (status, page) = svc.get(who, "/api/v1/audit?limit=1000");
+        assert_eq!(status, 200, "{page}");
+        page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["topic"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(topics_seen("alice"), BTreeSet::from([mine.clone()]));
+    assert_eq!(topics_seen("bob"), BTreeSet::from([theirs.clone()]));
+    assert!(
+        topics_seen("erin").is_empty(),
+        "a consumer with no grant sees nothing"
+    );
+    assert_eq!(
+        topics_seen("carol"),
+        BTreeSet::from([mine.clone(), theirs.clone()])
+    );
+    // A grant opens the topic's trail to its holder; filters narrow within the scope only.
+    svc.grant("erin", &mine, "consume");
+    assert_eq!(topics_seen("erin"), BTreeSet::from([mine.clone()]));
+    let (status, page) = svc.get("bob", &format!("/api/v1/audit?request_id={id}"));
+    assert_eq!(
+        (status, page["events"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+
+    // The chain check: admin only, and computed once per log head.
+    assert_error(
+        &svc.get("alice", "/api/v1/audit/verify"),
+        403,
+        "forbidden",
+        "a producer checks the chain",
+    );
+    let runs = || svc.metric("kafflow_audit_verify_runs_total");
+    let (status, first) = svc.get("carol", "/api/v1/audit/verify");
+    assert_eq!(
+        (status, first["ok"].as_bool(), first["cached"].as_bool()),
+        (200, Some(true), Some(false)),
+        "{first}"
+    );
+    assert_eq!(runs(), 1.0);
+    let (_, second) = svc.get("carol", "/api/v1/audit/verify");
+    assert_eq!(second["cached"], true, "{second}");
+    assert_eq!(
+        (second["events"].clone(), second["head"].clone()),
+        (first["events"].clone(), first["head"].clone())
+    );
+    assert_eq!(runs(), 1.0, "the second call re-hashed the log");
+    // An append moves the head: the next call checks again, and counts the new event.
+    svc.request_topic("alice", &unique_topic("scope-more"), 1);
+    let (_, third) = svc.get("carol", "/api/v1/audit/verify");
+    assert_eq!(third["cached"], false, "{third}");
+    assert_eq!(
+        third["events"].as_u64(),
+        first["events"].as_u64().map(|n| n + 1)
+    );
+    assert_eq!(runs(), 2.0);
 }

@@ -769,7 +769,10 @@ mod tests {
             },
         };
         step(state, state.event_for(&done).expect("done"));
-        assert_eq!(state.request(id).expect("req").status, RequestStatus::Completed);
+        assert_eq!(
+            state.request(id).expect("req").status,
+            RequestStatus::Completed
+        );
     }
 
     fn ask(who: Principal, topic: &str, access: Access) -> AccessCommand {
@@ -794,8 +797,14 @@ mod tests {
         let mut s = Governance::default();
         topic(&mut s, "t", Visibility::Open, true);
         assert!(s.may_produce(&alice(), "t").is_ok(), "the owner sends");
-        assert!(matches!(s.may_produce(&bob(), "t"), Err(Error::NoAccess(_))));
-        assert!(s.may_produce(&bob(), "unknown").is_ok(), "publisher says unknown");
+        assert!(matches!(
+            s.may_produce(&bob(), "t"),
+            Err(Error::NoAccess(_))
+        ));
+        assert!(
+            s.may_produce(&bob(), "unknown").is_ok(),
+            "publisher says unknown"
+        );
         assert!(matches!(
             run(&mut s, ask(alice(), "t", Access::Produce)),
             Err(Error::AlreadyGranted(_))
@@ -823,14 +832,23 @@ mod tests {
             id: r.id,
             reason: None,
         };
-        assert!(matches!(s.revoke_event_for(&revoke), Err(Error::NotOwner(_))));
+        assert!(matches!(
+            s.revoke_event_for(&revoke),
+            Err(Error::NotOwner(_))
+        ));
         let revoke = RevokeGrant {
             principal: carol(),
             ..revoke
         };
         step(&mut s, s.revoke_event_for(&revoke).expect("admin revokes"));
-        assert!(matches!(s.may_produce(&bob(), "t"), Err(Error::NoAccess(_))));
-        assert!(matches!(s.revoke_event_for(&revoke), Err(Error::NotFound(_))));
+        assert!(matches!(
+            s.may_produce(&bob(), "t"),
+            Err(Error::NoAccess(_))
+        ));
+        assert!(matches!(
+            s.revoke_event_for(&revoke),
+            Err(Error::NotFound(_))
+        ));
     }
 
     #[test]
@@ -911,16 +929,18 @@ mod tests {
         run(&mut s, decide(bob(), r.id)).expect("bob accepts");
         assert_eq!(s.topic("t").expect("topic").owner, "bob");
         assert!(s.may_produce(&bob(), "t").is_ok());
-        assert!(matches!(s.may_produce(&alice(), "t"), Err(Error::NoAccess(_))));
+        assert!(matches!(
+            s.may_produce(&alice(), "t"),
+            Err(Error::NoAccess(_))
+        ));
         let scope = s.audit_scope(&alice()).expect("scoped");
-        assert!(scope.topics.contains(&"t".to_string()), "alice asked for it");
+        assert!(
+            scope.topics.contains(&"t".to_string()),
+            "alice asked for it"
+        );
         assert!(scope.request_ids.contains(&r.id.to_string()));
         assert!(s.audit_scope(&carol()).is_none());
-        assert!(s
-            .audit_scope(&erin())
-            .expect("scoped")
-            .topics
-            .is_empty());
+        assert!(s.audit_scope(&erin()).expect("scoped").topics.is_empty());
     }
 
     #[test]
@@ -929,7 +949,10 @@ mod tests {
         topic(&mut s, "p", Visibility::Restricted, false);
         let r = run(&mut s, ask(bob(), "p", Access::Produce)).expect("filed");
         run(&mut s, decide(carol(), r.id)).expect("approved");
-        assert!(s.may_produce(&bob(), "p").is_ok(), "holds for a pending topic");
+        assert!(
+            s.may_produce(&bob(), "p").is_ok(),
+            "holds for a pending topic"
+        );
         let create = s.topic_or_pending("p").expect("pending").request_id;
         let reject = Command::Decide {
             principal: carol(),

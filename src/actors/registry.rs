@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::access::AccessBook;
 use super::event_store::EventStore;
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
-use super::access::AccessBook;
 use crate::events::{EventKind, NewEvent, TopicSpec, Visibility};
 use crate::identity::{Principal, Role};
 

@@ -21,16 +21,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use super::access::MayConsume;
 use super::consumer::{
     Attach, Consumer, FeedClosed, FeedHandle, FeedStart, SetTopics, Stop, TopicGone,
 };
-use super::access::MayConsume;
 use super::event_store::{Committed, EventStore, Follow};
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
-use super::registry::{
-    GetTopic, ListRequests, ListTopics, Registry, RequestFilter, RequestKind, RequestStatus,
-    TopicStatus, SYSTEM,
-};
+use super::registry::{GetTopic, ListTopics, Registry, TopicStatus, SYSTEM};
 use crate::config::{FeedConfig, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::events::{Access, EventKind, NewEvent, Visibility};

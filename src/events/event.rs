@@ -41,7 +41,9 @@ pub struct TopicSpec {
 }
 
 /// Who may read a topic: any consumer (`open`), or holders of a `consume` grant.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     /// Also what topics requested before visibility existed read as.

@@ -9,6 +9,6 @@ mod store;
 
 pub use event::{Access, Event, EventKind, NewEvent, TopicSpec, Visibility, EVENT_VERSION};
 pub use store::{
-    verify, AuditPage, AuditQuery, AuditScope, ChainHead, Durability, Store, StoreError, Stream, Writer,
-    WriterThread,
+    verify, AuditPage, AuditQuery, AuditScope, ChainHead, Durability, Store, StoreError, Stream,
+    Writer, WriterThread,
 };

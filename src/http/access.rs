@@ -91,7 +91,10 @@ async fn list_access(app: App, auth: Option<String>, query: String) -> Result<Re
 
 async fn get_access(app: App, id: String, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth)?;
-    let request = app.registry.send(GetAccessRequest(parse_id(&id)?)).await??;
+    let request = app
+        .registry
+        .send(GetAccessRequest(parse_id(&id)?))
+        .await??;
     Ok(json(StatusCode::OK, &request))
 }
 
