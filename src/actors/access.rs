@@ -751,7 +751,8 @@ mod tests {
             reason: None,
             visibility,
         };
-        let id = step(state, state.event_for(&file).expect("filed"));
+        let event = state.event_for(&file).expect("filed");
+        let id = step(state, event);
         if !active {
             return;
         }
@@ -760,7 +761,8 @@ mod tests {
             id,
             decision: Decision::Approve { note: None },
         };
-        step(state, state.event_for(&approve).expect("approved"));
+        let event = state.event_for(&approve).expect("approved");
+        step(state, event);
         let done = Command::RecordOutcome {
             id,
             outcome: Outcome::Provisioned {
@@ -768,7 +770,8 @@ mod tests {
                 already_existed: false,
             },
         };
-        step(state, state.event_for(&done).expect("done"));
+        let event = state.event_for(&done).expect("done");
+        step(state, event);
         assert_eq!(
             state.request(id).expect("req").status,
             RequestStatus::Completed
@@ -840,7 +843,8 @@ mod tests {
             principal: carol(),
             ..revoke
         };
-        step(&mut s, s.revoke_event_for(&revoke).expect("admin revokes"));
+        let event = s.revoke_event_for(&revoke).expect("admin revokes");
+        step(&mut s, event);
         assert!(matches!(
             s.may_produce(&bob(), "t"),
             Err(Error::NoAccess(_))
@@ -872,7 +876,8 @@ mod tests {
             id: create,
             decision: Decision::Approve { note: None },
         };
-        step(&mut s, s.event_for(&approve).expect("approved"));
+        let event = s.event_for(&approve).expect("approved");
+        step(&mut s, event);
         let done = Command::RecordOutcome {
             id: create,
             outcome: Outcome::Provisioned {
@@ -884,7 +889,8 @@ mod tests {
                 already_existed: false,
             },
         };
-        step(&mut s, s.event_for(&done).expect("done"));
+        let event = s.event_for(&done).expect("done");
+        step(&mut s, event);
         assert!(s.may_consume(&erin(), "r").is_ok());
         assert!(matches!(
             s.may_consume(&who("gina", &[Role::Consumer]), "r"),
@@ -961,7 +967,8 @@ mod tests {
                 reason: "no".into(),
             },
         };
-        step(&mut s, s.event_for(&reject).expect("rejected"));
+        let event = s.event_for(&reject).expect("rejected");
+        step(&mut s, event);
         assert!(s.grants_for(&carol(), Some("p")).is_empty());
         assert!(matches!(
             run(&mut s, ask(erin(), "p", Access::Consume)),
