@@ -497,7 +497,7 @@ fn setup() -> World {
             "root" => root.token.clone(),
             known => svc.token(known).to_string(),
         };
-        who.insert(persona, Some(bearer(&token)));
+        who.insert(*persona, Some(bearer(&token)));
     }
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
