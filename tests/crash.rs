@@ -332,13 +332,14 @@ fn grants_revocations_and_ownership_survive_kill9() {
         assert_eq!(reply.0, status, "{what}: {}", reply.1);
         reply.1
     };
-    // A restricted topic of alice, approved (the handover needs a topic, not an active one).
+    // A restricted topic of alice.
     let topic = unique_topic("crash-acl");
     let create = svc.create_request(
         "alice",
         json!({"topic": topic, "partitions": 1, "visibility": "restricted"}),
     );
     svc.approve("carol", &id_of(&create));
+    svc.wait_topic_status(&topic, "active", SETTLE);
     let ask = |who: &str, access: &str| {
         let reply = svc.post(
             who,
