@@ -474,6 +474,9 @@ pub struct Policy {
     pub default_replication_factor: i32,
     #[serde(default = "one")]
     pub max_replication_factor: i32,
+    /// Of a topic whose create request names none.
+    #[serde(default)]
+    pub default_visibility: crate::events::Visibility,
     #[serde(skip)]
     pub name_regex: Option<regex::Regex>,
 }
@@ -486,6 +489,7 @@ impl Default for Policy {
             max_partitions: default_max_partitions(),
             default_replication_factor: 1,
             max_replication_factor: 1,
+            default_visibility: crate::events::Visibility::Open,
             name_regex: None,
         }
     }

@@ -25,8 +25,14 @@ pub enum Error {
     SelfApproval,
     #[error("only the requester can withdraw a request")]
     NotRequester,
-    #[error("only the topic's owner or an admin can request its deletion")]
-    NotOwner,
+    /// Says what only the topic's owner or an admin may do.
+    #[error("only the topic's owner or an admin can {0}")]
+    NotOwner(&'static str),
+    /// The principal has the role, but not the right on this topic (no grant, not the owner).
+    #[error("{0}")]
+    NoAccess(String),
+    #[error("{0}")]
+    AlreadyGranted(String),
     #[error("invalid topic name: {0}")]
     InvalidTopicName(String),
     #[error("invalid partitions: {0}")]
@@ -107,7 +113,9 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::SelfApproval => "self_approval",
             Error::NotRequester => "not_requester",
-            Error::NotOwner => "not_owner",
+            Error::NotOwner(_) => "not_owner",
+            Error::NoAccess(_) => "no_access",
+            Error::AlreadyGranted(_) => "already_granted",
             Error::InvalidTopicName(_) => "invalid_topic_name",
             Error::InvalidPartitions(_) => "invalid_partitions",
             Error::InvalidReplicationFactor(_) => "invalid_replication_factor",

@@ -238,6 +238,7 @@ pub async fn serve(
         publisher.clone(),
         approval.clone(),
         identity.clone(),
+        registry.clone(),
         config.limits.clone(),
         ingest,
         coordinator.shutdown(),

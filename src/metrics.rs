@@ -29,6 +29,8 @@ pub struct Metrics {
     pub signin_failures: IntCounter,
     /// Calls and `AUTH` lines refused because their address failed to sign in too often.
     pub signin_refused: IntCounter,
+    /// Full checks of the hash chain for `GET /audit/verify` (cached answers not counted).
+    pub audit_verify_runs: IntCounter,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
 }
@@ -103,6 +105,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "kafflow_signin_refused_total",
             "Sign-ins refused because their address failed too often.",
+        ),
+        audit_verify_runs: counter(
+            &r,
+            "kafflow_audit_verify_runs_total",
+            "Full checks of the event log's hash chain made for GET /audit/verify.",
         ),
         spool_records: gauge(
             &r,

@@ -344,3 +344,126 @@ fn issued_and_revoked_tokens_survive_kill9() {
         "a token revoked before the kill stays revoked: {body}"
     );
 }
+
+/// Everything a client can observe of the access model, as an admin sees it.
+fn access_snapshot(svc: &Service, topic: &str) -> (Value, Value, Value, Vec<Value>) {
+    let (status, grants) = svc.get("carol", "/api/v1/grants");
+    assert_eq!(status, 200, "{grants}");
+    let (status, requests) = svc.get("carol", "/api/v1/access-requests");
+    assert_eq!(status, 200, "{requests}");
+    let (status, shown) = svc.topic(topic);
+    assert_eq!(status, 200, "{shown}");
+    (grants, requests, shown, svc.audit(""))
+}
+
+#[test]
+fn grants_revocations_and_ownership_survive_kill9() {
+    let mut svc = Service::start();
+    svc.wait_ready(Duration::from_secs(30));
+    let ok = |reply: (u16, Value), status: u16, what: &str| {
+        assert_eq!(reply.0, status, "{what}: {}", reply.1);
+        reply.1
+    };
+    // A restricted topic of alice.
+    let topic = unique_topic("crash-acl");
+    let create = svc.create_request(
+        "alice",
+        json!({"topic": topic, "partitions": 1, "visibility": "restricted"}),
+    );
+    svc.approve("carol", &id_of(&create));
+    svc.wait_topic_status(&topic, "active", SETTLE);
+    let ask = |who: &str, access: &str| {
+        let reply = svc.post(
+            who,
+            "/api/v1/access-requests",
+            &json!({"topic": topic, "access": access, "reason": "work"}),
+        );
+        id_of(&ok(reply, 201, "access request"))
+    };
+    let produce = ask("bob", "produce");
+    ok(
+        svc.post(
+            "alice",
+            &format!("/api/v1/access-requests/{produce}/approve"),
+            &json!({"note": "go"}),
+        ),
+        200,
+        "owner approves",
+    );
+    let consume = ask("erin", "consume");
+    ok(
+        svc.post(
+            "carol",
+            &format!("/api/v1/access-requests/{consume}/approve"),
+            &json!({}),
+        ),
+        200,
+        "admin approves",
+    );
+    ok(
+        svc.send(
+            "DELETE",
+            &format!("/api/v1/grants/{consume}"),
+            Some(svc.token("alice")),
+            None,
+        ),
+        200,
+        "owner revokes",
+    );
+    let again = ask("erin", "consume");
+    let handover = ok(
+        svc.post(
+            "alice",
+            &format!("/api/v1/topics/{topic}/ownership-requests"),
+            &json!({"to": "bob", "reason": "team change"}),
+        ),
+        201,
+        "handover",
+    );
+    ok(
+        svc.post(
+            "bob",
+            &format!("/api/v1/access-requests/{}/approve", id_of(&handover)),
+            &json!({}),
+        ),
+        200,
+        "bob accepts",
+    );
+
+    let before = access_snapshot(&svc, &topic);
+    assert_eq!(before.2["owner"], "bob", "{}", before.2);
+    assert_eq!(before.2["visibility"], "restricted");
+    let grants = before.0.as_array().expect("grants");
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(
+        (grants[0]["user"].as_str(), grants[0]["access"].as_str()),
+        (Some("bob"), Some("produce"))
+    );
+    let pending: Vec<_> = before
+        .1
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter(|r| r["status"] == "pending")
+        .collect();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["id"], json!(again));
+    assert!(kinds(&before.3).contains(&"grant_revoked"));
+
+    svc.kill9();
+    svc.restart();
+    svc.wait_ready(Duration::from_secs(30));
+    let after = access_snapshot(&svc, &topic);
+    assert_eq!(after.0, before.0, "grants differ after restart");
+    assert_eq!(after.1, before.1, "access requests differ after restart");
+    assert_eq!(after.2, before.2, "the topic differs after restart");
+    assert_eq!(after.3, before.3, "audit differs after restart");
+    // The replayed state decides: alice handed the topic over and holds no grant.
+    let refused = svc.post(
+        "alice",
+        &format!("/api/v1/topics/{topic}/records"),
+        &json!([{"value": 1}]),
+    );
+    common::assert_error(&refused, 403, "no_access", "the former owner sends");
+    kafka_delete_topic(&topic);
+}

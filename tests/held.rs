@@ -67,6 +67,7 @@ fn rejected_topic_dead_letters_its_records_for_export_and_discard() {
         );
         assert_eq!((status, reply["held"].as_u64()), (202, Some(10)), "{reply}");
     }
+    svc.grant("bob", &topic, "produce");
     let (status, reply) = svc.produce(
         "bob",
         &topic,

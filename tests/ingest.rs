@@ -225,7 +225,9 @@ fn produce_with_request_files_a_request_and_holds_the_records() {
     assert_eq!(request["partitions"], 3, "{request}");
     let id = request["id"].as_str().expect("id").to_string();
 
-    // Now the topic is pending: more records are held without `request`, from anyone.
+    // Now the topic is pending: more records are held without `request`, from its owner and
+    // from producers granted access while it is pending.
+    svc.grant("bob", &topic, "produce");
     let (status, reply) = svc.produce("bob", &topic, "", &numbered_records(5..10, 2));
     assert_eq!((status, reply["held"].as_u64()), (202, Some(5)), "{reply}");
     // A second `request=true` does not file another request.
@@ -684,7 +686,7 @@ fn stream_tcp(
     stop: &std::sync::atomic::AtomicBool,
 ) -> u64 {
     let mut tcp = IngestClient::connect(svc.ingest_addr());
-    tcp.send_line(&format!("AUTH {}", svc.token("bob")));
+    tcp.send_line(&format!("AUTH {}", svc.token("alice")));
     assert_eq!(tcp.read_line(REPLY).as_deref(), Some("OK 0"));
     let mut next = base;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -37,6 +37,7 @@ fn held_records_survive_kill_9_and_are_published_after_approval() {
     hold(&svc, &topic, 0..2000, 500);
 
     // Records acknowledged on TCP are as durable as those of HTTP.
+    svc.grant("bob", &topic, "produce");
     let mut tcp = IngestClient::connect(svc.ingest_addr());
     tcp.send_line(&format!("AUTH {}", svc.token("bob")));
     assert_eq!(tcp.read_line(REPLY).as_deref(), Some("OK 0"));

@@ -97,8 +97,24 @@ fn a_v1_log_replays_and_takes_new_events() {
         (topic["status"].as_str(), topic["owner"].as_str()),
         (Some("active"), Some("alice"))
     );
+    // Topics from before the access model: owned by their requester, open to every consumer.
+    assert_eq!(topic["visibility"], "open", "{topic}");
     let (_, deleted) = svc.topic(DELETED);
     assert_eq!(deleted["status"], "deleted");
+    assert_eq!(
+        (deleted["owner"].as_str(), deleted["visibility"].as_str()),
+        (Some("alice"), Some("open")),
+        "a deleted topic keeps its owner"
+    );
+    let (_, requests) = svc.get("carol", &format!("/api/v1/topic-requests?topic={ACTIVE}"));
+    assert_eq!(requests[0]["visibility"], "open", "{requests}");
+    // And the owner is the one the access checks use.
+    let refused = svc.post(
+        "bob",
+        &format!("/api/v1/topics/{ACTIVE}/records"),
+        &json!([{"value": 1}]),
+    );
+    common::assert_error(&refused, 403, "no_access", "bob sends to alice's old topic");
     let (status, subs) = svc.get("erin", "/api/v1/me/subscriptions");
     assert_eq!((status, subs), (200, json!({"topics": [ACTIVE]})));
     // A v1 `held_discarded` reads as a discard that was finished before its event.

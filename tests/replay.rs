@@ -53,6 +53,7 @@ async fn topic_lifecycle(registry: Addr<Registry>, n: usize) {
         topic: topic.clone(),
         spec: spec(),
         reason: Some(format!("load {n}")),
+        visibility: Default::default(),
     };
     let decide = |id, decision| Command::Decide {
         principal: who("carol", Role::Admin),

@@ -13,7 +13,7 @@ use super::provisioner::{Provision, Provisioner};
 use super::registry::{Command, Decision, Registry, RequestStatus, TopicRequest};
 use crate::config::Policy;
 use crate::error::{Error, Result};
-use crate::events::TopicSpec;
+use crate::events::{TopicSpec, Visibility};
 use crate::identity::{Principal, Role};
 
 /// Kafka's own limit on a topic name's length.
@@ -29,6 +29,8 @@ pub struct RequestTopic {
     pub replication_factor: Option<i64>,
     pub config: BTreeMap<String, serde_json::Value>,
     pub reason: Option<String>,
+    /// `policy.default_visibility` when absent.
+    pub visibility: Option<Visibility>,
 }
 
 #[derive(Debug, Clone, Message)]
@@ -182,6 +184,7 @@ impl Handler<RequestTopic> for Approval {
             .and_then(|_| check_topic_name(&self.policy, &msg.topic))
             .and_then(|_| check_spec(&self.policy, &msg));
         let registry = self.registry.clone();
+        let visibility = msg.visibility.unwrap_or(self.policy.default_visibility);
         Box::pin(async move {
             let spec = checked?;
             registry
@@ -190,6 +193,7 @@ impl Handler<RequestTopic> for Approval {
                     topic: msg.topic,
                     spec,
                     reason: optional_text(msg.reason),
+                    visibility,
                 })
                 .await?
         })
@@ -286,6 +290,7 @@ pub struct PolicyView {
     pub max_partitions: i32,
     pub default_replication_factor: i32,
     pub max_replication_factor: i32,
+    pub default_visibility: Visibility,
 }
 
 #[derive(Message)]
@@ -303,6 +308,7 @@ impl Handler<GetPolicy> for Approval {
             max_partitions: p.max_partitions,
             default_replication_factor: p.default_replication_factor,
             max_replication_factor: p.max_replication_factor,
+            default_visibility: p.default_visibility,
         })
     }
 }
@@ -333,6 +339,7 @@ mod tests {
             replication_factor: None,
             config: serde_json::from_value(config).expect("map"),
             reason: None,
+            visibility: None,
         }
     }
 

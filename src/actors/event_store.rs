@@ -3,12 +3,14 @@
 //! event is passed on to the actors that follow the log (`Follow`), in seq order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::events::{AuditPage, AuditQuery, Event, NewEvent, StoreError, Stream, Writer};
+use crate::identity::{Principal, Role};
+use crate::metrics::METRICS;
 use crate::shutdown::{Fatal, FatalError};
 
 pub struct EventStore {
@@ -16,7 +18,12 @@ pub struct EventStore {
     fatal: Fatal,
     /// Whether the last commit failed for lack of disk space (cleared by the next success).
     disk_full: Arc<AtomicBool>,
+    /// The last chain check and the log head (seq, hash) it was made at.
+    verified: Arc<Mutex<Option<(LogHead, ChainCheck)>>>,
 }
+
+/// The last row of the log: what a chain check is valid for.
+type LogHead = Option<(i64, String)>;
 
 impl EventStore {
     /// `fatal` hears when the writer is gone: nothing can be made durable any more.
@@ -25,6 +32,7 @@ impl EventStore {
             writer,
             fatal,
             disk_full: Arc::new(AtomicBool::new(false)),
+            verified: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -168,44 +176,84 @@ pub struct ChainCheck {
     /// The first bad seq and why, when not `ok`.
     pub bad_seq: Option<u64>,
     pub error: Option<String>,
+    /// Answered from the check made at the same log head, without reading the log again.
+    pub cached: bool,
 }
 
-/// Checks the whole chain on a read connection.
+/// Checks the whole chain on a read connection, for an admin; answered from the last check
+/// while the log head has not moved.
 #[derive(Message)]
 #[rtype(result = "Result<ChainCheck>")]
-pub struct VerifyChain;
+pub struct VerifyChain(pub Principal);
+
+/// The seq and hash of the last event, read on its own connection.
+fn log_head(db: &std::path::Path) -> Result<LogHead, StoreError> {
+    use rusqlite::OptionalExtension;
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(conn
+        .query_row(
+            "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// A chain check as the API shows it; a broken chain is data, other errors are errors.
+fn chain_check(result: Result<crate::events::ChainHead, StoreError>) -> Result<ChainCheck> {
+    Ok(match result {
+        Ok(head) => ChainCheck {
+            ok: true,
+            events: head.seq,
+            head: Some(head.hash),
+            bad_seq: None,
+            error: None,
+            cached: false,
+        },
+        Err(StoreError::Corrupt { seq, reason }) => ChainCheck {
+            ok: false,
+            events: seq.saturating_sub(1),
+            head: None,
+            bad_seq: Some(seq),
+            error: Some(reason),
+            cached: false,
+        },
+        Err(e) => return Err(e.into()),
+    })
+}
 
 impl Handler<VerifyChain> for EventStore {
     type Result = ResponseFuture<Result<ChainCheck>>;
 
-    fn handle(&mut self, _: VerifyChain, _: &mut Context<Self>) -> Self::Result {
-        let dir = self
-            .writer
-            .path()
+    fn handle(&mut self, msg: VerifyChain, _: &mut Context<Self>) -> Self::Result {
+        let allowed = msg.0.require_any(&[Role::Admin]);
+        let db = self.writer.path().to_path_buf();
+        let dir = db
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
+        let verified = self.verified.clone();
         Box::pin(async move {
-            let checked = tokio::task::spawn_blocking(move || crate::events::verify(&dir))
-                .await
-                .map_err(|_| Error::Unavailable)?;
-            Ok(match checked {
-                Ok(head) => ChainCheck {
-                    ok: true,
-                    events: head.seq,
-                    head: Some(head.hash),
-                    bad_seq: None,
-                    error: None,
-                },
-                Err(StoreError::Corrupt { seq, reason }) => ChainCheck {
-                    ok: false,
-                    events: seq.saturating_sub(1),
-                    head: None,
-                    bad_seq: Some(seq),
-                    error: Some(reason),
-                },
-                Err(e) => return Err(e.into()),
+            allowed?;
+            tokio::task::spawn_blocking(move || {
+                // Read before the check: an append during it makes the next call check again.
+                let head = log_head(&db)?;
+                let mut last = verified.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((_, check)) = last.as_ref().filter(|(at, _)| *at == head) {
+                    return Ok(ChainCheck {
+                        cached: true,
+                        ..check.clone()
+                    });
+                }
+                // Checked under the lock: a flood of calls waits for one check, not many.
+                METRICS.audit_verify_runs.inc();
+                let check = chain_check(crate::events::verify(&dir))?;
+                *last = Some((head, check.clone()));
+                Ok(check)
             })
+            .await
+            .map_err(|_| Error::Unavailable)?
         })
     }
 }

@@ -28,7 +28,7 @@ pub trait Journaled: Clone {
 /// The actors whose state is made of events. Each event kind has exactly one owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
-    /// Requests and topics (`registry`).
+    /// Requests, topics, access requests and grants (`registry`, `access`).
     Registry,
     /// Who reads which topic (`subscriptions`).
     Subscriptions,
@@ -51,7 +51,12 @@ pub fn owner(kind: &EventKind) -> Owner {
         | EventKind::TopicProvisioned { .. }
         | EventKind::ProvisioningFailed { .. }
         | EventKind::TopicDeleted { .. }
-        | EventKind::DeletionFailed { .. } => Owner::Registry,
+        | EventKind::DeletionFailed { .. }
+        | EventKind::AccessRequested { .. }
+        | EventKind::AccessApproved { .. }
+        | EventKind::AccessRejected { .. }
+        | EventKind::AccessWithdrawn {}
+        | EventKind::GrantRevoked { .. } => Owner::Registry,
         EventKind::Subscribed {} | EventKind::Unsubscribed { .. } => Owner::Subscriptions,
         EventKind::DriftDetected { .. } | EventKind::DriftResolved { .. } => Owner::Watcher,
         EventKind::HeldDiscarded { .. } => Owner::Publisher,
@@ -311,7 +316,10 @@ mod tests {
         type Result = ResponseFuture<(Vec<String>, Vec<String>, Result<()>)>;
 
         fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
-            let kind = EventKind::Unsubscribed { reason: msg.reason };
+            let kind = EventKind::Unsubscribed {
+                reason: msg.reason,
+                user: None,
+            };
             let event = NewEvent::now("system", Some(&msg.topic), None, kind);
             let (tx, rx) = tokio::sync::oneshot::channel();
             persist(self, ctx, vec![event], move |committed, result| {

@@ -25,8 +25,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::access::MayProduce;
 use super::approval::{Approval, RequestTopic};
 use super::publisher::{Publish, Publisher, Receipt};
+use super::registry::Registry;
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::identity::{Door, Identity, Principal, Refusal, Role, SignedIn};
@@ -66,6 +68,7 @@ pub struct Listener {
     publisher: Addr<Publisher>,
     approval: Addr<Approval>,
     identity: Identity,
+    registry: Addr<Registry>,
     limits: Limits,
     tcp: Option<TcpListener>,
     shutdown: Shutdown,
@@ -73,10 +76,12 @@ pub struct Listener {
 }
 
 impl Listener {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         publisher: Addr<Publisher>,
         approval: Addr<Approval>,
         identity: Identity,
+        registry: Addr<Registry>,
         limits: Limits,
         tcp: TcpListener,
         shutdown: Shutdown,
@@ -86,6 +91,7 @@ impl Listener {
             publisher,
             approval,
             identity,
+            registry,
             limits,
             tcp: Some(tcp),
             shutdown,
@@ -104,6 +110,7 @@ impl Actor for Listener {
         let ingest = Ingest {
             publisher: self.publisher.clone(),
             identity: self.identity.clone(),
+            registry: self.registry.clone(),
             record_limits: RecordLimits::from(&self.limits),
             connections: Arc::new(Connections::new(&self.limits)),
             shutdown: self.shutdown.clone(),
@@ -176,8 +183,15 @@ impl Handler<IngestRecords> for Listener {
         });
         let publisher = self.publisher.clone();
         let approval = self.approval.clone();
+        let registry = self.registry.clone();
         Box::pin(async move {
             let records = checked?;
+            registry
+                .send(MayProduce {
+                    principal: msg.principal.clone(),
+                    topic: msg.topic.clone(),
+                })
+                .await??;
             let accepted = records.len() as u64;
             let publish = |records, requested| Publish {
                 producer: msg.principal.name.clone(),
@@ -197,6 +211,7 @@ impl Handler<IngestRecords> for Listener {
                             replication_factor: None,
                             config: Default::default(),
                             reason: Some("requested on first produce".into()),
+                            visibility: None,
                         })
                         .await??;
                     publisher.send(publish(records, true)).await??
@@ -217,6 +232,8 @@ impl Handler<IngestRecords> for Listener {
 struct Ingest {
     publisher: Addr<Publisher>,
     identity: Identity,
+    /// Asked for every batch whether its producer may send to the topic.
+    registry: Addr<Registry>,
     record_limits: RecordLimits,
     connections: Arc<Connections>,
     shutdown: Shutdown,
@@ -346,7 +363,13 @@ fn refusal_message(error: &Error) -> String {
 /// One group of records handed to the publisher, with the line numbers they came from.
 struct Group {
     lines: Vec<u64>,
-    reply: actix::dev::Request<Publisher, Publish>,
+    reply: Handed,
+}
+
+/// A group sent to the publisher, or refused before it.
+enum Handed {
+    Sent(actix::dev::Request<Publisher, Publish>),
+    Refused(Error),
 }
 
 enum Reply {
@@ -527,14 +550,14 @@ impl Ingest {
             }
             // Hand on what we have when the batch is full or the socket has nothing more now.
             if batch.len >= TCP_BATCH || (!batch.is_empty() && reader.buffer().is_empty()) {
-                let groups = self.hand_on(&principal, std::mem::take(&mut batch));
+                let groups = self.hand_on(&principal, std::mem::take(&mut batch)).await;
                 if batch_tx.send(groups).await.is_err() {
                     break;
                 }
             }
         }
         if !batch.is_empty() {
-            let groups = self.hand_on(&principal, batch);
+            let groups = self.hand_on(&principal, batch).await;
             let _ = batch_tx.send(groups).await;
         }
         drop(batch_tx);
@@ -591,21 +614,33 @@ impl Ingest {
         Ok(())
     }
 
-    /// Sends the batch to the publisher, one message per topic, in order.
-    fn hand_on(&self, principal: &Principal, batch: Batch) -> Vec<Group> {
-        batch
-            .by_topic
-            .into_iter()
-            .map(|(topic, lines, records)| Group {
-                lines,
-                reply: self.publisher.send(Publish {
+    /// Sends the batch to the publisher, one message per topic, in order, once the registry
+    /// says the producer may send to the topic (asked per batch, so a revoked grant refuses
+    /// the lines read after it). Only the sends are awaited here, not durability.
+    async fn hand_on(&self, principal: &Principal, batch: Batch) -> Vec<Group> {
+        let mut groups = Vec::with_capacity(batch.by_topic.len());
+        for (topic, lines, records) in batch.by_topic {
+            let allowed = self
+                .registry
+                .send(MayProduce {
+                    principal: principal.clone(),
+                    topic: topic.clone(),
+                })
+                .await
+                .map_err(Error::from)
+                .and_then(|r| r);
+            let reply = match allowed {
+                Ok(()) => Handed::Sent(self.publisher.send(Publish {
                     producer: principal.name.clone(),
                     topic,
                     records,
                     requested: false,
-                }),
-            })
-            .collect()
+                })),
+                Err(e) => Handed::Refused(e),
+            };
+            groups.push(Group { lines, reply });
+        }
+        groups
     }
 }
 
@@ -714,7 +749,11 @@ async fn acknowledge(mut batches: mpsc::Receiver<Vec<Group>>, replies: mpsc::Sen
     let mut last_ok = Instant::now();
     while let Some(groups) = batches.recv().await {
         for group in groups {
-            match group.reply.await {
+            let reply = match group.reply {
+                Handed::Sent(reply) => reply.await,
+                Handed::Refused(e) => Ok(Err(e)),
+            };
+            match reply {
                 Ok(Ok(receipt)) => durable += receipt.published + receipt.held,
                 Ok(Err(e)) => report_lines(&replies, &group.lines, &e).await,
                 Err(e) => report_lines(&replies, &group.lines, &Error::from(e)).await,

@@ -16,6 +16,7 @@
 //! - `tokens`: the bearer tokens KafFlow issues (the single writer of their events), published
 //!   to sign-in after every commit.
 
+pub mod access;
 pub mod approval;
 pub mod consumer;
 pub mod event_store;

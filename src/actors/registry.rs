@@ -6,6 +6,9 @@
 //! rules travel with the command, so the check and the change are one step); its event is
 //! persisted; and only then applied to the committed state that every query reads, and the
 //! caller answered. A failed commit changes nothing that anyone can see.
+//!
+//! Access requests, grants and ownership are part of the same state (every access decision
+//! needs the topic's owner); their types, commands and handlers are in `access`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,10 +17,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::access::AccessBook;
 use super::event_store::EventStore;
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
-use crate::events::{EventKind, NewEvent, TopicSpec};
+use crate::events::{EventKind, NewEvent, TopicSpec, Visibility};
 use crate::identity::{Principal, Role};
 
 /// The principal name on events that KafFlow itself caused.
@@ -105,6 +109,7 @@ pub struct TopicRequest {
     pub partitions: i32,
     pub replication_factor: i32,
     pub config: BTreeMap<String, String>,
+    pub visibility: Visibility,
     pub reason: Option<String>,
     pub status: RequestStatus,
     pub requested_by: String,
@@ -133,6 +138,7 @@ pub struct Topic {
     pub partitions: i32,
     pub replication_factor: i32,
     pub config: BTreeMap<String, String>,
+    pub visibility: Visibility,
     pub owner: String,
     /// When the topic was created in Kafka; absent while provisioning.
     pub created_at: Option<DateTime<Utc>>,
@@ -143,12 +149,14 @@ pub struct Topic {
 /// The state rebuilt from the log: every request and every topic KafFlow governs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Governance {
-    requests: BTreeMap<Uuid, TopicRequest>,
-    topics: BTreeMap<String, Topic>,
+    pub(super) requests: BTreeMap<Uuid, TopicRequest>,
+    pub(super) topics: BTreeMap<String, Topic>,
     /// Topic name to its open (pending or approved) request.
-    open: HashMap<String, Uuid>,
+    pub(super) open: HashMap<String, Uuid>,
     /// Topic name to its latest request, open or not.
-    latest: HashMap<String, Uuid>,
+    pub(super) latest: HashMap<String, Uuid>,
+    /// Access requests, ownership requests and grants.
+    pub(super) access: AccessBook,
 }
 
 /// Where records for a topic go, as the governance state says.
@@ -174,32 +182,42 @@ impl Governance {
             return;
         };
         match &event.kind {
-            EventKind::TopicRequested { spec, reason } => {
+            EventKind::TopicRequested {
+                spec,
+                reason,
+                visibility,
+            } => {
                 self.file(
                     id,
                     RequestKind::Create,
                     topic,
-                    spec.clone(),
+                    (spec.clone(), *visibility),
                     reason.clone(),
                     event,
                 );
             }
             EventKind::DeletionRequested { reason } => {
-                let spec = self.topics.get(topic).map(|t| TopicSpec {
-                    partitions: t.partitions,
-                    replication_factor: t.replication_factor,
-                    config: t.config.clone(),
+                let shape = self.topics.get(topic).map(|t| {
+                    let spec = TopicSpec {
+                        partitions: t.partitions,
+                        replication_factor: t.replication_factor,
+                        config: t.config.clone(),
+                    };
+                    (spec, t.visibility)
                 });
-                let spec = spec.unwrap_or(TopicSpec {
-                    partitions: 0,
-                    replication_factor: 0,
-                    config: BTreeMap::new(),
-                });
+                let shape = shape.unwrap_or((
+                    TopicSpec {
+                        partitions: 0,
+                        replication_factor: 0,
+                        config: BTreeMap::new(),
+                    },
+                    Visibility::Open,
+                ));
                 self.file(
                     id,
                     RequestKind::Delete,
                     topic,
-                    spec,
+                    shape,
                     Some(reason.clone()),
                     event,
                 );
@@ -217,6 +235,7 @@ impl Governance {
                             partitions: request.partitions,
                             replication_factor: request.replication_factor,
                             config: request.config.clone(),
+                            visibility: request.visibility,
                             owner: request.requested_by.clone(),
                             created_at: None,
                             request_id: request.id,
@@ -227,10 +246,16 @@ impl Governance {
                 }
             }
             EventKind::RequestRejected { reason } => {
-                self.decide(id, RequestStatus::Rejected, Some(reason.clone()), event);
+                let request = self.decide(id, RequestStatus::Rejected, Some(reason.clone()), event);
+                if request.is_some_and(|r| r.kind == RequestKind::Create) {
+                    self.access.end_grants(topic);
+                }
             }
             EventKind::RequestWithdrawn {} => {
                 self.finish(id, RequestStatus::Withdrawn, None);
+                if self.requests.get(&id).map(|r| r.kind) == Some(RequestKind::Create) {
+                    self.access.end_grants(topic);
+                }
             }
             EventKind::TopicProvisioned { spec, .. } => {
                 self.finish(id, RequestStatus::Completed, None);
@@ -244,10 +269,13 @@ impl Governance {
             EventKind::ProvisioningFailed { error } => {
                 self.finish(id, RequestStatus::Failed, Some(error.clone()));
                 self.set_topic_status(topic, TopicStatus::Failed);
+                self.access.end_grants(topic);
             }
             EventKind::TopicDeleted { .. } => {
                 self.finish(id, RequestStatus::Completed, None);
                 self.set_topic_status(topic, TopicStatus::Deleted);
+                // Grants end with the topic: a topic made again under the name starts bare.
+                self.access.end_grants(topic);
             }
             EventKind::DeletionFailed { error } => {
                 self.finish(id, RequestStatus::Failed, Some(error.clone()));
@@ -262,6 +290,11 @@ impl Governance {
             | EventKind::Unsubscribed { .. }
             | EventKind::TokenIssued { .. }
             | EventKind::TokenRevoked { .. } => {}
+            EventKind::AccessRequested { .. }
+            | EventKind::AccessApproved { .. }
+            | EventKind::AccessRejected { .. }
+            | EventKind::AccessWithdrawn {}
+            | EventKind::GrantRevoked { .. } => self.apply_access(topic, id, event),
         }
     }
 
@@ -270,7 +303,7 @@ impl Governance {
         id: Uuid,
         kind: RequestKind,
         topic: &str,
-        spec: TopicSpec,
+        (spec, visibility): (TopicSpec, Visibility),
         reason: Option<String>,
         event: &NewEvent,
     ) {
@@ -283,6 +316,7 @@ impl Governance {
                 partitions: spec.partitions,
                 replication_factor: spec.replication_factor,
                 config: spec.config,
+                visibility,
                 reason,
                 status: RequestStatus::Pending,
                 requested_by: event.actor.clone(),
@@ -363,13 +397,14 @@ impl Governance {
     }
 
     /// The event a command produces, if the state allows it.
-    fn event_for(&self, command: &Command) -> Result<NewEvent> {
+    pub(super) fn event_for(&self, command: &Command) -> Result<NewEvent> {
         match command {
             Command::FileCreate {
                 actor,
                 topic,
                 spec,
                 reason,
+                visibility,
             } => {
                 if let Some(t) = self.topics.get(topic) {
                     if t.status.is_live() {
@@ -380,6 +415,7 @@ impl Governance {
                 let kind = EventKind::TopicRequested {
                     spec: spec.clone(),
                     reason: reason.clone(),
+                    visibility: *visibility,
                 };
                 Ok(NewEvent::now(
                     actor,
@@ -395,7 +431,7 @@ impl Governance {
             } => {
                 let t = self.topic(topic)?;
                 if t.owner != principal.name && !principal.has(Role::Admin) {
-                    return Err(Error::NotOwner);
+                    return Err(Error::NotOwner("request its deletion"));
                 }
                 if t.status != TopicStatus::Active {
                     return Err(Error::TopicNotActive {
@@ -492,6 +528,7 @@ impl Governance {
                 partitions: r.partitions,
                 replication_factor: r.replication_factor,
                 config: r.config.clone(),
+                visibility: r.visibility,
                 owner: r.requested_by.clone(),
                 created_at: None,
                 request_id: r.id,
@@ -582,6 +619,7 @@ pub enum Command {
         topic: String,
         spec: TopicSpec,
         reason: Option<String>,
+        visibility: Visibility,
     },
     /// Only the topic's owner or an admin.
     FileDeletion {
@@ -647,7 +685,7 @@ pub struct AllRoutes;
 pub struct UnfinishedWork;
 
 pub struct Registry {
-    journal: Journal<Governance>,
+    pub(super) journal: Journal<Governance>,
 }
 
 impl Registry {
@@ -657,7 +695,7 @@ impl Registry {
         }
     }
 
-    fn state(&self) -> &Governance {
+    pub(super) fn state(&self) -> &Governance {
         self.journal.committed()
     }
 }
@@ -812,6 +850,7 @@ mod tests {
                 topic: topic.into(),
                 spec: spec(),
                 reason: None,
+                visibility: Visibility::Open,
             },
         )
     }
@@ -1032,6 +1071,7 @@ mod actor_tests {
                 config: BTreeMap::new(),
             },
             reason: Some(reason),
+            visibility: Visibility::Open,
         }
     }
 

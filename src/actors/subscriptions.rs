@@ -21,18 +21,16 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use super::access::MayConsume;
 use super::consumer::{
     Attach, Consumer, FeedClosed, FeedHandle, FeedStart, SetTopics, Stop, TopicGone,
 };
 use super::event_store::{Committed, EventStore, Follow};
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
-use super::registry::{
-    GetTopic, ListRequests, ListTopics, Registry, RequestFilter, RequestKind, RequestStatus,
-    TopicStatus, SYSTEM,
-};
+use super::registry::{GetTopic, ListTopics, Registry, TopicStatus, SYSTEM};
 use crate::config::{FeedConfig, KafkaConfig};
 use crate::error::{Error, Result};
-use crate::events::{EventKind, NewEvent};
+use crate::events::{Access, EventKind, NewEvent, Visibility};
 use crate::identity::{Principal, Role};
 use crate::shutdown::{Guard, Shutdown};
 
@@ -40,6 +38,8 @@ use crate::shutdown::{Guard, Shutdown};
 pub const REASON_USER: &str = "user";
 /// The `unsubscribed` reason when the topic was deleted.
 pub const REASON_TOPIC_DELETED: &str = "topic_deleted";
+/// A `consume` grant on a restricted topic was revoked: one user's subscription ends.
+pub const REASON_GRANT_REVOKED: &str = "grant_revoked";
 
 /// One user-topic mapping, as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,6 +73,16 @@ impl SubscriptionBook {
                     .entry(event.actor.clone())
                     .or_default()
                     .insert(topic.to_string(), event.at);
+            }
+            EventKind::Unsubscribed {
+                user: Some(user), ..
+            } if event.actor == SYSTEM => {
+                if let Some(topics) = self.by_user.get_mut(user) {
+                    topics.remove(topic);
+                    if topics.is_empty() {
+                        self.by_user.remove(user);
+                    }
+                }
             }
             EventKind::Unsubscribed { .. } if event.actor == SYSTEM => {
                 for topics in self.by_user.values_mut() {
@@ -136,6 +146,7 @@ impl SubscriptionBook {
                 None,
                 EventKind::Unsubscribed {
                     reason: REASON_USER.to_string(),
+                    user: None,
                 },
             )
         };
@@ -298,9 +309,15 @@ impl Subscriptions {
             _ => Vec::new(),
         };
         let registry = self.registry.clone();
+        let asker = principal.clone();
         let checked = async move {
             for topic in to_check {
-                require_active(&registry, &topic).await?;
+                registry
+                    .send(MayConsume {
+                        principal: asker.clone(),
+                        topic,
+                    })
+                    .await??;
             }
             Ok(())
         };
@@ -337,6 +354,47 @@ impl Subscriptions {
         Box::pin(async move { answer.await.unwrap_or(Err(Error::Unavailable)) })
     }
 
+    /// Ends `user`'s subscription to `topic` after its `consume` grant was revoked, if the
+    /// topic is restricted (an open topic needs no grant). Open feeds drop the topic.
+    fn end_revoked(&mut self, user: String, topic: String, ctx: &mut Context<Self>) {
+        let registry = self.registry.clone();
+        let name = topic.clone();
+        ctx.wait(
+            async move { registry.send(GetTopic(name)).await }
+                .into_actor(self)
+                .map(move |found, act, ctx| {
+                    let restricted = matches!(
+                        found,
+                        Ok(Ok(ref t)) if t.visibility == Visibility::Restricted
+                    );
+                    let subscribed = act
+                        .journal
+                        .staged()
+                        .is_ok_and(|book| book.topics_of(&user).contains(&topic));
+                    if !restricted || !subscribed {
+                        return;
+                    }
+                    tracing::info!(%user, %topic, "Consume grant revoked; ending the subscription.");
+                    let event = NewEvent::now(
+                        SYSTEM,
+                        Some(&topic),
+                        None,
+                        EventKind::Unsubscribed {
+                            reason: REASON_GRANT_REVOKED.to_string(),
+                            user: Some(user.clone()),
+                        },
+                    );
+                    let me = ctx.address();
+                    journal::persist(act, ctx, vec![event], move |_, result| match result {
+                        Ok(()) => me.do_send(Notify { user }),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Subscription of a revoked grant not ended.")
+                        }
+                    });
+                }),
+        );
+    }
+
     /// Ends every subscription to a deleted topic with one `system` event.
     fn end_subscriptions(&mut self, topic: String, ctx: &mut Context<Self>) {
         let Ok(book) = self.journal.staged() else {
@@ -355,6 +413,7 @@ impl Subscriptions {
             None,
             EventKind::Unsubscribed {
                 reason: REASON_TOPIC_DELETED.to_string(),
+                user: None,
             },
         );
         let me = ctx.address();
@@ -363,35 +422,6 @@ impl Subscriptions {
             Err(e) => tracing::warn!(error = %e, "Subscriptions of a deleted topic not ended yet."),
         });
     }
-}
-
-/// Passes when the registry knows `topic` and it is active. A topic that is only asked for
-/// (a pending create request) is not active yet, rather than unknown.
-async fn require_active(registry: &Addr<Registry>, topic: &str) -> Result<()> {
-    let status = match registry.send(GetTopic(topic.to_string())).await? {
-        Ok(found) if found.status == TopicStatus::Active => return Ok(()),
-        Ok(found) => serde_json::to_value(found.status),
-        Err(Error::NotFound(what)) => {
-            let filter = RequestFilter {
-                status: Some(RequestStatus::Pending),
-                kind: Some(RequestKind::Create),
-                topic: Some(topic.to_string()),
-                requested_by: None,
-            };
-            match registry.send(ListRequests(filter)).await?.first() {
-                Some(request) => serde_json::to_value(request.status),
-                None => return Err(Error::NotFound(what)),
-            }
-        }
-        Err(e) => return Err(e),
-    };
-    Err(Error::TopicNotActive {
-        topic: topic.to_string(),
-        status: status
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-    })
 }
 
 impl Journaling for Subscriptions {
@@ -441,10 +471,17 @@ impl Handler<Committed> for Subscriptions {
 
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         for event in msg.0 {
-            if let (EventKind::TopicDeleted { .. }, Some(topic)) =
-                (&event.body.kind, event.body.topic)
-            {
-                self.end_subscriptions(topic, ctx);
+            match (event.body.kind, event.body.topic) {
+                (EventKind::TopicDeleted { .. }, Some(topic)) => self.end_subscriptions(topic, ctx),
+                (
+                    EventKind::GrantRevoked {
+                        user,
+                        access: Access::Consume,
+                        ..
+                    },
+                    Some(topic),
+                ) => self.end_revoked(user, topic, ctx),
+                _ => {}
             }
         }
     }
@@ -668,6 +705,7 @@ mod tests {
             "t",
             EventKind::Unsubscribed {
                 reason: REASON_TOPIC_DELETED.into(),
+                user: None,
             },
         ));
         assert!(book.readers_of("t").is_empty());

@@ -42,6 +42,37 @@ pub struct TopicSpec {
     pub config: BTreeMap<String, String>,
 }
 
+/// Who may read a topic: any consumer (`open`), or holders of a `consume` grant.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// Also what topics requested before visibility existed read as.
+    #[default]
+    Open,
+    Restricted,
+}
+
+/// What an access request asks for: a grant to send or to read, or the topic itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    Produce,
+    Consume,
+    Ownership,
+}
+
+impl Access {
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Produce => "produce",
+            Access::Consume => "consume",
+            Access::Ownership => "ownership",
+        }
+    }
+}
+
 /// Everything that can happen to governance state. The serde tag is the event's `kind` column
 /// and the content is its `data` column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +83,9 @@ pub enum EventKind {
         #[serde(flatten)]
         spec: TopicSpec,
         reason: Option<String>,
+        /// Absent in events written before visibility existed: those topics are open.
+        #[serde(default)]
+        visibility: Visibility,
     },
     /// A principal asked for an active topic to be deleted.
     DeletionRequested { reason: String },
@@ -91,7 +125,34 @@ pub enum EventKind {
     Subscribed {},
     /// A subscription ended: the consumer's own (`reason` "user"), or, with actor `system`,
     /// every subscription to a deleted topic (`reason` "topic_deleted").
-    Unsubscribed { reason: String },
+    Unsubscribed {
+        reason: String,
+        /// With actor `system`: the one user whose subscription ended (`reason`
+        /// "grant_revoked"); absent when every reader of the topic lost it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
+    /// A principal (the actor) asked for access to the topic (`request_id` is the request):
+    /// a `produce` or `consume` grant, or, for `ownership`, that the topic pass to `to`.
+    AccessRequested {
+        access: Access,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        reason: Option<String>,
+    },
+    /// The owner, an admin, or (for ownership) the new owner approved the access request: a
+    /// grant with the request's id now exists, or the topic has its new owner.
+    AccessApproved { note: Option<String> },
+    /// The access request was declined.
+    AccessRejected { reason: String },
+    /// The requester took the access request back.
+    AccessWithdrawn {},
+    /// The grant `request_id` of `user` was revoked by the owner or an admin (the actor).
+    GrantRevoked {
+        user: String,
+        access: Access,
+        reason: Option<String>,
+    },
     /// An admin (the actor) issued a bearer token. Only the SHA-256 of its secret is kept.
     TokenIssued {
         token_id: Uuid,
@@ -124,6 +185,11 @@ impl EventKind {
             EventKind::Unsubscribed { .. } => "unsubscribed",
             EventKind::TokenIssued { .. } => "token_issued",
             EventKind::TokenRevoked { .. } => "token_revoked",
+            EventKind::AccessRequested { .. } => "access_requested",
+            EventKind::AccessApproved { .. } => "access_approved",
+            EventKind::AccessRejected { .. } => "access_rejected",
+            EventKind::AccessWithdrawn {} => "access_withdrawn",
+            EventKind::GrantRevoked { .. } => "grant_revoked",
         }
     }
 
@@ -204,6 +270,7 @@ mod tests {
             EventKind::TopicRequested {
                 spec: spec.clone(),
                 reason: Some("orders".into()),
+                visibility: Visibility::Restricted,
             },
             EventKind::DeletionRequested {
                 reason: "gone".into(),
@@ -240,6 +307,31 @@ mod tests {
             EventKind::Subscribed {},
             EventKind::Unsubscribed {
                 reason: "topic_deleted".into(),
+                user: None,
+            },
+            EventKind::Unsubscribed {
+                reason: "grant_revoked".into(),
+                user: Some("erin".into()),
+            },
+            EventKind::AccessRequested {
+                access: Access::Consume,
+                to: None,
+                reason: Some("dashboards".into()),
+            },
+            EventKind::AccessRequested {
+                access: Access::Ownership,
+                to: Some("bob".into()),
+                reason: None,
+            },
+            EventKind::AccessApproved { note: None },
+            EventKind::AccessRejected {
+                reason: "no".into(),
+            },
+            EventKind::AccessWithdrawn {},
+            EventKind::GrantRevoked {
+                user: "erin".into(),
+                access: Access::Consume,
+                reason: None,
             },
             EventKind::TokenIssued {
                 token_id: Uuid::now_v7(),
@@ -290,6 +382,24 @@ mod tests {
                 up_to_id: None
             }
         );
+    }
+
+    #[test]
+    fn topic_requests_before_visibility_read_as_open() {
+        let old = serde_json::json!({"partitions": 1, "replication_factor": 1, "reason": null});
+        let kind = EventKind::from_columns("topic_requested", old).expect("parse");
+        assert!(matches!(
+            kind,
+            EventKind::TopicRequested {
+                visibility: Visibility::Open,
+                ..
+            }
+        ));
+        let old = EventKind::from_columns("unsubscribed", serde_json::json!({"reason": "user"}));
+        assert!(matches!(
+            old.expect("parse"),
+            EventKind::Unsubscribed { user: None, .. }
+        ));
     }
 
     #[test]

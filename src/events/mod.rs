@@ -7,8 +7,8 @@
 mod event;
 mod store;
 
-pub use event::{Event, EventKind, NewEvent, TopicSpec, EVENT_VERSION};
+pub use event::{Access, Event, EventKind, NewEvent, TopicSpec, Visibility, EVENT_VERSION};
 pub use store::{
-    verify, AuditPage, AuditQuery, ChainHead, Durability, Store, StoreError, Stream, Writer,
-    WriterThread,
+    verify, AuditPage, AuditQuery, AuditScope, ChainHead, Durability, Store, StoreError, Stream,
+    Writer, WriterThread,
 };

@@ -9,9 +9,11 @@ use crate::error::Error;
 pub fn status_of(error: &Error) -> StatusCode {
     match error {
         Error::Unauthorized | Error::TokenRefused(_) => StatusCode::UNAUTHORIZED,
-        Error::Forbidden(_) | Error::SelfApproval | Error::NotRequester | Error::NotOwner => {
-            StatusCode::FORBIDDEN
-        }
+        Error::Forbidden(_)
+        | Error::SelfApproval
+        | Error::NotRequester
+        | Error::NotOwner(_)
+        | Error::NoAccess(_) => StatusCode::FORBIDDEN,
         Error::InvalidTopicName(_)
         | Error::InvalidPartitions(_)
         | Error::InvalidReplicationFactor(_)
@@ -28,6 +30,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         Error::SpoolFull(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Error::TopicExists(_)
+        | Error::AlreadyGranted(_)
         | Error::RequestPending { .. }
         | Error::NotPending(_)
         | Error::TopicNotActive { .. }

@@ -1,6 +1,7 @@
 //! The HTTP facade: authenticate, parse, send one actor message, render the reply.
 //! No governance rule lives here; errors become statuses in `error` alone.
 
+mod access;
 mod error;
 mod feed;
 mod records;
@@ -22,6 +23,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use crate::actors::access::AuditScopeOf;
 use crate::actors::approval::{
     Approval, Approve, GetPolicy, Reject, RequestDeletion, RequestTopic, Withdraw,
 };
@@ -98,7 +100,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| Error::InvalidJson(e.to_string()))
 }
 
-fn parse_id(id: &str) -> Result<Uuid> {
+pub(super) fn parse_id(id: &str) -> Result<Uuid> {
     Uuid::parse_str(id).map_err(|_| Error::InvalidId(format!("{id:?} is not a UUID")))
 }
 
@@ -153,23 +155,24 @@ struct CreateRequestBody {
     #[serde(default)]
     config: BTreeMap<String, serde_json::Value>,
     reason: Option<String>,
+    visibility: Option<crate::events::Visibility>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ApproveBody {
-    note: Option<String>,
+pub(super) struct ApproveBody {
+    pub(super) note: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReasonBody {
-    reason: Option<String>,
+pub(super) struct ReasonBody {
+    pub(super) reason: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EmptyBody {}
+pub(super) struct EmptyBody {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,6 +221,7 @@ impl AuditParams {
             until: parse_time("until", self.until)?,
             after: self.after,
             limit,
+            scope: None,
         })
     }
 }
@@ -234,6 +238,7 @@ async fn create_request(app: App, auth: Option<String>, body: Result<Bytes>) -> 
             replication_factor: body.replication_factor,
             config: body.config,
             reason: body.reason,
+            visibility: body.visibility,
         })
         .await??;
     Ok(json(StatusCode::CREATED, &request))
@@ -347,18 +352,17 @@ async fn request_deletion(
 }
 
 async fn audit(app: App, auth: Option<String>, query: String) -> Result<Response> {
-    app.authenticate(auth).await?;
+    let principal = app.authenticate(auth).await?;
     let params: AuditParams = parse_query(&query)?;
-    let page = app
-        .event_store
-        .send(QueryAudit(params.into_query()?))
-        .await??;
+    let mut query = params.into_query()?;
+    query.scope = app.registry.send(AuditScopeOf(principal)).await?;
+    let page = app.event_store.send(QueryAudit(query)).await??;
     Ok(json(StatusCode::OK, &page))
 }
 
 async fn verify_chain(app: App, auth: Option<String>) -> Result<Response> {
-    app.authenticate(auth).await?;
-    let check = app.event_store.send(VerifyChain).await??;
+    let principal = app.authenticate(auth).await?;
+    let check = app.event_store.send(VerifyChain(principal)).await??;
     Ok(json(StatusCode::OK, &check))
 }
 
@@ -600,6 +604,8 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
         .unify()
         // Boxed halfway: every unboxed `or` level multiplies the type checker's work.
         .boxed()
+        .or(access::routes(app.clone()))
+        .unify()
         .or(feed::routes(app.clone(), feed::Feeds::new(&limits)))
         .unify()
         .or(records::routes(app.clone()))

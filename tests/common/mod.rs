@@ -555,6 +555,25 @@ impl Service {
         id
     }
 
+    /// `who` asks for `access` (`produce` or `consume`) to `topic`, and carol (an admin)
+    /// approves; returns the grant's id.
+    pub fn grant(&self, who: &str, topic: &str, access: &str) -> String {
+        let (status, request) = self.post(
+            who,
+            "/api/v1/access-requests",
+            &json!({"topic": topic, "access": access}),
+        );
+        assert_eq!(status, 201, "access request: {request}");
+        let id = id_of(&request);
+        let (status, reply) = self.post(
+            "carol",
+            &format!("/api/v1/access-requests/{id}/approve"),
+            &json!({}),
+        );
+        assert_eq!(status, 200, "approve access: {reply}");
+        id
+    }
+
     /// Every audit event matching `query` (e.g. `topic=x`), following the `next` cursor.
     pub fn audit(&self, query: &str) -> Vec<Value> {
         let mut events = Vec::new();

@@ -1,0 +1,257 @@
+//! Routes of the access model: access and ownership requests, and grants. Each decodes the
+//! call and sends one message to the registry, which checks who may do it.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::{
+    auth, body_up_to, json, parse_body, parse_id, parse_query, query, respond, App, ApproveBody,
+    EmptyBody, ReasonBody,
+};
+use crate::actors::access::{
+    AccessCommand, AccessFilter, GetAccessRequest, ListAccessRequests, ListGrants, RevokeGrant,
+};
+use crate::actors::registry::Decision;
+use crate::error::{Error, Result};
+use crate::events::Access;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessBody {
+    topic: String,
+    access: Access,
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnershipBody {
+    to: String,
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantParams {
+    topic: Option<String>,
+}
+
+/// A trimmed text, `None` when blank.
+fn text(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+async fn file_access(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
+    let principal = app.authenticate(auth).await?;
+    let b: AccessBody = parse_body(&body?)?;
+    let request = app
+        .registry
+        .send(AccessCommand::File {
+            principal,
+            topic: b.topic,
+            access: b.access,
+            reason: text(b.reason),
+        })
+        .await??;
+    Ok(json(StatusCode::CREATED, &request))
+}
+
+async fn file_ownership(
+    app: App,
+    topic: String,
+    auth: Option<String>,
+    body: Result<Bytes>,
+) -> Result<Response> {
+    let principal = app.authenticate(auth).await?;
+    let b: OwnershipBody = parse_body(&body?)?;
+    let request = app
+        .registry
+        .send(AccessCommand::FileOwnership {
+            principal,
+            topic,
+            to: b.to,
+            reason: text(b.reason),
+        })
+        .await??;
+    Ok(json(StatusCode::CREATED, &request))
+}
+
+async fn list_access(app: App, auth: Option<String>, query: String) -> Result<Response> {
+    app.authenticate(auth).await?;
+    let filter: AccessFilter = parse_query(&query)?;
+    let requests = app.registry.send(ListAccessRequests(filter)).await?;
+    Ok(json(StatusCode::OK, &requests))
+}
+
+async fn get_access(app: App, id: String, auth: Option<String>) -> Result<Response> {
+    app.authenticate(auth).await?;
+    let request = app
+        .registry
+        .send(GetAccessRequest(parse_id(&id)?))
+        .await??;
+    Ok(json(StatusCode::OK, &request))
+}
+
+async fn act_on_access(
+    app: App,
+    id: String,
+    action: String,
+    auth: Option<String>,
+    body: Result<Bytes>,
+) -> Result<Response> {
+    let principal = app.authenticate(auth).await?;
+    let id = parse_id(&id)?;
+    let body = body?;
+    let command = match action.as_str() {
+        "approve" => {
+            let b: ApproveBody = parse_body(&body)?;
+            AccessCommand::Decide {
+                principal,
+                id,
+                decision: Decision::Approve { note: text(b.note) },
+            }
+        }
+        "reject" => {
+            let b: ReasonBody = parse_body(&body)?;
+            let reason = text(b.reason).ok_or(Error::ReasonRequired)?;
+            AccessCommand::Decide {
+                principal,
+                id,
+                decision: Decision::Reject { reason },
+            }
+        }
+        "withdraw" => {
+            let _: EmptyBody = parse_body(&body)?;
+            AccessCommand::Withdraw { principal, id }
+        }
+        other => return Err(Error::NotFound(format!("action {other}"))),
+    };
+    let request = app.registry.send(command).await??;
+    Ok(json(StatusCode::OK, &request))
+}
+
+async fn list_grants(app: App, auth: Option<String>, query: String) -> Result<Response> {
+    let principal = app.authenticate(auth).await?;
+    let params: GrantParams = parse_query(&query)?;
+    let grants = app
+        .registry
+        .send(ListGrants {
+            principal,
+            topic: params.topic,
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &grants))
+}
+
+async fn revoke_grant(
+    app: App,
+    id: String,
+    auth: Option<String>,
+    body: Result<Bytes>,
+) -> Result<Response> {
+    let principal = app.authenticate(auth).await?;
+    let id = parse_id(&id)?;
+    let b: ReasonBody = parse_body(&body?)?;
+    let grant = app
+        .registry
+        .send(RevokeGrant {
+            principal,
+            id,
+            reason: text(b.reason),
+        })
+        .await??;
+    Ok(json(StatusCode::OK, &grant))
+}
+
+/// `/access-requests`, `/topics/{name}/ownership-requests` and `/grants`.
+pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
+    let limit = app.limits.max_body_bytes;
+    let body = move || body_up_to(limit);
+    let with_app = warp::any().map(move || app.clone());
+    let api = warp::path("api").and(warp::path("v1"));
+
+    let requests = api.and(warp::path("access-requests"));
+    let file = requests
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth())
+        .and(body())
+        .then(file_access)
+        .map(respond);
+    let list = requests
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .and(query())
+        .then(list_access)
+        .map(respond);
+    let get = requests
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .then(|id, app, auth| get_access(app, id, auth))
+        .map(respond);
+    let act = requests
+        .and(warp::path::param::<String>())
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth())
+        .and(body())
+        .then(|id, action, app, auth, body| act_on_access(app, id, action, auth, body))
+        .map(respond);
+    let ownership = api
+        .and(warp::path("topics"))
+        .and(warp::path::param::<String>())
+        .and(warp::path("ownership-requests"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth())
+        .and(body())
+        .then(|topic, app, auth, body| file_ownership(app, topic, auth, body))
+        .map(respond);
+    let grants = api.and(warp::path("grants"));
+    let grant_list = grants
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth())
+        .and(query())
+        .then(list_grants)
+        .map(respond);
+    let revoke = grants
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::delete())
+        .and(with_app.clone())
+        .and(auth())
+        .and(body())
+        .then(|id, app, auth, body| revoke_grant(app, id, auth, body))
+        .map(respond);
+    file.or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(act)
+        .unify()
+        .or(ownership)
+        .unify()
+        .or(grant_list)
+        .unify()
+        .or(revoke)
+        .unify()
+        .map(|r: Response| r.into_response())
+        .boxed()
+}
