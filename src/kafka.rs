@@ -76,13 +76,17 @@ pub fn describe_topic(
     }))
 }
 
-/// True when a broker answers a metadata request. Blocking.
-pub fn broker_reachable(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> bool {
-    admin
-        .inner()
-        .fetch_metadata(None, timeout)
-        .map(|m| !m.brokers().is_empty())
-        .unwrap_or(false)
+/// `Ok` when a broker answers a metadata request, else why not (a refused SASL login, a
+/// certificate that is not trusted, a timeout, ...). Blocking.
+pub fn broker_reachable(
+    admin: &AdminClient<DefaultClientContext>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match admin.inner().fetch_metadata(None, timeout) {
+        Ok(m) if !m.brokers().is_empty() => Ok(()),
+        Ok(_) => Err("the cluster's metadata names no broker".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The settings of KafFlow's shared producer: idempotent, `acks=all`, never creating topics.

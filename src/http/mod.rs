@@ -1,10 +1,14 @@
 //! The HTTP facade: authenticate, parse, send one actor message, render the reply.
 //! No governance rule lives here; errors become statuses in `error` alone.
 
+mod browser;
 mod error;
 mod feed;
 mod records;
+pub mod server;
 mod ui;
+
+pub use browser::Cors;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -360,7 +364,9 @@ async fn policy(app: App, auth: Option<String>) -> Result<Response> {
 }
 
 async fn ready(app: App) -> Result<Response> {
-    let reachable = app.provisioner.send(BrokerReachable).await?;
+    let broker = app.provisioner.send(BrokerReachable).await?;
+    let reachable = broker.is_ok();
+    let broker_error = broker.err().flatten();
     let spool = app.publisher.send(SpoolHealth).await?;
     let log_writable = app.event_store.send(LogWritable).await?;
     let storage_full = spool.storage_full || !log_writable;
@@ -385,6 +391,7 @@ async fn ready(app: App) -> Result<Response> {
         "reasons": reasons,
         "replayed": true,
         "broker_reachable": reachable,
+        "broker_error": broker_error,
         "storage_full": storage_full,
         "storage_error": spool.error,
     });
@@ -429,8 +436,9 @@ fn admit(
     })
 }
 
-/// Every route, with warp's own rejections rendered as JSON errors.
-pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
+/// Every route, with warp's own rejections rendered as JSON errors, and every reply with the
+/// headers browsers are told (`browser`).
+pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
     let limits = app.limits.clone();
     let permits = Arc::new(tokio::sync::Semaphore::new(
         limits.max_concurrent_http_requests,
@@ -573,10 +581,23 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
             drop(permit);
             reply
         });
-    headers_within(limits.max_request_header_bytes)
-        .and(healthz.or(readyz).unify().or(gated).unify())
+    let answered = headers_within(limits.max_request_header_bytes)
+        .and(
+            healthz
+                .or(readyz)
+                .unify()
+                .or(browser::preflight(cors.clone()))
+                .unify()
+                .or(gated)
+                .unify(),
+        )
         .recover(error::recover)
-        .unify()
+        .unify();
+    warp::header::headers_cloned()
+        .and(answered)
+        .map(move |request: warp::http::HeaderMap, reply: Response| {
+            browser::decorate(&cors, &request, reply)
+        })
         .boxed()
 }
 
