@@ -77,7 +77,10 @@ impl Default for ServerConfig {
 }
 
 /// Both TLS files or neither, from the flags or else from `[server]`.
-fn tls_files(server: &ServerConfig, overrides: &Overrides) -> Result<Option<TlsFiles>, ConfigError> {
+fn tls_files(
+    server: &ServerConfig,
+    overrides: &Overrides,
+) -> Result<Option<TlsFiles>, ConfigError> {
     let (cert, key) = if overrides.tls_cert.is_some() || overrides.tls_key.is_some() {
         (overrides.tls_cert.clone(), overrides.tls_key.clone())
     } else {
@@ -871,7 +874,10 @@ mod tests {
             tls_cert: Some("flag.crt".into()),
             ..Default::default()
         };
-        let error = Config::parse(text, half).err().expect("refused").to_string();
+        let error = Config::parse(text, half)
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(error.contains("needs its key"), "{error}");
         assert!(Config::parse("", Overrides::default())
             .expect("valid")

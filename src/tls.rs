@@ -130,7 +130,10 @@ pub fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError
 
 /// A connector for `host:port` addresses, and the name to check the server's certificate
 /// against.
-pub fn connector(ca: Option<&Path>, addr: &str) -> Result<(TlsConnector, ServerName<'static>), TlsError> {
+pub fn connector(
+    ca: Option<&Path>,
+    addr: &str,
+) -> Result<(TlsConnector, ServerName<'static>), TlsError> {
     let host = host_of(addr);
     let name = ServerName::try_from(host.to_string())
         .map_err(|_| TlsError::ServerName(host.to_string()))?;
@@ -155,11 +158,12 @@ pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, TlsError> {
     let mut builder = reqwest::Client::builder();
     if let Some(path) = ca {
         for cert in certificates("CA certificate", path)? {
-            let cert = reqwest::Certificate::from_der(cert.as_ref()).map_err(|e| TlsError::Pem {
-                what: "CA certificate",
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+            let cert =
+                reqwest::Certificate::from_der(cert.as_ref()).map_err(|e| TlsError::Pem {
+                    what: "CA certificate",
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
             builder = builder.add_root_certificate(cert);
         }
     }

@@ -46,6 +46,9 @@ struct ProbeResult(Result<(), String>);
 
 pub struct Provisioner {
     admin: Admin,
+    /// A client of its own for the readiness probe, so that the reason of a failure (a
+    /// refused login, say) is the probe's own.
+    probe: Arc<kafka::ProbeClient>,
     registry: Addr<Registry>,
     in_flight: HashSet<Uuid>,
     /// The last probe's answer; `None` before the first.
@@ -57,6 +60,7 @@ impl Provisioner {
     pub fn new(kafka: &KafkaConfig, registry: Addr<Registry>) -> KafkaResult<Self> {
         Ok(Provisioner {
             admin: Arc::new(kafka::admin_client(kafka)?),
+            probe: Arc::new(kafka::probe_client(kafka)?),
             registry,
             in_flight: HashSet::new(),
             reachable: None,
@@ -69,11 +73,11 @@ impl Provisioner {
             return;
         }
         self.probing = true;
-        let admin = self.admin.clone();
+        let probe = self.probe.clone();
         let me = ctx.address();
         actix::spawn(async move {
             let reachable = tokio::task::spawn_blocking(move || {
-                kafka::broker_reachable(&admin, METADATA_TIMEOUT)
+                kafka::broker_reachable(&probe, METADATA_TIMEOUT)
             })
             .await
             .unwrap_or_else(|e| Err(format!("the probe did not finish: {e}")));

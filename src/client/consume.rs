@@ -220,6 +220,9 @@ mod tests {
     fn the_feed_follows_the_service_scheme() {
         assert_eq!(feed_base("https://h:1").ok().as_deref(), Some("wss://h:1"));
         assert_eq!(feed_base("http://h:1").ok().as_deref(), Some("ws://h:1"));
-        assert!(matches!(feed_base("tls://h:1"), Err(ConsumeError::BadServer(_))));
+        assert!(matches!(
+            feed_base("tls://h:1"),
+            Err(ConsumeError::BadServer(_))
+        ));
     }
 }

@@ -106,13 +106,12 @@ async fn produce(options: Options) -> Result<(), ProduceError> {
     match connector {
         None => produce_over(stream, &options).await,
         Some((connector, name)) => {
-            let stream = connector
-                .connect(name, stream)
-                .await
-                .map_err(|source| ProduceError::Handshake {
+            let stream = connector.connect(name, stream).await.map_err(|source| {
+                ProduceError::Handshake {
                     server: server.clone(),
                     source,
-                })?;
+                }
+            })?;
             produce_over(stream, &options).await
         }
     }

@@ -58,16 +58,16 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
 /// A CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) from a listed origin:
 /// 204 with what it may send. Anything else is not a preflight of ours and goes on to the
 /// routes (an unlisted origin's preflight gets the route's own answer, without CORS headers).
-pub fn preflight(cors: Cors) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn preflight(
+    cors: Cors,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::options()
         .and(warp::header::headers_cloned())
         .and_then(move |headers: HeaderMap| {
             let allowed = cors.allowed(&headers);
             async move {
                 match allowed {
-                    Some(origin)
-                        if headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) =>
-                    {
+                    Some(origin) if headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) => {
                         let mut response = StatusCode::NO_CONTENT.into_response();
                         let h = response.headers_mut();
                         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -87,11 +87,7 @@ pub fn preflight(cors: Cors) -> impl Filter<Extract = (Response,), Error = warp:
 pub fn decorate(cors: &Cors, request: &HeaderMap, mut response: Response) -> Response {
     let allowed = cors.allowed(request);
     let h = response.headers_mut();
-    set(
-        h,
-        header::CONTENT_SECURITY_POLICY,
-        CONTENT_SECURITY_POLICY,
-    );
+    set(h, header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::REFERRER_POLICY, "no-referrer");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
@@ -112,20 +108,33 @@ mod tests {
 
     fn request_from(origin: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(header::ORIGIN, HeaderValue::from_str(origin).expect("header"));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_str(origin).expect("header"),
+        );
         headers
     }
 
     #[test]
     fn only_a_listed_origin_is_named_in_a_reply() {
         let cors = Cors::new(&["https://console.example".to_string()]);
-        let listed = decorate(&cors, &request_from("https://console.example"), Response::default());
+        let listed = decorate(
+            &cors,
+            &request_from("https://console.example"),
+            Response::default(),
+        );
         assert_eq!(
             listed.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
             "https://console.example"
         );
-        let other = decorate(&cors, &request_from("https://evil.example"), Response::default());
-        assert!(!other.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        let other = decorate(
+            &cors,
+            &request_from("https://evil.example"),
+            Response::default(),
+        );
+        assert!(!other
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
         assert_eq!(other.headers()[header::X_FRAME_OPTIONS], "DENY");
     }
 
