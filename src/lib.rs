@@ -232,8 +232,10 @@ pub async fn serve(
         approval.clone(),
         principals.clone(),
         config.limits.clone(),
-        ingest,
-        ingest_tls,
+        actors::listener::IngestSocket {
+            tcp: ingest,
+            tls: ingest_tls,
+        },
         coordinator.shutdown(),
         coordinator.guard(),
     )

@@ -69,6 +69,12 @@ pub struct Accepted {
     pub held: u64,
 }
 
+/// The TCP ingest socket, and its TLS acceptor when the listener speaks TLS.
+pub struct IngestSocket {
+    pub tcp: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
 pub struct Listener {
     publisher: Addr<Publisher>,
     approval: Addr<Approval>,
@@ -86,8 +92,7 @@ impl Listener {
         approval: Addr<Approval>,
         principals: Arc<Directory>,
         limits: Limits,
-        tcp: TcpListener,
-        tls: Option<TlsAcceptor>,
+        socket: IngestSocket,
         shutdown: Shutdown,
         guard: Guard,
     ) -> Self {
@@ -96,8 +101,8 @@ impl Listener {
             approval,
             principals,
             limits,
-            tcp: Some(tcp),
-            tls,
+            tcp: Some(socket.tcp),
+            tls: socket.tls,
             shutdown,
             guard: Some(guard),
         }
