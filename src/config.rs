@@ -874,10 +874,7 @@ mod tests {
             tls_cert: Some("flag.crt".into()),
             ..Default::default()
         };
-        let error = Config::parse(text, half)
-            .err()
-            .expect("refused")
-            .to_string();
+        let error = Config::parse(text, half).expect_err("refused").to_string();
         assert!(error.contains("needs its key"), "{error}");
         assert!(Config::parse("", Overrides::default())
             .expect("valid")
