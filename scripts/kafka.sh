@@ -11,6 +11,8 @@
 #   scripts/kafka.sh create TOPIC [PARTITIONS]
 #   scripts/kafka.sh delete TOPIC
 #   scripts/kafka.sh bootstrap          print the bootstrap address (host:port)
+#   scripts/kafka.sh sasl               print the client settings of the SASL_SSL listener
+#                                       (bootstrap=..., then librdkafka properties, one per line)
 #   scripts/kafka.sh tool CLASS [ARGS]  run a Kafka CLI main class on the broker's classpath,
 #                                       e.g. tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server ...
 #
@@ -20,6 +22,10 @@
 #                          broker instance (own KAFKA_HOME_DIR and ports) at the first one's jars
 #   KAFKA_PORT             PLAINTEXT listener on 127.0.0.1 (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener on 127.0.0.1 (default 9093)
+#   KAFKA_SASL_PORT        SASL_SSL listener on 127.0.0.1 (default 9094): SCRAM-SHA-512 for the user
+#                          KAFKA_SASL_USER (default kafflow) with KAFKA_SASL_PASSWORD (default
+#                          kafflow-secret), inside TLS with a self-signed certificate made by keytool
+#                          on the first start (its PEM, to trust: $KAFKA_HOME_DIR/tls/ca.pem)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 90)
 #   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 60)
 #   JAVA                   java binary (default: java on PATH)
@@ -32,6 +38,9 @@ POM="$SCRIPT_DIR/kafka/pom.xml"
 KHOME="${KAFKA_HOME_DIR:-$REPO_ROOT/.kafka}"
 PORT="${KAFKA_PORT:-9092}"
 CPORT="${KAFKA_CONTROLLER_PORT:-9093}"
+SPORT="${KAFKA_SASL_PORT:-9094}"
+SASL_USER="${KAFKA_SASL_USER:-kafflow}"
+SASL_PASSWORD="${KAFKA_SASL_PASSWORD:-kafflow-secret}"
 HOST=127.0.0.1
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-60}"
@@ -40,8 +49,9 @@ JAVA="${JAVA:-java}"
 die() { echo "kafka: error: $*" >&2; exit 1; }
 say() { echo "kafka: $*"; }
 
-case "$PORT$CPORT" in *[!0-9]*) die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must be numbers";; esac
-[ "$PORT" != "$CPORT" ] || die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ"
+case "$PORT$CPORT$SPORT" in *[!0-9]*) die "KAFKA_PORT, KAFKA_CONTROLLER_PORT and KAFKA_SASL_PORT must be numbers";; esac
+[ "$PORT" != "$CPORT" ] && [ "$SPORT" != "$PORT" ] && [ "$SPORT" != "$CPORT" ] \
+  || die "KAFKA_PORT, KAFKA_CONTROLLER_PORT and KAFKA_SASL_PORT must differ"
 
 mkdir -p "$KHOME"
 KHOME="$(cd "$KHOME" && pwd)"   # absolute, whatever was given
@@ -56,6 +66,12 @@ LOG4J_BROKER="$KHOME/log4j2-broker.xml"
 LOG4J_TOOLS="$KHOME/log4j2-tools.xml"
 ADMIN_PROBE="$KHOME/admin-probe.properties"
 BOOTSTRAP="$HOST:$PORT"
+SASL_BOOTSTRAP="$HOST:$SPORT"
+TLS_DIR="$KHOME/tls"
+KEYSTORE="$TLS_DIR/broker.p12"
+CA_PEM="$TLS_DIR/ca.pem"
+# Guards a throwaway self-signed key of a local test broker, nothing else.
+KEYSTORE_PASSWORD="kafflow-local-broker"
 
 # ---------------------------------------------------------------- helpers
 
@@ -173,6 +189,25 @@ socket.connection.setup.timeout.max.ms=2000
 EOF
 }
 
+# The SASL_SSL listener's key and self-signed certificate (valid for 127.0.0.1 and localhost),
+# made once per KAFKA_HOME_DIR; clients trust $CA_PEM.
+make_keystore() {
+  [ -s "$KEYSTORE" ] && [ -s "$CA_PEM" ] && return 0
+  command -v keytool >/dev/null || die "keytool not found (it comes with the JDK; needed once for the SASL_SSL listener)"
+  mkdir -p "$TLS_DIR"
+  rm -f "$KEYSTORE" "$CA_PEM"
+  say "making the SASL_SSL listener's self-signed certificate in $TLS_DIR"
+  keytool -genkeypair -alias kafka-local -keyalg RSA -keysize 2048 -validity 3650 \
+    -dname "CN=localhost" -ext "SAN=ip:127.0.0.1,dns:localhost" \
+    -keystore "$KEYSTORE" -storetype PKCS12 \
+    -storepass "$KEYSTORE_PASSWORD" -keypass "$KEYSTORE_PASSWORD" >"$TLS_DIR/keytool.log" 2>&1 \
+    || { cat "$TLS_DIR/keytool.log" >&2; die "keytool could not make the broker's key"; }
+  keytool -exportcert -rfc -alias kafka-local -keystore "$KEYSTORE" -storetype PKCS12 \
+    -storepass "$KEYSTORE_PASSWORD" -file "$CA_PEM.tmp" >>"$TLS_DIR/keytool.log" 2>&1 \
+    || { cat "$TLS_DIR/keytool.log" >&2; die "keytool could not export the broker's certificate"; }
+  mv "$CA_PEM.tmp" "$CA_PEM"
+}
+
 write_config() {
   mkdir -p "$DATA" "$LOGS"
   cat >"$CONF" <<EOF
@@ -180,12 +215,21 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$HOST:$CPORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_SSL://$HOST:$SPORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,SASL_SSL://$HOST:$SPORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 log.dirs=$DATA
+
+# a second listener for clients that authenticate: SCRAM-SHA-512 inside TLS
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$KEYSTORE
+listener.name.sasl_ssl.ssl.keystore.password=$KEYSTORE_PASSWORD
+listener.name.sasl_ssl.ssl.key.password=$KEYSTORE_PASSWORD
 
 # topics are created explicitly, never by a produce or a metadata request
 auto.create.topics.enable=false
@@ -267,6 +311,41 @@ warm_group_coordinator() {
   done
 }
 
+# The SCRAM user of the SASL_SSL listener, stored in the cluster's metadata: added through the
+# PLAINTEXT listener once per data dir (and again if the password changes).
+add_scram_user() {
+  local mark="$DATA/.scram-user" want
+  want="$(printf '%s\n%s\n' "$SASL_USER" "$SASL_PASSWORD" | sha256sum | cut -d' ' -f1)"
+  [ -f "$mark" ] && [ "$(cat "$mark")" = "$want" ] && return 0
+  write_admin_probe
+  if ! timeout 60 "$JAVA" -Xms32m -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+      -Djava.awt.headless=true -Dlog4j2.configurationFile="$LOG4J_TOOLS" -cp "$LIBS/*" \
+      kafka.admin.ConfigCommand --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_PROBE" \
+      --alter --entity-type users --entity-name "$SASL_USER" \
+      --add-config "SCRAM-SHA-512=[iterations=4096,password=$SASL_PASSWORD]" \
+      >"$LOGS/scram.log" 2>&1; then
+    tail -n 10 "$LOGS/scram.log" >&2
+    die "could not add the SCRAM user $SASL_USER (see $LOGS/scram.log)"
+  fi
+  echo "$want" >"$mark"
+}
+
+# A broker started by an older version of this script has no SASL_SSL listener.
+check_sasl_listener() {
+  port_open "$SPORT" && return 0
+  echo "kafka: warning: the running broker has no SASL_SSL listener on $SASL_BOOTSTRAP" \
+    "(started by an older scripts/kafka.sh?); '$0 down' then '$0 up' adds it" >&2
+}
+
+cmd_sasl() {
+  echo "bootstrap=$SASL_BOOTSTRAP"
+  echo "security.protocol=SASL_SSL"
+  echo "sasl.mechanism=SCRAM-SHA-512"
+  echo "sasl.username=$SASL_USER"
+  echo "sasl.password=$SASL_PASSWORD"
+  echo "ssl.ca.location=$CA_PEM"
+}
+
 # ---------------------------------------------------------------- commands
 
 wait_ready() {
@@ -296,12 +375,14 @@ cmd_up() {
   if [ -n "$pid" ]; then
     if answers; then
       warm_group_coordinator
+      if check_sasl_listener; then add_scram_user; fi
       say "already running on $BOOTSTRAP (pid $pid)"
       return 0
     fi
     # Alive but not answering yet: perhaps still starting.
     wait_ready "$pid"
     warm_group_coordinator
+    if check_sasl_listener; then add_scram_user; fi
     say "ready on $BOOTSTRAP (pid $pid)"
     return 0
   fi
@@ -313,10 +394,14 @@ cmd_up() {
   if port_open "$CPORT"; then
     die "controller port $CPORT is already in use by a process this script did not start (set KAFKA_CONTROLLER_PORT)"
   fi
+  if port_open "$SPORT"; then
+    die "SASL port $SPORT is already in use by a process this script did not start (set KAFKA_SASL_PORT)"
+  fi
   command -v "$JAVA" >/dev/null || die "java not found (Java 17+ is needed)"
 
   started=$SECONDS
   fetch_jars
+  make_keystore
   write_config
   format_once
 
@@ -345,7 +430,9 @@ cmd_up() {
   say "started broker (pid $pid), waiting up to ${START_TIMEOUT}s for $BOOTSTRAP ..."
   wait_ready "$pid"
   warm_group_coordinator
-  say "ready on $BOOTSTRAP (pid $pid, $((SECONDS - started))s, data in $DATA)"
+  port_open "$SPORT" || { log_tail; die "the broker answers on $BOOTSTRAP but not on its SASL_SSL listener $SASL_BOOTSTRAP"; }
+  add_scram_user
+  say "ready on $BOOTSTRAP and SASL_SSL $SASL_BOOTSTRAP (pid $pid, $((SECONDS - started))s, data in $DATA)"
 }
 
 cmd_down() {
@@ -412,6 +499,7 @@ case "$sub" in
     [ $# -ge 1 ] || die "usage: $0 delete TOPIC"
     run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --delete --topic "$1" ;;
   bootstrap) echo "$BOOTSTRAP" ;;
+  sasl)      cmd_sasl ;;
   tool)
     [ $# -ge 1 ] || die "usage: $0 tool MAIN_CLASS [ARGS...]"
     run_tool "$@" ;;

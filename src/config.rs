@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::events::Durability;
 use crate::identity::jwt::{JwksSource, JwtConfig, MAX_LEEWAY_S};
 use crate::identity::{Directory, Principal, Role};
+use crate::tls::TlsFiles;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,6 +42,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub limits: Limits,
     pub auth: AuthConfig,
+    /// Both listeners speak TLS with these files.
+    pub tls: Option<TlsFiles>,
 }
 
 /// How callers sign in (`[auth]`), beyond the config's principals.
@@ -174,14 +177,74 @@ pub struct ServerConfig {
     /// service stops anyway.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// The PEM certificate chain of both listeners; with `tls_key`, they speak TLS only.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Browser origins (`https://host[:port]`) that may call the API from their own pages.
+    /// Empty (the default): no CORS headers at all, so only the console KafFlow serves
+    /// itself can call it from a browser.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            tls_cert: None,
+            tls_key: None,
+            cors_origins: Vec::new(),
         }
     }
+}
+
+/// Both TLS files or neither, from the flags or else from `[server]`.
+fn tls_files(
+    server: &ServerConfig,
+    overrides: &Overrides,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let (cert, key) = if overrides.tls_cert.is_some() || overrides.tls_key.is_some() {
+        (overrides.tls_cert.clone(), overrides.tls_key.clone())
+    } else {
+        (server.tls_cert.clone(), server.tls_key.clone())
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Invalid(
+            "a TLS certificate needs its key: give both tls_cert and tls_key (--tls-cert and --tls-key), or neither".into(),
+        )),
+        (None, Some(_)) => Err(ConfigError::Invalid(
+            "a TLS key needs its certificate: give both tls_cert and tls_key (--tls-cert and --tls-key), or neither".into(),
+        )),
+    }
+}
+
+/// Each origin as a browser sends it in `Origin`: a scheme, a host, perhaps a port, no path.
+fn validate_cors_origins(origins: &[String]) -> Result<Vec<String>, ConfigError> {
+    origins
+        .iter()
+        .map(|origin| {
+            let lower = origin.trim().to_ascii_lowercase();
+            let host = lower
+                .strip_prefix("https://")
+                .or_else(|| lower.strip_prefix("http://"));
+            match host {
+                Some(host)
+                    if !host.is_empty()
+                        && !host.contains(['/', '?', '#', '*', ' ', '@']) =>
+                {
+                    Ok(lower)
+                }
+                _ => Err(ConfigError::Invalid(format!(
+                    "server.cors_origins: {origin:?} is not an origin like \"https://console.example.com\" (a scheme and a host, perhaps a port, no path, no wildcard)"
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// What one caller may send or hold open. Each limit is refused with a clear error: 413 for
@@ -560,6 +623,8 @@ pub struct Overrides {
     pub ingest_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub bootstrap_servers: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -592,7 +657,7 @@ impl Config {
             }
         })?;
         let mut kafka = file.kafka;
-        if let Some(servers) = overrides.bootstrap_servers {
+        if let Some(servers) = overrides.bootstrap_servers.clone() {
             kafka.bootstrap_servers = servers;
         }
         if kafka.bootstrap_servers.trim().is_empty() {
@@ -627,6 +692,9 @@ impl Config {
         validate_limits(&limits)?;
         let principals = validate_principals(file.principals)?;
         let auth = validate_auth(file.auth)?;
+        let tls = tls_files(&file.server, &overrides)?;
+        let mut server = file.server;
+        server.cors_origins = validate_cors_origins(&server.cors_origins)?;
         Ok(Config {
             listen: overrides
                 .listen
@@ -648,9 +716,10 @@ impl Config {
             publisher: file.publisher,
             watcher: file.watcher,
             feeds: validate_feeds(file.feeds)?,
-            server: file.server,
+            server,
             limits,
             auth,
+            tls,
         })
     }
 }
@@ -765,6 +834,9 @@ mod tests {
         ("limits", "unknown_key"),
         ("server", "shutdown_timeout_ms"),
         ("auth", "max_failures_per_minute"),
+        ("server", "tls_cert"),
+        ("server", "tls_key"),
+        ("server", "cors_origins"),
     ];
 
     /// A TOML value of any type, with the numbers that break arithmetic.
@@ -925,8 +997,54 @@ mod tests {
             "[auth.jwt]\njwks_url = \"ftp://x\"\nissuer = \"i\"\naudience = \"a\"",
             "[auth.jwt]\njwks_file = \"j\"\nissuer = \"i\"\naudience = \"a\"\nleeway_s = 9999",
             "[auth.jwt]\njwks_file = \"j\"\nissuer = \"i\"\naudience = \"a\"\n[auth.jwt.role_map]\nx = \"wizard\"",
+            "[server]\ntls_cert = \"c.pem\"",
+            "[server]\ntls_key = \"k.pem\"",
+            "[server]\ncors_origins = [\"*\"]",
+            "[server]\ncors_origins = [\"https://a.example/console\"]",
+            "[server]\ncors_origins = [\"a.example\"]",
         ] {
             assert!(Config::parse(bad, Overrides::default()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_takes_both_files_from_the_flags_or_else_from_the_file() {
+        let text = "[server]\ntls_cert = \"file.crt\"\ntls_key = \"file.key\"\n";
+        let from_file = Config::parse(text, Overrides::default()).expect("valid");
+        assert_eq!(
+            from_file.tls,
+            Some(TlsFiles {
+                cert: "file.crt".into(),
+                key: "file.key".into()
+            })
+        );
+        let flags = Overrides {
+            tls_cert: Some("flag.crt".into()),
+            tls_key: Some("flag.key".into()),
+            ..Default::default()
+        };
+        let from_flags = Config::parse(text, flags).expect("valid");
+        assert_eq!(from_flags.tls.map(|t| t.cert), Some("flag.crt".into()));
+        // A flag pair never mixes with a file half.
+        let half = Overrides {
+            tls_cert: Some("flag.crt".into()),
+            ..Default::default()
+        };
+        let error = Config::parse(text, half).expect_err("refused").to_string();
+        assert!(error.contains("needs its key"), "{error}");
+        assert!(Config::parse("", Overrides::default())
+            .expect("valid")
+            .tls
+            .is_none());
+    }
+
+    #[test]
+    fn cors_origins_are_kept_as_browsers_send_them() {
+        let text = "[server]\ncors_origins = [\"HTTPS://Console.Example:8443\", \"http://localhost:3000\"]\n";
+        let config = Config::parse(text, Overrides::default()).expect("valid");
+        assert_eq!(
+            config.server.cors_origins,
+            ["https://console.example:8443", "http://localhost:3000"]
+        );
     }
 }

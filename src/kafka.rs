@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::oneshot;
@@ -76,13 +79,67 @@ pub fn describe_topic(
     }))
 }
 
-/// True when a broker answers a metadata request. Blocking.
-pub fn broker_reachable(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> bool {
-    admin
-        .inner()
-        .fetch_metadata(None, timeout)
-        .map(|m| !m.brokers().is_empty())
-        .unwrap_or(false)
+/// The context of the readiness probe's client: it keeps the last failure librdkafka reported
+/// for a broker connection (a refused SASL login, a certificate that is not trusted, a refused
+/// connection), which a failed metadata request does not name.
+#[derive(Debug, Default)]
+pub struct ProbeContext {
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for ProbeContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL" {
+            *lock(&self.last_error) = Some(log_message.to_string());
+        }
+        DefaultClientContext.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // "All brokers down" follows every other failure and says less than it.
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            *lock(&self.last_error) = Some(reason.to_string());
+        }
+        DefaultClientContext.error(error, reason);
+    }
+}
+
+impl ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// The client `broker_reachable` probes with. A producer that never sends: unlike an admin
+/// client, polling it hands librdkafka's logs and errors to its context.
+pub type ProbeClient = BaseProducer<ProbeContext>;
+
+pub fn probe_client(kafka: &KafkaConfig) -> KafkaResult<ProbeClient> {
+    let mut config = client_config(kafka);
+    config.set("allow.auto.create.topics", "false");
+    config.create_with_context(ProbeContext::default())
+}
+
+/// `Ok` when a broker answers a metadata request, else why not (a refused SASL login, a
+/// certificate that is not trusted, a timeout, ...). Blocking.
+pub fn broker_reachable(probe: &ProbeClient, timeout: Duration) -> Result<(), String> {
+    let fetched = probe.client().fetch_metadata(None, timeout);
+    // Hand what librdkafka logged meanwhile to the context.
+    probe.poll(Duration::ZERO);
+    let last_error = &probe.context().last_error;
+    match fetched {
+        Ok(m) if !m.brokers().is_empty() => {
+            lock(last_error).take();
+            Ok(())
+        }
+        Ok(_) => Err("the cluster's metadata names no broker".to_string()),
+        // The last failure stays until a probe succeeds: librdkafka does not repeat it on
+        // every failed attempt.
+        Err(e) => Err(match lock(last_error).as_deref() {
+            Some(reason) => format!("{e}: {reason}"),
+            None => e.to_string(),
+        }),
+    }
 }
 
 /// The settings of KafFlow's shared producer: idempotent, `acks=all`, never creating topics.

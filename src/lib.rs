@@ -18,6 +18,7 @@
 //! - `sqlite`: how KafFlow opens its SQLite files and applies migrations.
 //! - `error`: the domain errors, each with a stable code.
 //! - `shutdown`: the one shutdown every task observes, and the way fatal errors reach `serve`.
+//! - `tls`: rustls for both listeners and for the command-line clients.
 //! - `client`: the command-line clients of a running service (`kafflow produce`, `kafflow consume`).
 
 pub mod actors;
@@ -33,6 +34,7 @@ pub mod record;
 pub mod shutdown;
 pub mod spool;
 pub mod sqlite;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -76,6 +78,8 @@ pub enum StartError {
     Actors(#[from] actix::MailboxError),
     #[error("auth.jwt: {0}")]
     Jwks(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Everything rebuilt from the log, one part per actor that owns state.
@@ -120,6 +124,8 @@ pub fn replay(config: &Config) -> Result<(Store, State, events::ChainHead), Stor
 pub struct Bound {
     pub http: SocketAddr,
     pub ingest: SocketAddr,
+    /// Both listeners speak TLS (`https://` and `tls://`).
+    pub tls: bool,
 }
 
 /// A listener whose connections have Nagle's algorithm off (Linux hands TCP_NODELAY down to
@@ -150,6 +156,14 @@ pub async fn serve(
     on_listening: impl FnOnce(Bound),
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    // The TLS files first: an unusable certificate is a config error, reported before all.
+    let (http_tls, ingest_tls) = match &config.tls {
+        Some(files) => (
+            Some(tls::acceptor(files, &[b"http/1.1"])?),
+            Some(tls::acceptor(files, &[])?),
+        ),
+        None => (None, None),
+    };
     // Bind first: a port in use is reported before any other work.
     let listener = listen_nodelay(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -240,7 +254,10 @@ pub async fn serve(
         identity.clone(),
         registry.clone(),
         config.limits.clone(),
-        ingest,
+        actors::listener::IngestSocket {
+            tcp: ingest,
+            tls: ingest_tls,
+        },
         coordinator.shutdown(),
         coordinator.guard(),
     )
@@ -267,20 +284,19 @@ pub async fn serve(
         feeds_done: coordinator.guard(),
         limits: config.limits.clone(),
     };
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "KafFlow listening.");
+    tracing::info!(%addr, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "KafFlow listening.");
+    let tls_on = http_tls.is_some();
     on_listening(Bound {
         http: addr,
         ingest: ingest_addr,
+        tls: tls_on,
     });
-    // warp answers every request it has accepted before its graceful future returns.
-    let mut http_shutdown = coordinator.shutdown();
+    // The server answers every request it has accepted before it returns.
+    let routes = http::routes(app, http::Cors::new(&config.server.cors_origins));
+    let http_shutdown = coordinator.shutdown();
     let http_done = coordinator.guard();
     actix::spawn(async move {
-        warp::serve(http::routes(app))
-            .incoming(listener)
-            .graceful(async move { http_shutdown.recv().await })
-            .run()
-            .await;
+        http::server::serve(listener, routes, http_tls, http_shutdown).await;
         drop(http_done);
     });
 

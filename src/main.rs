@@ -39,6 +39,13 @@ enum Cmd {
         /// Kafka bootstrap servers (default 127.0.0.1:9092).
         #[arg(long)]
         bootstrap_servers: Option<String>,
+        /// PEM certificate chain: with --tls-key, both listeners speak TLS only
+        /// (overrides `[server] tls_cert`).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert (overrides `[server] tls_key`).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Inspect the audit trail.
     Audit {
@@ -52,7 +59,7 @@ enum Cmd {
         /// The topic to produce to.
         #[arg(long)]
         topic: String,
-        /// The TCP ingest listener.
+        /// The TCP ingest listener: tcp://HOST:PORT, or tls://HOST:PORT when it speaks TLS.
         #[arg(long, env = "KAFFLOW_INGEST", default_value = "tcp://127.0.0.1:7070")]
         server: String,
         /// The HTTP API, to show how many records are held (optional).
@@ -61,6 +68,9 @@ enum Cmd {
         /// A producer's bearer token.
         #[arg(long, env = "KAFFLOW_TOKEN", hide_env_values = true)]
         token: String,
+        /// PEM certificates to trust for tls:// and https:// (default: the public web's roots).
+        #[arg(long, env = "KAFFLOW_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
     /// Issue, list and revoke bearer tokens (needs an admin's token).
     Token {
@@ -83,7 +93,7 @@ enum Cmd {
         /// A topic to subscribe to and print (repeat for several).
         #[arg(long = "topic", required = true)]
         topics: Vec<String>,
-        /// The KafFlow service.
+        /// The KafFlow service: http://HOST:PORT, or https://HOST:PORT when it speaks TLS.
         #[arg(long, env = "KAFFLOW_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
         /// A consumer's bearer token.
@@ -92,6 +102,9 @@ enum Cmd {
         /// Where to start: committed (where this user left off), earliest or latest.
         #[arg(long, default_value = "committed", value_parser = ["committed", "earliest", "latest"])]
         from: String,
+        /// PEM certificates to trust for https:// (default: the public web's roots).
+        #[arg(long, env = "KAFFLOW_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
 }
 
@@ -133,6 +146,8 @@ fn main() -> ExitCode {
             ingest_listen,
             data_dir,
             bootstrap_servers,
+            tls_cert,
+            tls_key,
         } => serve(
             config,
             Overrides {
@@ -140,6 +155,8 @@ fn main() -> ExitCode {
                 ingest_listen,
                 data_dir,
                 bootstrap_servers,
+                tls_cert,
+                tls_key,
             },
         ),
         Cmd::Audit {
@@ -160,11 +177,13 @@ fn main() -> ExitCode {
             server,
             api,
             token,
+            ca_cert,
         } => match kafflow::client::produce::run(kafflow::client::produce::Options {
             server,
             api,
             token,
             topic,
+            ca_cert,
         }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -204,11 +223,13 @@ fn main() -> ExitCode {
             server,
             token,
             from,
+            ca_cert,
         } => match kafflow::client::consume::run(kafflow::client::consume::Options {
             server,
             token,
             topics,
             from,
+            ca_cert,
         }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -238,8 +259,13 @@ fn serve(path: PathBuf, overrides: Overrides) -> ExitCode {
         config,
         |bound| {
             let mut out = std::io::stdout();
-            let _ = writeln!(out, "ingest on tcp://{}", bound.ingest);
-            let _ = writeln!(out, "listening on http://{}", bound.http);
+            let (tcp, http) = if bound.tls {
+                ("tls", "https")
+            } else {
+                ("tcp", "http")
+            };
+            let _ = writeln!(out, "ingest on {tcp}://{}", bound.ingest);
+            let _ = writeln!(out, "listening on {http}://{}", bound.http);
             let _ = out.flush();
         },
         shutdown_signal(),

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub audit_verify_runs: IntCounter,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
+    /// TLS handshakes that failed or timed out, on either listener.
+    pub tls_handshake_failures: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -120,6 +122,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "kafflow_spool_bytes",
             "Bytes in the spool (held and dead).",
+        ),
+        tls_handshake_failures: counter(
+            &r,
+            "kafflow_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out, on the HTTP and TCP ingest listeners.",
         ),
         registry: r,
     }

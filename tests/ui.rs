@@ -397,6 +397,21 @@ fn console_walkthrough() {
         .text(&format!("{} .requester", card(&approved)))
         .contains("alice"));
     page.screenshot(&shots, "03-requests");
+    // A screen shows only where the server has its routes: a 404 of the router hides it.
+    for (tab, route) in [
+        ("access", "/api/v1/access-requests"),
+        ("tokens", "/api/v1/tokens"),
+    ] {
+        let (status, _) = service.get("carol", route);
+        let hidden = page.eval(&format!(
+            "document.querySelector(\"#tabs button[data-tab='{tab}']\").hidden"
+        ));
+        assert_eq!(
+            hidden,
+            json!(status == 404),
+            "the {tab} tab when {route} answers {status}"
+        );
+    }
     page.fill(&format!("{} .note", card(&approved)), "fine by me");
     page.click(&format!("{} button.approve", card(&approved)));
     page.wait_notice("approval confirmed", "approved");

@@ -16,6 +16,8 @@ const state = {
   feed: null,
   paused: false,
   pausedFrames: [],
+  // Routes this server does not have (404 `no such route`): their screens stay hidden.
+  missing: new Set(),
 };
 
 // Readable words for the error codes a person is likely to meet; the API's message follows.
@@ -30,6 +32,14 @@ const CODE_TEXT = {
   topic_not_active: "That topic is not active.",
   unknown_topic: "KafFlow does not know that topic. Request it first.",
   topic_closed: "That topic is closed.",
+  not_owner: "Only the topic's owner or an admin may do this.",
+  not_requester: "Only the requester may withdraw this request.",
+  no_access: "You need a grant on that topic: ask for access on the Access tab.",
+  already_granted: "You already have that access.",
+  already_revoked: "That token is already revoked.",
+  name_taken: "A principal of the config file has that name.",
+  token_revoked: "This token was revoked. Sign in with another one.",
+  token_expired: "This token has expired. Sign in with another one.",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -82,6 +92,11 @@ async function api(method, path, body) {
     throw new ApiError(response.status, err ? err.code : "", err ? err.message : String(data || response.statusText));
   }
   return data;
+}
+
+// A 404 of the router itself, not of a thing the route looked up.
+function isMissingRoute(e) {
+  return e.status === 404 && e.code === "not_found" && /no such route/.test(e.message);
 }
 
 function showError(message) {
@@ -147,6 +162,22 @@ async function probeRoles() {
   return roles;
 }
 
+// Screens whose routes this server may not have yet: a route that answers 404 hides its tab.
+async function probeRoutes() {
+  const missing = new Set();
+  const probe = async (name, path) => {
+    try {
+      await api("GET", path);
+    } catch (e) {
+      if (isMissingRoute(e)) missing.add(name);
+    }
+  };
+  const probes = [probe("access", "/access-requests")];
+  if (state.roles.has("admin")) probes.push(probe("tokens", "/tokens"));
+  await Promise.all(probes);
+  return missing;
+}
+
 async function signIn(token) {
   state.token = token;
   try {
@@ -157,6 +188,7 @@ async function signIn(token) {
     showError(e.message);
     return;
   }
+  state.missing = await probeRoutes();
   sessionStorage.setItem(TOKEN_KEY, token);
   $("sign-in").hidden = true;
   $("app").hidden = false;
@@ -165,6 +197,9 @@ async function signIn(token) {
   // Everyone may read; the tabs that act show only for the roles the API would allow.
   for (const b of document.querySelectorAll("#tabs button[data-roles]")) {
     b.hidden = !b.dataset.roles.split(" ").some((r) => state.roles.has(r));
+  }
+  for (const b of document.querySelectorAll("#tabs button[data-route]")) {
+    if (state.missing.has(b.dataset.route)) b.hidden = true;
   }
   clearMessages();
   const first = state.roles.has("admin") ? "requests"
@@ -184,6 +219,7 @@ function signOut() {
   $("sign-out").hidden = true;
   $("who").textContent = "";
   $("token").value = "";
+  hideNewToken();
   clearMessages();
 }
 
@@ -196,6 +232,8 @@ const TABS = {
   produce: { load: loadPolicy },
   consume: { load: loadConsume },
   drift: { load: loadDrift, refresh: true },
+  access: { load: loadAccess, refresh: true },
+  tokens: { load: loadTokens },
 };
 
 function selectTab(name) {
@@ -269,10 +307,26 @@ async function loadTopics() {
   const box = $("topics");
   if (box.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return;
   box.replaceChildren(table(
-    ["Name", "Status", "Partitions", "Owner", "Held", "Published", ""],
-    topics.map((t) => [t.name, el("span", { class: `status ${t.status}` }, t.status), t.partitions, t.owner,
-      t.held, t.published, t.status === "active" ? deletionControl(t) : ""]),
-    (r, i) => ({ "data-topic": topics[i].name, "data-status": topics[i].status })));
+    ["Name", "Status", "Visibility", "Partitions", "Owner", "Held", "Published", ""],
+    topics.map((t) => [t.name, el("span", { class: `status ${t.status}` }, t.status), t.visibility || "open",
+      t.partitions, t.owner, t.held, t.published, t.status === "active" ? topicControls(t) : ""]),
+    (r, i) => ({ "data-topic": topics[i].name, "data-status": topics[i].status, "data-visibility": topics[i].visibility || "open" })));
+}
+
+function topicControls(t) {
+  return el("div", {}, deletionControl(t), state.missing.has("access") ? null : handoverControl(t));
+}
+
+// Ownership handover: the owner or an admin names who takes the topic over.
+function handoverControl(t) {
+  const to = el("input", { placeholder: "new owner", class: "handover-to" });
+  return el("span", { class: "row" }, to, el("button", {
+    class: "handover",
+    onclick: () => guarded(async () => {
+      await api("POST", `/topics/${encodeURIComponent(t.name)}/ownership-requests`, { to: to.value.trim() });
+      showNotice(`Handover of ${t.name} to ${to.value.trim()} requested; an admin or ${to.value.trim()} accepts it.`);
+    }),
+  }, "Hand over"));
 }
 
 function deletionControl(t) {
@@ -290,8 +344,10 @@ function deletionControl(t) {
 
 // The result of `kafflow audit verify`, shown above the trail.
 async function loadChain() {
-  const c = await api("GET", "/audit/verify");
   const p = $("chain");
+  p.hidden = !state.roles.has("admin");
+  if (p.hidden) return;
+  const c = await api("GET", "/audit/verify");
   p.classList.toggle("bad", !c.ok);
   p.textContent = c.ok
     ? `Hash chain intact: ${c.events} events, head ${String(c.head).slice(0, 16)}…`
@@ -336,6 +392,7 @@ async function requestTopic(ev) {
   const form = new FormData(ev.target);
   const body = { topic: String(form.get("topic")).trim() };
   if (form.get("partitions")) body.partitions = Number(form.get("partitions"));
+  if (form.get("visibility")) body.visibility = String(form.get("visibility"));
   if (String(form.get("reason")).trim()) body.reason = String(form.get("reason")).trim();
   await guarded(async () => {
     const r = await api("POST", "/topic-requests", body);
@@ -471,6 +528,112 @@ async function loadDrift() {
       d.config_differs.map((c) => [c.topic, c.key, c.expected, c.actual ?? "not reported"])));
 }
 
+// ------------------------------------------------------------------ access (requests and grants)
+
+async function askAccess(ev) {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  const body = { topic: String(form.get("topic")).trim(), access: String(form.get("access")) };
+  if (String(form.get("reason")).trim()) body.reason = String(form.get("reason")).trim();
+  await guarded(async () => {
+    const r = await api("POST", "/access-requests", body);
+    showNotice(`Asked for ${r.access} access to ${r.topic}; the owner or an admin decides.`);
+    ev.target.reset();
+    await loadAccess();
+  });
+}
+
+function accessCard(r) {
+  const note = el("input", { placeholder: "note (optional)", class: "note" });
+  const reason = el("input", { placeholder: "reason (required to reject)", class: "reason" });
+  const act = (action, body, done) => guarded(async () => {
+    await api("POST", `/access-requests/${r.id}/${action}`, body);
+    showNotice(`Request of ${r.requested_by} for ${r.access} on ${r.topic} ${done}.`);
+    await loadAccess();
+  });
+  const what = r.access === "ownership" ? `ownership of ${r.topic} to ${r.to}` : `${r.access} access to ${r.topic}`;
+  return el("article", { class: "card", "data-access-request": r.id, "data-topic": r.topic, "data-access": r.access },
+    el("h3", {}, what),
+    el("dl", {},
+      el("dt", {}, "Requested by"), el("dd", { class: "requester" }, r.requested_by),
+      el("dt", {}, "At"), el("dd", {}, when(r.requested_at)),
+      el("dt", {}, "Reason"), el("dd", {}, r.reason || "—")),
+    el("div", { class: "row" }, note,
+      el("button", { class: "approve", onclick: () => act("approve", { note: note.value }, "approved") }, "Approve")),
+    el("div", { class: "row" }, reason,
+      el("button", { class: "reject danger", onclick: () => act("reject", { reason: reason.value }, "rejected") }, "Reject"),
+      el("button", { class: "withdraw", onclick: () => act("withdraw", {}, "withdrawn") }, "Withdraw")));
+}
+
+async function loadAccess() {
+  const [requests, grants] = await Promise.all([api("GET", "/access-requests"), api("GET", "/grants")]);
+  const pending = requests.filter((r) => r.status === "pending");
+  const decided = requests.filter((r) => r.status !== "pending").reverse().slice(0, 50);
+  // Keep what someone is typing: redraw the open requests only when they changed.
+  const box = $("access-pending");
+  const ids = pending.map((r) => r.id).join(",");
+  if (box.dataset.ids !== ids) {
+    box.dataset.ids = ids;
+    box.replaceChildren(...(pending.length ? pending.map(accessCard) : [el("p", { class: "empty" }, "No open access requests.")]));
+  }
+  $("grants").replaceChildren(table(
+    ["Topic", "User", "Access", "Granted by", "Since", ""],
+    grants.map((g) => [g.topic, g.user, g.access, g.granted_by, when(g.granted_at), el("button", {
+      class: "revoke danger",
+      onclick: () => guarded(async () => {
+        await api("DELETE", `/grants/${g.id}`);
+        showNotice(`Revoked ${g.access} access of ${g.user} to ${g.topic}.`);
+        await loadAccess();
+      }),
+    }, "Revoke")]),
+    (r, i) => ({ "data-grant": grants[i].id, "data-topic": grants[i].topic })));
+  $("access-decided").replaceChildren(table(
+    ["Topic", "Access", "Requested by", "Status", "Decided by", "Note"],
+    decided.map((r) => [r.topic, r.access === "ownership" ? `ownership → ${r.to}` : r.access, r.requested_by,
+      r.status, r.decided_by || "—", r.decision_note || ""]),
+    (r, i) => ({ "data-access-request": decided[i].id, "data-status": decided[i].status })));
+}
+
+// ------------------------------------------------------------------ tokens (admin)
+
+async function issueToken(ev) {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  const body = { name: String(form.get("name")).trim(), roles: form.getAll("role").map(String) };
+  if (form.get("expires_in_days")) body.expires_in_days = Number(form.get("expires_in_days"));
+  await guarded(async () => {
+    const t = await api("POST", "/tokens", body);
+    // Shown once, in the page only: never in a URL, never kept in storage.
+    $("new-token-value").textContent = t.token;
+    $("new-token").hidden = false;
+    ev.target.reset();
+    showNotice(`Issued a token for ${t.name} (${t.roles.join(", ")}).`);
+    await loadTokens();
+  });
+}
+
+function hideNewToken() {
+  $("new-token-value").textContent = "";
+  $("new-token").hidden = true;
+}
+
+async function loadTokens() {
+  const tokens = await api("GET", "/tokens");
+  $("tokens").replaceChildren(table(
+    ["Name", "Roles", "Status", "Issued by", "Issued", "Expires", ""],
+    tokens.map((t) => [t.name, t.roles.join(", "), el("span", { class: `status ${t.status}` }, t.status),
+      t.issued_by, when(t.issued_at), t.expires_at ? when(t.expires_at) : "never",
+      t.status === "revoked" ? "" : el("button", {
+        class: "revoke danger",
+        onclick: () => guarded(async () => {
+          await api("DELETE", `/tokens/${t.id}`);
+          showNotice(`Revoked the token ${t.name}; its open feeds and connections are closed.`);
+          await loadTokens();
+        }),
+      }, "Revoke")]),
+    (r, i) => ({ "data-token": tokens[i].id, "data-status": tokens[i].status })));
+}
+
 // ------------------------------------------------------------------ wiring
 
 $("sign-in-form").addEventListener("submit", (ev) => {
@@ -492,5 +655,8 @@ $("held-form").addEventListener("submit", loadHeld);
 $("save-subscriptions").addEventListener("click", saveSubscriptions);
 $("feed-pause").addEventListener("click", togglePause);
 $("feed-clear").addEventListener("click", () => $("messages").replaceChildren());
+$("access-form").addEventListener("submit", askAccess);
+$("token-form").addEventListener("submit", issueToken);
+$("new-token-done").addEventListener("click", hideNewToken);
 
 if (state.token) signIn(state.token);

@@ -11,6 +11,10 @@
 //! `limits.max_tcp_connections_per_principal`) gets one `ERR <line> too_many_requests ...`
 //! line and is closed.
 //!
+//! With `[server] tls_cert` and `tls_key` the listener speaks the same protocol inside TLS
+//! only. Each handshake runs in its connection's task, bounded by `HANDSHAKE_TIMEOUT`, so a
+//! client that stalls or fails it holds up nobody else.
+//!
 //! On shutdown the TCP listener stops accepting, each connection stops reading, answers every
 //! line it has read (its final `OK n`, or `ERR`s) and closes; the shutdown waits for that.
 
@@ -21,9 +25,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 use super::access::MayProduce;
 use super::approval::{Approval, RequestTopic};
@@ -45,6 +50,8 @@ const OK_EVERY: Duration = Duration::from_millis(100);
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 /// Replies of one connection waiting for the socket before its reader stops reading.
 const REPLY_QUEUE: usize = 4096;
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Records posted over HTTP for one topic.
 #[derive(Message)]
@@ -64,6 +71,12 @@ pub struct Accepted {
     pub held: u64,
 }
 
+/// The TCP ingest socket, and its TLS acceptor when the listener speaks TLS.
+pub struct IngestSocket {
+    pub tcp: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
 pub struct Listener {
     publisher: Addr<Publisher>,
     approval: Addr<Approval>,
@@ -71,6 +84,7 @@ pub struct Listener {
     registry: Addr<Registry>,
     limits: Limits,
     tcp: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
     guard: Option<Guard>,
 }
@@ -83,7 +97,7 @@ impl Listener {
         identity: Identity,
         registry: Addr<Registry>,
         limits: Limits,
-        tcp: TcpListener,
+        socket: IngestSocket,
         shutdown: Shutdown,
         guard: Guard,
     ) -> Self {
@@ -93,7 +107,8 @@ impl Listener {
             identity,
             registry,
             limits,
-            tcp: Some(tcp),
+            tcp: Some(socket.tcp),
+            tls: socket.tls,
             shutdown,
             guard: Some(guard),
         }
@@ -113,6 +128,7 @@ impl Actor for Listener {
             registry: self.registry.clone(),
             record_limits: RecordLimits::from(&self.limits),
             connections: Arc::new(Connections::new(&self.limits)),
+            tls: self.tls.clone(),
             shutdown: self.shutdown.clone(),
             _guard: guard,
         };
@@ -236,6 +252,7 @@ struct Ingest {
     registry: Addr<Registry>,
     record_limits: RecordLimits,
     connections: Arc<Connections>,
+    tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
     /// Held (never read) by the accept loop and every connection until its last line is
     /// answered.
@@ -327,9 +344,45 @@ impl Drop for Slot {
     }
 }
 
+/// A connection as the client speaks it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The connection inside TLS when the listener has it; `None` when the handshake failed, took
+/// longer than `HANDSHAKE_TIMEOUT` or was cut short by shutdown.
+async fn handshake(
+    tls: Option<TlsAcceptor>,
+    stream: TcpStream,
+    mut shutdown: Shutdown,
+) -> Option<Transport> {
+    let Some(acceptor) = tls else {
+        return Some(Transport::Plain(stream));
+    };
+    let peer = stream.peer_addr().ok();
+    let done = tokio::select! {
+        done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
+        _ = shutdown.recv() => return None,
+    };
+    match done {
+        Ok(Ok(stream)) => Some(Transport::Tls(Box::new(stream))),
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "TLS handshake failed on ingest.");
+            crate::metrics::METRICS.tls_handshake_failures.inc();
+            None
+        }
+        Err(_) => {
+            tracing::debug!(?peer, "TLS handshake timed out on ingest.");
+            crate::metrics::METRICS.tls_handshake_failures.inc();
+            None
+        }
+    }
+}
+
 /// Writes one `ERR` line and closes, reading and dropping what the client still sends for a
 /// moment so the line is not lost to a reset.
-async fn refuse(mut stream: TcpStream, line: u64, error: &Error) {
+async fn refuse(mut stream: impl AsyncRead + AsyncWrite + Unpin, line: u64, error: &Error) {
     let reply = Reply::Err {
         line,
         code: error.code(),
@@ -421,13 +474,27 @@ impl Ingest {
                         Ok(slot) => slot,
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "Ingest connection refused.");
-                            tokio::spawn(async move { refuse(stream, 0, &e).await });
+                            let (tls, shutdown) = (self.tls.clone(), self.shutdown.clone());
+                            tokio::spawn(async move {
+                                if let Some(stream) = handshake(tls, stream, shutdown).await {
+                                    match stream {
+                                        Transport::Plain(s) => refuse(s, 0, &e).await,
+                                        Transport::Tls(s) => refuse(s, 0, &e).await,
+                                    }
+                                }
+                            });
                             continue;
                         }
                     };
                     let ingest = self.clone();
                     connections.spawn(async move {
-                        if let Err(e) = ingest.connection(stream, slot, peer).await {
+                        let shutdown = ingest.shutdown.clone();
+                        let ended = match handshake(ingest.tls.clone(), stream, shutdown).await {
+                            None => return,
+                            Some(Transport::Plain(s)) => ingest.connection(s, slot, peer).await,
+                            Some(Transport::Tls(s)) => ingest.connection(s, slot, peer).await,
+                        };
+                        if let Err(e) = ended {
                             tracing::debug!(%peer, error = %e, "Ingest connection ended.");
                         }
                     });
@@ -448,11 +515,11 @@ impl Ingest {
 
     async fn connection(
         self,
-        stream: TcpStream,
+        stream: impl AsyncRead + AsyncWrite + Send + 'static,
         mut slot: Slot,
         peer: std::net::SocketAddr,
     ) -> std::io::Result<()> {
-        let (read, mut write) = stream.into_split();
+        let (read, mut write) = tokio::io::split(stream);
         let mut reader = BufReader::with_capacity(256 * 1024, read);
         // Bounded: a client that sends lines without reading its replies is slowed down
         // (the reader waits here) instead of growing a queue of replies.

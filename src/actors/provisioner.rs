@@ -35,21 +35,24 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 #[rtype(result = "()")]
 pub struct Provision(pub TopicRequest);
 
-/// Whether the last probe reached a broker.
+/// Whether the last probe reached a broker: `Ok`, or why not (`None` before the first probe).
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "Result<(), Option<String>>")]
 pub struct BrokerReachable;
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct ProbeResult(bool);
+struct ProbeResult(Result<(), String>);
 
 pub struct Provisioner {
     admin: Admin,
+    /// A client of its own for the readiness probe, so that the reason of a failure (a
+    /// refused login, say) is the probe's own.
+    probe: Arc<kafka::ProbeClient>,
     registry: Addr<Registry>,
     in_flight: HashSet<Uuid>,
     /// The last probe's answer; `None` before the first.
-    reachable: Option<bool>,
+    reachable: Option<Result<(), String>>,
     probing: bool,
 }
 
@@ -57,6 +60,7 @@ impl Provisioner {
     pub fn new(kafka: &KafkaConfig, registry: Addr<Registry>) -> KafkaResult<Self> {
         Ok(Provisioner {
             admin: Arc::new(kafka::admin_client(kafka)?),
+            probe: Arc::new(kafka::probe_client(kafka)?),
             registry,
             in_flight: HashSet::new(),
             reachable: None,
@@ -69,14 +73,14 @@ impl Provisioner {
             return;
         }
         self.probing = true;
-        let admin = self.admin.clone();
+        let probe = self.probe.clone();
         let me = ctx.address();
         actix::spawn(async move {
             let reachable = tokio::task::spawn_blocking(move || {
-                kafka::broker_reachable(&admin, METADATA_TIMEOUT)
+                kafka::broker_reachable(&probe, METADATA_TIMEOUT)
             })
             .await
-            .unwrap_or(false);
+            .unwrap_or_else(|e| Err(format!("the probe did not finish: {e}")));
             me.do_send(ProbeResult(reachable));
         });
     }
@@ -96,22 +100,27 @@ impl Handler<ProbeResult> for Provisioner {
 
     fn handle(&mut self, msg: ProbeResult, _: &mut Context<Self>) {
         self.probing = false;
-        if self.reachable != Some(msg.0) {
-            if msg.0 {
-                tracing::info!("Kafka broker reachable.");
-            } else {
-                tracing::warn!("Kafka broker unreachable; not ready, retrying.");
+        let was = self.reachable.as_ref().map(Result::is_ok);
+        match &msg.0 {
+            Ok(()) if was != Some(true) => tracing::info!("Kafka broker reachable."),
+            Err(error) if was != Some(false) => {
+                tracing::warn!(%error, "Kafka broker unreachable; not ready, retrying.")
             }
+            _ => {}
         }
         self.reachable = Some(msg.0);
     }
 }
 
 impl Handler<BrokerReachable> for Provisioner {
-    type Result = bool;
+    type Result = Result<(), Option<String>>;
 
-    fn handle(&mut self, _: BrokerReachable, _: &mut Context<Self>) -> bool {
-        self.reachable == Some(true)
+    fn handle(&mut self, _: BrokerReachable, _: &mut Context<Self>) -> Self::Result {
+        match &self.reachable {
+            Some(Ok(())) => Ok(()),
+            Some(Err(error)) => Err(Some(error.clone())),
+            None => Err(None),
+        }
     }
 }
 

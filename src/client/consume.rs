@@ -4,15 +4,23 @@
 //! The subscriptions stay after the command ends (they are the user's state); the feed resumes
 //! where the user's consumer group last committed, so running the command again goes on from
 //! where the last run stopped.
+//!
+//! An `https://` server is reached over TLS (the feed as `wss://`), trusting the certificates
+//! of `--ca-cert` or, without it, the public web's roots.
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::Connector;
+
+use crate::tls::{self, TlsError};
 
 /// What `kafflow consume` was asked for.
 #[derive(Debug, Clone)]
@@ -23,12 +31,16 @@ pub struct Options {
     pub topics: Vec<String>,
     /// `committed`, `earliest` or `latest`.
     pub from: String,
+    /// The PEM certificates to trust for an `https://` server.
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
-    #[error("the server URL must start with http:// (got {0})")]
+    #[error("the server URL must start with http:// or https:// (got {0})")]
     BadServer(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot start the client runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot reach {url}: {source}")]
@@ -64,11 +76,10 @@ pub fn run(options: Options) -> Result<(), ConsumeError> {
 /// Subscribes to `options.topics`, then writes their records to `out` until the feed ends.
 pub async fn consume(options: &Options, out: &mut impl Write) -> Result<(), ConsumeError> {
     let base = options.server.trim_end_matches('/');
-    let ws_base = base
-        .strip_prefix("http://")
-        .map(|rest| format!("ws://{rest}"))
-        .ok_or_else(|| ConsumeError::BadServer(base.to_string()))?;
-    let http = reqwest::Client::new();
+    let ws_base = feed_base(base)?;
+    let ca = options.ca_cert.as_deref();
+    let http = tls::http_client(ca)?;
+    let connector = Connector::Rustls(Arc::new(tls::client_config(ca)?));
     for topic in &options.topics {
         subscribe(&http, base, &options.token, topic).await?;
     }
@@ -78,7 +89,10 @@ pub async fn consume(options: &Options, out: &mut impl Write) -> Result<(), Cons
     let bearer = HeaderValue::from_str(&format!("Bearer {}", options.token))
         .map_err(|_| ConsumeError::FeedRefused("the token is not a valid header value".into()))?;
     request.headers_mut().insert("authorization", bearer);
-    let (mut feed, _) = match tokio_tungstenite::connect_async(request).await {
+    let connected =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+            .await;
+    let (mut feed, _) = match connected {
         Ok(connected) => connected,
         Err(tungstenite::Error::Http(response)) => {
             let body = response
@@ -171,6 +185,16 @@ async fn subscribe(
     })
 }
 
+/// The feed's `ws://` or `wss://` base for the service's `http://` or `https://` one.
+fn feed_base(base: &str) -> Result<String, ConsumeError> {
+    if let Some(rest) = base.strip_prefix("https://") {
+        return Ok(format!("wss://{rest}"));
+    }
+    base.strip_prefix("http://")
+        .map(|rest| format!("ws://{rest}"))
+        .ok_or_else(|| ConsumeError::BadServer(base.to_string()))
+}
+
 /// The `error.message` of an error body, or the body itself.
 fn error_message(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
@@ -190,5 +214,15 @@ mod tests {
             "topic x not found"
         );
         assert_eq!(error_message(" plain "), "plain");
+    }
+
+    #[test]
+    fn the_feed_follows_the_service_scheme() {
+        assert_eq!(feed_base("https://h:1").ok().as_deref(), Some("wss://h:1"));
+        assert_eq!(feed_base("http://h:1").ok().as_deref(), Some("ws://h:1"));
+        assert!(matches!(
+            feed_base("tls://h:1"),
+            Err(ConsumeError::BadServer(_))
+        ));
     }
 }

@@ -1,37 +1,55 @@
 //! `kafflow produce`: streams stdin lines as record values to a topic through the TCP
 //! ingest listener, and reports how many KafFlow has made durable.
 //!
+//! `--server tls://host:port` speaks the protocol inside TLS, trusting the certificates of
+//! `--ca-cert` (or, without it, the public web's roots); `tcp://host:port` or a bare
+//! `host:port` speaks it in the clear.
+//!
 //! Each line becomes one record whose value is the line's text. On a terminal a progress line
 //! (records/s, acknowledged, held) is kept up to date on stderr; at the end a summary line is
 //! printed. The exit status is non-zero when a record was refused or the connection ended
 //! before every record was acknowledged.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
+
+use crate::tls::{self, TlsError};
 
 /// What `kafflow produce` was asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The TCP ingest listener, `host:port` or `tcp://host:port`.
+    /// The TCP ingest listener, `host:port`, `tcp://host:port` or `tls://host:port`.
     pub server: String,
     /// The HTTP API, used only to show how many records of the topic are held.
     pub api: Option<String>,
     pub token: String,
     pub topic: String,
+    /// The PEM certificates to trust for `tls://` (and an `https://` API).
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     #[error("cannot start the client runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("the ingest address must be host:port, tcp://host:port or tls://host:port (got {0})")]
+    BadServer(String),
     #[error("cannot connect to {server}: {source}")]
     Connect {
         server: String,
         source: std::io::Error,
     },
+    #[error("TLS with {server} failed: {source}")]
+    Handshake {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
     #[error("authentication refused: {0}")]
@@ -57,12 +75,27 @@ pub fn run(options: Options) -> Result<(), ProduceError> {
     runtime.block_on(produce(options))
 }
 
+/// The address to connect to, and whether it speaks TLS.
+fn ingest_address(server: &str) -> Result<(&str, bool), ProduceError> {
+    if let Some(addr) = server.strip_prefix("tls://") {
+        return Ok((addr.trim_end_matches('/'), true));
+    }
+    let addr = server.strip_prefix("tcp://").unwrap_or(server);
+    if addr.contains("://") || addr.is_empty() {
+        return Err(ProduceError::BadServer(server.to_string()));
+    }
+    Ok((addr.trim_end_matches('/'), false))
+}
+
 async fn produce(options: Options) -> Result<(), ProduceError> {
-    let server = options
-        .server
-        .strip_prefix("tcp://")
-        .unwrap_or(&options.server)
-        .to_string();
+    let (server, secure) = ingest_address(&options.server)?;
+    let server = server.to_string();
+    // Check the CA file before connecting, so a bad path is named as such.
+    let connector = if secure {
+        Some(tls::connector(options.ca_cert.as_deref(), &server)?)
+    } else {
+        None
+    };
     let stream = TcpStream::connect(&server)
         .await
         .map_err(|source| ProduceError::Connect {
@@ -70,7 +103,26 @@ async fn produce(options: Options) -> Result<(), ProduceError> {
             source,
         })?;
     stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
+    match connector {
+        None => produce_over(stream, &options).await,
+        Some((connector, name)) => {
+            let stream = connector.connect(name, stream).await.map_err(|source| {
+                ProduceError::Handshake {
+                    server: server.clone(),
+                    source,
+                }
+            })?;
+            produce_over(stream, &options).await
+        }
+    }
+}
+
+async fn produce_over(
+    stream: impl AsyncRead + AsyncWrite + Send + 'static,
+    options: &Options,
+) -> Result<(), ProduceError> {
+    let options = options.clone();
+    let (read, write) = tokio::io::split(stream);
     let mut replies = BufReader::new(read).lines();
     let mut out = BufWriter::with_capacity(256 * 1024, write);
     out.write_all(format!("AUTH {}\n", options.token).as_bytes())
@@ -137,7 +189,7 @@ async fn produce(options: Options) -> Result<(), ProduceError> {
 async fn report(options: &Options, sent: u64, progress: Progress, started: Instant, done: bool) {
     let secs = started.elapsed().as_secs_f64().max(0.001);
     let held = match &options.api {
-        Some(api) => held_count(api, &options.token, &options.topic)
+        Some(api) => held_count(options, api)
             .await
             .map_or_else(|| "?".to_string(), |h| h.to_string()),
         None => "?".to_string(),
@@ -157,9 +209,11 @@ async fn report(options: &Options, sent: u64, progress: Progress, started: Insta
     }
 }
 
-async fn held_count(api: &str, token: &str, topic: &str) -> Option<u64> {
+async fn held_count(options: &Options, api: &str) -> Option<u64> {
+    let (token, topic) = (&options.token, &options.topic);
     let url = format!("{}/api/v1/topics/{topic}", api.trim_end_matches('/'));
-    let reply = reqwest::Client::new()
+    let reply = tls::http_client(options.ca_cert.as_deref())
+        .ok()?
         .get(url)
         .bearer_auth(token)
         .timeout(Duration::from_secs(2))
@@ -168,4 +222,20 @@ async fn held_count(api: &str, token: &str, topic: &str) -> Option<u64> {
         .ok()?;
     let body: serde_json::Value = reply.json().await.ok()?;
     body["held"].as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ingest_address_names_its_transport() {
+        assert_eq!(ingest_address("tls://h:1").ok(), Some(("h:1", true)));
+        assert_eq!(ingest_address("tcp://h:1").ok(), Some(("h:1", false)));
+        assert_eq!(ingest_address("h:1").ok(), Some(("h:1", false)));
+        assert!(matches!(
+            ingest_address("https://h:1"),
+            Err(ProduceError::BadServer(_))
+        ));
+    }
 }

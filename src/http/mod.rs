@@ -2,11 +2,15 @@
 //! No governance rule lives here; errors become statuses in `error` alone.
 
 mod access;
+mod browser;
 mod error;
 mod feed;
 mod records;
+pub mod server;
 mod tokens;
 mod ui;
+
+pub use browser::Cors;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -373,7 +377,9 @@ async fn policy(app: App, auth: Option<String>) -> Result<Response> {
 }
 
 async fn ready(app: App) -> Result<Response> {
-    let reachable = app.provisioner.send(BrokerReachable).await?;
+    let broker = app.provisioner.send(BrokerReachable).await?;
+    let reachable = broker.is_ok();
+    let broker_error = broker.err().flatten();
     let spool = app.publisher.send(SpoolHealth).await?;
     let log_writable = app.event_store.send(LogWritable).await?;
     let storage_full = spool.storage_full || !log_writable;
@@ -398,6 +404,7 @@ async fn ready(app: App) -> Result<Response> {
         "reasons": reasons,
         "replayed": true,
         "broker_reachable": reachable,
+        "broker_error": broker_error,
         "storage_full": storage_full,
         "storage_error": spool.error,
     });
@@ -448,7 +455,7 @@ fn admit(
 fn sign_in_address(
     identity: Identity,
 ) -> impl Filter<Extract = (Option<std::net::IpAddr>,), Error = warp::Rejection> + Clone {
-    warp::addr::remote()
+    server::client_addr()
         .and(warp::header::headers_cloned())
         .and_then(
             move |peer: Option<std::net::SocketAddr>, headers: warp::http::HeaderMap| {
@@ -471,8 +478,9 @@ fn sign_in_address(
         )
 }
 
-/// Every route, with warp's own rejections rendered as JSON errors.
-pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
+/// Every route, with warp's own rejections rendered as JSON errors, and every reply with the
+/// headers browsers are told (`browser`).
+pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
     let limits = app.limits.clone();
     let permits = Arc::new(tokio::sync::Semaphore::new(
         limits.max_concurrent_http_requests,
@@ -630,10 +638,23 @@ pub fn routes(app: App) -> BoxedFilter<(impl Reply,)> {
                 reply
             },
         );
-    headers_within(limits.max_request_header_bytes)
-        .and(healthz.or(readyz).unify().or(gated).unify())
+    let answered = headers_within(limits.max_request_header_bytes)
+        .and(
+            healthz
+                .or(readyz)
+                .unify()
+                .or(browser::preflight(cors.clone()))
+                .unify()
+                .or(gated)
+                .unify(),
+        )
         .recover(error::recover)
-        .unify()
+        .unify();
+    warp::header::headers_cloned()
+        .and(answered)
+        .map(move |request: warp::http::HeaderMap, reply: Response| {
+            browser::decorate(&cors, &request, reply)
+        })
         .boxed()
 }
 

@@ -277,7 +277,11 @@ impl Service {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addr) = line.trim().strip_prefix("ingest on tcp://") {
+                    let text = line.trim();
+                    let ingest = text
+                        .strip_prefix("ingest on tcp://")
+                        .or_else(|| text.strip_prefix("ingest on tls://"));
+                    if let Some(addr) = ingest {
                         self.ingest_addr = addr.to_string();
                         continue;
                     }
@@ -1618,18 +1622,16 @@ pub struct OwnBroker {
     home: tempfile::TempDir,
     port: u16,
     controller_port: u16,
+    sasl_port: u16,
 }
 
-/// Two ports nothing listens on now.
-fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let ports = (
-        a.local_addr().expect("local addr").port(),
-        b.local_addr().expect("local addr").port(),
-    );
-    drop((a, b));
-    ports
+/// Three ports nothing listens on now.
+fn free_ports() -> (u16, u16, u16) {
+    let bound: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    let port = |i: usize| bound[i].local_addr().expect("local addr").port();
+    (port(0), port(1), port(2))
 }
 
 impl OwnBroker {
@@ -1640,11 +1642,12 @@ impl OwnBroker {
             .prefix("kafka-own-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("broker home");
-        let (port, controller_port) = free_ports();
+        let (port, controller_port, sasl_port) = free_ports();
         OwnBroker {
             home,
             port,
             controller_port,
+            sasl_port,
         }
     }
 
@@ -1680,6 +1683,7 @@ impl OwnBroker {
             .env("KAFKA_LIBS_DIR", OwnBroker::libs_dir())
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_SASL_PORT", self.sasl_port.to_string())
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run scripts/kafka.sh {command}: {e}"))

@@ -1,0 +1,158 @@
+//! What browsers are told: the security headers on every reply, and CORS only for the origins
+//! that `[server] cors_origins` names.
+//!
+//! The console is served by KafFlow itself, so it never needs CORS. With no origins listed, no
+//! reply carries an `Access-Control-*` header and a browser keeps every other site's pages
+//! from reading KafFlow's answers. A listed origin gets its preflight answered and its
+//! replies marked readable; any other origin is answered as if CORS did not exist.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use warp::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+/// Scripts, styles and connections only from KafFlow itself; no inline script or style, no
+/// plugins, never inside a frame.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE";
+const ALLOWED_HEADERS: &str = "authorization, content-type";
+const EXPOSED_HEADERS: &str = "retry-after";
+const PREFLIGHT_MAX_AGE_S: &str = "600";
+
+/// The origins that may call the API from their pages (lower case, as browsers send them).
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    origins: Arc<HashSet<String>>,
+}
+
+impl Cors {
+    pub fn new(origins: &[String]) -> Cors {
+        Cors {
+            origins: Arc::new(origins.iter().map(|o| o.to_ascii_lowercase()).collect()),
+        }
+    }
+
+    /// The request's `Origin`, if it is one of ours.
+    fn allowed(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        if self.origins.is_empty() {
+            return None;
+        }
+        let origin = headers.get(header::ORIGIN)?;
+        let text = origin.to_str().ok()?;
+        self.origins
+            .contains(&text.to_ascii_lowercase())
+            .then(|| origin.clone())
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
+    headers.insert(name, HeaderValue::from_static(value));
+}
+
+/// A CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) from a listed origin:
+/// 204 with what it may send. Anything else is not a preflight of ours and goes on to the
+/// routes (an unlisted origin's preflight gets the route's own answer, without CORS headers).
+pub fn preflight(
+    cors: Cors,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::options()
+        .and(warp::header::headers_cloned())
+        .and_then(move |headers: HeaderMap| {
+            let allowed = cors.allowed(&headers);
+            async move {
+                match allowed {
+                    Some(origin) if headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) => {
+                        let mut response = StatusCode::NO_CONTENT.into_response();
+                        let h = response.headers_mut();
+                        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                        set(h, header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
+                        set(h, header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS);
+                        set(h, header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE_S);
+                        Ok(response)
+                    }
+                    _ => Err(warp::reject::not_found()),
+                }
+            }
+        })
+}
+
+/// Adds the security headers to a reply, and the CORS headers when the request came from a
+/// listed origin.
+pub fn decorate(cors: &Cors, request: &HeaderMap, mut response: Response) -> Response {
+    let allowed = cors.allowed(request);
+    let h = response.headers_mut();
+    set(h, header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    if !cors.origins.is_empty() {
+        // The answer depends on the origin: caches must not hand one origin's to another.
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    if let Some(origin) = allowed {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        set(h, header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED_HEADERS);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_from(origin: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_str(origin).expect("header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn only_a_listed_origin_is_named_in_a_reply() {
+        let cors = Cors::new(&["https://console.example".to_string()]);
+        let listed = decorate(
+            &cors,
+            &request_from("https://console.example"),
+            Response::default(),
+        );
+        assert_eq!(
+            listed.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://console.example"
+        );
+        let other = decorate(
+            &cors,
+            &request_from("https://evil.example"),
+            Response::default(),
+        );
+        assert!(!other
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert_eq!(other.headers()[header::X_FRAME_OPTIONS], "DENY");
+    }
+
+    #[test]
+    fn no_origins_listed_means_no_cors_headers_at_all() {
+        let reply = decorate(
+            &Cors::default(),
+            &request_from("https://console.example"),
+            Response::default(),
+        );
+        assert!(!reply
+            .headers()
+            .keys()
+            .any(|name| name.as_str().starts_with("access-control-")));
+        assert!(!reply.headers().contains_key(header::VARY));
+        assert_eq!(
+            reply.headers()[header::CONTENT_SECURITY_POLICY],
+            CONTENT_SECURITY_POLICY
+        );
+    }
+}
