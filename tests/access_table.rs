@@ -101,17 +101,20 @@ fn bearer(token: &str) -> Credentials {
 
 /// A token that was issued (with every role) and then revoked.
 fn revoked_credentials(svc: &Service) -> Option<Credentials> {
-    Some(bearer(
-        &svc.revoked_token("revoked", &["admin", "producer", "consumer"]),
-    ))
+    Some(bearer(&svc.revoked_token(
+        "revoked",
+        &["admin", "producer", "consumer"],
+    )))
 }
 
 /// A JWT with every role, well signed by the configured identity provider, an hour past its
 /// `exp`.
 fn expired_jwt_credentials(idp: &TestIdp) -> Option<Credentials> {
-    Some(bearer(
-        &idp.token("expired", &["admin", "producer", "consumer"], -3600),
-    ))
+    Some(bearer(&idp.token(
+        "expired",
+        &["admin", "producer", "consumer"],
+        -3600,
+    )))
 }
 
 struct World {
