@@ -61,10 +61,13 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
 pub fn preflight(
     cors: Cors,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    warp::options()
-        .and(warp::header::headers_cloned())
-        .and_then(move |headers: HeaderMap| {
-            let allowed = cors.allowed(&headers);
+    // Not `warp::options()`: its refusal of other methods is a 405 that would outrank the
+    // 404 of a path no route has.
+    warp::method().and(warp::header::headers_cloned()).and_then(
+        move |method: warp::http::Method, headers: HeaderMap| {
+            let allowed = cors
+                .allowed(&headers)
+                .filter(|_| method == warp::http::Method::OPTIONS);
             async move {
                 match allowed {
                     Some(origin) if headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) => {
@@ -79,7 +82,8 @@ pub fn preflight(
                     _ => Err(warp::reject::not_found()),
                 }
             }
-        })
+        },
+    )
 }
 
 /// Adds the security headers to a reply, and the CORS headers when the request came from a
