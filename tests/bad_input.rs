@@ -755,6 +755,18 @@ const ROUTES: &[Route] = &[
     route("DELETE", "/api/v1/me/subscriptions/{topic}"),
     with_query("GET", "/api/v1/subscriptions"),
     with_query("GET", "/api/v1/me/feed"),
+    with_body("POST", "/api/v1/topics/{topic}/ownership-requests"),
+    with_body("POST", "/api/v1/access-requests"),
+    with_query("GET", "/api/v1/access-requests"),
+    route("GET", "/api/v1/access-requests/{id}"),
+    with_body("POST", "/api/v1/access-requests/{id}/approve"),
+    with_body("POST", "/api/v1/access-requests/{id}/reject"),
+    with_body("POST", "/api/v1/access-requests/{id}/withdraw"),
+    with_query("GET", "/api/v1/grants"),
+    route("DELETE", "/api/v1/grants/{id}"),
+    with_body("POST", "/api/v1/tokens"),
+    route("GET", "/api/v1/tokens"),
+    route("DELETE", "/api/v1/tokens/{id}"),
 ];
 
 /// What a hostile request expects: an exact status, or any 4xx.
@@ -842,7 +854,10 @@ fn every_route_refuses_hostile_requests() {
     for route in ROUTES {
         let path = route.path.replace("{id}", &id).replace("{topic}", &topic);
         // Who may call it, if anyone must: carol decides, alice does the rest.
-        let who = if route.path.contains("/approve") || route.path.contains("/reject") {
+        let who = if route.path.contains("/approve")
+            || route.path.contains("/reject")
+            || route.path.contains("/tokens")
+        {
             "carol"
         } else if route.path.contains("/me/") {
             "erin"

@@ -361,12 +361,20 @@ impl Load<'_> {
 
     /// Topics that may take records: pending or approved, not in doubt.
     fn open_topics(&self, stable_only: bool) -> Vec<String> {
+        self.open_topics_by_owner(stable_only)
+            .into_iter()
+            .map(|(topic, _)| topic)
+            .collect()
+    }
+
+    /// The open topics with their requesters, who own them and so may send to them.
+    fn open_topics_by_owner(&self, stable_only: bool) -> Vec<(String, String)> {
         self.ledger()
             .requests
             .values()
             .filter(|r| !stable_only || r.stable)
             .filter(|r| matches!(r.acked, Acked::Pending | Acked::Approved))
-            .map(|r| r.topic.clone())
+            .map(|r| (r.topic.clone(), r.requester.clone()))
             .collect()
     }
 
@@ -380,12 +388,12 @@ impl Load<'_> {
     /// Records over HTTP, as JSON arrays and NDJSON, to any open topic.
     fn http_ingest(&self, mut rng: Rng) {
         while !self.stopped() {
-            let topics = self.open_topics(false);
-            let Some(topic) = rng.pick(&topics).cloned() else {
+            let topics = self.open_topics_by_owner(false);
+            let Some((topic, owner)) = rng.pick(&topics).cloned() else {
                 thread::sleep(Duration::from_millis(50));
                 continue;
             };
-            let who = rng.pick(PRODUCERS).expect("producers");
+            let who = owner.as_str();
             let ids = self.record_ids(1 + rng.below(20));
             let records: Vec<Value> = ids.iter().map(|&id| record(id)).collect();
             let path = format!("/api/v1/topics/{topic}/records");

@@ -434,6 +434,8 @@ fn the_spool_bound_per_topic_answers_429_and_recovers() {
     let svc = Service::start_with_config(bounded);
     let topic = unique_topic("held-bound");
     let id = svc.request_topic("alice", &topic, 1);
+    // The bound is the topic's, whoever sends: bob may send too.
+    svc.grant("bob", &topic, "produce");
 
     let (status, reply) = svc.produce("alice", &topic, "", &numbered_records(0..60, 1));
     assert_eq!((status, reply["held"].as_u64()), (202, Some(60)), "{reply}");

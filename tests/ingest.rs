@@ -431,6 +431,8 @@ fn tcp_answers_bad_lines_with_err_and_goes_on() {
     svc.provision(&active, 1);
     let pending = unique_topic("tcp-pending");
     let pending_id = svc.request_topic("bob", &pending, 1);
+    // alice sends to bob's pending topic with a grant asked for while it waits.
+    svc.grant("alice", &pending, "produce");
     let rejected = unique_topic("tcp-rejected");
     let rejected_id = svc.request_topic("bob", &rejected, 1);
     let (status, body) = svc.post(
