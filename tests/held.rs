@@ -75,6 +75,25 @@ fn rejected_topic_dead_letters_its_records_for_export_and_discard() {
         &json!([{"key": "b", "value": {"from": "bob"}, "headers": {"h": "1"}}]),
     );
     assert_eq!((status, reply["held"].as_u64()), (202, Some(1)), "{reply}");
+    // While the topic waits, its requester sees every record held for it; bob, who sent
+    // with a grant, only his own.
+    let seen_by_alice = svc.held_records("alice", &topic, "held");
+    assert_eq!(
+        seen_by_alice.len(),
+        31,
+        "the requester sees all held records"
+    );
+    assert_eq!(
+        seen_by_alice[30]["producer"], "bob",
+        "{}",
+        seen_by_alice[30]
+    );
+    let seen_by_bob = svc.held_records("bob", &topic, "held");
+    assert_eq!(
+        seen_by_bob.len(),
+        1,
+        "bob sees only his own: {seen_by_bob:?}"
+    );
 
     reject(&svc, &id);
     let dead = wait_dead(&svc, &topic, 31);

@@ -107,6 +107,8 @@ pub struct Counts;
 #[rtype(result = "Result<Vec<HeldRecordOut>>")]
 pub struct ListHeld {
     pub principal: Principal,
+    /// The topic's owner (its requester while the create request waits), if it has one.
+    pub owner: Option<String>,
     pub topic: String,
     pub state: HeldState,
     pub after: i64,
@@ -741,8 +743,11 @@ impl Handler<ListHeld> for Publisher {
         let spool = self.spool.clone();
         Box::pin(async move {
             msg.principal.require_any(&[Role::Admin, Role::Producer])?;
-            // A producer sees only what it sent; an admin sees everything.
-            let only = (!msg.principal.has(Role::Admin)).then(|| msg.principal.name.clone());
+            // A producer sees only what it sent, unless the topic is its own; an admin sees
+            // everything.
+            let sees_all = msg.principal.has(Role::Admin)
+                || msg.owner.as_deref() == Some(msg.principal.name.as_str());
+            let only = (!sees_all).then(|| msg.principal.name.clone());
             let records = spool
                 .list(&msg.topic, msg.state, only, msg.after, msg.limit)
                 .await?;

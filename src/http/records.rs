@@ -10,6 +10,7 @@ use warp::{Filter, Reply};
 use super::{auth, body_up_to, json, parse_query, query, respond, App};
 use crate::actors::listener::IngestRecords;
 use crate::actors::publisher::{DiscardHeld, ListHeld};
+use crate::actors::registry::GetTopic;
 use crate::actors::watcher::GetDrift;
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
@@ -130,10 +131,18 @@ async fn list_held(
             "limit must be between 1 and {MAX_HELD_LIMIT}"
         )));
     }
+    // The publisher decides who sees what; it needs to know whose topic this is.
+    let owner = app
+        .registry
+        .send(GetTopic(params.topic.clone()))
+        .await?
+        .ok()
+        .map(|t| t.owner);
     let records = app
         .publisher
         .send(ListHeld {
             principal,
+            owner,
             topic: params.topic,
             state: params.state,
             after: params.after,
