@@ -104,6 +104,19 @@ impl AccessBook {
         }
     }
 
+    /// The (user, topic) pairs granted `consume` that hold no such grant now: revoked, or
+    /// ended with their topic.
+    pub fn lost_consume_grants(&self) -> Vec<(String, String)> {
+        let lost: std::collections::BTreeSet<(String, String)> = self
+            .requests
+            .values()
+            .filter(|r| r.access == Access::Consume && r.status == AccessStatus::Approved)
+            .filter(|r| !self.holds(&r.topic, &r.requested_by, Access::Consume))
+            .map(|r| (r.requested_by.clone(), r.topic.clone()))
+            .collect();
+        lost.into_iter().collect()
+    }
+
     pub fn holds(&self, topic: &str, user: &str, access: Access) -> bool {
         self.held
             .contains_key(&(topic.to_string(), user.to_string(), access))
@@ -607,6 +620,12 @@ pub struct MayConsume {
 #[rtype(result = "Option<AuditScope>")]
 pub struct AuditScopeOf(pub Principal);
 
+/// Who lost a `consume` grant (user, topic): the subscriptions actor ends what a revocation
+/// committed just before a crash left behind.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, String)>")]
+pub struct LostConsumeGrants;
+
 impl Handler<AccessCommand> for Registry {
     type Result = ResponseFuture<Result<AccessRequest>>;
 
@@ -688,6 +707,14 @@ impl Handler<MayConsume> for Registry {
 
     fn handle(&mut self, msg: MayConsume, _: &mut Context<Self>) -> Self::Result {
         self.state().may_consume(&msg.principal, &msg.topic)
+    }
+}
+
+impl Handler<LostConsumeGrants> for Registry {
+    type Result = MessageResult<LostConsumeGrants>;
+
+    fn handle(&mut self, _: LostConsumeGrants, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state().access.lost_consume_grants())
     }
 }
 
@@ -793,6 +820,30 @@ mod tests {
             id,
             decision: Decision::Approve { note: None },
         }
+    }
+
+    #[test]
+    fn a_revoked_consume_grant_is_lost_until_granted_again() {
+        let mut s = Governance::default();
+        topic(&mut s, "r", Visibility::Restricted, true);
+        assert!(s.access.lost_consume_grants().is_empty());
+        let r = run(&mut s, ask(erin(), "r", Access::Consume)).expect("filed");
+        run(&mut s, decide(alice(), r.id)).expect("granted");
+        assert!(s.access.lost_consume_grants().is_empty(), "erin holds it");
+        let revoke = RevokeGrant {
+            principal: alice(),
+            id: r.id,
+            reason: None,
+        };
+        let revoked = s.revoke_event_for(&revoke).expect("revoked");
+        step(&mut s, revoked);
+        assert_eq!(
+            s.access.lost_consume_grants(),
+            vec![("erin".to_string(), "r".to_string())]
+        );
+        let again = run(&mut s, ask(erin(), "r", Access::Consume)).expect("filed");
+        run(&mut s, decide(carol(), again.id)).expect("granted again");
+        assert!(s.access.lost_consume_grants().is_empty(), "granted again");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::access::MayConsume;
+use super::access::{LostConsumeGrants, MayConsume};
 use super::consumer::{
     Attach, Consumer, FeedClosed, FeedHandle, FeedStart, SetTopics, Stop, TopicGone,
 };
@@ -460,6 +460,17 @@ impl Actor for Subscriptions {
                         if topic.status == TopicStatus::Deleted {
                             act.end_subscriptions(topic.name, ctx);
                         }
+                    }
+                }),
+        );
+        // So may a revoked `consume` grant (only restricted topics are ended).
+        let registry = self.registry.clone();
+        ctx.spawn(
+            async move { registry.send(LostConsumeGrants).await.unwrap_or_default() }
+                .into_actor(self)
+                .map(|lost, act, ctx| {
+                    for (user, topic) in lost {
+                        act.end_revoked(user, topic, ctx);
                     }
                 }),
         );
