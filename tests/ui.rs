@@ -496,6 +496,41 @@ fn console_walkthrough() {
     );
     page.screenshot(&shots, "07-drift");
 
+    // carol issues a token on the Tokens screen: shown once, it signs in; revoked from the
+    // list, it no longer does.
+    page.tab("tokens");
+    page.fill("#token-form input[name=name]", "console-loader");
+    page.click("#token-form input[name=role][value=producer]");
+    page.click("#token-form button[type=submit]");
+    page.wait_notice("token issued", "Issued a token for console-loader");
+    let secret = page.text("#new-token-value");
+    let (status, body) = service.send("GET", "/api/v1/topics", Some(&secret), None);
+    assert_eq!(status, 200, "the token the console showed signs in: {body}");
+    let (status, tokens) = service.get("carol", "/api/v1/tokens");
+    assert_eq!(status, 200, "{tokens}");
+    let id = tokens
+        .as_array()
+        .and_then(|all| all.iter().find(|t| t["name"] == "console-loader"))
+        .and_then(|t| t["id"].as_str())
+        .expect("the issued token is listed")
+        .to_string();
+    page.click("#new-token-done");
+    page.click(&format!("#tokens tr[data-token='{id}'] button.revoke"));
+    page.wait_for(
+        "token shown revoked",
+        &format!(
+            "document.querySelector(\"#tokens tr[data-token='{id}'][data-status='revoked']\")"
+        ),
+        STEP_TIMEOUT,
+    );
+    let (status, body) = service.send("GET", "/api/v1/topics", Some(&secret), None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_revoked")),
+        "{body}"
+    );
+    page.screenshot(&shots, "07b-tokens");
+
     // erin subscribes with a checkbox and sees a produced record arrive over the websocket.
     page.sign_in(service.token("erin"));
     assert_eq!(
