@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{unique_topic, Service};
+use common::{id_of, unique_topic, Service};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -586,4 +586,42 @@ fn console_walkthrough() {
         STEP_TIMEOUT,
     );
     page.screenshot(&shots, "10-topics-375");
+
+    // Access: erin asks to read alice's restricted topic on the Access screen, alice approves
+    // it on hers, and erin may then subscribe.
+    page.viewport(1280, 800, false);
+    let restricted = unique_topic("ui-restricted");
+    let create = service.create_request(
+        "alice",
+        json!({"topic": restricted, "partitions": 1, "visibility": "restricted"}),
+    );
+    service.approve("carol", &id_of(&create));
+    service.wait_topic_status(&restricted, "active", ACTIVE_TIMEOUT);
+    let subscribe = format!("/api/v1/me/subscriptions/{restricted}");
+    let (status, body) = service.post("erin", &subscribe, &json!({}));
+    assert_eq!(status, 403, "no grant yet: {body}");
+    page.sign_in(service.token("erin"));
+    page.tab("access");
+    page.fill("#access-form input[name=topic]", &restricted);
+    page.fill("#access-form input[name=reason]", "dashboards");
+    page.click("#access-form button[type=submit]");
+    page.wait_notice("access asked", &restricted);
+    page.sign_in(service.token("alice"));
+    page.tab("access");
+    let card = format!("#access-pending article[data-topic='{restricted}']");
+    page.wait_for(
+        "erin's request on the owner's screen",
+        &format!("document.querySelector(\"{card}\")"),
+        STEP_TIMEOUT,
+    );
+    page.click(&format!("{card} button.approve"));
+    page.wait_notice("access approved", "approved");
+    page.wait_for(
+        "grant listed",
+        &format!("document.querySelector(\"#grants tr[data-topic='{restricted}']\")"),
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "11-access");
+    let (status, body) = service.post("erin", &subscribe, &json!({}));
+    assert_eq!(status, 200, "granted: {body}");
 }
