@@ -44,6 +44,29 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Both listeners speak TLS with these files.
     pub tls: Option<TlsFiles>,
+    /// The Kafka-protocol gateway (`[gateway]`); off unless `listen` is set.
+    pub gateway: GatewayConfig,
+}
+
+/// The Kafka-protocol gateway (`[gateway]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where Kafka clients connect (their `bootstrap.servers`); unset: no gateway.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The host clients are told to connect to in Metadata and FindCoordinator answers.
+    /// Default: the listen address's IP (127.0.0.1 when it listens on every address).
+    #[serde(default)]
+    pub advertised_host: Option<String>,
+    /// Each upstream broker is reached through a port of its own: `broker_port_base + node id`.
+    /// Unset: each broker gets a free port picked at first sight.
+    #[serde(default)]
+    pub broker_port_base: Option<u16>,
+    /// A producer's Metadata request for a topic KafFlow has never heard of files a create
+    /// request with the policy defaults (like `?request=true` on HTTP ingest).
+    #[serde(default)]
+    pub request_unknown_topics: bool,
 }
 
 /// How callers sign in (`[auth]`), beyond the config's principals.
@@ -599,6 +622,8 @@ struct File {
     limits: Limits,
     #[serde(default)]
     auth: AuthFile,
+    #[serde(default)]
+    gateway: GatewayConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -625,6 +650,7 @@ pub struct Overrides {
     pub bootstrap_servers: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub gateway_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -695,6 +721,13 @@ impl Config {
         let tls = tls_files(&file.server, &overrides)?;
         let mut server = file.server;
         server.cors_origins = validate_cors_origins(&server.cors_origins)?;
+        let mut gateway = file.gateway;
+        gateway.listen = overrides.gateway_listen.or(gateway.listen);
+        if matches!(&gateway.advertised_host, Some(host) if host.trim().is_empty()) {
+            return Err(ConfigError::Invalid(
+                "gateway.advertised_host is empty".into(),
+            ));
+        }
         Ok(Config {
             listen: overrides
                 .listen
@@ -720,6 +753,7 @@ impl Config {
             limits,
             auth,
             tls,
+            gateway,
         })
     }
 }
@@ -828,6 +862,10 @@ mod tests {
         ("limits", "max_request_header_bytes"),
         ("limits", "max_feeds_per_user"),
         ("limits", "max_tcp_connections"),
+        ("gateway", "listen"),
+        ("gateway", "advertised_host"),
+        ("gateway", "broker_port_base"),
+        ("gateway", "request_unknown_topics"),
         ("limits", "max_tcp_connections_per_principal"),
         ("limits", "max_concurrent_http_requests"),
         ("limits", "retry_after_s"),

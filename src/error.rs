@@ -68,6 +68,10 @@ pub enum Error {
     InvalidQuery(String),
     #[error("{0} not found")]
     NotFound(String),
+    #[error(
+        "consumer group {group} is not yours: use group ids that begin with your name and a dot"
+    )]
+    GroupNotAllowed { group: String },
     #[error("topic {0} already exists")]
     TopicExists(String),
     #[error("topic {topic} already has an open request {request_id}")]
@@ -131,6 +135,7 @@ impl Error {
             Error::InvalidId(_) => "invalid_id",
             Error::InvalidQuery(_) => "invalid_query",
             Error::NotFound(_) => "not_found",
+            Error::GroupNotAllowed { .. } => "group_not_allowed",
             Error::TopicExists(_) => "topic_exists",
             Error::RequestPending { .. } => "request_pending",
             Error::NotPending(_) => "not_pending",

@@ -265,6 +265,8 @@ pub fn is_sign_in_failure(error: &Error) -> bool {
 pub enum Door {
     Http,
     Tcp,
+    /// SASL on the Kafka-protocol gateway.
+    Kafka,
 }
 
 /// Failed sign-ins per client address, in windows of a minute. An address with

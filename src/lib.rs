@@ -8,6 +8,7 @@
 //! - `events`: the event types and the log (append with group commit, replay, hash chain).
 //! - `actors`: the actix actors that own the state and do the work (see `actors` for the list).
 //! - `http`: the warp facade that authenticates, parses, messages an actor and renders.
+//! - `gateway`: the Kafka-protocol facade: unmodified Kafka clients, governed by the same actors.
 //! - `config`: the config file and flags, validated once.
 //! - `identity`: who is calling: config principals, issued tokens and JWTs, and the count of
 //!   failed sign-ins per address.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod kafka;
@@ -80,6 +82,8 @@ pub enum StartError {
     Jwks(String),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayError),
 }
 
 /// Everything rebuilt from the log, one part per actor that owns state.
@@ -124,7 +128,9 @@ pub fn replay(config: &Config) -> Result<(Store, State, events::ChainHead), Stor
 pub struct Bound {
     pub http: SocketAddr,
     pub ingest: SocketAddr,
-    /// Both listeners speak TLS (`https://` and `tls://`).
+    /// The Kafka-protocol gateway, when `[gateway] listen` is set.
+    pub gateway: Option<SocketAddr>,
+    /// Every listener speaks TLS (`https://`, `tls://` and SASL_SSL).
     pub tls: bool,
 }
 
@@ -183,12 +189,22 @@ pub async fn serve(
         addr: config.ingest_listen,
         source,
     })?;
+    let gateway = match config.gateway.listen {
+        Some(addr) => Some(gateway::Gateway::bind(addr)?),
+        None => None,
+    };
+    let gateway_tls = match &config.tls {
+        Some(files) => Some(tls::acceptor(files, &[])?),
+        None => None,
+    };
 
     let mut coordinator = shutdown::Coordinator::default();
     let (store, state, head) = replay(&config)?;
     let (writer, writer_thread) = store.into_writer(head)?;
     let event_store = EventStore::new(writer, coordinator.fatal()).start();
-    let registry = Registry::new(state.governance, event_store.clone()).start();
+    let registry = Registry::new(state.governance, event_store.clone());
+    let governed_view = gateway::stub_view(&registry);
+    let registry = registry.start();
     let subscriptions = Subscriptions::new(
         state.subscriptions,
         event_store.clone(),
@@ -214,8 +230,9 @@ pub async fn serve(
         contents,
         config.spool.clone(),
         event_store.clone(),
-    )
-    .start();
+    );
+    let direct_topics = gateway::stub_direct(&publisher);
+    let publisher = publisher.start();
     // Routes as the log left them; from here on the watcher keeps them in step. Nothing is
     // appended before the watcher follows the log: the provisioner resumes only below.
     for (topic, route) in registry.send(AllRoutes).await? {
@@ -248,6 +265,29 @@ pub async fn serve(
         jwt,
         config.auth.max_failures_per_minute,
     );
+    let gateway_addr = match gateway {
+        Some(gateway) => {
+            let addr = gateway.addr();
+            let rules = gateway::Rules::new(
+                identity.clone(),
+                approval.clone(),
+                publisher.clone(),
+                governed_view,
+                direct_topics,
+            );
+            gateway.start(
+                config.gateway.clone(),
+                &config.kafka.bootstrap_servers,
+                rules,
+                gateway_tls,
+                coordinator.shutdown(),
+                coordinator.guard(),
+            )?;
+            tracing::info!(%addr, "Kafka-protocol gateway listening.");
+            Some(addr)
+        }
+        None => None,
+    };
     let listener_actor = Listener::new(
         publisher.clone(),
         approval.clone(),
@@ -289,6 +329,7 @@ pub async fn serve(
     on_listening(Bound {
         http: addr,
         ingest: ingest_addr,
+        gateway: gateway_addr,
         tls: tls_on,
     });
     // The server answers every request it has accepted before it returns.

@@ -46,6 +46,10 @@ enum Cmd {
         /// PEM private key of --tls-cert (overrides `[server] tls_key`).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Address of the Kafka-protocol gateway for Kafka clients (overrides
+        /// `[gateway] listen`; port 0 picks a free port). Off when neither is set.
+        #[arg(long)]
+        gateway_listen: Option<SocketAddr>,
     },
     /// Inspect the audit trail.
     Audit {
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
             bootstrap_servers,
             tls_cert,
             tls_key,
+            gateway_listen,
         } => serve(
             config,
             Overrides {
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
                 bootstrap_servers,
                 tls_cert,
                 tls_key,
+                gateway_listen,
             },
         ),
         Cmd::Audit {
@@ -265,6 +271,10 @@ fn serve(path: PathBuf, overrides: Overrides) -> ExitCode {
                 ("tcp", "http")
             };
             let _ = writeln!(out, "ingest on {tcp}://{}", bound.ingest);
+            if let Some(gateway) = bound.gateway {
+                let scheme = if bound.tls { "kafka+tls" } else { "kafka" };
+                let _ = writeln!(out, "gateway on {scheme}://{gateway}");
+            }
             let _ = writeln!(out, "listening on {http}://{}", bound.http);
             let _ = out.flush();
         },

@@ -3,7 +3,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +38,17 @@ pub struct Metrics {
     pub spool_bytes: IntGauge,
     /// TLS handshakes that failed or timed out, on either listener.
     pub tls_handshake_failures: IntCounter,
+    /// Kafka-protocol gateway requests answered, by API.
+    pub gateway_requests: IntCounterVec,
+    /// From a request's last byte read to its answer's last byte written, by API.
+    pub gateway_latency: HistogramVec,
+    pub gateway_bytes_in: IntCounter,
+    pub gateway_bytes_out: IntCounter,
+    /// Open gateway connections, and all ever opened (a gauge alone misses short ones).
+    pub gateway_connections: IntGauge,
+    pub gateway_connections_opened: IntCounter,
+    /// SASL authentications the gateway refused.
+    pub gateway_auth_failures: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -127,6 +141,58 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "kafflow_tls_handshake_failures_total",
             "TLS handshakes that failed or timed out, on the HTTP and TCP ingest listeners.",
+        ),
+        gateway_requests: {
+            let v = IntCounterVec::new(
+                Opts::new(
+                    "kafflow_gateway_requests_total",
+                    "Kafka-protocol gateway requests answered, by API.",
+                ),
+                &["api"],
+            )
+            .unwrap_or_else(|e| panic!("metric kafflow_gateway_requests_total: {e}"));
+            let _ = r.register(Box::new(v.clone()));
+            v
+        },
+        gateway_latency: {
+            let v = HistogramVec::new(
+                HistogramOpts::new(
+                    "kafflow_gateway_request_seconds",
+                    "Time from a gateway request read to its answer written, by API.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["api"],
+            )
+            .unwrap_or_else(|e| panic!("metric kafflow_gateway_request_seconds: {e}"));
+            let _ = r.register(Box::new(v.clone()));
+            v
+        },
+        gateway_bytes_in: counter(
+            &r,
+            "kafflow_gateway_bytes_in_total",
+            "Bytes of Kafka requests read by the gateway.",
+        ),
+        gateway_bytes_out: counter(
+            &r,
+            "kafflow_gateway_bytes_out_total",
+            "Bytes of Kafka answers written by the gateway.",
+        ),
+        gateway_connections: gauge(
+            &r,
+            "kafflow_gateway_connections",
+            "Open client connections of the gateway.",
+        ),
+        gateway_connections_opened: counter(
+            &r,
+            "kafflow_gateway_connections_opened_total",
+            "Client connections the gateway accepted.",
+        ),
+        gateway_auth_failures: counter(
+            &r,
+            "kafflow_gateway_auth_failures_total",
+            "SASL authentications the gateway refused.",
         ),
         registry: r,
     }

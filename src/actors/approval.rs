@@ -31,6 +31,7 @@ pub struct RequestTopic {
     pub reason: Option<String>,
     /// `policy.default_visibility` when absent.
     pub visibility: Option<Visibility>,
+    pub validate_only: bool,
 }
 
 #[derive(Debug, Clone, Message)]
@@ -39,6 +40,7 @@ pub struct RequestDeletion {
     pub principal: Principal,
     pub topic: String,
     pub reason: Option<String>,
+    pub validate_only: bool,
 }
 
 #[derive(Debug, Clone, Message)]

@@ -160,6 +160,7 @@ pub struct Service {
     child: Option<Child>,
     base_url: String,
     ingest_addr: String,
+    gateway_addr: String,
     stderr: Arc<Mutex<VecDeque<String>>>,
     http: reqwest::blocking::Client,
 }
@@ -183,6 +184,18 @@ impl Service {
 
     /// Starts the service against `bootstrap` (e.g. an [`OwnBroker`]) with `edit` applied to
     /// the config text.
+    /// The usual test service with the Kafka-protocol gateway on a free port.
+    pub fn start_gateway() -> Service {
+        Service::start_gateway_at(&bootstrap(), |c| c)
+    }
+
+    /// A gateway service in front of `bootstrap`, its config edited by `edit`.
+    pub fn start_gateway_at(bootstrap: &str, edit: impl FnOnce(String) -> String) -> Service {
+        Service::start_configured(bootstrap, |c| {
+            edit(format!("{c}\n[gateway]\nlisten = \"127.0.0.1:0\"\n"))
+        })
+    }
+
     pub fn start_at(bootstrap: &str, edit: impl FnOnce(String) -> String) -> Service {
         Service::start_configured(bootstrap, edit)
     }
@@ -213,6 +226,7 @@ impl Service {
             child: None,
             base_url: String::new(),
             ingest_addr: String::new(),
+            gateway_addr: String::new(),
             stderr: Arc::new(Mutex::new(VecDeque::new())),
             http,
         };
@@ -283,6 +297,13 @@ impl Service {
                         .or_else(|| text.strip_prefix("ingest on tls://"));
                     if let Some(addr) = ingest {
                         self.ingest_addr = addr.to_string();
+                        continue;
+                    }
+                    let gateway = text
+                        .strip_prefix("gateway on kafka://")
+                        .or_else(|| text.strip_prefix("gateway on kafka+tls://"));
+                    if let Some(addr) = gateway {
+                        self.gateway_addr = addr.to_string();
                         continue;
                     }
                     if let Some(addr) = line.trim().strip_prefix("listening on ") {
@@ -377,6 +398,11 @@ impl Service {
     }
 
     /// The TCP ingest listener's `host:port`.
+    /// The Kafka-protocol gateway's address (empty unless `[gateway] listen` is set).
+    pub fn gateway_addr(&self) -> &str {
+        &self.gateway_addr
+    }
+
     pub fn ingest_addr(&self) -> &str {
         &self.ingest_addr
     }
