@@ -27,6 +27,10 @@ data_dir = "$demo/data"
 [kafka]
 bootstrap_servers = "127.0.0.1:${KAFKA_PORT:-9092}"
 
+# Kafka clients (kafka-topics.sh, console producer, librdkafka, ...) connect here.
+[gateway]
+listen = "127.0.0.1:${KAFFLOW_GATEWAY_PORT:-9192}"
+
 [policy]
 topic_name_pattern = "^[a-z0-9][a-z0-9._-]*$"
 default_partitions = 3
@@ -56,6 +60,7 @@ KafFlow demo on http://127.0.0.1:${KAFFLOW_PORT:-8080}
   carol (admin):              $carol
   erin  (consumer):           $erin
 TCP ingest on tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070}
+Kafka clients: bootstrap.servers=127.0.0.1:${KAFFLOW_GATEWAY_PORT:-9192}, SASL/PLAIN, user = name, password = token
 Try:
   curl -s -H "Authorization: Bearer $alice" -d '{"topic":"orders","reason":"demo"}' http://127.0.0.1:${KAFFLOW_PORT:-8080}/api/v1/topic-requests
   seq 1 1000 | $bin produce --topic orders --server tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070} --token $alice

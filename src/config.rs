@@ -723,6 +723,24 @@ impl Config {
         server.cors_origins = validate_cors_origins(&server.cors_origins)?;
         let mut gateway = file.gateway;
         gateway.listen = overrides.gateway_listen.or(gateway.listen);
+        if gateway.listen.is_some() {
+            let protocol = kafka
+                .properties
+                .get("security.protocol")
+                .map(|p| p.to_ascii_lowercase());
+            if protocol.as_deref().is_some_and(|p| p != "plaintext") {
+                return Err(ConfigError::Invalid(format!(
+                    "the gateway reaches the brokers over PLAINTEXT only, and \
+                     kafka.properties sets security.protocol = {:?}; give the gateway a \
+                     PLAINTEXT listener of the cluster or turn the gateway off",
+                    kafka
+                        .properties
+                        .get("security.protocol")
+                        .cloned()
+                        .unwrap_or_default()
+                )));
+            }
+        }
         if matches!(&gateway.advertised_host, Some(host) if host.trim().is_empty()) {
             return Err(ConfigError::Invalid(
                 "gateway.advertised_host is empty".into(),
@@ -1084,5 +1102,43 @@ mod tests {
             config.server.cors_origins,
             ["https://console.example:8443", "http://localhost:3000"]
         );
+    }
+
+    #[test]
+    fn the_gateway_section_and_flag() {
+        let base = "[kafka]\nbootstrap_servers = \"b:1\"\n";
+        let off = Config::parse(base, Overrides::default()).expect("no gateway");
+        assert_eq!(off.gateway.listen, None);
+        let on = Config::parse(
+            &format!("{base}[gateway]\nlisten = \"127.0.0.1:19092\"\nbroker_port_base = 19100\nrequest_unknown_topics = true\n"),
+            Overrides::default(),
+        )
+        .expect("gateway");
+        assert_eq!(
+            on.gateway.listen,
+            Some("127.0.0.1:19092".parse().expect("addr"))
+        );
+        assert_eq!(on.gateway.broker_port_base, Some(19100));
+        assert!(on.gateway.request_unknown_topics);
+        let flag = Config::parse(
+            base,
+            Overrides {
+                gateway_listen: Some("127.0.0.1:0".parse().expect("addr")),
+                ..Overrides::default()
+            },
+        )
+        .expect("flag");
+        assert_eq!(
+            flag.gateway.listen,
+            Some("127.0.0.1:0".parse().expect("addr"))
+        );
+        let sasl = Config::parse(
+            "[kafka]\nbootstrap_servers = \"b:1\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n",
+            Overrides::default(),
+        );
+        let Err(ConfigError::Invalid(why)) = sasl else {
+            panic!("a gateway in front of a SASL_SSL-only cluster is refused: {sasl:?}");
+        };
+        assert!(why.contains("PLAINTEXT"), "{why}");
     }
 }

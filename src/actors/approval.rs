@@ -342,6 +342,7 @@ mod tests {
             config: serde_json::from_value(config).expect("map"),
             reason: None,
             visibility: None,
+            validate_only: false,
         }
     }
 

@@ -428,7 +428,12 @@ impl Connection {
                         if crate::identity::is_sign_in_failure(&e) {
                             failures.failed(self.peer.ip(), Door::Kafka);
                         }
-                        Err(e.to_string())
+                        Err(match e {
+                            crate::error::Error::Unauthorized => {
+                                "the password is not a valid KafFlow token".to_string()
+                            }
+                            other => other.to_string(),
+                        })
                     }
                 },
             },

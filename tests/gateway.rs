@@ -1,0 +1,487 @@
+//! The Kafka-protocol gateway driven by the `rdkafka` crate (librdkafka), on the real broker:
+//! idempotent producers to active and pending topics, consumer groups, admin requests turned
+//! into governance, refusals, and a `kill -9` in the middle of held produce.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::json;
+
+/// A client of the gateway signed in as `who` (SASL/PLAIN, the principal's token).
+fn gateway_client(service: &Service, who: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", service.gateway_addr())
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanisms", "PLAIN")
+        .set("sasl.username", who)
+        .set("sasl.password", service.token(who));
+    config
+}
+
+fn idempotent_producer(service: &Service, who: &str) -> FutureProducer {
+    gateway_client(service, who)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("gateway producer")
+}
+
+/// Sends records `from..to` of `topic`, record i to partition i % partitions, and waits for
+/// each answer; returns the answers in order.
+fn send_numbered(
+    producer: &FutureProducer,
+    topic: &str,
+    partitions: i32,
+    range: std::ops::Range<usize>,
+) -> Vec<Result<(i32, i64), KafkaError>> {
+    // Queued at once (pipelined), answers awaited in order.
+    let sends: Vec<_> = range
+        .map(|i| {
+            let key = format!("k{i}");
+            let value = format!("v{i}");
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "n",
+                value: Some(&i.to_string()),
+            });
+            producer
+                .send_result(
+                    FutureRecord::to(topic)
+                        .partition(i as i32 % partitions)
+                        .key(&key)
+                        .payload(&value)
+                        .headers(headers),
+                )
+                .map_err(|(e, _)| e)
+        })
+        .collect();
+    block_on(async {
+        let mut out = Vec::new();
+        for send in sends {
+            out.push(match send {
+                Err(e) => Err(e),
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+            });
+        }
+        out
+    })
+}
+
+/// Every record i of `0..n` is in Kafka exactly once, in partition i % partitions, in order
+/// of i within its partition, with its key and header.
+fn assert_numbered_in_kafka(topic: &str, partitions: i32, n: usize) {
+    let records = kafka_read_until(topic, Duration::from_secs(60), |r| r.len() >= n);
+    assert_eq!(records.len(), n, "{topic}: records in Kafka");
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut seen = vec![false; n];
+    for r in &records {
+        let i: usize = r.value[1..].parse().expect("numbered value");
+        assert!(!seen[i], "{topic}: record {i} twice");
+        seen[i] = true;
+        assert_eq!(
+            r.partition,
+            i as i32 % partitions,
+            "{topic}: record {i}'s partition"
+        );
+        assert_eq!(r.key.as_deref(), Some(format!("k{i}").as_str()));
+        assert_eq!(
+            r.headers.get("n").map(String::as_str),
+            Some(i.to_string().as_str())
+        );
+        if let Some(&before) = last.get(&r.partition) {
+            assert!(
+                (i as i64) > before,
+                "{topic}: record {i} after {before} in partition {}",
+                r.partition
+            );
+        }
+        last.insert(r.partition, i as i64);
+    }
+}
+
+#[test]
+fn an_idempotent_producer_writes_active_topics_directly_and_pending_ones_through_the_spool() {
+    let service = Service::start_gateway();
+    let active = unique_topic("gw-active");
+    service.provision(&active, 3);
+    let pending = unique_topic("gw-pending");
+    let id = service.request_topic("alice", &pending, 3);
+
+    let producer = idempotent_producer(&service, "alice");
+    for (i, answer) in send_numbered(&producer, &active, 3, 0..30)
+        .iter()
+        .enumerate()
+    {
+        let (partition, offset) = answer
+            .as_ref()
+            .unwrap_or_else(|e| panic!("active {i}: {e}"));
+        assert_eq!(*partition, i as i32 % 3);
+        assert!(*offset >= 0, "a direct write has its offset");
+    }
+    for (i, answer) in send_numbered(&producer, &pending, 3, 0..30)
+        .iter()
+        .enumerate()
+    {
+        let (partition, offset) = answer
+            .as_ref()
+            .unwrap_or_else(|e| panic!("pending {i}: {e}"));
+        assert_eq!(*partition, i as i32 % 3);
+        assert_eq!(*offset, -1, "a held record has no offset yet");
+    }
+    assert_eq!(
+        kafka_topic_partitions(&pending),
+        None,
+        "nothing reaches Kafka before approval"
+    );
+    let (_, topic) = service.topic(&pending);
+    assert_eq!(topic["held"], 30, "held while pending: {topic}");
+
+    service.approve("carol", &id);
+    service.wait_topic_status(&pending, "active", Duration::from_secs(60));
+    // The same producer goes on; its later batches follow the held ones.
+    for answer in send_numbered(&producer, &pending, 3, 30..40) {
+        answer.expect("after approval");
+    }
+    for answer in send_numbered(&producer, &active, 3, 30..40) {
+        answer.expect("active, later");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    assert_numbered_in_kafka(&active, 3, 40);
+    assert_numbered_in_kafka(&pending, 3, 40);
+}
+
+#[test]
+fn a_consumer_group_reads_through_the_gateway_and_commits() {
+    let service = Service::start_gateway();
+    let topic = unique_topic("gw-group");
+    service.provision(&topic, 2);
+    service.grant("erin", &topic, "consume");
+    let producer = idempotent_producer(&service, "alice");
+    for answer in send_numbered(&producer, &topic, 2, 0..20) {
+        answer.expect("produce");
+    }
+    let group = format!("erin.{}", unique_topic("gw"));
+    let consumer: BaseConsumer = gateway_client(&service, "erin")
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("gateway consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let mut values = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while values.len() < 20 && std::time::Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.expect("consume through the gateway");
+            let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+            let header = message
+                .headers()
+                .and_then(|h| h.iter().next().map(|h| h.key.to_string()));
+            assert_eq!(header.as_deref(), Some("n"));
+            values.push(value);
+        }
+    }
+    assert_eq!(values.len(), 20, "read through the gateway: {values:?}");
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("commit through the gateway");
+    let committed = kafka_committed(&group, &topic, 2);
+    let total: i64 = committed.iter().map(|o| o.unwrap_or(0)).sum();
+    assert_eq!(total, 20, "committed offsets in Kafka: {committed:?}");
+}
+
+fn poll_error(consumer: &BaseConsumer, timeout: Duration) -> Option<KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Some(Err(e)) = consumer.poll(Duration::from_millis(200)) {
+            return Some(e);
+        }
+    }
+    None
+}
+
+fn code_of(error: &KafkaError) -> Option<RDKafkaErrorCode> {
+    error.rdkafka_error_code()
+}
+
+#[test]
+fn refusals_arrive_as_kafka_errors() {
+    let service = Service::start_gateway();
+    let topic = unique_topic("gw-refuse");
+    service.provision(&topic, 1);
+
+    // Another principal's group.
+    service.grant("erin", &topic, "consume");
+    let consumer: BaseConsumer = gateway_client(&service, "erin")
+        .set("group.id", "alice.not-erins")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let error = poll_error(&consumer, Duration::from_secs(30)).expect("an error for the group");
+    assert_eq!(
+        code_of(&error),
+        Some(RDKafkaErrorCode::GroupAuthorizationFailed),
+        "{error}"
+    );
+
+    let quick = |who: &str| -> FutureProducer {
+        gateway_client(&service, who)
+            .set("message.timeout.ms", "8000")
+            .create()
+            .expect("producer")
+    };
+    let send_one = |producer: &FutureProducer, topic: &str| -> KafkaError {
+        block_on(async {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(topic).payload("x"),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect_err("refused")
+                .0
+        })
+    };
+    // A restricted topic without a grant.
+    let restricted = unique_topic("gw-restricted");
+    let request = service.create_request(
+        "alice",
+        json!({"topic": restricted, "partitions": 1, "visibility": "restricted"}),
+    );
+    service.approve("carol", &id_of(&request));
+    service.wait_topic_status(&restricted, "active", Duration::from_secs(60));
+    let error = send_one(&quick("bob"), &restricted);
+    assert_eq!(
+        code_of(&error),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed),
+        "{error}"
+    );
+    // A rejected topic.
+    let rejected = unique_topic("gw-rejected");
+    let id = service.request_topic("alice", &rejected, 1);
+    let (status, body) = service.post(
+        "carol",
+        &format!("/api/v1/topic-requests/{id}/reject"),
+        &json!({"reason": "not this one"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let error = send_one(&quick("alice"), &rejected);
+    assert_eq!(
+        code_of(&error),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed),
+        "{error}"
+    );
+    // An unknown topic.
+    let error = send_one(&quick("alice"), &unique_topic("gw-unknown"));
+    assert!(
+        matches!(
+            code_of(&error),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        ),
+        "{error}"
+    );
+
+    // A wrong password, and no SASL at all: no metadata.
+    let wrong: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", service.gateway_addr())
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanisms", "PLAIN")
+        .set("sasl.username", "alice")
+        .set("sasl.password", "not-the-token")
+        .create()
+        .expect("client");
+    let error = wrong
+        .fetch_metadata(None, Duration::from_secs(5))
+        .expect_err("a wrong password gets nothing");
+    assert!(!error.to_string().is_empty());
+    let plain: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", service.gateway_addr())
+        .create()
+        .expect("client");
+    assert!(
+        plain.fetch_metadata(None, Duration::from_secs(5)).is_err(),
+        "a client without SASL gets nothing"
+    );
+    let text = reqwest::blocking::get(format!("{}/metrics", service.base_url()))
+        .and_then(|r| r.text())
+        .expect("metrics");
+    let failures = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kafflow_gateway_auth_failures_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 1.0, "the refused sign-in is counted:\n{text}");
+    assert!(text.contains("kafflow_gateway_requests_total{api=\"metadata\"}"));
+}
+
+#[test]
+fn metadata_shows_only_what_the_principal_may_see_and_only_gateway_addresses() {
+    let service = Service::start_gateway();
+    let mine = unique_topic("gw-mine");
+    service.provision(&mine, 2);
+    let pending = unique_topic("gw-meta-pending");
+    service.request_topic("alice", &pending, 4);
+    let client: BaseConsumer = gateway_client(&service, "alice").create().expect("client");
+    let metadata = client
+        .fetch_metadata(None, Duration::from_secs(20))
+        .expect("metadata");
+    let gateway_host = service
+        .gateway_addr()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for broker in metadata.brokers() {
+        assert_eq!(broker.host(), gateway_host);
+        assert_ne!(
+            broker.port().to_string(),
+            bootstrap().rsplit(':').next().unwrap_or_default(),
+            "no broker port is advertised"
+        );
+    }
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    assert!(names.contains(&mine.as_str()), "{names:?}");
+    let shown = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == pending)
+        .unwrap_or_else(|| panic!("the pending topic is shown to its requester: {names:?}"));
+    assert_eq!(shown.partitions().len(), 4, "with its requested partitions");
+    assert!(
+        !names.iter().any(|n| n.starts_with("__")),
+        "internal topics are not shown: {names:?}"
+    );
+    // bob did not request the pending topic and holds no grant on it.
+    let bobs: BaseConsumer = gateway_client(&service, "bob").create().expect("client");
+    let seen = bobs
+        .fetch_metadata(None, Duration::from_secs(20))
+        .expect("metadata");
+    assert!(
+        !seen.topics().iter().any(|t| t.name() == pending),
+        "bob does not see alice's pending topic"
+    );
+}
+
+#[test]
+fn create_and_delete_topics_become_requests_for_the_sasl_principal() {
+    let service = Service::start_gateway();
+    let admin: AdminClient<DefaultClientContext> = gateway_client(&service, "alice")
+        .create()
+        .expect("admin client");
+    let topic = unique_topic("gw-created");
+    let new = NewTopic::new(&topic, 2, TopicReplication::Fixed(1)).set("retention.ms", "3600000");
+
+    // validate_only checks and files nothing.
+    let checked = block_on(admin.create_topics([&new], &AdminOptions::new().validate_only(true)))
+        .expect("create topics answer");
+    assert_eq!(checked[0].as_ref().map(String::as_str), Ok(topic.as_str()));
+    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={topic}"));
+    assert_eq!(requests.as_array().map(Vec::len), Some(0), "{requests}");
+
+    let answer = block_on(admin.create_topics([&new], &AdminOptions::new())).expect("answer");
+    assert_eq!(
+        answer[0],
+        Err((topic.clone(), RDKafkaErrorCode::PolicyViolation)),
+        "a create is a request"
+    );
+    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={topic}"));
+    let request = &requests[0];
+    assert_eq!(request["status"], "pending", "{requests}");
+    assert_eq!(request["requested_by"], "alice");
+    assert_eq!(request["partitions"], 2);
+    assert_eq!(request["config"]["retention.ms"], "3600000");
+    let bad = NewTopic::new("Bad Name!", 1, TopicReplication::Fixed(1));
+    let answer = block_on(admin.create_topics([&bad], &AdminOptions::new())).expect("answer");
+    assert_eq!(
+        answer[0],
+        Err(("Bad Name!".to_string(), RDKafkaErrorCode::InvalidTopic))
+    );
+    let many = unique_topic("gw-many");
+    let too_many = NewTopic::new(&many, 1000, TopicReplication::Fixed(1));
+    let answer = block_on(admin.create_topics([&too_many], &AdminOptions::new())).expect("answer");
+    assert!(
+        matches!(&answer[0], Err((_, RDKafkaErrorCode::InvalidPartitions))),
+        "{answer:?}"
+    );
+
+    service.approve("carol", &id_of(request));
+    service.wait_topic_status(&topic, "active", Duration::from_secs(60));
+    let answer = block_on(admin.delete_topics(&[&topic], &AdminOptions::new())).expect("answer");
+    assert_eq!(
+        answer[0],
+        Err((topic.clone(), RDKafkaErrorCode::PolicyViolation))
+    );
+    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={topic}"));
+    let kinds: Vec<&str> = requests
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["status"] == "pending")
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["delete"], "{requests}");
+    assert_eq!(
+        kafka_topic_partitions(&topic),
+        Some(2),
+        "still there until approved"
+    );
+}
+
+#[test]
+fn a_kill_in_the_middle_of_held_produce_loses_nothing_acknowledged() {
+    let mut service = Service::start_gateway();
+    let topic = unique_topic("gw-crash");
+    let id = service.request_topic("alice", &topic, 2);
+    let producer = idempotent_producer(&service, "alice");
+    let first = send_numbered(&producer, &topic, 2, 0..200);
+    assert!(first.iter().all(Result::is_ok), "before the kill");
+    // Sends in flight while the service dies: some may fail, every success must survive.
+    let sending = {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        std::thread::spawn(move || send_numbered(&producer, &topic, 2, 200..400))
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    service.restart();
+    let second = sending.join().expect("sender");
+    let acked: Vec<usize> = first
+        .iter()
+        .chain(second.iter())
+        .enumerate()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| i)
+        .collect();
+    drop(producer);
+    service.approve("carol", &id);
+    service.wait_topic_status(&topic, "active", Duration::from_secs(60));
+    let records = kafka_read_until(&topic, Duration::from_secs(60), |r| r.len() >= acked.len());
+    let values: std::collections::HashSet<String> =
+        records.iter().map(|r| r.value.clone()).collect();
+    for i in &acked {
+        assert!(
+            values.contains(&format!("v{i}")),
+            "acknowledged record {i} lost ({} acked, {} in Kafka)",
+            acked.len(),
+            records.len()
+        );
+    }
+    assert!(acked.len() >= 200);
+}
