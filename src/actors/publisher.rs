@@ -30,7 +30,7 @@ use crate::config::SpoolLimits;
 use crate::error::{Error, Result};
 use crate::events::{AuditQuery, EventKind, NewEvent, StoreError};
 use crate::identity::{Principal, Role};
-use crate::kafka::BatchProducer;
+use crate::kafka::{BatchProducer, Undelivered};
 use crate::metrics::METRICS;
 use crate::record::Record;
 use crate::spool::{Health, HeldRecordOut, HeldState, Spool, Tally, TopicContents};
@@ -521,17 +521,19 @@ impl Publisher {
             if let Some(held) = overflow_held {
                 receipt.held += held?.await?;
             }
-            let failed = sent
-                .failed
-                .await
-                .unwrap_or_else(|_| (0..records.len()).collect());
+            let failed: Vec<usize> = match sent.failed.await {
+                Ok(failed) => failed.into_iter().map(|u| u.index).collect(),
+                Err(_) => (0..records.len()).collect(),
+            };
             receipt.published = (records.len() - failed.len()) as u64;
             me.do_send(Delivered {
                 topic: topic.clone(),
                 records: receipt.published,
             });
             if !failed.is_empty() {
-                // Kafka did not take them (broker down, timeout): they wait in the spool.
+                // Kafka did not take them (broker down, timeout): they wait in the spool. One
+                // it refuses for good goes there too; the drain dead-letters it, as it does
+                // any held record Kafka refuses.
                 let mut is_failed = vec![false; records.len()];
                 for i in failed {
                     is_failed[i] = true;
@@ -873,17 +875,32 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
         }
         let sent = producer.send(&topic, &records);
         // No delivery reports at all: nothing is known to be in Kafka.
-        let failed = sent
-            .failed
-            .await
-            .unwrap_or_else(|_| (0..sent.enqueued).collect());
-        // Everything before the first record Kafka did not take is in Kafka, in order.
+        let failed = sent.failed.await.unwrap_or_else(|_| {
+            (0..sent.enqueued)
+                .map(|index| Undelivered {
+                    index,
+                    refused: None,
+                })
+                .collect()
+        });
+        // Everything before the first record that a retry may still deliver is done: in
+        // Kafka, in order, or refused by it for good.
         let delivered = failed
             .iter()
-            .copied()
+            .filter(|u| u.refused.is_none())
+            .map(|u| u.index)
             .min()
             .unwrap_or(sent.enqueued)
             .min(sent.enqueued);
+        // Those refused for good leave the held state first, so the release below, which
+        // takes the held records up to an id, counts only what Kafka has.
+        for undelivered in failed.iter().filter(|u| u.index < delivered) {
+            if let (Some(reason), Some(bad)) = (&undelivered.refused, batch.get(undelivered.index))
+            {
+                tracing::error!(%topic, id = bad.id, %reason, "Kafka refuses a held record; dead-lettering it.");
+                dead_letter_one(&topic, &spool, bad.id, &me).await;
+            }
+        }
         if delivered > 0 {
             release(&topic, &spool, batch[delivered - 1].id, &me).await;
         }
@@ -955,7 +972,7 @@ async fn dead_letter_one(topic: &str, spool: &Spool, id: i64, me: &Addr<Publishe
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use super::*;
     use crate::events::{Durability, Event, Store};
@@ -998,9 +1015,10 @@ mod tests {
 
     fn record(n: usize) -> Record {
         Record {
-            key: Some(format!("k{n}")),
-            value: format!("v{n}").into_bytes(),
-            headers: BTreeMap::from([("h".to_string(), n.to_string())]),
+            key: Some(format!("k{n}").into_bytes()),
+            value: Some(format!("v{n}").into_bytes()),
+            headers: vec![("h".to_string(), Some(n.to_string().into_bytes()))],
+            ..Record::default()
         }
     }
 
@@ -1148,9 +1166,8 @@ mod tests {
             topic: "t".into(),
             records: (0..40)
                 .map(|n| Record {
-                    key: None,
-                    value: vec![b'x'; 4000 + n],
-                    headers: BTreeMap::new(),
+                    value: Some(vec![b'x'; 4000 + n]),
+                    ..Record::default()
                 })
                 .collect(),
             requested: false,
@@ -1186,7 +1203,7 @@ mod tests {
             .await
             .expect("held");
         let conn = rusqlite::Connection::open(dir.path().join("spool.db")).expect("connection");
-        conn.execute("UPDATE held SET headers = 'not json'", [])
+        conn.execute("UPDATE held SET header_list = X'ff'", [])
             .expect("damage");
         drop(conn);
         let publisher = start(&spool, event_store(dir.path()).into()).await;
