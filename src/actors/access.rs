@@ -537,6 +537,22 @@ impl Governance {
     }
 }
 
+/// Passes when `principal` may use the consumer group `group_id`: only ids that begin with its
+/// own name and a dot (`dave.orders-reader`), so that nobody reads another team's offsets or
+/// joins its group. Needs no state: the name alone decides.
+pub fn may_use_group(principal: &Principal, group_id: &str) -> Result<()> {
+    let own = group_id
+        .strip_prefix(principal.name.as_str())
+        .is_some_and(|rest| rest.starts_with('.'));
+    if own {
+        Ok(())
+    } else {
+        Err(Error::GroupNotAllowed {
+            group: group_id.to_string(),
+        })
+    }
+}
+
 /// A change to access state. The roles, the owner and the requester are checked against the
 /// state in the step that records the change.
 #[derive(Debug, Clone, Message)]
@@ -820,6 +836,33 @@ mod tests {
             id,
             decision: Decision::Approve { note: None },
         }
+    }
+
+    #[test]
+    fn a_principal_uses_only_groups_named_after_itself() {
+        let dave = who("dave", &[Role::Consumer]);
+        assert!(may_use_group(&dave, "dave.orders-reader").is_ok());
+        assert!(may_use_group(&dave, "dave.").is_ok());
+        for other in [
+            "dave",
+            "davey.x",
+            "erin.orders",
+            "",
+            ".dave",
+            "x.dave.y",
+            "Dave.x",
+        ] {
+            let refused = may_use_group(&dave, other);
+            assert!(
+                matches!(&refused, Err(Error::GroupNotAllowed { group }) if group == other),
+                "{other:?}: {refused:?}"
+            );
+        }
+        let refused = may_use_group(&dave, "erin.orders").expect_err("refused");
+        assert_eq!(refused.code(), "group_not_allowed");
+        assert!(refused
+            .to_string()
+            .contains("begins with its own name and a dot"));
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl Handler<IngestRecords> for Listener {
                             config: Default::default(),
                             reason: Some("requested on first produce".into()),
                             visibility: None,
+                            validate_only: false,
                         })
                         .await??;
                     publisher.send(publish(records, true)).await??

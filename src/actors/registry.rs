@@ -182,45 +182,10 @@ impl Governance {
             return;
         };
         match &event.kind {
-            EventKind::TopicRequested {
-                spec,
-                reason,
-                visibility,
-            } => {
-                self.file(
-                    id,
-                    RequestKind::Create,
-                    topic,
-                    (spec.clone(), *visibility),
-                    reason.clone(),
-                    event,
-                );
-            }
-            EventKind::DeletionRequested { reason } => {
-                let shape = self.topics.get(topic).map(|t| {
-                    let spec = TopicSpec {
-                        partitions: t.partitions,
-                        replication_factor: t.replication_factor,
-                        config: t.config.clone(),
-                    };
-                    (spec, t.visibility)
-                });
-                let shape = shape.unwrap_or((
-                    TopicSpec {
-                        partitions: 0,
-                        replication_factor: 0,
-                        config: BTreeMap::new(),
-                    },
-                    Visibility::Open,
-                ));
-                self.file(
-                    id,
-                    RequestKind::Delete,
-                    topic,
-                    shape,
-                    Some(reason.clone()),
-                    event,
-                );
+            EventKind::TopicRequested { .. } | EventKind::DeletionRequested { .. } => {
+                if let Some(request) = self.filed(event) {
+                    self.file(request);
+                }
             }
             EventKind::RequestApproved { note } => {
                 let Some(request) = self.decide(id, RequestStatus::Approved, note.clone(), event)
@@ -298,37 +263,80 @@ impl Governance {
         }
     }
 
-    fn file(
-        &mut self,
-        id: Uuid,
-        kind: RequestKind,
-        topic: &str,
-        (spec, visibility): (TopicSpec, Visibility),
-        reason: Option<String>,
-        event: &NewEvent,
-    ) {
-        self.requests.insert(
-            id,
-            TopicRequest {
-                id,
-                kind,
-                topic: topic.to_string(),
-                partitions: spec.partitions,
-                replication_factor: spec.replication_factor,
-                config: spec.config,
-                visibility,
+    /// The request a `topic_requested` or `deletion_requested` event files, as `apply` records
+    /// it; `None` for any other event. A validate-only filing answers with it and records
+    /// nothing.
+    fn filed(&self, event: &NewEvent) -> Option<TopicRequest> {
+        let (Some(topic), Some(id)) = (event.topic.as_deref(), event.request_id) else {
+            return None;
+        };
+        let (kind, spec, visibility, reason) = match &event.kind {
+            EventKind::TopicRequested {
+                spec,
                 reason,
-                status: RequestStatus::Pending,
-                requested_by: event.actor.clone(),
-                requested_at: event.at,
-                decided_by: None,
-                decided_at: None,
-                decision_note: None,
-                error: None,
-            },
-        );
-        self.open.insert(topic.to_string(), id);
-        self.latest.insert(topic.to_string(), id);
+                visibility,
+            } => (
+                RequestKind::Create,
+                spec.clone(),
+                *visibility,
+                reason.clone(),
+            ),
+            EventKind::DeletionRequested { reason } => {
+                // A deletion request shows the shape of the topic it deletes.
+                let (spec, visibility) = match self.topics.get(topic) {
+                    Some(t) => (
+                        TopicSpec {
+                            partitions: t.partitions,
+                            replication_factor: t.replication_factor,
+                            config: t.config.clone(),
+                        },
+                        t.visibility,
+                    ),
+                    None => (
+                        TopicSpec {
+                            partitions: 0,
+                            replication_factor: 0,
+                            config: BTreeMap::new(),
+                        },
+                        Visibility::Open,
+                    ),
+                };
+                (RequestKind::Delete, spec, visibility, Some(reason.clone()))
+            }
+            _ => return None,
+        };
+        Some(TopicRequest {
+            id,
+            kind,
+            topic: topic.to_string(),
+            partitions: spec.partitions,
+            replication_factor: spec.replication_factor,
+            config: spec.config,
+            visibility,
+            reason,
+            status: RequestStatus::Pending,
+            requested_by: event.actor.clone(),
+            requested_at: event.at,
+            decided_by: None,
+            decided_at: None,
+            decision_note: None,
+            error: None,
+        })
+    }
+
+    fn file(&mut self, request: TopicRequest) {
+        self.open.insert(request.topic.clone(), request.id);
+        self.latest.insert(request.topic.clone(), request.id);
+        self.requests.insert(request.id, request);
+    }
+
+    /// Runs every check `command` (a filing) runs against this state and answers with the
+    /// request it would file, without filing it.
+    pub(super) fn validate(&self, command: &Command) -> Result<TopicRequest> {
+        let event = self.event_for(command)?;
+        self.filed(&event).ok_or_else(|| {
+            Error::Internal("only a create or deletion request can be validated".into())
+        })
     }
 
     fn decide(
@@ -679,6 +687,13 @@ pub struct RouteOf(pub String);
 #[rtype(result = "Vec<(String, TopicRoute)>")]
 pub struct AllRoutes;
 
+/// Checks a filing (`Command::FileCreate` or `Command::FileDeletion`) exactly as sending it
+/// would, against the same state, and answers with the request it would file. Nothing is
+/// appended: the answer's id is not a filed request's.
+#[derive(Message)]
+#[rtype(result = "Result<TopicRequest>")]
+pub struct ValidateOnly(pub Command);
+
 /// Approved requests whose Kafka work is not done: resumed after a restart.
 #[derive(Message)]
 #[rtype(result = "Vec<TopicRequest>")]
@@ -736,6 +751,15 @@ impl Handler<Command> for Registry {
             let _ = reply.send(result.and_then(|()| committed.request(id).cloned()));
         });
         Box::pin(async move { answer.await.unwrap_or(Err(Error::Unavailable)) })
+    }
+}
+
+impl Handler<ValidateOnly> for Registry {
+    type Result = Result<TopicRequest>;
+
+    /// Checked against the staged state, as a real filing is: a filing in flight counts.
+    fn handle(&mut self, msg: ValidateOnly, _: &mut Context<Self>) -> Self::Result {
+        self.journal.staged()?.validate(&msg.0)
     }
 }
 

@@ -13,7 +13,8 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::SelfApproval
         | Error::NotRequester
         | Error::NotOwner(_)
-        | Error::NoAccess(_) => StatusCode::FORBIDDEN,
+        | Error::NoAccess(_)
+        | Error::GroupNotAllowed { .. } => StatusCode::FORBIDDEN,
         Error::InvalidTopicName(_)
         | Error::InvalidPartitions(_)
         | Error::InvalidReplicationFactor(_)

@@ -243,6 +243,7 @@ async fn create_request(app: App, auth: Option<String>, body: Result<Bytes>) -> 
             config: body.config,
             reason: body.reason,
             visibility: body.visibility,
+            validate_only: false,
         })
         .await??;
     Ok(json(StatusCode::CREATED, &request))
@@ -350,6 +351,7 @@ async fn request_deletion(
             principal,
             topic: name,
             reason: b.reason,
+            validate_only: false,
         })
         .await??;
     Ok(json(StatusCode::CREATED, &request))
