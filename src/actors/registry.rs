@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::access::AccessBook;
 use super::event_store::EventStore;
+pub use super::governed_view::{GovernedView, ProduceRoute, VisibleStatus, VisibleTopic};
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent, TopicSpec, Visibility};
@@ -80,7 +81,7 @@ pub enum TopicStatus {
 }
 
 impl TopicStatus {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             TopicStatus::Pending => "pending",
             TopicStatus::Provisioning => "provisioning",
@@ -566,6 +567,11 @@ impl Governance {
         }
     }
 
+    /// The name of every topic KafFlow has had a request for.
+    pub(super) fn topic_names(&self) -> impl Iterator<Item = &str> {
+        self.latest.keys().map(String::as_str)
+    }
+
     /// Every topic, in name order.
     pub fn topics(&self) -> Vec<Topic> {
         self.topics.values().cloned().collect()
@@ -701,13 +707,26 @@ pub struct UnfinishedWork;
 
 pub struct Registry {
     pub(super) journal: Journal<Governance>,
+    view: GovernedView,
 }
 
 impl Registry {
     pub fn new(state: Governance, store: Addr<EventStore>) -> Self {
-        Registry {
-            journal: Journal::new(Owner::Registry, state, store),
-        }
+        let view = GovernedView::of(&state);
+        let mut journal = Journal::new(Owner::Registry, state, store);
+        let kept = view.clone();
+        journal.on_commit(move |committed, event| {
+            if let Some(topic) = event.topic.as_deref() {
+                kept.refresh(committed, topic);
+            }
+        });
+        Registry { journal, view }
+    }
+
+    /// The read-only view of the committed state that the registry keeps current; take it
+    /// before the registry starts, and clone it freely.
+    pub fn view(&self) -> GovernedView {
+        self.view.clone()
     }
 
     pub(super) fn state(&self) -> &Governance {
