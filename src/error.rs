@@ -33,6 +33,9 @@ pub enum Error {
     NoAccess(String),
     #[error("{0}")]
     AlreadyGranted(String),
+    /// A consumer group id a principal may not use: only its own name and a dot begin it.
+    #[error("group {group:?} is not allowed: a principal may use only consumer groups whose id begins with its own name and a dot")]
+    GroupNotAllowed { group: String },
     #[error("invalid topic name: {0}")]
     InvalidTopicName(String),
     #[error("invalid partitions: {0}")]
@@ -68,10 +71,6 @@ pub enum Error {
     InvalidQuery(String),
     #[error("{0} not found")]
     NotFound(String),
-    #[error(
-        "consumer group {group} is not yours: use group ids that begin with your name and a dot"
-    )]
-    GroupNotAllowed { group: String },
     #[error("topic {0} already exists")]
     TopicExists(String),
     #[error("topic {topic} already has an open request {request_id}")]
@@ -120,6 +119,7 @@ impl Error {
             Error::NotOwner(_) => "not_owner",
             Error::NoAccess(_) => "no_access",
             Error::AlreadyGranted(_) => "already_granted",
+            Error::GroupNotAllowed { .. } => "group_not_allowed",
             Error::InvalidTopicName(_) => "invalid_topic_name",
             Error::InvalidPartitions(_) => "invalid_partitions",
             Error::InvalidReplicationFactor(_) => "invalid_replication_factor",
@@ -135,7 +135,6 @@ impl Error {
             Error::InvalidId(_) => "invalid_id",
             Error::InvalidQuery(_) => "invalid_query",
             Error::NotFound(_) => "not_found",
-            Error::GroupNotAllowed { .. } => "group_not_allowed",
             Error::TopicExists(_) => "topic_exists",
             Error::RequestPending { .. } => "request_pending",
             Error::NotPending(_) => "not_pending",

@@ -8,7 +8,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
 };
@@ -161,11 +161,21 @@ pub fn producer_config(kafka: &KafkaConfig, delivery_timeout_ms: u64) -> ClientC
     config
 }
 
+/// A record of a batch that Kafka did not acknowledge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    /// Its place in the batch.
+    pub index: usize,
+    /// Why no retry can deliver it (its partition does not exist, it is too large); `None`
+    /// when a retry may (broker down, timeout).
+    pub refused: Option<String>,
+}
+
 /// Delivery reports of one group of records sent together.
 struct Batch {
     remaining: AtomicUsize,
-    failed: Mutex<Vec<usize>>,
-    done: Mutex<Option<oneshot::Sender<Vec<usize>>>>,
+    failed: Mutex<Vec<Undelivered>>,
+    done: Mutex<Option<oneshot::Sender<Vec<Undelivered>>>>,
 }
 
 impl Batch {
@@ -197,8 +207,12 @@ impl ProducerContext for AckContext {
     type DeliveryOpaque = Box<Ack>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
-        if result.is_err() {
-            lock(&ack.batch.failed).push(ack.index);
+        if let Err((e, message)) = result {
+            let refused = refusal(e, message.topic(), message.partition());
+            lock(&ack.batch.failed).push(Undelivered {
+                index: ack.index,
+                refused,
+            });
         }
         ack.batch.finish(1);
     }
@@ -214,10 +228,27 @@ pub struct Sent {
     /// Records `0..enqueued` went to librdkafka; the rest did not (queue full, or `refused`).
     pub enqueued: usize,
     /// Record `enqueued` was refused by librdkafka for good (e.g. larger than
-    /// `message.max.bytes`), with the reason; `None` when the queue was merely full.
+    /// `message.max.bytes`, or sent to a partition the topic does not have), with the reason;
+    /// `None` when the queue was merely full.
     pub refused: Option<String>,
-    /// Resolves with the indices of enqueued records that Kafka did not acknowledge.
-    pub failed: oneshot::Receiver<Vec<usize>>,
+    /// Resolves with the enqueued records that Kafka did not acknowledge, in no set order.
+    pub failed: oneshot::Receiver<Vec<Undelivered>>,
+}
+
+/// Why no retry can get a record into Kafka, or `None` when one may. Only what stays true
+/// counts: a record larger than the broker takes, an argument librdkafka refuses, and a
+/// partition the topic does not have (librdkafka says so when it enqueues the record if it
+/// knows the topic, else in the delivery report once it has learnt it).
+fn refusal(e: &KafkaError, topic: &str, partition: i32) -> Option<String> {
+    match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition) => Some(format!(
+            "partition {partition} does not exist in topic {topic} ({e})"
+        )),
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidArgument,
+        ) => Some(e.to_string()),
+        _ => None,
+    }
 }
 
 impl BatchProducer {
@@ -244,10 +275,19 @@ impl BatchProducer {
                 batch: batch.clone(),
                 index,
             });
-            let mut base = BaseRecord::<str, [u8], Box<Ack>>::with_opaque_to(topic, ack)
-                .payload(record.value.as_slice());
+            // No payload is Kafka's null value (a tombstone), not an empty one.
+            let mut base = BaseRecord::<[u8], [u8], Box<Ack>>::with_opaque_to(topic, ack);
+            if let Some(value) = &record.value {
+                base = base.payload(value.as_slice());
+            }
             if let Some(key) = &record.key {
-                base = base.key(key.as_str());
+                base = base.key(key.as_slice());
+            }
+            if let Some(partition) = record.partition {
+                base = base.partition(partition);
+            }
+            if let Some(timestamp) = record.timestamp {
+                base = base.timestamp(timestamp);
             }
             if !record.headers.is_empty() {
                 let headers = record
@@ -256,7 +296,7 @@ impl BatchProducer {
                     .fold(OwnedHeaders::new(), |h, (k, v)| {
                         h.insert(Header {
                             key: k,
-                            value: Some(v.as_str()),
+                            value: v.as_deref(),
                         })
                     });
                 base = base.headers(headers);
@@ -266,15 +306,8 @@ impl BatchProducer {
                 Err((e, _)) => {
                     // Only what no retry can change counts as refused; anything else (queue
                     // full, unknown topic for now, a fatal producer state) is retried.
-                    if matches!(
-                        e,
-                        KafkaError::MessageProduction(
-                            RDKafkaErrorCode::MessageSizeTooLarge
-                                | RDKafkaErrorCode::InvalidArgument
-                        )
-                    ) {
-                        refused = Some(e.to_string());
-                    }
+                    let partition = record.partition.unwrap_or(-1);
+                    refused = refusal(&e, topic, partition);
                     break;
                 }
             }

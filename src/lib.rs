@@ -203,7 +203,7 @@ pub async fn serve(
     let (writer, writer_thread) = store.into_writer(head)?;
     let event_store = EventStore::new(writer, coordinator.fatal()).start();
     let registry = Registry::new(state.governance, event_store.clone());
-    let governed_view = gateway::stub_view(&registry);
+    let governed_view = registry.view();
     let registry = registry.start();
     let subscriptions = Subscriptions::new(
         state.subscriptions,
@@ -231,7 +231,7 @@ pub async fn serve(
         config.spool.clone(),
         event_store.clone(),
     );
-    let direct_topics = gateway::stub_direct(&publisher);
+    let direct_topics = publisher.direct_topics();
     let publisher = publisher.start();
     // Routes as the log left them; from here on the watcher keeps them in step. Nothing is
     // appended before the watcher follows the log: the provisioner resumes only below.

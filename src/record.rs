@@ -6,19 +6,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// A record ready for Kafka.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A record ready for Kafka: exactly what a Kafka client sent, or what a JSON record means.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
-    pub key: Option<String>,
-    pub value: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
+    /// Any bytes; a Kafka client's key need not be UTF-8.
+    pub key: Option<Vec<u8>>,
+    /// `None` is Kafka's null value: a tombstone for a compacted topic.
+    pub value: Option<Vec<u8>>,
+    /// In the order sent; a name may repeat, and a value may be any bytes or null.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The partition the client chose; `None` leaves it to Kafka's partitioner.
+    pub partition: Option<i32>,
+    /// The client's CreateTime in milliseconds; `None` takes the time it is published.
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
-    /// Bytes the record takes in the spool's accounting.
+    /// Bytes the record takes in the spool's accounting: key, value and headers.
     pub fn size(&self) -> u64 {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        (self.value.len() + self.key.as_ref().map_or(0, String::len) + headers) as u64
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let key = self.key.as_ref().map_or(0, Vec::len);
+        let value = self.value.as_ref().map_or(0, Vec::len);
+        (key + value + headers) as u64
     }
 
     /// Refuses a record past the configured size or header count.
@@ -79,13 +92,23 @@ impl RecordIn {
             other => other.to_string().into_bytes(),
         };
         let record = Record {
-            key: self.key,
-            value,
-            headers: self.headers,
+            key: self.key.map(String::into_bytes),
+            value: Some(value),
+            headers: json_headers(self.headers),
+            partition: None,
+            timestamp: None,
         };
         record.check(limits)?;
         Ok(record)
     }
+}
+
+/// JSON headers (an object of strings) as a record carries them, in name order.
+pub fn json_headers(headers: BTreeMap<String, String>) -> Vec<(String, Option<Vec<u8>>)> {
+    headers
+        .into_iter()
+        .map(|(name, value)| (name, Some(value.into_bytes())))
+        .collect()
 }
 
 /// How a record is shown back (held-record listings and exports).
@@ -97,13 +120,35 @@ pub struct RecordOut {
 }
 
 impl From<&Record> for RecordOut {
+    /// For display, the JSON shape of the API: bytes that are not UTF-8 show lossily, a null
+    /// value as `null`, a null header value as `""`, and of a repeated header name the last.
     fn from(record: &Record) -> Self {
         RecordOut {
-            key: record.key.clone(),
-            value: value_json(&record.value),
-            headers: record.headers.clone(),
+            key: record.key.as_deref().map(lossy),
+            value: record
+                .value
+                .as_deref()
+                .map_or(serde_json::Value::Null, value_json),
+            headers: headers_out(&record.headers),
         }
     }
+}
+
+/// Headers as the JSON shape shows them (see `RecordOut`).
+pub fn headers_out(headers: &[(String, Option<Vec<u8>>)]) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.clone(),
+                value.as_deref().map(lossy).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// A value as JSON when it parses as JSON, else as a string.
@@ -140,11 +185,14 @@ mod tests {
     #[test]
     fn strings_go_as_text_and_other_values_as_json() {
         let text: RecordIn = serde_json::from_str(r#"{"value":"hello"}"#).expect("parse");
-        assert_eq!(text.into_record(limits(100)).expect("ok").value, b"hello");
+        assert_eq!(
+            text.into_record(limits(100)).expect("ok").value.as_deref(),
+            Some(&b"hello"[..])
+        );
         let object: RecordIn =
             serde_json::from_str(r#"{"key":"k","value":{"a":1}}"#).expect("parse");
         let record = object.into_record(limits(100)).expect("ok");
-        assert_eq!(record.value, br#"{"a":1}"#);
+        assert_eq!(record.value.as_deref(), Some(&br#"{"a":1}"#[..]));
         assert_eq!(RecordOut::from(&record).value, serde_json::json!({"a": 1}));
         let big: RecordIn = serde_json::from_str(r#"{"value":"0123456789"}"#).expect("parse");
         assert!(matches!(
@@ -157,6 +205,27 @@ mod tests {
             Err(Error::InvalidRecord(_))
         ));
         assert!(serde_json::from_str::<RecordIn>(r#"{"value":1,"extra":2}"#).is_err());
+    }
+
+    #[test]
+    fn a_kafka_record_shows_in_json_lossily_and_counts_every_byte() {
+        let record = Record {
+            key: Some(vec![0xff, b'k']),
+            value: None,
+            headers: vec![
+                ("h".into(), Some(b"1".to_vec())),
+                ("h".into(), Some(vec![0xfe])),
+                ("n".into(), None),
+            ],
+            partition: Some(3),
+            timestamp: Some(1_700_000_000_000),
+        };
+        assert_eq!(record.size(), 2 + 1 + 1 + 1 + 1 + 1);
+        let out = RecordOut::from(&record);
+        assert_eq!(out.key.as_deref(), Some("\u{fffd}k"));
+        assert_eq!(out.value, serde_json::Value::Null);
+        assert_eq!(out.headers["h"], "\u{fffd}", "the last of a repeated name");
+        assert_eq!(out.headers["n"], "");
     }
 }
 

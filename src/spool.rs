@@ -15,18 +15,22 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
 use chrono::{SecondsFormat, Utc};
-use rusqlite::types::{ToSqlOutput, Value};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::events::Durability;
-use crate::record::{value_json, Record, RecordOut};
+use crate::record::{json_headers, Record, RecordOut};
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/spool_0001_held.sql")),
     (2, include_str!("../migrations/spool_0002_meta.sql")),
+    (
+        3,
+        include_str!("../migrations/spool_0003_kafka_records.sql"),
+    ),
 ];
 const DB_FILE: &str = "spool.db";
 const DISCARDED_SEQ: &str = "discarded_seq";
@@ -50,15 +54,17 @@ impl HeldState {
     }
 }
 
-/// The stored headers of a held record do not read back as a JSON object of strings (the
-/// file was damaged or edited). Such a record is never sent to Kafka without its headers.
+/// The stored headers of a held record do not read back (the file was damaged or edited).
+/// Such a record is never sent to Kafka without its headers.
 #[derive(Debug, thiserror::Error)]
-#[error("held record {id}: its stored headers cannot be decoded: {source}")]
+#[error("held record {id}: its stored headers cannot be decoded: {why}")]
 pub struct UndecodableHeaders {
     pub id: i64,
-    #[source]
-    pub source: serde_json::Error,
+    pub why: String,
 }
+
+/// A record's headers, as a record carries them.
+type Headers = Vec<(String, Option<Vec<u8>>)>;
 
 /// A record in the spool.
 #[derive(Debug)]
@@ -70,21 +76,30 @@ pub struct HeldRecord {
     pub state: HeldState,
     /// What the row counts for in the spool's bytes (key, value and headers).
     pub size: u64,
-    pub key: Option<String>,
-    pub value: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+    /// `None`: a tombstone.
+    pub value: Option<Vec<u8>>,
     /// The headers, or why they cannot be read back.
-    pub headers: std::result::Result<BTreeMap<String, String>, UndecodableHeaders>,
+    pub headers: std::result::Result<Headers, UndecodableHeaders>,
+    pub partition: Option<i32>,
+    pub timestamp: Option<i64>,
 }
 
 impl HeldRecord {
     /// The record as Kafka gets it; an error when its headers cannot be read back.
     pub fn record(&self) -> std::result::Result<Record, &UndecodableHeaders> {
         let headers = self.headers.as_ref()?;
-        Ok(Record {
+        Ok(self.with_headers(headers.clone()))
+    }
+
+    fn with_headers(&self, headers: Headers) -> Record {
+        Record {
             key: self.key.clone(),
             value: self.value.clone(),
-            headers: headers.clone(),
-        })
+            headers,
+            partition: self.partition,
+            timestamp: self.timestamp,
+        }
     }
 }
 
@@ -107,7 +122,7 @@ impl From<&HeldRecord> for HeldRecordOut {
     fn from(held: &HeldRecord) -> Self {
         let (headers, headers_error) = match &held.headers {
             Ok(headers) => (headers.clone(), None),
-            Err(e) => (BTreeMap::new(), Some(e.to_string())),
+            Err(e) => (Vec::new(), Some(e.to_string())),
         };
         HeldRecordOut {
             id: held.id,
@@ -115,11 +130,7 @@ impl From<&HeldRecord> for HeldRecordOut {
             state: held.state,
             producer: held.producer.clone(),
             accepted_at: held.accepted_at.clone(),
-            record: RecordOut {
-                key: held.key.clone(),
-                value: value_json(&held.value),
-                headers,
-            },
+            record: RecordOut::from(&held.with_headers(headers)),
             headers_error,
         }
     }
@@ -190,29 +201,106 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A record's headers as the `headers` column keeps them: a JSON object, or NULL when empty.
-struct HeadersColumn<'a>(&'a BTreeMap<String, String>);
+/// A record's headers as the `header_list` column keeps them, or NULL when there are none.
+struct HeaderList<'a>(&'a [(String, Option<Vec<u8>>)]);
 
-impl ToSql for HeadersColumn<'_> {
+impl ToSql for HeaderList<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         if self.0.is_empty() {
             return Ok(ToSqlOutput::Owned(Value::Null));
         }
-        serde_json::to_string(self.0)
-            .map(|text| ToSqlOutput::Owned(Value::Text(text)))
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        encode_headers(self.0)
+            .map(|blob| ToSqlOutput::Owned(Value::Blob(blob)))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
     }
 }
 
+/// Headers in order as bytes: per header, the name's length (u32, big-endian) and its UTF-8
+/// bytes, then 0 for a null value, or 1, the value's length (u32) and its bytes. Kafka's own
+/// header encoding, with lengths that need no varints.
+pub(crate) fn encode_headers(
+    headers: &[(String, Option<Vec<u8>>)],
+) -> std::result::Result<Vec<u8>, String> {
+    let len = |n: usize| u32::try_from(n).map_err(|_| format!("a header of {n} bytes is too long"));
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        out.extend_from_slice(&len(name.len())?.to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+        match value {
+            None => out.push(0),
+            Some(value) => {
+                out.push(1);
+                out.extend_from_slice(&len(value.len())?.to_be_bytes());
+                out.extend_from_slice(value);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads back what `encode_headers` wrote; an error says where it stops making sense.
+pub(crate) fn decode_header_list(mut bytes: &[u8]) -> std::result::Result<Headers, String> {
+    fn take<'a>(
+        bytes: &mut &'a [u8],
+        n: usize,
+        what: &str,
+    ) -> std::result::Result<&'a [u8], String> {
+        if bytes.len() < n {
+            return Err(format!("cut short in {what}"));
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head)
+    }
+    fn length(bytes: &mut &[u8], what: &str) -> std::result::Result<usize, String> {
+        let raw = take(bytes, 4, what)?;
+        Ok(u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize)
+    }
+    let mut headers = Vec::new();
+    while !bytes.is_empty() {
+        let n = length(&mut bytes, "a header name's length")?;
+        let name = take(&mut bytes, n, "a header name")?;
+        let name = std::str::from_utf8(name)
+            .map_err(|_| "a header name is not UTF-8".to_string())?
+            .to_string();
+        let value = match take(&mut bytes, 1, "a header value's tag")?[0] {
+            0 => None,
+            1 => {
+                let n = length(&mut bytes, "a header value's length")?;
+                Some(take(&mut bytes, n, "a header value")?.to_vec())
+            }
+            tag => return Err(format!("a header value has the unknown tag {tag}")),
+        };
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+/// The headers of a row: the `header_list` of a newer row, else the JSON object of strings in
+/// `headers` that older rows have, else none.
 fn decode_headers(
     id: i64,
-    column: Option<String>,
-) -> std::result::Result<BTreeMap<String, String>, UndecodableHeaders> {
+    list: Option<Vec<u8>>,
+    json: Option<String>,
+) -> std::result::Result<Headers, UndecodableHeaders> {
+    let undecodable = |why: String| UndecodableHeaders { id, why };
+    match (list, json) {
+        (Some(list), _) => decode_header_list(&list).map_err(undecodable),
+        (None, Some(text)) => serde_json::from_str::<BTreeMap<String, String>>(&text)
+            .map(json_headers)
+            .map_err(|e| undecodable(e.to_string())),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// Bytes as stored: a key is a BLOB in newer rows and TEXT in older ones.
+fn stored_bytes(column: ValueRef<'_>) -> Option<Vec<u8>> {
     match column {
-        None => Ok(BTreeMap::new()),
-        Some(text) => {
-            serde_json::from_str(&text).map_err(|source| UndecodableHeaders { id, source })
-        }
+        ValueRef::Null => None,
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(bytes.to_vec()),
+        // Never written; kept as its text rather than lost.
+        ValueRef::Integer(n) => Some(n.to_string().into_bytes()),
+        ValueRef::Real(x) => Some(x.to_string().into_bytes()),
     }
 }
 
@@ -522,15 +610,19 @@ fn insert(
     {
         let at = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO held (topic, state, key, value, headers, producer, size, accepted_at)
-             VALUES (?1, 'held', ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO held (topic, state, key, value, tombstone, header_list,
+                               kafka_partition, create_time_ms, producer, size, accepted_at)
+             VALUES (?1, 'held', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for record in records {
             stmt.execute(params![
                 topic,
                 record.key,
-                record.value,
-                HeadersColumn(&record.headers),
+                record.value.as_deref().unwrap_or_default(),
+                record.value.is_none(),
+                HeaderList(&record.headers),
+                record.partition,
+                record.timestamp,
                 producer,
                 record.size() as i64,
                 at
@@ -549,7 +641,8 @@ fn select(
     limit: usize,
 ) -> rusqlite::Result<Vec<HeldRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, topic, key, value, headers, producer, accepted_at, size FROM held
+        "SELECT id, topic, key, value, headers, producer, accepted_at, size,
+                tombstone, header_list, kafka_partition, create_time_ms FROM held
          WHERE topic = ?1 AND state = ?2 AND id > ?3 AND (?4 IS NULL OR producer = ?4)
          ORDER BY id LIMIT ?5",
     )?;
@@ -557,6 +650,7 @@ fn select(
         params![topic, state.as_str(), after_id, producer, limit as i64],
         |r| {
             let id: i64 = r.get(0)?;
+            let tombstone: bool = r.get(8)?;
             Ok(HeldRecord {
                 id,
                 topic: r.get(1)?,
@@ -564,9 +658,15 @@ fn select(
                 accepted_at: r.get(6)?,
                 state,
                 size: r.get::<_, i64>(7)? as u64,
-                key: r.get(2)?,
-                value: r.get(3)?,
-                headers: decode_headers(id, r.get(4)?),
+                key: stored_bytes(r.get_ref(2)?),
+                value: if tombstone {
+                    None
+                } else {
+                    Some(stored_bytes(r.get_ref(3)?).unwrap_or_default())
+                },
+                headers: decode_headers(id, r.get(9)?, r.get(4)?),
+                partition: r.get(10)?,
+                timestamp: r.get(11)?,
             })
         },
     )?;
@@ -609,9 +709,10 @@ mod tests {
 
     fn record(n: usize) -> Record {
         Record {
-            key: Some(format!("k{n}")),
-            value: format!("v{n}").into_bytes(),
-            headers: BTreeMap::from([("h".to_string(), n.to_string())]),
+            key: Some(format!("k{n}").into_bytes()),
+            value: Some(format!("v{n}").into_bytes()),
+            headers: vec![("h".to_string(), Some(n.to_string().into_bytes()))],
+            ..Record::default()
         }
     }
 
@@ -625,14 +726,8 @@ mod tests {
         second.await.expect("held");
         first.await.expect("held");
         let batch = spool.next_held("t", 0, 10).await.expect("read");
-        let values: Vec<_> = batch.iter().map(|h| h.value.clone()).collect();
-        assert_eq!(
-            values,
-            (0..5)
-                .map(|n| format!("v{n}").into_bytes())
-                .collect::<Vec<_>>()
-        );
-        assert_eq!(batch[4].record().expect("headers").headers["h"], "4");
+        let records: Vec<Record> = batch.iter().map(|h| h.record().expect("headers")).collect();
+        assert_eq!(records, (0..5).map(record).collect::<Vec<_>>());
         let released = spool.release("t", batch[1].id).await.expect("release");
         let two = (0..2).map(record).map(|r| r.size()).sum();
         assert_eq!(
@@ -711,7 +806,7 @@ mod tests {
         // Damage the stored headers of the first record, as a bad disk or a hand edit would.
         let conn = Connection::open(dir.path().join(DB_FILE)).expect("second connection");
         conn.execute(
-            "UPDATE held SET headers = '{\"h\": 1' WHERE id = ?1",
+            "UPDATE held SET header_list = X'0000000168' WHERE id = ?1",
             params![batch[0].id],
         )
         .expect("damage");
@@ -742,9 +837,8 @@ mod tests {
         spool.cap_pages(Some(1)).await.expect("cap");
         let big: Vec<Record> = (0..50)
             .map(|n| Record {
-                key: None,
-                value: vec![b'x'; 4000 + n],
-                headers: BTreeMap::new(),
+                value: Some(vec![b'x'; 4000 + n]),
+                ..Record::default()
             })
             .collect();
         let refused = spool.hold("t".into(), "p".into(), big.clone()).await;
@@ -766,5 +860,125 @@ mod tests {
             .await
             .expect("held after space is back");
         assert_eq!(spool.contents().await.expect("contents")["t"].held, 52);
+    }
+
+    #[tokio::test]
+    async fn a_kafka_record_comes_back_exactly_as_it_was_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), Durability::Normal).expect("open");
+        let sent = vec![
+            Record {
+                key: Some(vec![0, 0xff, 0xfe, b'k']),
+                value: None,
+                headers: vec![
+                    ("trace".into(), Some(vec![0xc3, 0x28])),
+                    ("trace".into(), Some(b"second".to_vec())),
+                    ("empty".into(), Some(Vec::new())),
+                    ("null".into(), None),
+                ],
+                partition: Some(2),
+                timestamp: Some(1_700_000_000_123),
+            },
+            Record {
+                key: Some(Vec::new()),
+                value: Some(Vec::new()),
+                ..Record::default()
+            },
+            Record {
+                value: Some(vec![0xff; 3]),
+                partition: Some(0),
+                ..Record::default()
+            },
+        ];
+        spool
+            .hold("t".into(), "p".into(), sent.clone())
+            .await
+            .expect("held");
+        drop(spool);
+        // Read back after a restart, as a drain does.
+        let (spool, contents) = Spool::open(dir.path(), Durability::Normal).expect("reopen");
+        let sizes: u64 = sent.iter().map(Record::size).sum();
+        assert_eq!(contents["t"].held_bytes, sizes);
+        let batch = spool.next_held("t", 0, 10).await.expect("read");
+        let back: Vec<Record> = batch.iter().map(|h| h.record().expect("headers")).collect();
+        assert_eq!(back, sent);
+        let listed = HeldRecordOut::from(&batch[0]);
+        assert_eq!(listed.record.value, serde_json::Value::Null);
+        assert_eq!(listed.record.headers["trace"], "second");
+    }
+
+    #[tokio::test]
+    async fn a_row_written_before_kafka_records_still_reads_as_it_did() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A spool as the previous version left it: migrations 1 and 2, rows with a TEXT key
+        // and headers as a JSON object.
+        let mut conn =
+            crate::sqlite::open(&dir.path().join(DB_FILE), Durability::Normal).expect("open");
+        crate::sqlite::migrate(&mut conn, &MIGRATIONS[..2]).expect("old schema");
+        conn.execute(
+            "INSERT INTO held (topic, state, key, value, headers, producer, size, accepted_at)
+             VALUES ('t', 'held', 'k1', X'7631', '{\"a\":\"1\",\"b\":\"2\"}', 'p', 7,
+                     '2026-01-01T00:00:00.000000Z'),
+                    ('t', 'held', NULL, X'', NULL, 'p', 0, '2026-01-01T00:00:00.000000Z')",
+            [],
+        )
+        .expect("old rows");
+        drop(conn);
+
+        let (spool, contents) = Spool::open(dir.path(), Durability::Normal).expect("migrate");
+        assert_eq!((contents["t"].held, contents["t"].held_bytes), (2, 7));
+        let batch = spool.next_held("t", 0, 10).await.expect("read");
+        let back: Vec<Record> = batch.iter().map(|h| h.record().expect("headers")).collect();
+        assert_eq!(
+            back,
+            vec![
+                Record {
+                    key: Some(b"k1".to_vec()),
+                    value: Some(b"v1".to_vec()),
+                    headers: vec![
+                        ("a".into(), Some(b"1".to_vec())),
+                        ("b".into(), Some(b"2".to_vec())),
+                    ],
+                    ..Record::default()
+                },
+                Record {
+                    value: Some(Vec::new()),
+                    ..Record::default()
+                },
+            ]
+        );
+        let listed = serde_json::to_value(HeldRecordOut::from(&batch[0])).expect("json");
+        assert_eq!(listed["key"], "k1");
+        assert_eq!(listed["value"], "v1");
+        assert_eq!(listed["headers"], serde_json::json!({"a": "1", "b": "2"}));
+        // A damaged old row is still reported, not sent without its headers.
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("second connection");
+        conn.execute(
+            "UPDATE held SET headers = '{\"h\": 1' WHERE id = ?1",
+            params![batch[0].id],
+        )
+        .expect("damage");
+        drop(conn);
+        let batch = spool.next_held("t", 0, 10).await.expect("read");
+        assert!(batch[0].record().is_err());
+    }
+
+    #[test]
+    fn header_lists_decode_only_what_was_encoded() {
+        let headers = vec![("a".to_string(), None), ("a".to_string(), Some(vec![1, 2]))];
+        let bytes = encode_headers(&headers).expect("encode");
+        assert_eq!(decode_header_list(&bytes).expect("decode"), headers);
+        // Cut anywhere but between two headers, it is an error.
+        for cut in (1..bytes.len()).filter(|&cut| cut != 6) {
+            assert!(decode_header_list(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(
+            decode_header_list(&[0, 0, 0, 1, b'a', 7]).is_err(),
+            "bad tag"
+        );
+        assert!(
+            decode_header_list(&[0, 0, 0, 1, 0xff, 0]).is_err(),
+            "bad name"
+        );
     }
 }

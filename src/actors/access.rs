@@ -21,8 +21,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::governed_view::ProduceRoute;
 use super::journal;
-use super::registry::{Decision, Governance, Registry, TopicStatus};
+use super::registry::{Decision, Governance, Registry, TopicRoute, TopicStatus};
 use crate::error::{Error, Result};
 use crate::events::{Access, AuditScope, EventKind, NewEvent, Visibility};
 use crate::identity::{Principal, Role};
@@ -117,6 +118,18 @@ impl AccessBook {
         lost.into_iter().collect()
     }
 
+    /// Every (user, access) granted on `topic`.
+    fn grants_on(&self, topic: &str) -> BTreeSet<(String, Access)> {
+        // Keys sort by topic first; "" and `Produce` are the least user and access, so the
+        // range starts at the topic's first grant.
+        let from = (topic.to_string(), String::new(), Access::Produce);
+        self.held
+            .range(from..)
+            .take_while(|((t, _, _), _)| t == topic)
+            .map(|((_, user, access), _)| (user.clone(), *access))
+            .collect()
+    }
+
     pub fn holds(&self, topic: &str, user: &str, access: Access) -> bool {
         self.held
             .contains_key(&(topic.to_string(), user.to_string(), access))
@@ -188,51 +201,41 @@ impl Governance {
         principal.has(Role::Admin) || self.owner_of(topic) == Some(principal.name.as_str())
     }
 
+    /// What the access rules read of `topic`, from this state; `None` for a topic KafFlow
+    /// has never had a request for.
+    pub(super) fn facts(&self, topic: &str) -> Option<TopicFacts> {
+        let route = self.route_of(topic);
+        if route == TopicRoute::Unknown {
+            return None;
+        }
+        let shown = self.topic_or_pending(topic).ok().map(|t| Shown {
+            status: t.status,
+            visibility: t.visibility,
+            partitions: t.partitions,
+            replication_factor: t.replication_factor,
+        });
+        Some(TopicFacts {
+            route,
+            owner: self.owner_of(topic).map(str::to_string),
+            shown,
+            grants: self.access.grants_on(topic),
+        })
+    }
+
     /// Passes when `principal` may send records to `topic`. A topic that takes no records
-    /// (unknown, closed) passes: the publisher gives the reason.
+    /// (unknown, closed) passes: the publisher gives the reason, after `?request=true` has had
+    /// its chance. The role is checked by the caller.
     pub fn may_produce(&self, principal: &Principal, topic: &str) -> Result<()> {
-        use super::registry::TopicRoute;
-        if !matches!(
-            self.route_of(topic),
-            TopicRoute::Active | TopicRoute::Pending
-        ) {
-            return Ok(());
+        match produce_rule(self.facts(topic).as_ref(), principal, topic) {
+            Err(Error::UnknownTopic(_) | Error::TopicClosed { .. }) => Ok(()),
+            other => other.map(drop),
         }
-        if self.owns_or_admin(principal, topic)
-            || self.access.holds(topic, &principal.name, Access::Produce)
-        {
-            return Ok(());
-        }
-        Err(Error::NoAccess(format!(
-            "{} does not own topic {topic} and holds no produce grant on it; ask for one with POST /api/v1/access-requests",
-            principal.name
-        )))
     }
 
     /// Passes when `principal` may subscribe to `topic` now: the topic is active, and open or
     /// granted. The role is checked by the caller.
     pub fn may_consume(&self, principal: &Principal, topic: &str) -> Result<()> {
-        let found = self.topic_or_pending(topic)?;
-        if found.status != TopicStatus::Active {
-            let status = serde_json::to_value(found.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            return Err(Error::TopicNotActive {
-                topic: topic.to_string(),
-                status,
-            });
-        }
-        if found.visibility == Visibility::Restricted
-            && !principal.has(Role::Admin)
-            && !self.access.holds(topic, &principal.name, Access::Consume)
-        {
-            return Err(Error::NoAccess(format!(
-                "topic {topic} is restricted and {} holds no consume grant on it; ask for one with POST /api/v1/access-requests",
-                principal.name
-            )));
-        }
-        Ok(())
+        consume_rule(self.facts(topic).as_ref(), principal, topic)
     }
 
     /// What `principal` may read of the audit trail; `None` for everything (an admin).
@@ -537,6 +540,123 @@ impl Governance {
     }
 }
 
+/// Passes when `principal` may use the consumer group `group_id`: only ids that begin with its
+/// own name and a dot (`dave.orders-reader`), so that nobody reads another team's offsets or
+/// joins its group. Needs no state: the name alone decides.
+pub fn may_use_group(principal: &Principal, group_id: &str) -> Result<()> {
+    let own = group_id
+        .strip_prefix(principal.name.as_str())
+        .is_some_and(|rest| rest.starts_with('.'));
+    if own {
+        Ok(())
+    } else {
+        Err(Error::GroupNotAllowed {
+            group: group_id.to_string(),
+        })
+    }
+}
+
+/// What the access rules read of one topic: who owns it, who holds which grant on it, and
+/// where its records go. The registry's handlers build it from their committed state per
+/// question; the governed view keeps one per topic, rebuilt from the committed state each
+/// time an event of that topic commits. Both answer with the same rules below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicFacts {
+    pub(crate) route: TopicRoute,
+    /// `Governance::owner_of`: the live topic's owner, or the requester of its open create
+    /// request.
+    pub(crate) owner: Option<String>,
+    /// The topic as `GET /topics/{name}` shows it, live or asked for; `None` when that finds
+    /// nothing (its create request was closed without a topic).
+    pub(crate) shown: Option<Shown>,
+    /// (user, access) of every grant on the topic.
+    pub(crate) grants: BTreeSet<(String, Access)>,
+}
+
+/// The part of a shown topic the rules and the Kafka metadata read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shown {
+    pub(crate) status: TopicStatus,
+    pub(crate) visibility: Visibility,
+    pub(crate) partitions: i32,
+    pub(crate) replication_factor: i32,
+}
+
+impl TopicFacts {
+    fn owned_by(&self, principal: &Principal) -> bool {
+        self.owner.as_deref() == Some(principal.name.as_str())
+    }
+
+    fn granted(&self, principal: &Principal, access: Access) -> bool {
+        self.grants.contains(&(principal.name.clone(), access))
+    }
+
+    /// Whether `principal` holds any grant on the topic.
+    pub(crate) fn granted_any(&self, principal: &Principal) -> bool {
+        self.grants.iter().any(|(user, _)| user == &principal.name)
+    }
+}
+
+/// Where records of `principal` for `topic` go, or why they may not be sent: the topic is
+/// unknown (`unknown_topic`) or closed (`topic_closed`), or the principal neither owns it nor
+/// holds a produce grant (`no_access`); an admin needs neither. The role is checked by the
+/// caller. `facts` is `None` for a topic KafFlow does not know.
+pub(crate) fn produce_rule(
+    facts: Option<&TopicFacts>,
+    principal: &Principal,
+    topic: &str,
+) -> Result<ProduceRoute> {
+    let route = match facts.map(|f| &f.route) {
+        Some(TopicRoute::Active) => ProduceRoute::Active,
+        Some(TopicRoute::Pending) => ProduceRoute::Pending,
+        Some(TopicRoute::Closed(why)) => {
+            return Err(Error::TopicClosed {
+                topic: topic.to_string(),
+                why: why.clone(),
+            })
+        }
+        None | Some(TopicRoute::Unknown) => return Err(Error::UnknownTopic(topic.to_string())),
+    };
+    let may = facts.is_some_and(|f| {
+        principal.has(Role::Admin) || f.owned_by(principal) || f.granted(principal, Access::Produce)
+    });
+    if may {
+        return Ok(route);
+    }
+    Err(Error::NoAccess(format!(
+        "{} does not own topic {topic} and holds no produce grant on it; ask for one with POST /api/v1/access-requests",
+        principal.name
+    )))
+}
+
+/// Passes when `principal` may read `topic` now: it is active, and open, or restricted and
+/// the principal holds a consume grant or is an admin. The role is checked by the caller.
+pub(crate) fn consume_rule(
+    facts: Option<&TopicFacts>,
+    principal: &Principal,
+    topic: &str,
+) -> Result<()> {
+    let Some((facts, shown)) = facts.and_then(|f| f.shown.map(|s| (f, s))) else {
+        return Err(Error::NotFound(format!("topic {topic}")));
+    };
+    if shown.status != TopicStatus::Active {
+        return Err(Error::TopicNotActive {
+            topic: topic.to_string(),
+            status: shown.status.name().to_string(),
+        });
+    }
+    if shown.visibility == Visibility::Restricted
+        && !principal.has(Role::Admin)
+        && !facts.granted(principal, Access::Consume)
+    {
+        return Err(Error::NoAccess(format!(
+            "topic {topic} is restricted and {} holds no consume grant on it; ask for one with POST /api/v1/access-requests",
+            principal.name
+        )));
+    }
+    Ok(())
+}
+
 /// A change to access state. The roles, the owner and the requester are checked against the
 /// state in the step that records the change.
 #[derive(Debug, Clone, Message)]
@@ -820,6 +940,33 @@ mod tests {
             id,
             decision: Decision::Approve { note: None },
         }
+    }
+
+    #[test]
+    fn a_principal_uses_only_groups_named_after_itself() {
+        let dave = who("dave", &[Role::Consumer]);
+        assert!(may_use_group(&dave, "dave.orders-reader").is_ok());
+        assert!(may_use_group(&dave, "dave.").is_ok());
+        for other in [
+            "dave",
+            "davey.x",
+            "erin.orders",
+            "",
+            ".dave",
+            "x.dave.y",
+            "Dave.x",
+        ] {
+            let refused = may_use_group(&dave, other);
+            assert!(
+                matches!(&refused, Err(Error::GroupNotAllowed { group }) if group == other),
+                "{other:?}: {refused:?}"
+            );
+        }
+        let refused = may_use_group(&dave, "erin.orders").expect_err("refused");
+        assert_eq!(refused.code(), "group_not_allowed");
+        assert!(refused
+            .to_string()
+            .contains("begins with its own name and a dot"));
     }
 
     #[test]

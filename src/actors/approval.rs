@@ -10,7 +10,7 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::provisioner::{Provision, Provisioner};
-use super::registry::{Command, Decision, Registry, RequestStatus, TopicRequest};
+use super::registry::{Command, Decision, Registry, RequestStatus, TopicRequest, ValidateOnly};
 use crate::config::Policy;
 use crate::error::{Error, Result};
 use crate::events::{TopicSpec, Visibility};
@@ -31,6 +31,7 @@ pub struct RequestTopic {
     pub reason: Option<String>,
     /// `policy.default_visibility` when absent.
     pub visibility: Option<Visibility>,
+    /// Run every check and answer with the request that would be filed, filing nothing.
     pub validate_only: bool,
 }
 
@@ -40,6 +41,7 @@ pub struct RequestDeletion {
     pub principal: Principal,
     pub topic: String,
     pub reason: Option<String>,
+    /// Run every check and answer with the request that would be filed, filing nothing.
     pub validate_only: bool,
 }
 
@@ -176,6 +178,19 @@ pub fn check_spec(policy: &Policy, request: &RequestTopic) -> Result<TopicSpec> 
     })
 }
 
+/// Files a request, or with `validate_only` runs the registry's checks of it and files nothing.
+async fn file(
+    registry: &Addr<Registry>,
+    command: Command,
+    validate_only: bool,
+) -> Result<TopicRequest> {
+    if validate_only {
+        registry.send(ValidateOnly(command)).await?
+    } else {
+        registry.send(command).await?
+    }
+}
+
 impl Handler<RequestTopic> for Approval {
     type Result = ResponseFuture<Result<TopicRequest>>;
 
@@ -189,15 +204,14 @@ impl Handler<RequestTopic> for Approval {
         let visibility = msg.visibility.unwrap_or(self.policy.default_visibility);
         Box::pin(async move {
             let spec = checked?;
-            registry
-                .send(Command::FileCreate {
-                    actor: msg.principal.name,
-                    topic: msg.topic,
-                    spec,
-                    reason: optional_text(msg.reason),
-                    visibility,
-                })
-                .await?
+            let command = Command::FileCreate {
+                actor: msg.principal.name,
+                topic: msg.topic,
+                spec,
+                reason: optional_text(msg.reason),
+                visibility,
+            };
+            file(&registry, command, msg.validate_only).await
         })
     }
 }
@@ -209,13 +223,12 @@ impl Handler<RequestDeletion> for Approval {
         let registry = self.registry.clone();
         Box::pin(async move {
             let reason = required_reason(msg.reason)?;
-            registry
-                .send(Command::FileDeletion {
-                    principal: msg.principal,
-                    topic: msg.topic,
-                    reason,
-                })
-                .await?
+            let command = Command::FileDeletion {
+                principal: msg.principal,
+                topic: msg.topic,
+                reason,
+            };
+            file(&registry, command, msg.validate_only).await
         })
     }
 }
@@ -400,5 +413,182 @@ mod tests {
             Err(Error::ReasonRequired)
         ));
         assert_eq!(required_reason(Some(" ok ".into())).expect("reason"), "ok");
+    }
+
+    mod validate_only {
+        use super::*;
+        use crate::actors::event_store::EventStore;
+        use crate::actors::registry::{Governance, ListRequests, Outcome, RequestKind};
+        use crate::config::KafkaConfig;
+        use crate::events::{Durability, Store};
+        use crate::shutdown::Fatal;
+
+        fn who(name: &str, roles: &[Role]) -> Principal {
+            Principal {
+                name: name.into(),
+                roles: roles.iter().copied().collect(),
+            }
+        }
+
+        fn ask(
+            principal: Principal,
+            topic: &str,
+            partitions: Option<i64>,
+            validate_only: bool,
+        ) -> RequestTopic {
+            RequestTopic {
+                principal,
+                topic: topic.into(),
+                partitions,
+                replication_factor: None,
+                config: BTreeMap::new(),
+                reason: None,
+                visibility: None,
+                validate_only,
+            }
+        }
+
+        fn delete(principal: Principal, topic: &str, reason: Option<&str>) -> RequestDeletion {
+            RequestDeletion {
+                principal,
+                topic: topic.into(),
+                reason: reason.map(str::to_string),
+                validate_only: true,
+            }
+        }
+
+        /// The last seq of the log in `dir`: what was appended.
+        fn appended(dir: &std::path::Path) -> u64 {
+            crate::events::verify(dir).expect("chain").seq
+        }
+
+        #[actix::test]
+        async fn a_validate_only_request_runs_every_check_and_appends_nothing() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path(), Durability::Normal).expect("open");
+            let head = store.replay(|_| {}).expect("replay");
+            let (writer, _thread) = store.into_writer(head).expect("writer");
+            let events = EventStore::new(writer, Fatal::detached()).start();
+            let registry = Registry::new(Governance::default(), events).start();
+            // Never reached: nothing here is approved through the approval actor.
+            let kafka = KafkaConfig {
+                bootstrap_servers: "127.0.0.1:1".into(),
+                ..KafkaConfig::default()
+            };
+            let provisioner = Provisioner::new(&kafka, registry.clone())
+                .expect("provisioner")
+                .start();
+            let approval = Approval::new(policy(), registry.clone(), provisioner).start();
+            let alice = who("alice", &[Role::Producer]);
+
+            let would = approval
+                .send(ask(alice.clone(), "orders", Some(4), true))
+                .await
+                .expect("alive")
+                .expect("valid");
+            assert_eq!(
+                (
+                    would.kind,
+                    would.topic.as_str(),
+                    would.partitions,
+                    would.status
+                ),
+                (RequestKind::Create, "orders", 4, RequestStatus::Pending)
+            );
+            assert_eq!(would.requested_by, "alice");
+            assert_eq!(appended(dir.path()), 0, "nothing is appended");
+            let listed = registry
+                .send(ListRequests(Default::default()))
+                .await
+                .expect("alive");
+            assert!(listed.is_empty(), "nothing is filed");
+
+            // The same refusals as a real request: role, name, policy.
+            let refusals = [
+                ask(who("erin", &[Role::Consumer]), "orders", None, true),
+                ask(alice.clone(), "Bad Name", None, true),
+                ask(alice.clone(), "orders", Some(11), true),
+            ];
+            let codes = ["forbidden", "invalid_topic_name", "invalid_partitions"];
+            for (request, code) in refusals.into_iter().zip(codes) {
+                let refused = approval.send(request).await.expect("alive");
+                assert_eq!(refused.expect_err(code).code(), code);
+            }
+
+            // Against the registry's state: an open request is seen.
+            let filed = approval
+                .send(ask(alice.clone(), "orders", None, false))
+                .await
+                .expect("alive")
+                .expect("filed");
+            assert_eq!(appended(dir.path()), 1);
+            let refused = approval
+                .send(ask(alice.clone(), "orders", None, true))
+                .await;
+            assert!(matches!(
+                refused.expect("alive"),
+                Err(Error::RequestPending { request_id, .. }) if request_id == filed.id
+            ));
+
+            // Deletion: the reason, the topic's state and its owner are checked.
+            let refused = approval
+                .send(delete(alice.clone(), "orders", Some("done")))
+                .await;
+            assert_eq!(
+                refused.expect("alive").expect_err("pending").code(),
+                "not_found"
+            );
+            let carol = who("carol", &[Role::Admin]);
+            for command in [
+                Command::Decide {
+                    principal: carol,
+                    id: filed.id,
+                    decision: Decision::Approve { note: None },
+                },
+                Command::RecordOutcome {
+                    id: filed.id,
+                    outcome: Outcome::Provisioned {
+                        spec: filed.spec(),
+                        already_existed: false,
+                    },
+                },
+            ] {
+                registry
+                    .send(command)
+                    .await
+                    .expect("alive")
+                    .expect("recorded");
+            }
+            let before = appended(dir.path());
+            let refused = approval.send(delete(alice.clone(), "orders", None)).await;
+            assert_eq!(
+                refused.expect("alive").expect_err("no reason").code(),
+                "reason_required"
+            );
+            let bob = who("bob", &[Role::Producer]);
+            let refused = approval.send(delete(bob, "orders", Some("mine now"))).await;
+            assert_eq!(
+                refused.expect("alive").expect_err("not hers").code(),
+                "not_owner"
+            );
+            let would = approval
+                .send(delete(alice, "orders", Some("done")))
+                .await
+                .expect("alive")
+                .expect("valid");
+            assert_eq!(
+                (would.kind, would.partitions, would.reason.as_deref()),
+                (RequestKind::Delete, 3, Some("done"))
+            );
+            assert_eq!(appended(dir.path()), before, "nothing is appended");
+            let open = registry
+                .send(ListRequests(Default::default()))
+                .await
+                .expect("alive");
+            assert!(
+                open.iter().all(|r| r.kind == RequestKind::Create),
+                "{open:?}"
+            );
+        }
     }
 }

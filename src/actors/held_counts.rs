@@ -122,8 +122,6 @@ mod tests {
     //! The counts against a real spool: after any sequence of holds, drains, dead-letters and
     //! discards, they equal what the spool holds.
 
-    use std::collections::BTreeMap;
-
     use proptest::prelude::*;
 
     use super::*;
@@ -167,14 +165,17 @@ mod tests {
     }
 
     fn record(len: usize, header: bool) -> Record {
-        let mut headers = BTreeMap::new();
+        let mut headers = Vec::new();
         if header {
-            headers.insert("trace".to_string(), "x".repeat(len % 7));
+            headers.push(("trace".to_string(), Some("x".repeat(len % 7).into_bytes())));
         }
         Record {
-            key: len.is_multiple_of(3).then(|| format!("k{len}")),
-            value: vec![b'v'; len],
+            key: len
+                .is_multiple_of(3)
+                .then(|| format!("k{len}").into_bytes()),
+            value: Some(vec![b'v'; len]),
             headers,
+            ..Record::default()
         }
     }
 

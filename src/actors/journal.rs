@@ -67,6 +67,9 @@ pub fn owner(kind: &EventKind) -> Owner {
 /// Called once a batch is settled, with the committed state that now includes it (or not).
 type Done<S> = Box<dyn FnOnce(&S, Result<()>)>;
 
+/// Called after each event is applied to the committed state, with that state.
+type OnCommit<S> = Box<dyn FnMut(&S, &NewEvent)>;
+
 struct InFlight<S> {
     ticket: u64,
     events: Vec<NewEvent>,
@@ -107,6 +110,7 @@ pub struct Journal<S> {
     next_ticket: u64,
     in_flight: VecDeque<InFlight<S>>,
     broken: Option<Refusal>,
+    on_commit: Option<OnCommit<S>>,
 }
 
 /// An actor with a journal; `persist` needs to reach it from the commit's callback.
@@ -127,7 +131,14 @@ impl<S: Journaled + 'static> Journal<S> {
             next_ticket: 0,
             in_flight: VecDeque::new(),
             broken: None,
+            on_commit: None,
         }
+    }
+
+    /// Has `f` called after each event is applied to the committed state (never the staged
+    /// one), for a view that readers outside the actor keep.
+    pub fn on_commit(&mut self, f: impl FnMut(&S, &NewEvent) + 'static) {
+        self.on_commit = Some(Box::new(f));
     }
 
     /// What readers see: only what the log has.
@@ -188,6 +199,9 @@ impl<S: Journaled + 'static> Journal<S> {
                 Some(Ok(())) => {
                     for event in &entry.events {
                         self.committed.apply(event);
+                        if let Some(on_commit) = &mut self.on_commit {
+                            on_commit(&self.committed, event);
+                        }
                     }
                     (entry.done)(&self.committed, Ok(()));
                 }

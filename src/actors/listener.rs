@@ -762,9 +762,11 @@ pub(crate) fn parse_line(line: &[u8], limits: RecordLimits) -> Result<Option<(St
         raw.as_bytes().to_vec()
     };
     let record = Record {
-        key: parsed.key,
-        value,
-        headers: parsed.headers,
+        key: parsed.key.map(String::into_bytes),
+        value: Some(value),
+        headers: crate::record::json_headers(parsed.headers),
+        partition: None,
+        timestamp: None,
     };
     record.check(limits)?;
     Ok(Some((topic.into_owned(), record)))

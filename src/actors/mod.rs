@@ -3,7 +3,8 @@
 //! - `event_store`: the door to the event log (group-committed appends, audit reads).
 //! - `journal`: not an actor; how the event-sourced actors (registry, subscriptions, watcher)
 //!   stage, persist and then apply their events, and which actor owns each event kind.
-//! - `registry`: governance state (requests, topics), the single writer of its events.
+//! - `registry`: governance state (requests, topics), the single writer of its events, and
+//!   (`governed_view`) the read-only view of it that the Kafka-protocol facade reads.
 //! - `approval`: the governance rules (roles, policy, self-approval, ownership).
 //! - `provisioner`: the Kafka work (create, delete), idempotent and retried.
 //! - `subscriptions`: who reads which topic (the single writer of its events), and the door to
@@ -20,6 +21,7 @@ pub mod access;
 pub mod approval;
 pub mod consumer;
 pub mod event_store;
+pub mod governed_view;
 mod held_counts;
 pub mod journal;
 pub mod listener;

@@ -15,8 +15,8 @@
 //! discard). When the disk is full, holds fail with `storage_full` and the spool's health says
 //! so; a small probe write notices when space is back.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -30,7 +30,7 @@ use crate::config::SpoolLimits;
 use crate::error::{Error, Result};
 use crate::events::{AuditQuery, EventKind, NewEvent, StoreError};
 use crate::identity::{Principal, Role};
-use crate::kafka::BatchProducer;
+use crate::kafka::{BatchProducer, Undelivered};
 use crate::metrics::METRICS;
 use crate::record::Record;
 use crate::spool::{Health, HeldRecordOut, HeldState, Spool, Tally, TopicContents};
@@ -193,8 +193,44 @@ struct TopicState {
     gated: Option<Vec<(Publish, oneshot::Sender<Result<Receipt>>)>>,
 }
 
+/// The topics whose next `Publish` would go straight to Kafka, for a facade that forwards
+/// records to the broker itself only while that holds. The publisher is its only writer and
+/// updates it whenever a topic's route, held count, drain or gate changes: a topic leaves the
+/// set before its first record is held, and joins it only once nothing of it is held, gated
+/// or draining. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct DirectTopics {
+    topics: Arc<RwLock<HashSet<String>>>,
+}
+
+impl DirectTopics {
+    /// True only when a `Publish` for this topic would go straight to Kafka now: the route is
+    /// active and nothing of the topic is held, gated or draining ahead of new records.
+    pub fn is_direct(&self, topic: &str) -> bool {
+        self.topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(topic)
+    }
+
+    fn set(&self, topic: &str, direct: bool) {
+        let mut topics = self
+            .topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if direct {
+            if !topics.contains(topic) {
+                topics.insert(topic.to_string());
+            }
+        } else {
+            topics.remove(topic);
+        }
+    }
+}
+
 pub struct Publisher {
     producer: Arc<BatchProducer>,
+    direct_topics: DirectTopics,
     spool: Spool,
     limits: SpoolLimits,
     log: EventLog,
@@ -218,6 +254,7 @@ impl Publisher {
     ) -> Self {
         Publisher {
             producer: Arc::new(producer),
+            direct_topics: DirectTopics::default(),
             spool,
             limits,
             log: log.into(),
@@ -230,12 +267,23 @@ impl Publisher {
         }
     }
 
+    /// The topics whose records go straight to Kafka, as the publisher keeps them; take it
+    /// before the publisher starts.
+    pub fn direct_topics(&self) -> DirectTopics {
+        self.direct_topics.clone()
+    }
+
     /// Records of `topic` go straight to Kafka: it is active and nothing of it is held.
     fn direct(&self, topic: &str) -> bool {
-        self.topics
-            .get(topic)
-            .is_some_and(|t| t.route == Some(TopicRoute::Active) && !t.draining)
-            && self.counts.held(topic) == 0
+        self.topics.get(topic).is_some_and(|t| {
+            t.route == Some(TopicRoute::Active) && !t.draining && t.gated.is_none()
+        }) && self.counts.held(topic) == 0
+    }
+
+    /// Brings `DirectTopics` up to what `direct` says of `topic` now. Called after every
+    /// change to what `direct` reads.
+    fn sync_direct(&self, topic: &str) {
+        self.direct_topics.set(topic, self.direct(topic));
     }
 
     /// Appends records to the spool behind everything already there; checks the bounds.
@@ -271,6 +319,7 @@ impl Publisher {
         }
         // Counted now, in arrival order, so a drain never stops while records are on their way.
         self.counts.hold(topic, tally);
+        self.sync_direct(topic);
         let state = self.topics.entry(topic.to_string()).or_default();
         if state.route == Some(TopicRoute::Active) && !state.draining {
             self.start_drain(topic, ctx);
@@ -315,6 +364,7 @@ impl Publisher {
                 .map(|(topic, result), act, ctx| match result {
                     Ok(moved) => {
                         act.counts.dead_letter(&topic, moved);
+                        act.sync_direct(&topic);
                         tracing::info!(%topic, records = moved.records, "Held records dead-lettered.");
                     }
                     Err(e) => {
@@ -330,6 +380,7 @@ impl Publisher {
             return;
         };
         state.draining = true;
+        self.sync_direct(topic);
         tracing::info!(%topic, held = self.counts.held(topic), "Draining held records.");
         actix::spawn(drain(
             topic.to_string(),
@@ -483,6 +534,7 @@ impl Publisher {
         let topic = msg.topic;
         let state = self.topics.entry(topic.clone()).or_default();
         if msg.requested && matches!(state.route, None | Some(TopicRoute::Unknown)) {
+            // Not direct before (no route), not direct now: `DirectTopics` stays as it is.
             state.route = Some(TopicRoute::Pending);
         }
         let refused = match &state.route {
@@ -521,17 +573,19 @@ impl Publisher {
             if let Some(held) = overflow_held {
                 receipt.held += held?.await?;
             }
-            let failed = sent
-                .failed
-                .await
-                .unwrap_or_else(|_| (0..records.len()).collect());
+            let failed: Vec<usize> = match sent.failed.await {
+                Ok(failed) => failed.into_iter().map(|u| u.index).collect(),
+                Err(_) => (0..records.len()).collect(),
+            };
             receipt.published = (records.len() - failed.len()) as u64;
             me.do_send(Delivered {
                 topic: topic.clone(),
                 records: receipt.published,
             });
             if !failed.is_empty() {
-                // Kafka did not take them (broker down, timeout): they wait in the spool.
+                // Kafka did not take them (broker down, timeout): they wait in the spool. One
+                // it refuses for good goes there too; the drain dead-letters it, as it does
+                // any held record Kafka refuses.
                 let mut is_failed = vec![false; records.len()];
                 for i in failed {
                     is_failed[i] = true;
@@ -578,6 +632,7 @@ impl Handler<HoldFailed> for Publisher {
 
     fn handle(&mut self, msg: HoldFailed, _: &mut Context<Self>) {
         self.counts.hold_failed(&msg.topic, msg.records);
+        self.sync_direct(&msg.topic);
     }
 }
 
@@ -597,6 +652,7 @@ impl Handler<Drained> for Publisher {
 
     fn handle(&mut self, msg: Drained, _: &mut Context<Self>) {
         self.counts.drain(&msg.topic, msg.records);
+        self.sync_direct(&msg.topic);
     }
 }
 
@@ -605,6 +661,7 @@ impl Handler<DeadLettered> for Publisher {
 
     fn handle(&mut self, msg: DeadLettered, _: &mut Context<Self>) {
         self.counts.dead_letter(&msg.topic, msg.records);
+        self.sync_direct(&msg.topic);
     }
 }
 
@@ -638,6 +695,7 @@ impl Handler<CatchingUp> for Publisher {
             if state.route == Some(TopicRoute::Active) && state.gated.is_none() {
                 state.gated = Some(Vec::new());
             }
+            self.sync_direct(&msg.topic);
         }
     }
 }
@@ -664,6 +722,7 @@ impl Handler<OpenGate> for Publisher {
                 let _ = reply.send(receipt.await);
             });
         }
+        self.sync_direct(&msg.topic);
     }
 }
 
@@ -691,6 +750,8 @@ impl Handler<DrainIdle> for Publisher {
                 let _ = reply.send(receipt.await);
             });
         }
+        // Only now, with what waited handed to the producer ahead of anything newer.
+        self.sync_direct(&msg.topic);
         true
     }
 }
@@ -713,6 +774,7 @@ impl Handler<SetRoute> for Publisher {
             TopicRoute::Closed(_) if held > 0 => self.kill_held(&topic, ctx),
             _ => {}
         }
+        self.sync_direct(&topic);
     }
 }
 
@@ -873,17 +935,32 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
         }
         let sent = producer.send(&topic, &records);
         // No delivery reports at all: nothing is known to be in Kafka.
-        let failed = sent
-            .failed
-            .await
-            .unwrap_or_else(|_| (0..sent.enqueued).collect());
-        // Everything before the first record Kafka did not take is in Kafka, in order.
+        let failed = sent.failed.await.unwrap_or_else(|_| {
+            (0..sent.enqueued)
+                .map(|index| Undelivered {
+                    index,
+                    refused: None,
+                })
+                .collect()
+        });
+        // Everything before the first record that a retry may still deliver is done: in
+        // Kafka, in order, or refused by it for good.
         let delivered = failed
             .iter()
-            .copied()
+            .filter(|u| u.refused.is_none())
+            .map(|u| u.index)
             .min()
             .unwrap_or(sent.enqueued)
             .min(sent.enqueued);
+        // Those refused for good leave the held state first, so the release below, which
+        // takes the held records up to an id, counts only what Kafka has.
+        for undelivered in failed.iter().filter(|u| u.index < delivered) {
+            if let (Some(reason), Some(bad)) = (&undelivered.refused, batch.get(undelivered.index))
+            {
+                tracing::error!(%topic, id = bad.id, %reason, "Kafka refuses a held record; dead-lettering it.");
+                dead_letter_one(&topic, &spool, bad.id, &me).await;
+            }
+        }
         if delivered > 0 {
             release(&topic, &spool, batch[delivered - 1].id, &me).await;
         }
@@ -955,7 +1032,7 @@ async fn dead_letter_one(topic: &str, spool: &Spool, id: i64, me: &Addr<Publishe
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use super::*;
     use crate::events::{Durability, Event, Store};
@@ -998,9 +1075,10 @@ mod tests {
 
     fn record(n: usize) -> Record {
         Record {
-            key: Some(format!("k{n}")),
-            value: format!("v{n}").into_bytes(),
-            headers: BTreeMap::from([("h".to_string(), n.to_string())]),
+            key: Some(format!("k{n}").into_bytes()),
+            value: Some(format!("v{n}").into_bytes()),
+            headers: vec![("h".to_string(), Some(n.to_string().into_bytes()))],
+            ..Record::default()
         }
     }
 
@@ -1132,6 +1210,55 @@ mod tests {
     }
 
     #[actix::test]
+    async fn direct_topics_say_when_a_publish_would_go_straight_to_kafka() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, contents) = Spool::open(dir.path(), Durability::Normal).expect("spool");
+        let publisher = Publisher::new(
+            producer(),
+            spool,
+            contents,
+            SpoolLimits::default(),
+            event_store(dir.path()),
+        );
+        let direct = publisher.direct_topics();
+        let publisher = publisher.start();
+        let route = |topic: &str, route| SetRoute {
+            topic: topic.into(),
+            route,
+        };
+        assert!(!direct.is_direct("t"), "no route yet");
+        publisher
+            .send(route("t", TopicRoute::Active))
+            .await
+            .expect("route");
+        assert!(direct.is_direct("t"), "active, nothing held");
+
+        publisher
+            .send(route("u", TopicRoute::Pending))
+            .await
+            .expect("route");
+        let held = publisher.send(Publish {
+            producer: "alice".into(),
+            topic: "u".into(),
+            records: (0..2).map(record).collect(),
+            requested: false,
+        });
+        assert_eq!(held.await.expect("mailbox").expect("held").held, 2);
+        assert!(!direct.is_direct("u"), "pending");
+        // Active with records held: they drain first (and cannot, with no broker).
+        publisher
+            .send(route("u", TopicRoute::Active))
+            .await
+            .expect("route");
+        assert!(!direct.is_direct("u"), "records held ahead of new ones");
+        assert_eq!(publisher.send(Counts).await.expect("counts")["u"].held, 2);
+
+        let closed = TopicRoute::Closed("its request was rejected".into());
+        publisher.send(route("t", closed)).await.expect("route");
+        assert!(!direct.is_direct("t"), "closed");
+    }
+
+    #[actix::test]
     async fn a_full_disk_refuses_ingest_with_storage_full_and_recovers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (spool, _) = Spool::open(dir.path(), Durability::Normal).expect("spool");
@@ -1148,9 +1275,8 @@ mod tests {
             topic: "t".into(),
             records: (0..40)
                 .map(|n| Record {
-                    key: None,
-                    value: vec![b'x'; 4000 + n],
-                    headers: BTreeMap::new(),
+                    value: Some(vec![b'x'; 4000 + n]),
+                    ..Record::default()
                 })
                 .collect(),
             requested: false,
@@ -1186,7 +1312,7 @@ mod tests {
             .await
             .expect("held");
         let conn = rusqlite::Connection::open(dir.path().join("spool.db")).expect("connection");
-        conn.execute("UPDATE held SET headers = 'not json'", [])
+        conn.execute("UPDATE held SET header_list = X'ff'", [])
             .expect("damage");
         drop(conn);
         let publisher = start(&spool, event_store(dir.path()).into()).await;

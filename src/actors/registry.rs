@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::access::AccessBook;
 use super::event_store::EventStore;
+pub use super::governed_view::{GovernedView, ProduceRoute, VisibleStatus, VisibleTopic};
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent, TopicSpec, Visibility};
@@ -80,7 +81,7 @@ pub enum TopicStatus {
 }
 
 impl TopicStatus {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             TopicStatus::Pending => "pending",
             TopicStatus::Provisioning => "provisioning",
@@ -182,45 +183,10 @@ impl Governance {
             return;
         };
         match &event.kind {
-            EventKind::TopicRequested {
-                spec,
-                reason,
-                visibility,
-            } => {
-                self.file(
-                    id,
-                    RequestKind::Create,
-                    topic,
-                    (spec.clone(), *visibility),
-                    reason.clone(),
-                    event,
-                );
-            }
-            EventKind::DeletionRequested { reason } => {
-                let shape = self.topics.get(topic).map(|t| {
-                    let spec = TopicSpec {
-                        partitions: t.partitions,
-                        replication_factor: t.replication_factor,
-                        config: t.config.clone(),
-                    };
-                    (spec, t.visibility)
-                });
-                let shape = shape.unwrap_or((
-                    TopicSpec {
-                        partitions: 0,
-                        replication_factor: 0,
-                        config: BTreeMap::new(),
-                    },
-                    Visibility::Open,
-                ));
-                self.file(
-                    id,
-                    RequestKind::Delete,
-                    topic,
-                    shape,
-                    Some(reason.clone()),
-                    event,
-                );
+            EventKind::TopicRequested { .. } | EventKind::DeletionRequested { .. } => {
+                if let Some(request) = self.filed(event) {
+                    self.file(request);
+                }
             }
             EventKind::RequestApproved { note } => {
                 let Some(request) = self.decide(id, RequestStatus::Approved, note.clone(), event)
@@ -298,37 +264,80 @@ impl Governance {
         }
     }
 
-    fn file(
-        &mut self,
-        id: Uuid,
-        kind: RequestKind,
-        topic: &str,
-        (spec, visibility): (TopicSpec, Visibility),
-        reason: Option<String>,
-        event: &NewEvent,
-    ) {
-        self.requests.insert(
-            id,
-            TopicRequest {
-                id,
-                kind,
-                topic: topic.to_string(),
-                partitions: spec.partitions,
-                replication_factor: spec.replication_factor,
-                config: spec.config,
-                visibility,
+    /// The request a `topic_requested` or `deletion_requested` event files, as `apply` records
+    /// it; `None` for any other event. A validate-only filing answers with it and records
+    /// nothing.
+    fn filed(&self, event: &NewEvent) -> Option<TopicRequest> {
+        let (Some(topic), Some(id)) = (event.topic.as_deref(), event.request_id) else {
+            return None;
+        };
+        let (kind, spec, visibility, reason) = match &event.kind {
+            EventKind::TopicRequested {
+                spec,
                 reason,
-                status: RequestStatus::Pending,
-                requested_by: event.actor.clone(),
-                requested_at: event.at,
-                decided_by: None,
-                decided_at: None,
-                decision_note: None,
-                error: None,
-            },
-        );
-        self.open.insert(topic.to_string(), id);
-        self.latest.insert(topic.to_string(), id);
+                visibility,
+            } => (
+                RequestKind::Create,
+                spec.clone(),
+                *visibility,
+                reason.clone(),
+            ),
+            EventKind::DeletionRequested { reason } => {
+                // A deletion request shows the shape of the topic it deletes.
+                let (spec, visibility) = match self.topics.get(topic) {
+                    Some(t) => (
+                        TopicSpec {
+                            partitions: t.partitions,
+                            replication_factor: t.replication_factor,
+                            config: t.config.clone(),
+                        },
+                        t.visibility,
+                    ),
+                    None => (
+                        TopicSpec {
+                            partitions: 0,
+                            replication_factor: 0,
+                            config: BTreeMap::new(),
+                        },
+                        Visibility::Open,
+                    ),
+                };
+                (RequestKind::Delete, spec, visibility, Some(reason.clone()))
+            }
+            _ => return None,
+        };
+        Some(TopicRequest {
+            id,
+            kind,
+            topic: topic.to_string(),
+            partitions: spec.partitions,
+            replication_factor: spec.replication_factor,
+            config: spec.config,
+            visibility,
+            reason,
+            status: RequestStatus::Pending,
+            requested_by: event.actor.clone(),
+            requested_at: event.at,
+            decided_by: None,
+            decided_at: None,
+            decision_note: None,
+            error: None,
+        })
+    }
+
+    fn file(&mut self, request: TopicRequest) {
+        self.open.insert(request.topic.clone(), request.id);
+        self.latest.insert(request.topic.clone(), request.id);
+        self.requests.insert(request.id, request);
+    }
+
+    /// Runs every check `command` (a filing) runs against this state and answers with the
+    /// request it would file, without filing it.
+    pub(super) fn validate(&self, command: &Command) -> Result<TopicRequest> {
+        let event = self.event_for(command)?;
+        self.filed(&event).ok_or_else(|| {
+            Error::Internal("only a create or deletion request can be validated".into())
+        })
     }
 
     fn decide(
@@ -558,6 +567,11 @@ impl Governance {
         }
     }
 
+    /// The name of every topic KafFlow has had a request for.
+    pub(super) fn topic_names(&self) -> impl Iterator<Item = &str> {
+        self.latest.keys().map(String::as_str)
+    }
+
     /// Every topic, in name order.
     pub fn topics(&self) -> Vec<Topic> {
         self.topics.values().cloned().collect()
@@ -679,6 +693,13 @@ pub struct RouteOf(pub String);
 #[rtype(result = "Vec<(String, TopicRoute)>")]
 pub struct AllRoutes;
 
+/// Checks a filing (`Command::FileCreate` or `Command::FileDeletion`) exactly as sending it
+/// would, against the same state, and answers with the request it would file. Nothing is
+/// appended: the answer's id is not a filed request's.
+#[derive(Message)]
+#[rtype(result = "Result<TopicRequest>")]
+pub struct ValidateOnly(pub Command);
+
 /// Approved requests whose Kafka work is not done: resumed after a restart.
 #[derive(Message)]
 #[rtype(result = "Vec<TopicRequest>")]
@@ -686,13 +707,26 @@ pub struct UnfinishedWork;
 
 pub struct Registry {
     pub(super) journal: Journal<Governance>,
+    view: GovernedView,
 }
 
 impl Registry {
     pub fn new(state: Governance, store: Addr<EventStore>) -> Self {
-        Registry {
-            journal: Journal::new(Owner::Registry, state, store),
-        }
+        let view = GovernedView::of(&state);
+        let mut journal = Journal::new(Owner::Registry, state, store);
+        let kept = view.clone();
+        journal.on_commit(move |committed, event| {
+            if let Some(topic) = event.topic.as_deref() {
+                kept.refresh(committed, topic);
+            }
+        });
+        Registry { journal, view }
+    }
+
+    /// The read-only view of the committed state that the registry keeps current; take it
+    /// before the registry starts, and clone it freely.
+    pub fn view(&self) -> GovernedView {
+        self.view.clone()
     }
 
     pub(super) fn state(&self) -> &Governance {
@@ -736,6 +770,15 @@ impl Handler<Command> for Registry {
             let _ = reply.send(result.and_then(|()| committed.request(id).cloned()));
         });
         Box::pin(async move { answer.await.unwrap_or(Err(Error::Unavailable)) })
+    }
+}
+
+impl Handler<ValidateOnly> for Registry {
+    type Result = Result<TopicRequest>;
+
+    /// Checked against the staged state, as a real filing is: a filing in flight counts.
+    fn handle(&mut self, msg: ValidateOnly, _: &mut Context<Self>) -> Self::Result {
+        self.journal.staged()?.validate(&msg.0)
     }
 }
 

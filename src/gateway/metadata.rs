@@ -17,7 +17,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::connection::{Connection, Fault, Reply};
 use super::error::{kafka_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, UNKNOWN_TOPIC_OR_PARTITION};
-use super::stub::{VisibleStatus, VisibleTopic};
+use crate::actors::registry::{VisibleStatus, VisibleTopic};
 use super::Shared;
 use crate::actors::approval::RequestTopic;
 use crate::error::Error;

@@ -25,7 +25,6 @@ mod groups;
 mod metadata;
 mod produce;
 pub(crate) mod rules;
-pub mod stub;
 mod upstream;
 mod versions;
 mod wire;
@@ -41,14 +40,6 @@ use crate::config::GatewayConfig;
 use crate::shutdown::{Guard, Shutdown};
 
 pub use rules::Rules;
-
-// TEMPORARY until the actor-side views land.
-pub fn stub_view(_: &crate::actors::registry::Registry) -> stub::GovernedView {
-    stub::GovernedView
-}
-pub fn stub_direct(_: &crate::actors::publisher::Publisher) -> stub::DirectTopics {
-    stub::DirectTopics
-}
 
 /// Which broker a gateway port stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

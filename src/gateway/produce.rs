@@ -23,8 +23,8 @@ use super::error::{
     kafka_code, INVALID_RECORD, NONE, TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
     UNKNOWN_TOPIC_OR_PARTITION,
 };
-use super::stub::ProduceRoute;
-use super::stub::Record;
+use crate::actors::registry::ProduceRoute;
+use crate::record::Record;
 use super::wire::Request;
 use crate::actors::publisher::Receipt;
 use crate::identity::Principal;

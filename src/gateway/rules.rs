@@ -6,11 +6,11 @@
 use actix::Addr;
 use futures_util::future::BoxFuture;
 
-use super::stub::Record;
-use super::stub::{may_use_group, DirectTopics, GovernedView, ProduceRoute, VisibleTopic};
+use crate::record::Record;
+use crate::actors::access::may_use_group;
 use crate::actors::approval::{Approval, RequestDeletion, RequestTopic};
-use crate::actors::publisher::{Publisher, Receipt};
-use crate::actors::registry::TopicRequest;
+use crate::actors::publisher::{DirectTopics, Publish, Publisher, Receipt};
+use crate::actors::registry::{GovernedView, ProduceRoute, TopicRequest, VisibleTopic};
 use crate::error::{Error, Result};
 use crate::identity::{Credential, Identity, Principal};
 
@@ -97,7 +97,12 @@ impl Rules {
         topic: &str,
         records: Vec<Record>,
     ) -> BoxFuture<'static, Result<Receipt>> {
-        let _ = (&self.publisher, producer, topic, records);
-        Box::pin(async move { Err(Error::Unavailable) })
+        let sent = self.publisher.send(Publish {
+            producer: producer.to_string(),
+            topic: topic.to_string(),
+            records,
+            requested: false,
+        });
+        Box::pin(async move { sent.await.map_err(Error::from)? })
     }
 }
