@@ -289,15 +289,26 @@ fn refusals_arrive_as_kafka_errors() {
         Some(RDKafkaErrorCode::TopicAuthorizationFailed),
         "{error}"
     );
-    // An unknown topic.
-    let error = send_one(&quick("alice"), &unique_topic("gw-unknown"));
-    assert!(
-        matches!(
-            code_of(&error),
-            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
-        ),
-        "{error}"
-    );
+    // An unknown topic, and one that exists in Kafka but that KafFlow does not govern.
+    let unknown = unique_topic("gw-unknown");
+    let ungoverned = unique_topic("gw-ungoverned");
+    kafka_create_topic(&ungoverned, 1);
+    let client: BaseConsumer = gateway_client(&service, "alice").create().expect("client");
+    for name in [&unknown, &ungoverned, &rejected, &restricted] {
+        let metadata = client
+            .fetch_metadata(Some(name), Duration::from_secs(10))
+            .expect("metadata");
+        let error = metadata.topics().first().and_then(|t| t.error());
+        let expected = if name == &rejected {
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+        } else if name == &restricted {
+            None
+        } else {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+        };
+        assert_eq!(error.map(RDKafkaErrorCode::from), expected, "metadata of {name}");
+    }
+    kafka_delete_topic(&ungoverned);
 
     // A wrong password, and no SASL at all: no metadata.
     let wrong: BaseConsumer = ClientConfig::new()
