@@ -17,9 +17,9 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::connection::{Connection, Fault, Reply};
 use super::error::{kafka_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, UNKNOWN_TOPIC_OR_PARTITION};
-use crate::actors::registry::{VisibleStatus, VisibleTopic};
 use super::Shared;
 use crate::actors::approval::RequestTopic;
+use crate::actors::registry::{VisibleStatus, VisibleTopic};
 use crate::error::Error;
 use crate::identity::{Principal, Role};
 

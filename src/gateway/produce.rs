@@ -23,11 +23,11 @@ use super::error::{
     kafka_code, INVALID_RECORD, NONE, TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
     UNKNOWN_TOPIC_OR_PARTITION,
 };
-use crate::actors::registry::ProduceRoute;
-use crate::record::Record;
 use super::wire::Request;
 use crate::actors::publisher::Receipt;
+use crate::actors::registry::ProduceRoute;
 use crate::identity::Principal;
+use crate::record::Record;
 
 /// Where a producer id sits in a v2 record batch: after base offset (8), length (4), leader
 /// epoch (4), magic (1), CRC (4), attributes (2), last offset delta (4) and two timestamps (16).

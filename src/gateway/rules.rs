@@ -6,13 +6,13 @@
 use actix::Addr;
 use futures_util::future::BoxFuture;
 
-use crate::record::Record;
 use crate::actors::access::may_use_group;
 use crate::actors::approval::{Approval, RequestDeletion, RequestTopic};
 use crate::actors::publisher::{DirectTopics, Publish, Publisher, Receipt};
 use crate::actors::registry::{GovernedView, ProduceRoute, TopicRequest, VisibleTopic};
 use crate::error::{Error, Result};
 use crate::identity::{Credential, Identity, Principal};
+use crate::record::Record;
 
 #[derive(Clone)]
 pub struct Rules {
