@@ -274,6 +274,7 @@ pub async fn serve(
                 publisher.clone(),
                 governed_view,
                 direct_topics,
+                record::RecordLimits::from(&config.limits),
             );
             gateway.start(
                 config.gateway.clone(),

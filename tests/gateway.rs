@@ -500,3 +500,62 @@ fn a_kill_in_the_middle_of_held_produce_loses_nothing_acknowledged() {
     }
     assert!(acked.len() >= 200);
 }
+
+#[test]
+fn a_revoked_token_ends_its_gateway_connections() {
+    let service = Service::start_gateway();
+    let topic = unique_topic("gw-revoke");
+    service.provision(&topic, 1);
+    let (id, token) = service.issue_token("gw-reader", &["consumer"]);
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", service.gateway_addr())
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanisms", "PLAIN")
+        .set("sasl.username", "gw-reader")
+        .set("sasl.password", &token)
+        .create()
+        .expect("client");
+    client
+        .fetch_metadata(None, Duration::from_secs(20))
+        .expect("metadata with the issued token");
+    let (status, body) = service.send(
+        "DELETE",
+        &format!("/api/v1/tokens/{id}"),
+        Some(service.token("carol")),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    // The open connection is closed, and signing in again is refused.
+    assert!(
+        wait_until(Duration::from_secs(20), || client
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_err()),
+        "the revoked token still reads metadata"
+    );
+}
+
+#[test]
+fn with_request_unknown_topics_a_producer_asks_for_a_topic_by_writing_to_it() {
+    let service = Service::start_gateway_at(&bootstrap(), |text| {
+        text + "request_unknown_topics = true\n"
+    });
+    let topic = unique_topic("gw-asked");
+    let producer = idempotent_producer(&service, "alice");
+    for answer in send_numbered(&producer, &topic, 3, 0..12) {
+        answer.expect("held while the request waits");
+    }
+    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={topic}"));
+    let request = &requests[0];
+    assert_eq!(request["status"], "pending", "{requests}");
+    assert_eq!(request["requested_by"], "alice");
+    assert_eq!(request["partitions"], 3, "the policy's default");
+    service.approve("carol", &id_of(request));
+    service.wait_topic_status(&topic, "active", Duration::from_secs(60));
+    assert_numbered_in_kafka(&topic, 3, 12);
+    // A consumer-only principal's question files nothing.
+    let other = unique_topic("gw-not-asked");
+    let client: BaseConsumer = gateway_client(&service, "erin").create().expect("client");
+    let _ = client.fetch_metadata(Some(&other), Duration::from_secs(10));
+    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={other}"));
+    assert_eq!(requests.as_array().map(Vec::len), Some(0), "{requests}");
+}

@@ -173,6 +173,8 @@ fn sigterm_during_tcp_ingest_answers_every_line_and_exits_0() {
     let (held, _, _) = svc.topic_counts(&pending).expect("pending topic view");
     assert_eq!(held, on_pending.len() as u64, "held records after restart");
     svc.approve("carol", &pending_id);
+    // The topic exists in Kafka only once provisioned: reading earlier finds no topic.
+    svc.wait_topic_status(&pending, "active", KAFKA_TIMEOUT);
     let records = kafka_read_numbered(&pending, &on_pending, KAFKA_TIMEOUT);
     assert_numbered_arrived(&records, &on_pending);
 }

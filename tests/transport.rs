@@ -801,3 +801,40 @@ fn kafka_properties_reach_the_brokers_sasl_ssl_listener() {
         "the API answers while the broker refuses the login"
     );
 }
+
+#[test]
+fn the_gateway_speaks_sasl_ssl_when_tls_is_configured() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let certs = Certs::new();
+    let service = Service::start_gateway_at(&bootstrap(), |text| text + &certs.server_section());
+    let sasl = |protocol: &str| {
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", service.gateway_addr())
+            .set("security.protocol", protocol)
+            .set("sasl.mechanisms", "PLAIN")
+            .set("sasl.username", "alice")
+            .set("sasl.password", service.token("alice"))
+            .set("ssl.ca.location", certs.ca.display().to_string());
+        config
+    };
+    let tls: BaseConsumer = sasl("SASL_SSL").create().expect("SASL_SSL client");
+    let metadata = tls
+        .fetch_metadata(None, Duration::from_secs(20))
+        .expect("metadata over SASL_SSL");
+    assert!(!metadata.brokers().is_empty());
+    for broker in metadata.brokers() {
+        assert_eq!(broker.host(), "127.0.0.1");
+        // The broker's own port is TLS-wrapped by the gateway too: another connection works.
+        let port = broker.port();
+        assert_ne!(
+            port.to_string(),
+            bootstrap().rsplit(':').next().unwrap_or_default()
+        );
+    }
+    let plain: BaseConsumer = sasl("SASL_PLAINTEXT").create().expect("plain client");
+    assert!(
+        plain.fetch_metadata(None, Duration::from_secs(5)).is_err(),
+        "the TLS gateway refuses a client that does not speak TLS"
+    );
+}

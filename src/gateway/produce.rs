@@ -114,7 +114,16 @@ pub(crate) async fn produce(
                 out_of_range.push(data.index);
                 continue;
             }
-            match decode(data.index, data.records.clone()) {
+            let checked = decode(data.index, data.records.clone()).and_then(|batch| {
+                match batch
+                    .iter()
+                    .find_map(|r| r.check(rules.record_limits).err())
+                {
+                    Some(e) => Err(format!("partition {}: {e}", data.index)),
+                    None => Ok(batch),
+                }
+            });
+            match checked {
                 Ok(mut batch) => {
                     records.append(&mut batch);
                     held.push(data.index);

@@ -12,7 +12,7 @@ use crate::actors::publisher::{DirectTopics, Publish, Publisher, Receipt};
 use crate::actors::registry::{GovernedView, ProduceRoute, TopicRequest, VisibleTopic};
 use crate::error::{Error, Result};
 use crate::identity::{Credential, Identity, Principal};
-use crate::record::Record;
+use crate::record::{Record, RecordLimits};
 
 #[derive(Clone)]
 pub struct Rules {
@@ -21,6 +21,8 @@ pub struct Rules {
     publisher: Addr<Publisher>,
     view: GovernedView,
     direct: DirectTopics,
+    /// `[limits]` on one record, as on HTTP and TCP ingest (records held by KafFlow).
+    pub(crate) record_limits: RecordLimits,
 }
 
 impl Rules {
@@ -30,6 +32,7 @@ impl Rules {
         publisher: Addr<Publisher>,
         view: GovernedView,
         direct: DirectTopics,
+        record_limits: RecordLimits,
     ) -> Rules {
         Rules {
             identity,
@@ -37,6 +40,7 @@ impl Rules {
             publisher,
             view,
             direct,
+            record_limits,
         }
     }
 
