@@ -216,8 +216,8 @@ impl ToSql for HeaderList<'_> {
 }
 
 /// Headers in order as bytes: per header, the name's length (u32, big-endian) and its UTF-8
-/// bytes, then 0 for a null value, or 1, the value's length (u32) and its bytes. Kafka's own
-/// header encoding, with lengths that need no varints.
+/// bytes, then 0 for a null value, or 1, the value's length (u32) and its bytes: Kafka's own
+/// header layout, with fixed-width lengths and a tag for null instead of varints and -1.
 pub(crate) fn encode_headers(
     headers: &[(String, Option<Vec<u8>>)],
 ) -> std::result::Result<Vec<u8>, String> {

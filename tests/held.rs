@@ -402,7 +402,7 @@ fn a_held_record_with_damaged_headers_is_dead_lettered_not_sent_without_them() {
     let spool = rusqlite::Connection::open(svc.data_dir().join("spool.db")).expect("spool.db");
     let damaged = spool
         .execute(
-            "UPDATE held SET headers = '{\"h\": ' WHERE id = ?1",
+            "UPDATE held SET header_list = X'00000001' WHERE id = ?1",
             [held[1]["id"].as_i64().expect("id")],
         )
         .expect("damage the headers");

@@ -148,6 +148,95 @@ fn a_v1_log_replays_and_takes_new_events() {
     assert_eq!(status_of(&svc, &topic), vec![pair("create", "pending")]);
 }
 
+/// The spool as KafFlow wrote it before records carried Kafka's fields (migrations 1 and 2):
+/// a TEXT key and headers as a JSON object of strings.
+fn write_old_spool(data_dir: &Path, topic: &str) {
+    for file in ["spool.db", "spool.db-wal", "spool.db-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(file));
+    }
+    let conn = rusqlite::Connection::open(data_dir.join("spool.db")).expect("spool");
+    conn.execute_batch(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);",
+    )
+    .expect("migrations table");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for (version, file) in [(1, "spool_0001_held.sql"), (2, "spool_0002_meta.sql")] {
+        let sql = std::fs::read_to_string(root.join(file)).expect("migration");
+        conn.execute_batch(&sql).expect("old migration");
+        conn.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, '2026-11-29T00:00:00Z')",
+            [version],
+        )
+        .expect("version");
+    }
+    conn.execute(
+        "INSERT INTO held (topic, state, key, value, headers, producer, size, accepted_at)
+         VALUES (?1, 'held', 'k0', CAST('zero' AS BLOB), '{\"h\":\"0\",\"src\":\"old\"}', 'alice', 15,
+                 '2026-11-29T00:00:00.000000Z'),
+                (?1, 'held', NULL, CAST('{\"n\":1}' AS BLOB), NULL, 'alice', 7,
+                 '2026-11-29T00:00:01.000000Z')",
+        [topic],
+    )
+    .expect("old rows");
+}
+
+#[test]
+fn records_held_by_an_older_spool_publish_as_before() {
+    let mut svc = Service::start();
+    let topic = unique_topic("old-spool");
+    svc.kill9();
+    write_old_spool(svc.data_dir(), &topic);
+    svc.start_again();
+
+    let id = svc.request_topic("alice", &topic, 1);
+    // The old rows list as they did, and a new record is held behind them.
+    let held = svc.held_records("alice", &topic, "held");
+    let shown: Vec<Value> = held
+        .iter()
+        .map(|r| json!([r["key"], r["value"], r["headers"]]))
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            json!(["k0", "zero", {"h": "0", "src": "old"}]),
+            json!([null, {"n": 1}, {}]),
+        ]
+    );
+    let (status, reply) = svc.produce(
+        "alice",
+        &topic,
+        "",
+        &json!([{"key": "k2", "value": "two", "headers": {"h": "2"}}]),
+    );
+    assert_eq!((status, &reply["held"]), (202, &json!(1)), "{reply}");
+
+    svc.approve("carol", &id);
+    svc.wait_request_status(&id, "completed", Duration::from_secs(60));
+    let read = common::kafka_read_until(&topic, Duration::from_secs(60), |r| r.len() >= 3);
+    let got: Vec<(Option<&str>, &str, Vec<(&str, &str)>)> = read
+        .iter()
+        .map(|r| {
+            let headers = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            (r.key.as_deref(), r.value.as_str(), headers.collect())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("k0"), "zero", vec![("h", "0"), ("src", "old")]),
+            (None, "{\"n\":1}", vec![]),
+            (Some("k2"), "two", vec![("h", "2")]),
+        ],
+        "in arrival order, as they were sent"
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(30), || svc
+            .held_records("alice", &topic, "held")
+            .is_empty()),
+        "the spool is drained"
+    );
+}
+
 /// Writes `tests/fixtures/<version>` from the running code: a scenario touching every
 /// governance path, a subscription and a discard of dead letters.
 #[test]
