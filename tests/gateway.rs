@@ -559,3 +559,29 @@ fn with_request_unknown_topics_a_producer_asks_for_a_topic_by_writing_to_it() {
     let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={other}"));
     assert_eq!(requests.as_array().map(Vec::len), Some(0), "{requests}");
 }
+
+#[test]
+fn every_compression_codec_passes_through_direct_and_held() {
+    let service = Service::start_gateway();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let active = unique_topic(&format!("gw-{codec}-active"));
+        service.provision(&active, 2);
+        let pending = unique_topic(&format!("gw-{codec}-pending"));
+        let id = service.request_topic("alice", &pending, 2);
+        let producer: FutureProducer = gateway_client(&service, "alice")
+            .set("enable.idempotence", "true")
+            .set("compression.type", codec)
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        for topic in [&active, &pending] {
+            for answer in send_numbered(&producer, topic, 2, 0..20) {
+                answer.unwrap_or_else(|e| panic!("{codec} to {topic}: {e}"));
+            }
+        }
+        service.approve("carol", &id);
+        service.wait_topic_status(&pending, "active", Duration::from_secs(60));
+        assert_numbered_in_kafka(&active, 2, 20);
+        assert_numbered_in_kafka(&pending, 2, 20);
+    }
+}
