@@ -50,7 +50,7 @@ chaos: kafka-up
 
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.
 bench: kafka-up
-	$(CARGO) bench --bench ingest --bench feed
+	$(CARGO) bench --bench ingest --bench feed --bench gateway
 
 lint:
 	$(CARGO) fmt --all -- --check
