@@ -4,7 +4,7 @@
 CARGO ?= cargo
 include mk/kafka.mk
 
-.PHONY: build run test chaos fuzz bench lint fmt clean-data ui-deps
+.PHONY: build run test chaos fuzz bench lint fmt clean-data ui-deps client-deps
 
 build:
 	$(CARGO) build --release
@@ -17,7 +17,22 @@ ui-deps:
 	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
 	  || echo "ui-deps: could not install chromium; the browser test will report itself skipped"
 
-test: kafka-up ui-deps
+# Kafka clients that KafFlow did not write, for tests/gateway_clients.rs: Debian's kcat
+# (librdkafka 2.0.2) and kafka-python (tests/clients/requirements.txt) in .venv/. A test whose
+# client is missing fails under CI=true and reports itself skipped otherwise.
+VENV ?= .venv
+PYTHON ?= python3
+client-deps:
+	@command -v kcat >/dev/null || (apt-get update && apt-get install -y kcat) \
+	  || echo "client-deps: could not install kcat; its gateway tests will fail under CI, skip otherwise"
+	@cmp -s tests/clients/requirements.txt $(VENV)/.requirements 2>/dev/null || ( \
+	  ( [ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV) \
+	    || (apt-get update && apt-get install -y python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)) ) \
+	  && $(VENV)/bin/pip install -q --disable-pip-version-check -r tests/clients/requirements.txt \
+	  && cp tests/clients/requirements.txt $(VENV)/.requirements ) \
+	  || echo "client-deps: could not install the Python client in $(VENV); its gateway tests will fail under CI, skip otherwise"
+
+test: kafka-up ui-deps client-deps
 	$(CARGO) test --lib --bins --tests -- --test-threads=4
 
 # The parser property tests (`make test` runs 256 cases of each) with many more cases.
@@ -35,7 +50,7 @@ chaos: kafka-up
 
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.
 bench: kafka-up
-	$(CARGO) bench --bench ingest --bench feed
+	$(CARGO) bench --bench ingest --bench feed --bench gateway
 
 lint:
 	$(CARGO) fmt --all -- --check

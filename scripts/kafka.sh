@@ -16,6 +16,20 @@
 #   scripts/kafka.sh tool CLASS [ARGS]  run a Kafka CLI main class on the broker's classpath,
 #                                       e.g. tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server ...
 #
+# A second, separate cluster of TWO brokers, for the tests that need partitions led by different
+# brokers (one JVM each, reading the same jars; it shares nothing else with the broker above):
+#
+#   scripts/kafka.sh cluster up         start both nodes on fresh data and wait until both brokers
+#                                       are registered (idempotent: a running cluster is kept)
+#   scripts/kafka.sh cluster down       stop both nodes and remove their data (idempotent)
+#   scripts/kafka.sh cluster status     exit 0 if both brokers are registered
+#   scripts/kafka.sh cluster bootstrap  print the bootstrap addresses (host:port,host:port)
+#   scripts/kafka.sh cluster describe TOPIC   describe one topic (leader of each partition)
+#   scripts/kafka.sh cluster create TOPIC [PARTITIONS]
+#
+#   Node 1 is broker and KRaft controller, node 2 a broker only; both listen on 127.0.0.1 with
+#   PLAINTEXT, and every topic (internal ones too) has one replica.
+#
 # Environment:
 #   KAFKA_HOME_DIR         cache/state folder (default <repo>/.kafka): libs/, data/, logs/, broker.pid
 #   KAFKA_LIBS_DIR         where the jars are fetched and read (default $KAFKA_HOME_DIR/libs); point a second
@@ -29,6 +43,11 @@
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 90)
 #   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 60)
 #   JAVA                   java binary (default: java on PATH)
+#   KAFKA_CLUSTER_DIR      the cluster's folder (default $KAFKA_HOME_DIR/cluster): node1/ and node2/
+#                          with server.properties, data/, logs/ and the pid file of each node
+#   KAFKA_CLUSTER_PORT_1   node 1's PLAINTEXT listener (default 19092)
+#   KAFKA_CLUSTER_PORT_2   node 2's PLAINTEXT listener (default 19192)
+#   KAFKA_CLUSTER_CONTROLLER_PORT  node 1's controller listener (default 19093)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -477,6 +496,277 @@ cmd_status() {
   return 1
 }
 
+# ---------------------------------------------------------------- the two-broker cluster
+
+CLUSTER_DIR="${KAFKA_CLUSTER_DIR:-$KHOME/cluster}"
+CPORT_1="${KAFKA_CLUSTER_PORT_1:-19092}"
+CPORT_2="${KAFKA_CLUSTER_PORT_2:-19192}"
+CCPORT="${KAFKA_CLUSTER_CONTROLLER_PORT:-19093}"
+CLUSTER_BOOTSTRAP="$HOST:$CPORT_1,$HOST:$CPORT_2"
+
+cluster_check_ports() {
+  case "$CPORT_1$CPORT_2$CCPORT" in *[!0-9]*) die "the KAFKA_CLUSTER_*PORT* variables must be numbers";; esac
+  [ "$CPORT_1" != "$CPORT_2" ] && [ "$CPORT_1" != "$CCPORT" ] && [ "$CPORT_2" != "$CCPORT" ] \
+    || die "KAFKA_CLUSTER_PORT_1, KAFKA_CLUSTER_PORT_2 and KAFKA_CLUSTER_CONTROLLER_PORT must differ"
+  mkdir -p "$CLUSTER_DIR"
+  CLUSTER_DIR="$(cd "$CLUSTER_DIR" && pwd)"
+}
+
+cluster_conf() { echo "$CLUSTER_DIR/node$1/server.properties"; }
+
+# Pid of node $1 if it runs (empty otherwise); the config path is unique to this cluster folder.
+cluster_node_pid() {
+  local conf pid="" p pidfile="$CLUSTER_DIR/node$1/broker.pid"
+  conf="$(cluster_conf "$1")"
+  [ -f "$pidfile" ] && pid="$(tr -dc '0-9' <"$pidfile")"
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+      tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $conf"; then
+    echo "$pid"
+    return 0
+  fi
+  for p in $(pgrep -f -- "kafka.Kafka $conf" || true); do
+    if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = java ]; then
+      echo "$p" >"$pidfile"
+      echo "$p"
+      return 0
+    fi
+  done
+}
+
+cluster_write_config() {
+  local node="$1" port roles listeners
+  local dir="$CLUSTER_DIR/node$node"
+  mkdir -p "$dir/data" "$dir/logs"
+  if [ "$node" = 1 ]; then
+    port="$CPORT_1"
+    roles="broker,controller"
+    listeners="PLAINTEXT://$HOST:$CPORT_1,CONTROLLER://$HOST:$CCPORT"
+  else
+    port="$CPORT_2"
+    roles="broker"
+    listeners="PLAINTEXT://$HOST:$CPORT_2"
+  fi
+  cat >"$(cluster_conf "$node")" <<CONF
+# Written by scripts/kafka.sh cluster up; edits here are lost.
+process.roles=$roles
+node.id=$node
+controller.quorum.voters=1@$HOST:$CCPORT
+listeners=$listeners
+advertised.listeners=PLAINTEXT://$HOST:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+CONF
+  cat >"$dir/log4j2.xml" <<XML
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <File name="server" fileName="$dir/logs/server.log">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </File>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="server"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+  </Loggers>
+</Configuration>
+XML
+}
+
+cluster_start_node() {
+  local node="$1" dir="$CLUSTER_DIR/node$1" conf pid
+  conf="$(cluster_conf "$node")"
+  (
+    cd "$dir"
+    exec setsid nohup "$JAVA" -Xms128m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+      -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$dir/log4j2.xml" \
+      -Dkafka.logs.dir="$dir/logs" \
+      -cp "$LIBS/*" kafka.Kafka "$conf" \
+      </dev/null >>"$dir/logs/stdout.log" 2>&1 9>&-
+  ) &
+  echo "$!" >"$dir/broker.pid"
+  sleep 0.5
+  pid="$(cluster_node_pid "$node")"
+  [ -n "$pid" ] || { tail -n 20 "$dir/logs/stdout.log" >&2; die "cluster node $node exited at once"; }
+  say "cluster node $node started (pid $pid, port $([ "$node" = 1 ] && echo "$CPORT_1" || echo "$CPORT_2"))"
+}
+
+# How many brokers the cluster's metadata lists (0 when it does not answer).
+cluster_brokers() {
+  write_admin_probe
+  timeout 30 "$JAVA" -Xms32m -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$LOG4J_TOOLS" -cp "$LIBS/*" \
+    org.apache.kafka.tools.BrokerApiVersionsCommand --bootstrap-server "$CLUSTER_BOOTSTRAP" \
+    --command-config "$ADMIN_PROBE" 2>/dev/null | grep -c '(id: ' || true
+}
+
+cluster_log_tail() {
+  local node
+  for node in 1 2; do
+    if [ -s "$CLUSTER_DIR/node$node/logs/server.log" ]; then
+      echo "---- last lines of node $node's server.log ----" >&2
+      tail -n 20 "$CLUSTER_DIR/node$node/logs/server.log" >&2
+    fi
+  done
+}
+
+cluster_stop() {
+  local node pid deadline
+  # the broker-only node first: its controlled shutdown needs the controller
+  for node in 2 1; do
+    pid="$(cluster_node_pid "$node")"
+    [ -n "$pid" ] || continue
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
+        break
+      fi
+      sleep 0.3
+    done
+    say "cluster node $node stopped"
+  done
+  rm -f "$CLUSTER_DIR/node1/broker.pid" "$CLUSTER_DIR/node2/broker.pid"
+}
+
+cmd_cluster_up() {
+  cluster_check_ports
+  exec 9>"$CLUSTER_DIR/.lock"
+  flock 9
+  local p1 p2 id node started=$SECONDS deadline n
+  p1="$(cluster_node_pid 1)"
+  p2="$(cluster_node_pid 2)"
+  if [ -n "$p1" ] && [ -n "$p2" ] && [ "$(cluster_brokers)" -ge 2 ]; then
+    say "cluster already running on $CLUSTER_BOOTSTRAP"
+    return 0
+  fi
+  # Half a cluster, or one that does not answer: start over on fresh data.
+  cluster_stop
+  for port in "$CPORT_1" "$CPORT_2" "$CCPORT"; do
+    port_open "$port" && die "cluster port $port is already in use by a process this script did not start (set KAFKA_CLUSTER_PORT_1, KAFKA_CLUSTER_PORT_2, KAFKA_CLUSTER_CONTROLLER_PORT)"
+  done
+  command -v "$JAVA" >/dev/null || die "java not found (Java 17+ is needed)"
+  fetch_jars
+  write_tools_log4j
+  rm -rf "$CLUSTER_DIR/node1" "$CLUSTER_DIR/node2"
+  id="$(run_tool kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
+  [ -n "$id" ] || die "could not make a cluster id"
+  for node in 1 2; do
+    cluster_write_config "$node"
+    if ! run_tool kafka.tools.StorageTool format -t "$id" -c "$(cluster_conf "$node")" \
+          >"$CLUSTER_DIR/node$node/logs/format.log" 2>&1; then
+      tail -n 20 "$CLUSTER_DIR/node$node/logs/format.log" >&2
+      die "formatting cluster node $node failed"
+    fi
+  done
+  cluster_start_node 1
+  cluster_start_node 2
+  deadline=$((SECONDS + START_TIMEOUT))
+  while :; do
+    for node in 1 2; do
+      if [ -z "$(cluster_node_pid "$node")" ]; then
+        cluster_log_tail
+        cluster_stop
+        die "cluster node $node exited during startup; logs in $CLUSTER_DIR/node$node/logs"
+      fi
+    done
+    n=0
+    port_open "$CPORT_1" && port_open "$CPORT_2" && n="$(cluster_brokers)"
+    [ "$n" -ge 2 ] && break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      cluster_log_tail
+      die "the cluster did not list two brokers within ${START_TIMEOUT}s ('$0 cluster down' to stop it)"
+    fi
+    sleep 1
+  done
+  cluster_warm_group_coordinator
+  say "cluster ready on $CLUSTER_BOOTSTRAP ($((SECONDS - started))s, data in $CLUSTER_DIR)"
+}
+
+# As warm_group_coordinator does for the single broker: the first group request creates
+# __consumer_offsets, and the cluster is ready once its coordinator answers.
+cluster_warm_group_coordinator() {
+  local deadline=$((SECONDS + START_TIMEOUT)) out
+  while :; do
+    out="$(timeout 30 "$JAVA" -Xms32m -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+      -Djava.awt.headless=true -Dlog4j2.configurationFile="$LOG4J_TOOLS" -cp "$LIBS/*" \
+      org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --bootstrap-server "$CLUSTER_BOOTSTRAP" \
+      --command-config "$ADMIN_PROBE" --describe --group kafka-sh-warm-up 2>&1 || true)"
+    case "$out" in
+      *GroupIdNotFound*|*"does not exist"*|*"no active members"*) return 0 ;;
+    esac
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "$out" | tail -n 5 >&2
+      die "the cluster's group coordinator did not answer within ${START_TIMEOUT}s"
+    fi
+    sleep 1
+  done
+}
+
+cmd_cluster_down() {
+  cluster_check_ports
+  exec 9>"$CLUSTER_DIR/.lock"
+  flock 9
+  cluster_stop
+  rm -rf "$CLUSTER_DIR/node1" "$CLUSTER_DIR/node2"
+  say "cluster down"
+}
+
+cmd_cluster_status() {
+  cluster_check_ports
+  local n
+  if [ -z "$(cluster_node_pid 1)" ] || [ -z "$(cluster_node_pid 2)" ]; then
+    say "cluster not running"
+    return 1
+  fi
+  n="$(cluster_brokers)"
+  if [ "$n" -ge 2 ]; then
+    say "cluster running on $CLUSTER_BOOTSTRAP"
+    return 0
+  fi
+  say "cluster processes are alive but $n of 2 brokers answer"
+  return 1
+}
+
+cmd_cluster() {
+  local sub="${1:-}"
+  [ $# -gt 0 ] && shift
+  case "$sub" in
+    up)        cmd_cluster_up ;;
+    down|stop) cmd_cluster_down ;;
+    status)    cmd_cluster_status ;;
+    bootstrap) cluster_check_ports; echo "$CLUSTER_BOOTSTRAP" ;;
+    describe)
+      [ $# -ge 1 ] || die "usage: $0 cluster describe TOPIC"
+      cluster_check_ports
+      run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$CLUSTER_BOOTSTRAP" --describe --topic "$1" ;;
+    create)
+      [ $# -ge 1 ] || die "usage: $0 cluster create TOPIC [PARTITIONS]"
+      cluster_check_ports
+      run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$CLUSTER_BOOTSTRAP" --create \
+        --topic "$1" --partitions "${2:-1}" --replication-factor 1 ;;
+    *) usage >&2; die "unknown cluster command '$sub' (up, down, status, bootstrap, describe, create)" ;;
+  esac
+}
+
 usage() {
   awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
 }
@@ -500,6 +790,7 @@ case "$sub" in
     run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --delete --topic "$1" ;;
   bootstrap) echo "$BOOTSTRAP" ;;
   sasl)      cmd_sasl ;;
+  cluster)   cmd_cluster "$@" ;;
   tool)
     [ $# -ge 1 ] || die "usage: $0 tool MAIN_CLASS [ARGS...]"
     run_tool "$@" ;;
