@@ -259,7 +259,8 @@ pub(crate) async fn find_coordinator(
             .await
             .map_err(|_| Fault::Refused("answer lost".into()))??;
         let (header, mut response) = request.decode_response::<FindCoordinatorResponse>(bytes)?;
-        if response.error_code == 0 && response.node_id.0 >= 0 {
+        // Up to v3 one coordinator at the top; from v4 a list (the top-level fields unset).
+        if request.version() < 4 && response.error_code == 0 && response.node_id.0 >= 0 {
             let port =
                 shared.broker_port(response.node_id.0, response.host.as_str(), response.port);
             response.host = StrBytes::from_string(shared.advertised_host.clone());

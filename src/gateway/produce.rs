@@ -94,7 +94,7 @@ pub(crate) async fn produce(
         let producer_id = topic
             .partition_data
             .iter()
-            .find_map(|p| p.records.as_ref().and_then(|r| producer_id(r)))
+            .find_map(|p| p.records.as_ref().and_then(producer_id))
             .unwrap_or(-1);
         let direct = route == ProduceRoute::Active
             && rules.is_direct(&name)
