@@ -585,3 +585,86 @@ fn every_compression_codec_passes_through_direct_and_held() {
         assert_numbered_in_kafka(&pending, 2, 20);
     }
 }
+
+/// A librdkafka client that signs in with SASL/OAUTHBEARER, handing over a JWT.
+struct Bearer(String);
+
+impl rdkafka::ClientContext for Bearer {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        Ok(rdkafka::client::OAuthToken {
+            token: self.0.clone(),
+            principal_name: "jo".into(),
+            lifetime_ms: (chrono::Utc::now().timestamp() + 600) * 1000,
+        })
+    }
+}
+
+impl rdkafka::producer::ProducerContext for Bearer {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+#[test]
+fn a_jwt_signs_in_with_oauthbearer() {
+    let idp = TestIdp::new();
+    let service = Service::start_gateway_at(&bootstrap(), |text| text + &idp.config);
+    let topic = unique_topic("gw-jwt");
+    let request = service.create_request(
+        "alice",
+        json!({"topic": topic, "partitions": 1, "visibility": "restricted"}),
+    );
+    service.approve("carol", &id_of(&request));
+    service.wait_topic_status(&topic, "active", Duration::from_secs(60));
+    let bearer = |jwt: String| -> rdkafka::producer::ThreadedProducer<Bearer> {
+        ClientConfig::new()
+            .set("bootstrap.servers", service.gateway_addr())
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanisms", "OAUTHBEARER")
+            .create_with_context(Bearer(jwt))
+            .expect("OAUTHBEARER client")
+    };
+    // A consumer's JWT: it signs in, and sees the topics it may read once granted.
+    let client = bearer(idp.token("jo", &["consumer"], 600));
+    let metadata = client
+        .client()
+        .fetch_metadata(None, Duration::from_secs(20))
+        .expect("metadata with a JWT");
+    assert!(!metadata.brokers().is_empty());
+    assert!(
+        !metadata.topics().iter().any(|t| t.name() == topic),
+        "jo holds no grant on the restricted topic yet"
+    );
+    let jwt = idp.token("jo", &["consumer"], 600);
+    let (status, request) = service.send_as(
+        &jwt,
+        "POST",
+        "/api/v1/access-requests",
+        Some(&json!({"topic": topic, "access": "consume"})),
+    );
+    assert_eq!(status, 201, "{request}");
+    let (status, reply) = service.post(
+        "carol",
+        &format!("/api/v1/access-requests/{}/approve", id_of(&request)),
+        &json!({}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    let metadata = client
+        .client()
+        .fetch_metadata(None, Duration::from_secs(20))
+        .expect("metadata with a JWT");
+    assert!(
+        metadata.topics().iter().any(|t| t.name() == topic),
+        "jo sees the topic it may read"
+    );
+    // An expired JWT is refused at SaslAuthenticate.
+    let expired = bearer(idp.token("jo", &["consumer"], -3600));
+    assert!(expired
+        .client()
+        .fetch_metadata(None, Duration::from_secs(5))
+        .is_err());
+}
