@@ -668,3 +668,101 @@ fn a_jwt_signs_in_with_oauthbearer() {
         .fetch_metadata(None, Duration::from_secs(5))
         .is_err());
 }
+
+/// A raw Kafka connection, for requests no well-behaved client sends.
+struct Raw(std::net::TcpStream);
+
+impl Raw {
+    fn connect(addr: &str) -> Raw {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Raw(stream)
+    }
+
+    fn send<T: kafka_protocol::protocol::Encodable>(
+        &mut self,
+        api: kafka_protocol::messages::ApiKey,
+        version: i16,
+        body: &T,
+    ) {
+        use kafka_protocol::protocol::Encodable;
+        let mut header = kafka_protocol::messages::RequestHeader::default();
+        header.request_api_key = api as i16;
+        header.request_api_version = version;
+        header.correlation_id = 7;
+        let mut buf = bytes::BytesMut::new();
+        header
+            .encode(&mut buf, api.request_header_version(version))
+            .expect("header");
+        body.encode(&mut buf, version).expect("body");
+        self.send_payload(&buf);
+    }
+
+    fn send_payload(&mut self, payload: &[u8]) {
+        use std::io::Write;
+        let mut frame = (payload.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        let _ = self.0.write_all(&frame);
+    }
+
+    /// The next answer's payload, or None when the gateway closed the connection.
+    fn answer(&mut self) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut size = [0u8; 4];
+        self.0.read_exact(&mut size).ok()?;
+        let mut payload = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.0.read_exact(&mut payload).ok()?;
+        Some(payload)
+    }
+
+    fn sign_in(addr: &str, who: &str, token: &str) -> Raw {
+        use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest, SaslHandshakeRequest};
+        let mut raw = Raw::connect(addr);
+        let mut handshake = SaslHandshakeRequest::default();
+        handshake.mechanism = kafka_protocol::protocol::StrBytes::from_static_str("PLAIN");
+        raw.send(ApiKey::SaslHandshake, 1, &handshake);
+        raw.answer().expect("handshake answer");
+        let mut authenticate = SaslAuthenticateRequest::default();
+        authenticate.auth_bytes = bytes::Bytes::from(format!("\0{who}\0{token}"));
+        raw.send(ApiKey::SaslAuthenticate, 2, &authenticate);
+        let answer = raw.answer().expect("authenticate answer");
+        // Header (correlation id, tagged fields), then the error code.
+        assert_eq!(&answer[5..7], &[0, 0], "signed in");
+        raw
+    }
+}
+
+#[test]
+fn hostile_frames_close_their_connection_and_nothing_else() {
+    let service = Service::start_gateway();
+    let addr = service.gateway_addr().to_string();
+    // A Metadata v1 request claiming 2^31-1 topics in 4 bytes: refused, not reserved.
+    let mut raw = Raw::sign_in(&addr, "alice", service.token("alice"));
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&3i16.to_be_bytes()); // Metadata
+    payload.extend_from_slice(&1i16.to_be_bytes()); // v1
+    payload.extend_from_slice(&9i32.to_be_bytes()); // correlation id
+    payload.extend_from_slice(&(-1i16).to_be_bytes()); // no client id
+    payload.extend_from_slice(&i32::MAX.to_be_bytes()); // topics: 2^31-1 of them
+    raw.send_payload(&payload);
+    assert_eq!(raw.answer(), None, "the connection is closed");
+    // Before SASL, a frame larger than 512 KiB is refused before it is read.
+    let mut raw = Raw::connect(&addr);
+    raw.send_payload(&vec![0u8; 600 * 1024]);
+    assert_eq!(raw.answer(), None, "the connection is closed");
+    // A request other than ApiVersions or SASL before signing in.
+    let mut raw = Raw::connect(&addr);
+    raw.send(
+        kafka_protocol::messages::ApiKey::Metadata,
+        12,
+        &kafka_protocol::messages::MetadataRequest::default(),
+    );
+    assert_eq!(raw.answer(), None, "the connection is closed");
+    // The service is still there for everyone else.
+    let client: BaseConsumer = gateway_client(&service, "alice").create().expect("client");
+    client
+        .fetch_metadata(None, Duration::from_secs(20))
+        .expect("metadata after the hostile frames");
+}

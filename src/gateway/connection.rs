@@ -22,12 +22,17 @@ use tokio::sync::mpsc;
 
 use super::upstream::{Answer, Upstream, UpstreamError};
 use super::versions::Versions;
-use super::wire::{framed, read_frame, respond_as, Request, WireError};
+use super::wire::{
+    framed, read_frame, respond_as, Request, WireError, MAX_FRAME_BYTES,
+    MAX_UNAUTHENTICATED_FRAME_BYTES,
+};
 use super::{Shared, Target};
 use crate::identity::{Credential, Door, Principal};
 use crate::metrics::METRICS;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// From the connection's start to a successful SaslAuthenticate.
+const SASL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answers waiting to be written; past this the connection stops reading (backpressure).
 const IN_FLIGHT: usize = 128;
 
@@ -148,11 +153,20 @@ where
     let mut auth = Auth::Start;
     let mut shutdown = shared.shutdown.clone();
     let mut revoked: BoxFuture<'static, ()> = Box::pin(std::future::pending());
+    let sasl_deadline = tokio::time::sleep(SASL_TIMEOUT);
+    tokio::pin!(sasl_deadline);
     let ended = loop {
+        let signed_in = matches!(auth, Auth::Done(_));
+        let limit = if signed_in {
+            MAX_FRAME_BYTES
+        } else {
+            MAX_UNAUTHENTICATED_FRAME_BYTES
+        };
         let frame = tokio::select! {
-            frame = read_frame(&mut reader) => frame,
+            frame = read_frame(&mut reader, limit) => frame,
             _ = shutdown.recv() => break "shutdown".to_string(),
             _ = &mut revoked => break "token revoked".to_string(),
+            _ = &mut sasl_deadline, if !signed_in => break "no SASL authentication in time".to_string(),
         };
         let payload = match frame {
             Ok(Some(payload)) => payload,

@@ -25,16 +25,20 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{
-    ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, DescribeGroupsRequest,
-    DescribeGroupsResponse, FetchRequest, FetchResponse, HeartbeatRequest, HeartbeatResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, OffsetForLeaderEpochRequest,
+    ApiKey, BrokerId, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse, HeartbeatRequest,
+    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, OffsetForLeaderEpochRequest,
     OffsetForLeaderEpochResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use super::connection::{Connection, Fault, Reply};
+use super::wire::MAX_FRAME_BYTES;
+
+/// The most a Fetch may ask for: half a frame, so that an answer always fits in one.
+const MAX_FETCH_BYTES: i32 = (MAX_FRAME_BYTES / 2) as i32;
 use super::error::{kafka_code, TOPIC_AUTHORIZATION_FAILED};
 use super::wire::Request;
 use crate::identity::Principal;
@@ -76,6 +80,16 @@ pub(crate) async fn fetch(
             }
         },
     );
+    // A client is never a follower: a replica id would read past the high watermark and move
+    // the leader's view of its followers.
+    asked.replica_id = BrokerId(-1);
+    // An answer must fit in a frame the gateway reads from the broker.
+    asked.max_bytes = asked.max_bytes.clamp(0, MAX_FETCH_BYTES);
+    for topic in &mut asked.topics {
+        for partition in &mut topic.partitions {
+            partition.partition_max_bytes = partition.partition_max_bytes.clamp(0, MAX_FETCH_BYTES);
+        }
+    }
     if request.version() >= 7 {
         // No fetch session: the broker answers every Fetch in full and the client keeps
         // naming every partition, so each Fetch is checked.
@@ -131,10 +145,14 @@ pub(crate) async fn list_offsets(
     principal: &Principal,
     request: Request,
 ) -> Result<Reply, Fault> {
-    let asked: ListOffsetsRequest = request.decode("ListOffsets")?;
+    let mut asked: ListOffsetsRequest = request.decode("ListOffsets")?;
     let Some((code, _)) = refusal(connection, principal, asked.topics.iter().map(|t| &t.name))
     else {
-        return connection.forward(&request).await;
+        return forward_as_consumer(connection, request, asked.replica_id, |id| {
+            asked.replica_id = id;
+            asked
+        })
+        .await;
     };
     let mut body = ListOffsetsResponse::default();
     body.topics = asked
@@ -167,10 +185,18 @@ pub(crate) async fn offset_for_leader_epoch(
     principal: &Principal,
     request: Request,
 ) -> Result<Reply, Fault> {
-    let asked: OffsetForLeaderEpochRequest = request.decode("OffsetForLeaderEpoch")?;
+    let mut asked: OffsetForLeaderEpochRequest = request.decode("OffsetForLeaderEpoch")?;
     let Some((code, _)) = refusal(connection, principal, asked.topics.iter().map(|t| &t.topic))
     else {
-        return connection.forward(&request).await;
+        // The replica id exists from v3; before it the request is a consumer's.
+        if request.version() < 3 {
+            return connection.forward(&request).await;
+        }
+        return forward_as_consumer(connection, request, asked.replica_id, |id| {
+            asked.replica_id = id;
+            asked
+        })
+        .await;
     };
     let mut body = OffsetForLeaderEpochResponse::default();
     body.topics = asked
@@ -195,6 +221,24 @@ pub(crate) async fn offset_for_leader_epoch(
         })
         .collect();
     Ok(Reply::Now(request.respond(&body)?))
+}
+
+/// Forwards a request that carries a replica id as a consumer's (-1): a client is never a
+/// broker's follower, nor the debugging replica (-2).
+async fn forward_as_consumer<T: kafka_protocol::protocol::Encodable>(
+    connection: &mut Connection,
+    request: Request,
+    replica_id: BrokerId,
+    with_id: impl FnOnce(BrokerId) -> T,
+) -> Result<Reply, Fault> {
+    if replica_id.0 == -1 {
+        return connection.forward(&request).await;
+    }
+    let payload = request.with_body(&with_id(BrokerId(-1)))?;
+    match connection.forward_payload(&payload, true).await? {
+        Some(answer) => Ok(Reply::Forwarded(answer)),
+        None => Err(Fault::Refused("no answer".into())),
+    }
 }
 
 /// The consumer group APIs.
@@ -268,7 +312,10 @@ pub(crate) async fn group(
                         let mut d = DescribedGroup::default();
                         d.group_id = g.clone();
                         d.error_code = code;
-                        d.error_message = Some(StrBytes::from_string(why));
+                        // The message exists from v6.
+                        if request.version() >= 6 {
+                            d.error_message = Some(StrBytes::from_string(why));
+                        }
                         d
                     })
                 })

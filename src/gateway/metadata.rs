@@ -84,7 +84,10 @@ pub(crate) async fn metadata(
             })
             .collect(),
     );
-    asked.allow_auto_topic_creation = false;
+    // The field exists from v4; before it, only the topics asked for are asked about.
+    if version >= 4 {
+        asked.allow_auto_topic_creation = false;
+    }
     let payload = request.with_body(&asked)?;
     let answer = connection
         .forward_payload(&payload, true)

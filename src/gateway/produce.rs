@@ -110,7 +110,7 @@ pub(crate) async fn produce(
         let mut out_of_range = Vec::new();
         let mut bad: Option<String> = None;
         for data in &topic.partition_data {
-            if count.is_some_and(|n| data.index < 0 || data.index >= n) {
+            if data.index < 0 || count.is_some_and(|n| data.index >= n) {
                 out_of_range.push(data.index);
                 continue;
             }

@@ -9,7 +9,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::wire::{framed, read_frame, WireError};
+use super::wire::{framed, read_frame, WireError, MAX_FRAME_BYTES};
+
+/// How long a broker may take to accept a connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a caller gets back: the response payload (header and body), or why there is none.
 pub(crate) type Answer = oneshot::Receiver<Result<Bytes, UpstreamError>>;
@@ -56,10 +59,15 @@ impl Upstream {
         expect_answer: bool,
     ) -> Result<Option<Answer>, UpstreamError> {
         let mut guard = self.writer.lock().await;
-        let stale = guard
+        // Connected once, never again: a request written on a new connection after the old
+        // one broke could overtake one the client will retry, so the client reconnects instead.
+        if guard
             .as_ref()
-            .is_none_or(|w| w.broken.load(std::sync::atomic::Ordering::Acquire));
-        if stale {
+            .is_some_and(|w| w.broken.load(std::sync::atomic::Ordering::Acquire))
+        {
+            return Err(self.closed("the broker connection broke"));
+        }
+        if guard.is_none() {
             *guard = Some(self.connect().await?);
         }
         let Some(writer) = guard.as_mut() else {
@@ -68,7 +76,6 @@ impl Upstream {
         let answer = if expect_answer {
             let (reply, answer) = oneshot::channel();
             if writer.waiting.send(Waiting { reply }).is_err() {
-                *guard = None;
                 return Err(self.closed("reader stopped"));
             }
             Some(answer)
@@ -79,7 +86,6 @@ impl Upstream {
             writer
                 .broken
                 .store(true, std::sync::atomic::Ordering::Release);
-            *guard = None;
             return Err(self.closed(e));
         }
         Ok(answer)
@@ -95,8 +101,9 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<Writer, UpstreamError> {
-        let stream = TcpStream::connect(&self.addr)
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
             .await
+            .map_err(|_| self.unreachable("connect timed out"))?
             .map_err(|e| self.unreachable(e))?;
         let _ = stream.set_nodelay(true);
         let (mut read, half) = stream.into_split();
@@ -107,7 +114,7 @@ impl Upstream {
         tokio::spawn(async move {
             let mut pending: VecDeque<Waiting> = VecDeque::new();
             let why = loop {
-                match read_frame(&mut read).await {
+                match read_frame(&mut read, MAX_FRAME_BYTES).await {
                     Ok(Some(payload)) => {
                         while let Ok(w) = queue.try_recv() {
                             pending.push_back(w);

@@ -57,6 +57,9 @@ const HANDLED: &[(ApiKey, i16, Served)] = &[
     (ApiKey::DescribeAcls, 3, Served::Local),
 ];
 
+/// How long the brokers may take to answer the gateway's own ApiVersions.
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The versions the gateway offers, by API key.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Versions {
@@ -92,6 +95,10 @@ impl Versions {
                     None => continue,
                 }
             }
+            // SaslHandshake v0 is followed by raw SASL tokens without Kafka framing: not offered.
+            if api == ApiKey::SaslHandshake {
+                range.min = range.min.max(1);
+            }
             if !range.is_empty() {
                 ranges.insert(api as i16, range);
             }
@@ -109,9 +116,9 @@ impl Versions {
             kafka_protocol::protocol::StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
         let payload = request_payload(ApiKey::ApiVersions, version, 1, &request)
             .map_err(|e| e.to_string())?;
-        let answer = upstream
-            .round_trip(&payload)
+        let answer = tokio::time::timeout(ASK_TIMEOUT, upstream.round_trip(&payload))
             .await
+            .map_err(|_| "the broker did not answer ApiVersions in time".to_string())?
             .map_err(|e| e.to_string())?;
         let response = decode_api_versions(answer, version).map_err(|e| e.to_string())?;
         if response.error_code != 0 {

@@ -9,13 +9,16 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Kafka's own default for `socket.request.max.bytes`.
 pub(crate) const MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+/// Before SASL has succeeded, as Kafka's `sasl.server.max.receive.size`: an unauthenticated
+/// peer cannot make the gateway reserve more.
+pub(crate) const MAX_UNAUTHENTICATED_FRAME_BYTES: usize = 512 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WireError {
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
-    #[error("frame of {0} bytes is larger than the limit of {MAX_FRAME_BYTES}")]
-    TooLarge(usize),
+    #[error("frame of {size} bytes is larger than the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
     #[error("malformed {what}: {why}")]
     Malformed { what: &'static str, why: String },
 }
@@ -29,9 +32,11 @@ impl WireError {
     }
 }
 
-/// Reads one frame's payload (without its size prefix); `None` at a clean end of stream.
+/// Reads one frame's payload (without its size prefix), of at most `limit` bytes; `None` at a
+/// clean end of stream.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
+    limit: usize,
 ) -> Result<Option<Bytes>, WireError> {
     let mut size = [0u8; 4];
     match reader.read_exact(&mut size).await {
@@ -41,8 +46,8 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     }
     let size = i32::from_be_bytes(size);
     let size = usize::try_from(size).map_err(|_| WireError::malformed("frame", "negative size"))?;
-    if size > MAX_FRAME_BYTES {
-        return Err(WireError::TooLarge(size));
+    if size > limit {
+        return Err(WireError::TooLarge { size, limit });
     }
     let mut payload = BytesMut::zeroed(size);
     reader.read_exact(&mut payload).await?;
