@@ -303,7 +303,7 @@ pub(crate) async fn group(
             }
         }
         ApiKey::DescribeGroups => {
-            let asked: DescribeGroupsRequest = request.decode("DescribeGroups")?;
+            let mut asked: DescribeGroupsRequest = request.decode("DescribeGroups")?;
             let refused: Vec<DescribedGroup> = asked
                 .groups
                 .iter()
@@ -323,9 +323,31 @@ pub(crate) async fn group(
             if refused.is_empty() {
                 None
             } else {
-                let mut body = DescribeGroupsResponse::default();
-                body.groups = refused;
-                Some(Reply::Now(request.respond(&body)?))
+                // The principal's own groups are described by the broker, the others refused.
+                asked
+                    .groups
+                    .retain(|g| group_refusal(g.0.as_str()).is_none());
+                if asked.groups.is_empty() {
+                    let mut body = DescribeGroupsResponse::default();
+                    body.groups = refused;
+                    Some(Reply::Now(request.respond(&body)?))
+                } else {
+                    let payload = request.with_body(&asked)?;
+                    let answer = connection
+                        .forward_payload(&payload, true)
+                        .await?
+                        .ok_or_else(|| Fault::Refused("no DescribeGroups answer".into()))?;
+                    let request = request.clone();
+                    Some(Reply::Later(Box::pin(async move {
+                        let bytes = answer
+                            .await
+                            .map_err(|_| Fault::Refused("answer lost".into()))??;
+                        let (header, mut response) =
+                            request.decode_response::<DescribeGroupsResponse>(bytes)?;
+                        response.groups.extend(refused);
+                        Ok(request.encode_response(&header, &response)?)
+                    })))
+                }
             }
         }
         ApiKey::OffsetCommit => {
