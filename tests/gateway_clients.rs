@@ -62,9 +62,12 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Runs `command` with `stdin` fed to it, killed after `timeout`.
+/// Runs `command` with `stdin` fed to it; after `timeout` it is killed with everything it
+/// started (a JVM under `scripts/kafka.sh` would otherwise outlive it and hold the pipes).
 fn run(command: &mut Command, stdin: &[u8], timeout: Duration) -> Ran {
+    use std::os::unix::process::CommandExt;
     let mut child = command
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -91,6 +94,9 @@ fn run(command: &mut Command, stdin: &[u8], timeout: Duration) -> Ran {
         match child.try_wait().expect("try_wait") {
             Some(status) => break status.code(),
             None if Instant::now() >= deadline => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .status();
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
@@ -245,7 +251,8 @@ fn java_config(svc: &Service, who: &str) -> PathBuf {
          sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required \
          username=\"{who}\" password=\"{}\";\n\
          request.timeout.ms=20000\n\
-         default.api.timeout.ms=60000\n",
+         default.api.timeout.ms=60000\n\
+         max.block.ms=30000\n",
         svc.token(who)
     );
     std::fs::write(&path, text).expect("write client properties");
@@ -652,6 +659,29 @@ fn kcat_produces_and_consumes_and_sees_only_the_gateway() {
 const UNKNOWN_TOPIC_OR_PARTITION: i64 = 3;
 const TOPIC_AUTHORIZATION_FAILED: i64 = 29;
 
+/// Collects every refusal that came out differently, so one run shows them all.
+#[derive(Default)]
+struct Mismatches(Vec<String>);
+
+impl Mismatches {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+
+    #[track_caller]
+    fn finish(self, svc: &Service) {
+        assert!(
+            self.0.is_empty(),
+            "{} refusals came out differently:\n\n{}\n\nservice stderr:\n{}",
+            self.0.len(),
+            self.0.join("\n\n"),
+            svc.stderr_tail()
+        );
+    }
+}
+
 #[test]
 fn refusals_as_foreign_clients_see_them() {
     let (python_there, kcat_there) = (have_python(), have_kcat());
@@ -683,31 +713,35 @@ fn refusals_as_foreign_clients_see_them() {
         user: "alice",
         password: "not-alices-token",
     };
+    let mut seen = Mismatches::default();
 
     if python_there {
-        // No SASL: no metadata.
-        let answer = python(&gateway, None, &["check-auth"]);
-        assert!(
-            answer.get("error").is_some(),
-            "kafka-python without SASL got metadata: {answer}"
+        let py = |who: Option<Login<'_>>, args: &[&str]| python(&gateway, who, args);
+        let (alice, bob, erin) = (
+            Some(login(&svc, "alice")),
+            Some(login(&svc, "bob")),
+            Some(login(&svc, "erin")),
         );
+
+        let answer = py(None, &["check-auth"]);
+        seen.check(answer.get("error").is_some(), || {
+            format!("kafka-python without SASL got metadata: {answer}")
+        });
+
         // A wrong password: refused at SaslAuthenticate. kafka-python reports it as a
         // bootstrap timeout, as it does against a broker's own SASL listener; the gateway's
         // count of refused authentications says the refusal came from SaslAuthenticate.
         let refused_before = gateway_auth_failures(&svc);
-        let answer = python(&gateway, Some(wrong), &["check-auth"]);
-        assert!(
-            answer.get("error").is_some(),
-            "kafka-python with a wrong password got metadata: {answer}"
-        );
-        assert!(
-            gateway_auth_failures(&svc) > refused_before,
-            "the wrong password was refused by SaslAuthenticate: {answer}"
-        );
-        // Another principal's consumer group.
-        let answer = python(
-            &gateway,
-            Some(login(&svc, "erin")),
+        let answer = py(Some(wrong), &["check-auth"]);
+        seen.check(answer.get("error").is_some(), || {
+            format!("kafka-python with a wrong password got metadata: {answer}")
+        });
+        seen.check(gateway_auth_failures(&svc) > refused_before, || {
+            format!("the wrong password was not refused by SaslAuthenticate: {answer}")
+        });
+
+        let answer = py(
+            erin,
             &[
                 "consume",
                 "--topic",
@@ -720,23 +754,16 @@ fn refusals_as_foreign_clients_see_them() {
                 "20",
             ],
         );
-        assert_eq!(
-            answer["error"], "GroupAuthorizationFailedError",
-            "erin in alice's group: {answer}"
-        );
-        // A restricted topic without a consume grant.
-        let answer = python_ok(
-            &gateway,
-            login(&svc, "erin"),
-            &["describe", "--topic", &restricted],
-        );
-        assert_eq!(
-            answer["error_code"], TOPIC_AUTHORIZATION_FAILED,
-            "erin describes a restricted topic: {answer}"
-        );
-        let answer = python(
-            &gateway,
-            Some(login(&svc, "erin")),
+        seen.check(answer["error"] == "GroupAuthorizationFailedError", || {
+            format!("kafka-python: erin in alice's group: {answer}")
+        });
+
+        let answer = py(erin, &["describe", "--topic", &restricted]);
+        seen.check(answer["error_code"] == TOPIC_AUTHORIZATION_FAILED, || {
+            format!("kafka-python: erin describes a restricted topic without a grant: {answer}")
+        });
+        let answer = py(
+            erin,
             &[
                 "consume",
                 "--topic",
@@ -749,92 +776,69 @@ fn refusals_as_foreign_clients_see_them() {
                 "20",
             ],
         );
-        assert_eq!(
-            answer["error"], "TopicAuthorizationFailedError",
-            "erin reads a restricted topic: {answer}"
-        );
-        // Producing without produce access: bob neither owns alice's topic nor holds a grant.
-        let answer = python(
-            &gateway,
-            Some(login(&svc, "bob")),
-            &["produce", "--topic", &open, "--count", "1"],
-        );
-        assert_eq!(
-            answer["error"], "TopicAuthorizationFailedError",
-            "bob produces to alice's topic: {answer}"
-        );
-        // A rejected topic, even for its requester.
-        let answer = python(
-            &gateway,
-            Some(login(&svc, "alice")),
-            &["produce", "--topic", &rejected, "--count", "1"],
-        );
-        assert_eq!(
-            answer["error"], "TopicAuthorizationFailedError",
-            "alice produces to her rejected topic: {answer}"
-        );
-        let answer = python_ok(
-            &gateway,
-            login(&svc, "alice"),
-            &["describe", "--topic", &rejected],
-        );
-        assert_eq!(answer["error_code"], TOPIC_AUTHORIZATION_FAILED, "{answer}");
-        // A topic KafFlow does not know.
-        let answer = python_ok(
-            &gateway,
-            login(&svc, "alice"),
-            &["describe", "--topic", &unknown],
-        );
-        assert_eq!(answer["error_code"], UNKNOWN_TOPIC_OR_PARTITION, "{answer}");
+        seen.check(answer["error"] == "TopicAuthorizationFailedError", || {
+            format!("kafka-python: erin reads a restricted topic without a grant: {answer}")
+        });
+
+        // bob neither owns alice's topic nor holds a produce grant on it.
+        let answer = py(bob, &["produce", "--topic", &open, "--count", "1"]);
+        seen.check(answer["error"] == "TopicAuthorizationFailedError", || {
+            format!("kafka-python: bob produces to alice's topic: {answer}")
+        });
+
+        let answer = py(alice, &["produce", "--topic", &rejected, "--count", "1"]);
+        seen.check(answer["error"] == "TopicAuthorizationFailedError", || {
+            format!("kafka-python: alice produces to her rejected topic: {answer}")
+        });
+        let answer = py(alice, &["describe", "--topic", &rejected]);
+        seen.check(answer["error_code"] == TOPIC_AUTHORIZATION_FAILED, || {
+            format!("kafka-python: alice describes her rejected topic: {answer}")
+        });
+
+        let answer = py(alice, &["describe", "--topic", &unknown]);
+        seen.check(answer["error_code"] == UNKNOWN_TOPIC_OR_PARTITION, || {
+            format!("kafka-python: alice describes an unknown topic: {answer}")
+        });
     }
 
     if kcat_there {
         let no_sasl = kcat(&gateway, None, &["-L", "-m", "10"], b"");
-        assert!(
-            !no_sasl.ok() && !no_sasl.stdout.contains(&open),
-            "kcat without SASL got metadata: {no_sasl}"
-        );
+        seen.check(!no_sasl.ok() && !no_sasl.stdout.contains(&open), || {
+            format!("kcat without SASL got metadata: {no_sasl}")
+        });
         let bad = kcat(&gateway, Some(wrong), &["-L", "-m", "10"], b"");
-        assert!(
-            !bad.ok() && bad.both().contains("uthentication"),
-            "kcat with a wrong password: {bad}"
-        );
+        seen.check(!bad.ok() && bad.both().contains("uthentication"), || {
+            format!("kcat with a wrong password: {bad}")
+        });
         let group = kcat(
             &gateway,
             Some(login(&svc, "erin")),
             &["-G", "alice.stolen", "-c", "1", &open],
             b"",
         );
-        assert!(
-            group.both().contains("Group authorization failed"),
-            "kcat -G as erin in alice's group: {group}"
-        );
-        let alice = login(&svc, "alice");
-        for (topic, error) in [
-            (&rejected, "Topic authorization failed"),
-            (&unknown, "Unknown topic or partition"),
+        seen.check(group.both().contains("Group authorization failed"), || {
+            format!("kcat -G as erin in alice's group: {group}")
+        });
+        for (who, topic, error) in [
+            ("alice", &rejected, "Topic authorization failed"),
+            ("alice", &unknown, "Unknown topic or partition"),
+            ("erin", &restricted, "Topic authorization failed"),
         ] {
-            let listing = kcat(&gateway, Some(alice), &["-L", "-t", topic], b"");
-            assert!(
-                listing.both().contains(error),
-                "kcat -L -t {topic} as alice: want {error:?}: {listing}"
-            );
+            let listing = kcat(&gateway, Some(login(&svc, who)), &["-L", "-t", topic], b"");
+            seen.check(listing.both().contains(error), || {
+                format!("kcat -L -t {topic} as {who}, want {error:?}: {listing}")
+            });
         }
-        let listing = kcat(
-            &gateway,
-            Some(login(&svc, "erin")),
-            &["-L", "-t", &restricted],
-            b"",
-        );
-        assert!(
-            listing.both().contains("Topic authorization failed"),
-            "kcat -L -t of a restricted topic as erin: {listing}"
-        );
     }
 
     // Nothing the refused clients did reached the broker as a topic.
-    assert_eq!(common::kafka_topic_partitions(&unknown), None);
-    assert_eq!(common::kafka_topic_partitions(&rejected), None);
+    seen.check(common::kafka_topic_partitions(&unknown).is_none(), || {
+        format!("{unknown} exists in the broker")
+    });
+    seen.check(common::kafka_topic_partitions(&rejected).is_none(), || {
+        format!("{rejected} exists in the broker")
+    });
+    seen.finish(&svc);
 }
 
 // ------------------------------------------------------------------ two brokers

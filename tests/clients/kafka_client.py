@@ -16,12 +16,16 @@ on stdout.
         connects and asks for the cluster's metadata; answers {"brokers": [...]}
 
 Every answer also carries "peers": the remote host:port of each TCP connection this process
-holds open when it answers (read from /proc), so a test can see where the client connected.
-A failure answers {"error": "<exception class>", "message": "..."} with exit status 1.
+holds open when it answers (read from /proc), so a test can see where the client connected,
+and "log": the distinct errors kafka-python logged on the way (it logs a refused SASL login
+and retries the bootstrap until it gives up with a timeout).
+A failure answers {"error": "<exception class>", "message": "...", "log": [...]} with exit
+status 1.
 """
 
 import argparse
 import json
+import logging
 import os
 import socket
 import struct
@@ -29,6 +33,25 @@ import sys
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
+
+
+class Errors(logging.Handler):
+    """The distinct error lines kafka-python logs, in order."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.lines = []
+
+    def emit(self, record):
+        line = record.getMessage()
+        if line not in self.lines:
+            self.lines.append(line)
+
+
+LOGGED = Errors()
+logging.getLogger("kafka").addHandler(LOGGED)
+logging.getLogger("kafka").setLevel(logging.ERROR)
+logging.getLogger("kafka").propagate = False
 
 
 def security(args):
@@ -202,9 +225,11 @@ def main():
     try:
         answer = run(args)
     except Exception as error:  # the test reads the class name: that is the client's verdict
-        print(json.dumps({"error": type(error).__name__, "message": str(error)}))
+        answer = {"error": type(error).__name__, "message": str(error), "log": LOGGED.lines[:200]}
+        print(json.dumps(answer))
         sys.stdout.flush()
         os._exit(1)
+    answer["log"] = LOGGED.lines[:200]
     print(json.dumps(answer))
     sys.stdout.flush()
     # kafka-python's background threads may linger on a refused connection: leave now
