@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::upstream::{Answer, Upstream, UpstreamError};
 use super::versions::Versions;
 use super::wire::{
-    framed, read_frame, respond_as, Request, WireError, MAX_FRAME_BYTES,
+    read_frame, respond_as, write_frame, Request, WireError, MAX_FRAME_BYTES,
     MAX_UNAUTHENTICATED_FRAME_BYTES,
 };
 use super::{Shared, Target};
@@ -231,7 +231,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         };
         if let Some(payload) = payload {
             METRICS.gateway_bytes_out.inc_by(payload.len() as u64 + 4);
-            if writer.write_all(&framed(&payload)).await.is_err() {
+            if write_frame(&mut writer, &payload).await.is_err() {
                 break;
             }
         }
@@ -515,7 +515,7 @@ impl Connection {
     /// Writes a request payload upstream; the answer, if one is expected.
     pub(crate) async fn forward_payload(
         &mut self,
-        payload: &[u8],
+        payload: &Bytes,
         expect_answer: bool,
     ) -> Result<Option<Answer>, Fault> {
         let upstream = self.upstream()?;

@@ -5,11 +5,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::wire::{framed, read_frame, WireError, MAX_FRAME_BYTES};
+use super::wire::{read_frame, write_frame, WireError, MAX_FRAME_BYTES};
 
 /// How long a broker may take to accept a connection.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -55,7 +54,7 @@ impl Upstream {
     /// broker sends nothing back and neither does this.
     pub(crate) async fn call(
         &self,
-        payload: &[u8],
+        payload: &Bytes,
         expect_answer: bool,
     ) -> Result<Option<Answer>, UpstreamError> {
         let mut guard = self.writer.lock().await;
@@ -82,7 +81,7 @@ impl Upstream {
         } else {
             None
         };
-        if let Err(e) = writer.half.write_all(&framed(payload)).await {
+        if let Err(e) = write_frame(&mut writer.half, payload).await {
             writer
                 .broken
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -92,7 +91,7 @@ impl Upstream {
     }
 
     /// A call whose answer is awaited here.
-    pub(crate) async fn round_trip(&self, payload: &[u8]) -> Result<Bytes, UpstreamError> {
+    pub(crate) async fn round_trip(&self, payload: &Bytes) -> Result<Bytes, UpstreamError> {
         let answer = self
             .call(payload, true)
             .await?

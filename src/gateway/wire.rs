@@ -2,7 +2,7 @@
 //! every header and body is the `kafka-protocol` crate's; this file only cuts frames and
 //! puts them together.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -211,12 +211,16 @@ pub(crate) fn request_payload<T: Encodable>(
     Ok(buf.freeze())
 }
 
-/// Prefixes a payload with its size, ready to write.
-pub(crate) fn framed(payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(payload.len() + 4);
-    buf.put_i32(payload.len() as i32);
-    buf.put_slice(payload);
-    buf.freeze()
+/// Writes a payload with its size in front, without copying the payload (one vectored write
+/// where the socket allows it).
+pub(crate) async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    payload: &Bytes,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let size = Bytes::copy_from_slice(&(payload.len() as i32).to_be_bytes());
+    let mut frame = size.chain(payload.clone());
+    writer.write_all_buf(&mut frame).await
 }
 
 #[cfg(test)]
