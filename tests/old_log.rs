@@ -213,7 +213,9 @@ fn records_held_by_an_older_spool_publish_as_before() {
     svc.approve("carol", &id);
     svc.wait_request_status(&id, "completed", Duration::from_secs(60));
     let read = common::kafka_read_until(&topic, Duration::from_secs(60), |r| r.len() >= 3);
-    let got: Vec<(Option<&str>, &str, Vec<(&str, &str)>)> = read
+    /// Key, value and headers of a record read back.
+    type Seen<'a> = (Option<&'a str>, &'a str, Vec<(&'a str, &'a str)>);
+    let got: Vec<Seen<'_>> = read
         .iter()
         .map(|r| {
             let headers = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));

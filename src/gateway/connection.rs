@@ -31,6 +31,8 @@ use crate::identity::{Credential, Door, Principal};
 use crate::metrics::METRICS;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused authentication waits before its connection is closed.
+const FAILED_AUTHENTICATION_DELAY: Duration = Duration::from_millis(100);
 /// From the connection's start to a successful SaslAuthenticate.
 const SASL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answers waiting to be written; past this the connection stops reading (backpressure).
@@ -244,6 +246,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             .with_label_values(&[queued.api])
             .observe(queued.started.elapsed().as_secs_f64());
         if queued.close_after {
+            // As Kafka's `connection.failed.authentication.delay.ms`: the refusal reaches the
+            // client before the close does, and a guessing client is slowed down.
+            let _ = writer.flush().await;
+            tokio::time::sleep(FAILED_AUTHENTICATION_DELAY).await;
             break;
         }
     }
