@@ -766,3 +766,34 @@ fn hostile_frames_close_their_connection_and_nothing_else() {
         .fetch_metadata(None, Duration::from_secs(20))
         .expect("metadata after the hostile frames");
 }
+
+#[test]
+fn create_partitions_is_refused_and_config_reads_are_forwarded() {
+    use rdkafka::admin::{NewPartitions, ResourceSpecifier};
+    let service = Service::start_gateway();
+    let topic = unique_topic("gw-admin");
+    service.provision(&topic, 1);
+    let admin: AdminClient<DefaultClientContext> = gateway_client(&service, "alice")
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new();
+
+    let grown = block_on(admin.create_partitions([&NewPartitions::new(&topic, 4)], &options))
+        .expect("answer");
+    assert_eq!(
+        grown[0],
+        Err((topic.clone(), RDKafkaErrorCode::PolicyViolation)),
+        "CreatePartitions"
+    );
+    assert_eq!(
+        kafka_topic_partitions(&topic),
+        Some(1),
+        "nothing changed in Kafka"
+    );
+
+    // Reading a visible topic's config is forwarded to the broker.
+    let described = block_on(admin.describe_configs([&ResourceSpecifier::Topic(&topic)], &options))
+        .expect("answer");
+    let own = described[0].as_ref().expect("alice's topic is described");
+    assert!(own.get("retention.ms").is_some(), "{:?}", own.entries);
+}
