@@ -797,3 +797,82 @@ fn create_partitions_is_refused_and_config_reads_are_forwarded() {
     let own = described[0].as_ref().expect("alice's topic is described");
     assert!(own.get("retention.ms").is_some(), "{:?}", own.entries);
 }
+
+#[test]
+fn config_reads_are_governed_and_config_writes_refused_on_the_wire() {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::{
+        ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    let service = Service::start_gateway();
+    let restricted = unique_topic("gw-config-restricted");
+    let request = service.create_request(
+        "alice",
+        json!({"topic": restricted, "partitions": 1, "visibility": "restricted"}),
+    );
+    service.approve("carol", &id_of(&request));
+    service.wait_topic_status(&restricted, "active", Duration::from_secs(60));
+    let ask = |who: &str| -> DescribeConfigsResponse {
+        let mut raw = Raw::sign_in(service.gateway_addr(), who, service.token(who));
+        let mut resource = DescribeConfigsResource::default();
+        resource.resource_type = 2;
+        resource.resource_name = StrBytes::from_string(restricted.clone());
+        let mut body = DescribeConfigsRequest::default();
+        body.resources = vec![resource];
+        raw.send(ApiKey::DescribeConfigs, 1, &body);
+        let answer = raw.answer().expect("an answer");
+        let mut buf = bytes::Bytes::from(answer);
+        ResponseHeader::decode(&mut buf, 0).expect("header");
+        DescribeConfigsResponse::decode(&mut buf, 1).expect("body")
+    };
+    // bob neither owns the restricted topic nor holds a grant: refused, no configs.
+    let refused = ask("bob");
+    assert_eq!(refused.results.len(), 1);
+    assert_eq!(
+        refused.results[0].error_code, 29,
+        "TOPIC_AUTHORIZATION_FAILED"
+    );
+    assert!(refused.results[0].configs.is_empty());
+    // alice owns it: the broker's configs.
+    let own = ask("alice");
+    assert_eq!(own.results[0].error_code, 0);
+    assert!(own.results[0]
+        .configs
+        .iter()
+        .any(|c| c.name.as_str() == "retention.ms"));
+
+    // Changing a config is the cluster operators' business, even for the owner.
+    use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
+    let mut raw = Raw::sign_in(service.gateway_addr(), "alice", service.token("alice"));
+    let mut config = AlterableConfig::default();
+    config.name = StrBytes::from_static_str("retention.ms");
+    config.value = Some(StrBytes::from_static_str("1000"));
+    let mut resource = AlterConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = StrBytes::from_string(restricted.clone());
+    resource.configs = vec![config];
+    let mut body = AlterConfigsRequest::default();
+    body.resources = vec![resource];
+    raw.send(ApiKey::AlterConfigs, 1, &body);
+    let mut buf = bytes::Bytes::from(raw.answer().expect("an answer"));
+    ResponseHeader::decode(&mut buf, 0).expect("header");
+    let altered = AlterConfigsResponse::decode(&mut buf, 1).expect("body");
+    assert_eq!(altered.responses[0].error_code, 44, "POLICY_VIOLATION");
+    let message = altered.responses[0]
+        .error_message
+        .as_ref()
+        .map(|m| m.to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("topic-requests")),
+        "the refusal says where to ask: {message:?}"
+    );
+    assert_ne!(
+        kafka_topic_config(&restricted, "retention.ms").as_deref(),
+        Some("1000"),
+        "the config is unchanged in Kafka"
+    );
+}
