@@ -876,3 +876,73 @@ fn config_reads_are_governed_and_config_writes_refused_on_the_wire() {
         "the config is unchanged in Kafka"
     );
 }
+
+#[test]
+fn offset_fetch_for_several_groups_answers_the_allowed_and_refuses_the_others() {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+    use kafka_protocol::messages::{
+        ApiKey, GroupId, OffsetFetchRequest, OffsetFetchResponse, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    let service = Service::start_gateway();
+    // erin's group has committed offset 5 on a topic (straight to Kafka).
+    let topic = unique_topic("gw-offsets");
+    service.provision(&topic, 1);
+    let mine = format!("erin.{}", unique_topic("mine"));
+    let committer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", &mine)
+        .create()
+        .expect("consumer");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(5))
+        .expect("offset");
+    committer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("commit");
+    let mut raw = Raw::sign_in(service.gateway_addr(), "erin", service.token("erin"));
+    let group = |id: &str| {
+        let mut g = OffsetFetchRequestGroup::default();
+        g.group_id = GroupId(StrBytes::from_string(id.to_string()));
+        // Every topic the group has committed.
+        g.topics = None;
+        g
+    };
+    let mut body = OffsetFetchRequest::default();
+    body.groups = vec![group(&mine), group("alice.theirs")];
+    raw.send(ApiKey::OffsetFetch, 8, &body);
+    let mut buf = bytes::Bytes::from(raw.answer().expect("an answer"));
+    ResponseHeader::decode(&mut buf, ApiKey::OffsetFetch.response_header_version(8))
+        .expect("header");
+    let answer = OffsetFetchResponse::decode(&mut buf, 8).expect("body");
+    let codes: BTreeMap<String, i16> = answer
+        .groups
+        .iter()
+        .map(|g| (g.group_id.0.to_string(), g.error_code))
+        .collect();
+    assert_eq!(
+        codes,
+        BTreeMap::from([("alice.theirs".to_string(), 30), (mine.clone(), 0)]),
+        "alice's group is refused"
+    );
+    let erins = answer
+        .groups
+        .iter()
+        .find(|g| g.group_id.0.as_str() == mine)
+        .expect("erin's group");
+    let committed: Vec<(String, i64)> = erins
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.0.to_string(), p.committed_offset))
+        })
+        .collect();
+    assert_eq!(
+        committed,
+        vec![(topic.clone(), 5)],
+        "erin's group is answered by the broker"
+    );
+}

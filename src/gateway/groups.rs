@@ -381,7 +381,9 @@ pub(crate) async fn group(
                 None => None,
             }
         }
-        ApiKey::OffsetFetch => offset_fetch(connection, principal, &request, &group_refusal)?,
+        ApiKey::OffsetFetch => {
+            offset_fetch(connection, principal, &request, &group_refusal).await?
+        }
         ApiKey::ConsumerGroupHeartbeat => {
             let asked: ConsumerGroupHeartbeatRequest = request.decode("ConsumerGroupHeartbeat")?;
             let refused = group_refusal(asked.group_id.0.as_str())
@@ -421,13 +423,13 @@ pub(crate) async fn group(
     }
 }
 
-fn offset_fetch(
-    connection: &Connection,
+async fn offset_fetch(
+    connection: &mut Connection,
     principal: &Principal,
     request: &Request,
-    group_refusal: &dyn Fn(&str) -> Option<(i16, String)>,
+    group_refusal: &(dyn Fn(&str) -> Option<(i16, String)> + Sync),
 ) -> Result<Option<Reply>, Fault> {
-    let asked: OffsetFetchRequest = request.decode("OffsetFetch")?;
+    let mut asked: OffsetFetchRequest = request.decode("OffsetFetch")?;
     if request.version() < 8 {
         let refused = group_refusal(asked.group_id.0.as_str()).or_else(|| {
             asked
@@ -508,9 +510,33 @@ fn offset_fetch(
     if !any {
         return Ok(None);
     }
-    let mut body = OffsetFetchResponse::default();
-    body.groups = groups;
-    Ok(Some(Reply::Now(request.respond(&body)?)))
+    // The allowed groups are answered by the broker, the refused ones by the gateway.
+    let refused: Vec<OffsetFetchResponseGroup> =
+        groups.into_iter().filter(|g| g.error_code != 0).collect();
+    let refused_ids: std::collections::HashSet<&str> =
+        refused.iter().map(|g| g.group_id.0.as_str()).collect();
+    asked
+        .groups
+        .retain(|g| !refused_ids.contains(g.group_id.0.as_str()));
+    if asked.groups.is_empty() {
+        let mut body = OffsetFetchResponse::default();
+        body.groups = refused;
+        return Ok(Some(Reply::Now(request.respond(&body)?)));
+    }
+    let payload = request.with_body(&asked)?;
+    let answer = connection
+        .forward_payload(&payload, true)
+        .await?
+        .ok_or_else(|| Fault::Refused("no OffsetFetch answer".into()))?;
+    let request = request.clone();
+    Ok(Some(Reply::Later(Box::pin(async move {
+        let bytes = answer
+            .await
+            .map_err(|_| Fault::Refused("answer lost".into()))??;
+        let (header, mut response) = request.decode_response::<OffsetFetchResponse>(bytes)?;
+        response.groups.extend(refused);
+        Ok(request.encode_response(&header, &response)?)
+    }))))
 }
 
 /// ListGroups: the brokers' answer, cut to the groups the principal may use.
