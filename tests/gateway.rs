@@ -946,3 +946,100 @@ fn offset_fetch_for_several_groups_answers_the_allowed_and_refuses_the_others() 
         "erin's group is answered by the broker"
     );
 }
+
+/// One Produce v9 of `batch` to partition 0 of `topic`, answered with (error code, message).
+fn raw_produce(raw: &mut Raw, topic: &str, batch: bytes::Bytes) -> (i16, Option<String>) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, ResponseHeader};
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    let mut partition = PartitionProduceData::default();
+    partition.index = 0;
+    partition.records = Some(batch);
+    let mut data = TopicProduceData::default();
+    data.name = kafka_protocol::messages::TopicName(StrBytes::from_string(topic.to_string()));
+    data.partition_data = vec![partition];
+    let mut request = ProduceRequest::default();
+    request.acks = -1;
+    request.timeout_ms = 10_000;
+    request.topic_data = vec![data];
+    raw.send(ApiKey::Produce, 9, &request);
+    let mut answer = bytes::Bytes::from(raw.answer().expect("produce answer"));
+    ResponseHeader::decode(&mut answer, ApiKey::Produce.response_header_version(9))
+        .expect("header");
+    let response = ProduceResponse::decode(&mut answer, 9).expect("response");
+    let p = &response.responses[0].partition_responses[0];
+    (
+        p.error_code,
+        p.error_message.as_ref().map(|m| m.to_string()),
+    )
+}
+
+/// A v2 batch of `records`, each with a value of `value_bytes` zeros, under `compression`.
+fn zero_batch(
+    compression: kafka_protocol::records::Compression,
+    records: i64,
+    value_bytes: usize,
+) -> bytes::Bytes {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let records: Vec<Record> = (0..records)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(bytes::Bytes::from(vec![0u8; value_bytes])),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .expect("encode");
+    buf.freeze()
+}
+
+#[test]
+fn a_compressed_bomb_for_a_pending_topic_is_refused_and_holds_nothing() {
+    use kafka_protocol::records::Compression;
+    let service = Service::start_gateway_at(&bootstrap(), |config| {
+        // Records up to 4 MiB, so that only the decompression ceiling can refuse the bomb.
+        format!("{config}\n[limits]\nmax_record_bytes = 4194304\n")
+    });
+    let addr = service.gateway_addr().to_string();
+    let pending = unique_topic("gw-bomb");
+    service.request_topic("alice", &pending, 1);
+    let mut raw = Raw::sign_in(&addr, "alice", service.token("alice"));
+
+    // 40 records of 2 MiB of zeros: 80 MiB once inflated, a few hundred KiB compressed.
+    let bomb = zero_batch(Compression::Zstd, 40, 2 << 20);
+    assert!(
+        bomb.len() < 1 << 20,
+        "the bomb is small on the wire: {}",
+        bomb.len()
+    );
+    let (code, message) = raw_produce(&mut raw, &pending, bomb);
+    assert_eq!(code, 87, "INVALID_RECORD: {message:?}");
+    let message = message.unwrap_or_default();
+    assert!(message.contains("decompress to more than"), "{message}");
+    let (_, topic) = service.topic(&pending);
+    assert_eq!(topic["held"], 0, "nothing of the bomb is held: {topic}");
+
+    // The same connection goes on, and a batch within bounds is held.
+    let (code, message) = raw_produce(&mut raw, &pending, zero_batch(Compression::Lz4, 3, 100));
+    assert_eq!(code, 0, "{message:?}");
+    let (_, topic) = service.topic(&pending);
+    assert_eq!(topic["held"], 3, "{topic}");
+}

@@ -22,6 +22,7 @@ mod admin;
 mod connection;
 mod error;
 mod groups;
+mod inflate;
 mod metadata;
 mod produce;
 pub(crate) mod rules;

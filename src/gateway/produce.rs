@@ -16,13 +16,18 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+
+use std::cell::Cell;
+
+use bytes::Buf;
 
 use super::connection::{Connection, Fault, Reply};
 use super::error::{
     kafka_code, INVALID_RECORD, NONE, TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
     UNKNOWN_TOPIC_OR_PARTITION,
 };
+use super::inflate::inflate;
 use super::wire::Request;
 use crate::actors::publisher::Receipt;
 use crate::actors::registry::ProduceRoute;
@@ -32,6 +37,10 @@ use crate::record::Record;
 /// Where a producer id sits in a v2 record batch: after base offset (8), length (4), leader
 /// epoch (4), magic (1), CRC (4), attributes (2), last offset delta (4) and two timestamps (16).
 const PRODUCER_ID_AT: usize = 43;
+
+/// The most one Produce request's held batches may decompress to, all partitions together
+/// (Kafka's own default `message.max.bytes` is 1 MiB of compressed batch).
+pub(crate) const HELD_BYTES_PER_REQUEST: usize = 64 << 20;
 
 /// The answer of one topic in the making.
 enum TopicAnswer {
@@ -72,6 +81,7 @@ pub(crate) async fn produce(
         return answer(request, acks, None, answers).await;
     }
     let mut forwarded: Vec<TopicProduceData> = Vec::new();
+    let budget = Cell::new(HELD_BYTES_PER_REQUEST);
     let mut answers: Vec<TopicAnswer> = Vec::new();
     let topics = std::mem::take(&mut asked.topic_data);
     let all = topics.len();
@@ -114,7 +124,7 @@ pub(crate) async fn produce(
                 out_of_range.push(data.index);
                 continue;
             }
-            let checked = decode(data.index, data.records.clone()).and_then(|batch| {
+            let checked = decode(data.index, data.records.clone(), &budget).and_then(|batch| {
                 match batch
                     .iter()
                     .find_map(|r| r.check(rules.record_limits).err())
@@ -272,13 +282,30 @@ fn producer_id(records: &Bytes) -> Option<i64> {
     (magic == 2).then(|| i64::from_be_bytes(bytes.try_into().unwrap_or([0xff; 8])))
 }
 
-/// A partition's batches as KafFlow records, each bound for `partition`.
-fn decode(partition: i32, records: Option<Bytes>) -> Result<Vec<Record>, String> {
+/// A partition's batches as KafFlow records, each bound for `partition`. What the batches
+/// decompress to is taken from `budget`, the bytes one request may still inflate.
+fn decode(
+    partition: i32,
+    records: Option<Bytes>,
+    budget: &Cell<usize>,
+) -> Result<Vec<Record>, String> {
     let Some(mut bytes) = records else {
         return Ok(Vec::new());
     };
-    let sets = RecordBatchDecoder::decode_all(&mut bytes)
+    let inflate_within_budget = |compressed: &mut Bytes, codec: Compression| {
+        let out = inflate(compressed, codec, budget.get())?;
+        budget.set(budget.get().saturating_sub(out.len()));
+        Ok::<_, anyhow::Error>(out)
+    };
+    let mut sets = Vec::new();
+    while bytes.has_remaining() {
+        let set = RecordBatchDecoder::decode_with_custom_compression(
+            &mut bytes,
+            Some(&inflate_within_budget),
+        )
         .map_err(|e| format!("partition {partition}: undecodable record batch: {e}"))?;
+        sets.push(set);
+    }
     let mut out = Vec::new();
     for set in sets {
         for r in set.records {
@@ -370,7 +397,8 @@ mod tests {
             Compression::Lz4,
             Compression::Zstd,
         ] {
-            let records = decode(4, Some(batch(compression, 77))).expect("decode");
+            let records =
+                decode(4, Some(batch(compression, 77)), &Cell::new(1 << 20)).expect("decode");
             assert_eq!(records.len(), 3, "{compression:?}");
             assert_eq!(records[0].key, Some(vec![0xfe, 0]));
             assert_eq!(records[1].key, None);
@@ -394,8 +422,16 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(decode(0, Some(Bytes::from_static(&[0u8; 70]))).is_err());
-        assert!(decode(0, Some(Bytes::from_static(b"\x00\x01"))).is_err());
-        assert_eq!(decode(0, None).expect("no records"), Vec::new());
+        assert!(decode(0, Some(Bytes::from_static(&[0u8; 70])), &Cell::new(1 << 20)).is_err());
+        assert!(decode(
+            0,
+            Some(Bytes::from_static(b"\x00\x01")),
+            &Cell::new(1 << 20)
+        )
+        .is_err());
+        assert_eq!(
+            decode(0, None, &Cell::new(0)).expect("no records"),
+            Vec::new()
+        );
     }
 }
