@@ -2,10 +2,13 @@
 //! with the same rdkafka settings on both sides (`acks=all`, idempotent: the publisher's
 //! `kafka::producer_config`), in one run:
 //!
-//! 1. produce: 1,000,000 records of 100 bytes through the gateway vs straight to the broker;
-//! 2. fetch: a consumer reading those records through the gateway vs straight from the broker;
+//! 1. produce: 1,000,000 records of 100 bytes through the gateway vs straight to the broker,
+//!    in halves ordered direct, gateway, gateway, direct;
+//! 2. fetch: a consumer reading those records through the gateway vs straight from the broker,
+//!    in the same order;
 //! 3. latency: records sent at 5,000/s (`linger.ms=0`), send → acknowledgement, p50 and p99
-//!    through the gateway minus direct;
+//!    through the gateway minus direct, both sides sending at once after two seconds of
+//!    warm-up;
 //! 4. 1,000 idle clients (authenticated, metadata fetched, then silent): the kafflow process's
 //!    resident memory per connection.
 //!
@@ -275,6 +278,11 @@ fn produce(via: Via<'_>, topic: &str, records: u64) -> f64 {
     records as f64 / elapsed
 }
 
+/// The rate of two equal runs together: records over the time both took.
+fn harmonic(a: f64, b: f64) -> f64 {
+    2.0 / (1.0 / a + 1.0 / b)
+}
+
 // ------------------------------------------------------------------ fetch
 
 /// Records/s of a consumer reading `records` from the start of every partition of `topic`.
@@ -348,8 +356,26 @@ fn latency(via: Via<'_>, topic: &str, seconds: u64) -> (f64, f64) {
     producer
         .flush(Duration::from_secs(30))
         .expect("first record acknowledged");
+    // Two seconds at the rate, not counted: a freshly started broker answers its first
+    // thousands of records slower than the rest.
+    send_paced(&producer, topic, LATENCY_RATE * 2);
+    let _ = producer.flush(Duration::from_secs(30));
     latencies.lock().expect("latencies").clear();
-    let records = LATENCY_RATE * seconds;
+    send_paced(&producer, topic, LATENCY_RATE * seconds);
+    let _ = producer.flush(Duration::from_secs(30));
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "the producer lost records"
+    );
+    let mut all = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    all.sort_unstable();
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    (at(0.50), at(0.99))
+}
+
+/// `records` records sent one by one at `LATENCY_RATE` per second, each timed from its send.
+fn send_paced(producer: &ThreadedProducer<Timing>, topic: &str, records: u64) {
     let started = Instant::now();
     for n in 0..records {
         let due = started + Duration::from_micros(n * 1_000_000 / LATENCY_RATE);
@@ -363,16 +389,6 @@ fn latency(via: Via<'_>, topic: &str, seconds: u64) -> (f64, f64) {
                 .payload(v.as_str());
         producer.send(record).map_err(|(e, _)| e).expect("send");
     }
-    let _ = producer.flush(Duration::from_secs(30));
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "the producer lost records"
-    );
-    let mut all = std::mem::take(&mut *latencies.lock().expect("latencies"));
-    all.sort_unstable();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64 / 1000.0;
-    (at(0.50), at(0.99))
 }
 
 // ------------------------------------------------------------------ idle connections
@@ -512,27 +528,49 @@ fn main() {
          acks=all, idempotent; the same rdkafka settings direct and through the gateway (SASL/PLAIN)"
     );
 
-    let direct = produce(Via::Direct, &direct_topic, records);
-    let through = produce(gateway, &gateway_topic, records);
-    println!("produce, direct            : {direct:>10.0} records/s");
+    // Each comparison runs in the order direct, gateway, gateway, direct (each half the
+    // records): a drift of the machine or the broker during the run weighs on both sides alike.
+    let half = (records / 2).max(1);
+    let (d1, g1) = (
+        produce(Via::Direct, &direct_topic, half),
+        produce(gateway, &gateway_topic, half),
+    );
+    let (g2, d2) = (
+        produce(gateway, &gateway_topic, half),
+        produce(Via::Direct, &direct_topic, half),
+    );
+    let (direct, through) = (harmonic(d1, d2), harmonic(g1, g2));
+    println!("produce, direct            : {direct:>10.0} records/s  (halves {d1:.0}, {d2:.0})");
     println!(
-        "produce, through gateway   : {through:>10.0} records/s  {:.2} of direct",
+        "produce, through gateway   : {through:>10.0} records/s  (halves {g1:.0}, {g2:.0})  {:.2} of direct",
         through / direct
     );
 
-    // Both read the same records (those sent through the gateway), so only the path differs.
-    let direct = fetch(Via::Direct, &gateway_topic, records, &run);
-    let through = fetch(gateway, &gateway_topic, records, &run);
-    println!("fetch, direct              : {direct:>10.0} records/s");
+    // Every fetch reads the same records (those sent through the gateway), so only the path
+    // differs; each with a group of its own.
+    let sent = half * 2;
+    let d1 = fetch(Via::Direct, &gateway_topic, sent, &format!("{run}-1"));
+    let g1 = fetch(gateway, &gateway_topic, sent, &format!("{run}-2"));
+    let g2 = fetch(gateway, &gateway_topic, sent, &format!("{run}-3"));
+    let d2 = fetch(Via::Direct, &gateway_topic, sent, &format!("{run}-4"));
+    let (direct, through) = (harmonic(d1, d2), harmonic(g1, g2));
+    println!("fetch, direct              : {direct:>10.0} records/s  (rounds {d1:.0}, {d2:.0})");
     println!(
-        "fetch, through gateway     : {through:>10.0} records/s  {:.2} of direct",
+        "fetch, through gateway     : {through:>10.0} records/s  (rounds {g1:.0}, {g2:.0})  {:.2} of direct",
         through / direct
     );
 
-    let (d50, d99) = latency(Via::Direct, &direct_latency, latency_secs);
-    let (g50, g99) = latency(gateway, &gateway_latency, latency_secs);
+    // Both sides at once, each at the full rate, so a stall of the machine hits both.
+    let ((d50, d99), (g50, g99)) = std::thread::scope(|scope| {
+        let direct = scope.spawn(|| latency(Via::Direct, &direct_latency, latency_secs));
+        let through = scope.spawn(|| latency(gateway, &gateway_latency, latency_secs));
+        (
+            direct.join().expect("direct latency"),
+            through.join().expect("gateway latency"),
+        )
+    });
     println!(
-        "latency at {LATENCY_RATE}/s, direct: p50 {d50:.2} ms  p99 {d99:.2} ms  ({} records)",
+        "latency at {LATENCY_RATE}/s, direct: p50 {d50:.2} ms  p99 {d99:.2} ms  ({} records, both sides at once)",
         LATENCY_RATE * latency_secs
     );
     println!("latency, through gateway  : p50 {g50:.2} ms  p99 {g99:.2} ms");

@@ -19,7 +19,10 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{kafka_read_until, kafka_read_until_at, unique_topic, KafkaRecord, Service};
+use common::{
+    kafka_committed, kafka_produce, kafka_read_until, kafka_read_until_at, unique_topic,
+    KafkaRecord, Produce, Service,
+};
 use serde_json::{json, Value};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -479,6 +482,107 @@ fn java_topic_command_files_a_request_and_console_clients_round_trip() {
     let mut read = numbers(consumed.stdout.lines().filter(|l| !l.trim().is_empty()));
     read.sort_unstable();
     assert_eq!(read, (0..N).collect::<Vec<_>>(), "read back: {consumed}");
+}
+
+/// The Java consumer on the KIP-848 protocol (`group.protocol=consumer`): its group is run by
+/// the broker through ConsumerGroupHeartbeat, forwarded by the gateway after the group rule.
+#[test]
+fn java_consumer_on_the_kip848_protocol_reads_commits_and_is_held_to_its_groups() {
+    let svc = Service::start_gateway();
+    let gateway = svc.gateway_addr().to_string();
+    let topic = unique_topic("gw-kip848");
+    svc.provision(&topic, 2);
+    const N: u64 = 40;
+    let records: Vec<Produce<'_>> = (0..N).map(|i| Produce::value(format!("n-{i}"))).collect();
+    kafka_produce(&topic, &records);
+    let erin = java_config(&svc, "erin");
+    let erin = erin.to_str().expect("utf-8 path");
+    let group = format!("erin.{topic}");
+    let consume = |group: &str| {
+        kafka_sh(
+            &[
+                "tool",
+                "org.apache.kafka.tools.consumer.ConsoleConsumer",
+                "--bootstrap-server",
+                &gateway,
+                "--topic",
+                &topic,
+                "--command-config",
+                erin,
+                "--command-property",
+                "group.protocol=consumer",
+                "--group",
+                group,
+                "--from-beginning",
+                "--max-messages",
+                &N.to_string(),
+                "--timeout-ms",
+                "60000",
+            ],
+            &[],
+            b"",
+        )
+    };
+
+    let consumed = consume(&group);
+    assert!(
+        consumed.ok(),
+        "KIP-848 consumer through the gateway: {consumed}"
+    );
+    let mut read = numbers(consumed.stdout.lines().filter(|l| !l.trim().is_empty()));
+    read.sort_unstable();
+    assert_eq!(read, (0..N).collect::<Vec<_>>(), "read back: {consumed}");
+    // Its offsets were committed through the gateway, in the broker.
+    let committed = kafka_committed(&group, &topic, 2);
+    assert!(
+        committed.iter().all(Option::is_some),
+        "committed offsets of {group}: {committed:?}"
+    );
+    assert_eq!(
+        committed.iter().flatten().sum::<i64>(),
+        N as i64,
+        "every record's offset is committed"
+    );
+    // The broker runs it as a group of the new protocol, not a classic one.
+    let listed = kafka_sh(
+        &[
+            "tool",
+            "org.apache.kafka.tools.GroupsCommand",
+            "--bootstrap-server",
+            &common::bootstrap(),
+            "--list",
+        ],
+        &[],
+        b"",
+    );
+    let line = listed
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(group.as_str()))
+        .unwrap_or_else(|| panic!("{group} is not listed: {listed}"));
+    assert!(
+        line.split_whitespace().any(|w| w == "Consumer"),
+        "a group of the consumer protocol: {line}"
+    );
+
+    // Another principal's group is refused at the heartbeat.
+    let refused = consume(&format!("alice.{topic}"));
+    // ConsoleConsumer reports the error and ends with 0 messages (and exit code 0).
+    assert!(
+        refused.stdout.trim().is_empty()
+            && refused.both().contains("Processed a total of 0 messages"),
+        "another principal's group reads nothing: {refused}"
+    );
+    assert!(
+        refused.both().contains("GroupAuthorizationException"),
+        "refused with GROUP_AUTHORIZATION_FAILED: {refused}"
+    );
+    assert!(
+        kafka_committed(&format!("alice.{topic}"), &topic, 2)
+            .iter()
+            .all(Option::is_none),
+        "nothing committed for the refused group"
+    );
 }
 
 // ------------------------------------------------------------------ Python
