@@ -980,6 +980,18 @@ fn zero_batch(
     records: i64,
     value_bytes: usize,
 ) -> bytes::Bytes {
+    idempotent_batch(compression, records, value_bytes, -1, -1)
+}
+
+/// Like `zero_batch`, written by idempotent producer `producer_id` (epoch 0) from sequence
+/// `first` on (−1 and −1: not idempotent).
+fn idempotent_batch(
+    compression: kafka_protocol::records::Compression,
+    records: i64,
+    value_bytes: usize,
+    producer_id: i64,
+    first: i32,
+) -> bytes::Bytes {
     use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
     let records: Vec<Record> = (0..records)
         .map(|i| Record {
@@ -987,11 +999,11 @@ fn zero_batch(
             control: false,
             delete_horizon: false,
             partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch: if producer_id < 0 { -1 } else { 0 },
             timestamp_type: TimestampType::Creation,
             offset: i,
-            sequence: -1,
+            sequence: if first < 0 { -1 } else { first + i as i32 },
             timestamp: 1_700_000_000_000,
             key: None,
             value: Some(bytes::Bytes::from(vec![0u8; value_bytes])),
@@ -1042,4 +1054,60 @@ fn a_compressed_bomb_for_a_pending_topic_is_refused_and_holds_nothing() {
     assert_eq!(code, 0, "{message:?}");
     let (_, topic) = service.topic(&pending);
     assert_eq!(topic["held"], 3, "{topic}");
+}
+
+#[test]
+fn a_retried_idempotent_batch_for_a_pending_topic_is_held_once() {
+    use kafka_protocol::records::Compression;
+    let service = Service::start_gateway();
+    let addr = service.gateway_addr().to_string();
+    let pending = unique_topic("gw-retry");
+    let id = service.request_topic("alice", &pending, 1);
+    let mut raw = Raw::sign_in(&addr, "alice", service.token("alice"));
+    let first = idempotent_batch(Compression::None, 3, 10, 4242, 0);
+
+    assert_eq!(raw_produce(&mut raw, &pending, first.clone()).0, 0);
+    // The same batch again, as a producer retries one whose answer it did not get, also on
+    // another connection: a success, and nothing more is held.
+    assert_eq!(raw_produce(&mut raw, &pending, first.clone()).0, 0);
+    let mut other = Raw::sign_in(&addr, "alice", service.token("alice"));
+    assert_eq!(raw_produce(&mut other, &pending, first).0, 0);
+    let (_, topic) = service.topic(&pending);
+    assert_eq!(topic["held"], 3, "the retries are not held again: {topic}");
+    // The next batch of that producer, and the same sequence from another producer, are new.
+    let next = idempotent_batch(Compression::Lz4, 2, 10, 4242, 3);
+    assert_eq!(raw_produce(&mut raw, &pending, next).0, 0);
+    let stranger = idempotent_batch(Compression::None, 3, 10, 4343, 0);
+    assert_eq!(raw_produce(&mut raw, &pending, stranger).0, 0);
+    let (_, topic) = service.topic(&pending);
+    assert_eq!(topic["held"], 8, "{topic}");
+
+    service.approve("carol", &id);
+    service.wait_topic_status(&pending, "active", Duration::from_secs(60));
+    assert!(
+        wait_until(Duration::from_secs(30), || service.topic(&pending).1
+            ["held"]
+            == 0),
+        "the held records drain"
+    );
+    // Everything is in Kafka by now: read until the log's end (an empty poll after 8).
+    let read = kafka_read_until(&pending, Duration::from_secs(30), |r| r.len() >= 8);
+    assert_eq!(read.len(), 8, "each batch once in Kafka: {read:?}");
+    assert_eq!(
+        kafka_offsets_end(&pending),
+        8,
+        "the partition's end offset counts each batch once"
+    );
+}
+
+/// The end offset (high watermark) of partition 0 of `topic`, straight from the broker.
+fn kafka_offsets_end(topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("kafka consumer");
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    high
 }

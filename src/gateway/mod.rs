@@ -26,11 +26,12 @@ mod inflate;
 mod metadata;
 mod produce;
 pub(crate) mod rules;
+mod sequences;
 mod upstream;
 mod versions;
 mod wire;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -70,8 +71,9 @@ pub(crate) struct Shared {
     /// One clone per open connection: shutdown waits until only the gateway's own is left.
     open: Arc<()>,
     /// Producer ids that sent records to a topic while it was held: the rest of their batches
-    /// for that topic go the same way, so their order and their sequence numbers hold.
-    held_producers: Mutex<HashSet<(i64, String)>>,
+    /// for that topic go the same way, so their order and their sequence numbers hold; and
+    /// their last batches, so that a retry is not held twice.
+    pub(crate) held_producers: sequences::HeldProducers,
     pub(crate) rules: Rules,
     tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
@@ -143,28 +145,6 @@ impl Shared {
                 }
             }
         }
-    }
-
-    fn held_producer(&self, producer_id: i64, topic: &str) -> bool {
-        if producer_id < 0 {
-            return false;
-        }
-        let held = match self.held_producers.lock() {
-            Ok(h) => h,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        held.contains(&(producer_id, topic.to_string()))
-    }
-
-    fn mark_held_producer(&self, producer_id: i64, topic: &str) {
-        if producer_id < 0 {
-            return;
-        }
-        let mut held = match self.held_producers.lock() {
-            Ok(h) => h,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        held.insert((producer_id, topic.to_string()));
     }
 
     fn guard(&self) -> Option<Guard> {
@@ -247,7 +227,7 @@ impl Gateway {
             brokers: Mutex::new(HashMap::new()),
             versions: tokio::sync::OnceCell::new(),
             open: Arc::new(()),
-            held_producers: Mutex::new(HashSet::new()),
+            held_producers: sequences::HeldProducers::default(),
             rules,
             tls,
             shutdown,

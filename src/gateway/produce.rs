@@ -19,6 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use bytes::Buf;
 
@@ -28,6 +29,7 @@ use super::error::{
     UNKNOWN_TOPIC_OR_PARTITION,
 };
 use super::inflate::inflate;
+use super::sequences::{Batch, Claim};
 use super::wire::Request;
 use crate::actors::publisher::Receipt;
 use crate::actors::registry::ProduceRoute;
@@ -41,6 +43,8 @@ const PRODUCER_ID_AT: usize = 43;
 /// The most one Produce request's held batches may decompress to, all partitions together
 /// (Kafka's own default `message.max.bytes` is 1 MiB of compressed batch).
 pub(crate) const HELD_BYTES_PER_REQUEST: usize = 64 << 20;
+
+type Release = Box<dyn FnOnce() + Send>;
 
 /// The answer of one topic in the making.
 enum TopicAnswer {
@@ -57,6 +61,8 @@ enum TopicAnswer {
         partitions: Vec<i32>,
         out_of_range: Vec<i32>,
         receipt: BoxFuture<'static, crate::error::Result<Receipt>>,
+        /// Forgets the batches claimed for this answer, if the publisher refuses them.
+        release: Release,
     },
 }
 
@@ -109,14 +115,16 @@ pub(crate) async fn produce(
         let direct = route == ProduceRoute::Active
             && rules.is_direct(&name)
             && !connection.held_topics.contains(&name)
-            && !connection.shared.held_producer(producer_id, &name);
+            && !connection
+                .shared
+                .held_producers
+                .contains(producer_id, &name);
         if direct {
             forwarded.push(topic);
             continue;
         }
         let count = rules.visible_topic(principal, &name).map(|t| t.partitions);
-        let mut records = Vec::new();
-        let mut held = Vec::new();
+        let mut decoded: Vec<(i32, Vec<Record>, Option<Batch>)> = Vec::new();
         let mut out_of_range = Vec::new();
         let mut bad: Option<String> = None;
         for data in &topic.partition_data {
@@ -134,9 +142,9 @@ pub(crate) async fn produce(
                 }
             });
             match checked {
-                Ok(mut batch) => {
-                    records.append(&mut batch);
-                    held.push(data.index);
+                Ok(batch) => {
+                    let sequences = data.records.as_ref().and_then(Batch::of);
+                    decoded.push((data.index, batch, sequences));
                 }
                 Err(why) => bad = Some(why),
             }
@@ -151,13 +159,39 @@ pub(crate) async fn produce(
             continue;
         }
         connection.held_topics.insert(name.clone());
-        connection.shared.mark_held_producer(producer_id, &name);
+        let held_producers = &connection.shared.held_producers;
+        held_producers.mark(producer_id, &name);
+        // A retry of a batch already held is answered as a success and not held again.
+        let mut records = Vec::new();
+        let mut held = Vec::new();
+        let mut claimed = Vec::new();
+        for (partition, mut batch, sequences) in decoded {
+            held.push(partition);
+            if let Some(sequences) = sequences {
+                if held_producers.claim(&name, partition, sequences) == Claim::Duplicate {
+                    tracing::debug!(topic = %name, partition, producer_id, first = sequences.first, "Retried batch already held; not held again.");
+                    continue;
+                }
+                claimed.push((partition, sequences));
+            }
+            records.append(&mut batch);
+        }
         let receipt = rules.hold(&principal.name, &name, records);
+        let shared = Arc::clone(&connection.shared);
+        let topic_name = name.clone();
+        let release: Release = Box::new(move || {
+            for (partition, sequences) in claimed {
+                shared
+                    .held_producers
+                    .release(&topic_name, partition, sequences);
+            }
+        });
         answers.push(TopicAnswer::Held {
             name,
             partitions: held,
             out_of_range,
             receipt,
+            release,
         });
     }
     if forwarded.len() == all {
@@ -236,13 +270,17 @@ async fn topic_answer(topic: TopicAnswer) -> TopicProduceResponse {
             partitions,
             out_of_range,
             receipt,
+            release,
         } => {
             let (code, message) = match receipt.await {
                 Ok(receipt) => {
                     tracing::debug!(topic = %name, held = receipt.held, published = receipt.published, "Gateway batch taken by the publisher.");
                     (NONE, None)
                 }
-                Err(e) => (kafka_code(&e), Some(e.to_string())),
+                Err(e) => {
+                    release();
+                    (kafka_code(&e), Some(e.to_string()))
+                }
             };
             out.name = TopicName(StrBytes::from_string(name));
             out.partition_responses = partitions
