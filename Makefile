@@ -49,8 +49,13 @@ chaos: kafka-up
 	KAFFLOW_CHAOS_PHASE_MS=$${KAFFLOW_CHAOS_PHASE_MS:-4000} $(CARGO) test --test chaos -- --nocapture
 
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.
+# Each benchmark appends its rows to target/bench-rows.jsonl; `report` prints them as one table
+# and writes it into docs/benchmarks.md.
+BENCHES ?= ingest feed gateway
 bench: kafka-up
-	$(CARGO) bench --bench ingest --bench feed --bench gateway
+	rm -f target/bench-rows.jsonl
+	$(CARGO) bench $(foreach b,$(BENCHES),--bench $(b))
+	$(CARGO) bench --bench report
 
 lint:
 	$(CARGO) fmt --all -- --check

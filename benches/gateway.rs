@@ -15,6 +15,9 @@
 //! Runs the release binary against the local broker (`make kafka-up`). `KAFFLOW_BENCH_RECORDS`,
 //! `KAFFLOW_BENCH_LATENCY_SECS` and `KAFFLOW_BENCH_CONNECTIONS` shrink the runs for a quick look.
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader as StdBufReader};
 use std::process::{Child, Command, Stdio};
@@ -540,6 +543,14 @@ fn main() {
         produce(Via::Direct, &direct_topic, half),
     );
     let (direct, through) = (harmonic(d1, d2), harmonic(g1, g2));
+    report::row(
+        "gateway",
+        "produce",
+        through,
+        "records/s",
+        Some(direct),
+        report::Target::RatioAtLeast(0.9),
+    );
     println!("produce, direct            : {direct:>10.0} records/s  (halves {d1:.0}, {d2:.0})");
     println!(
         "produce, through gateway   : {through:>10.0} records/s  (halves {g1:.0}, {g2:.0})  {:.2} of direct",
@@ -554,6 +565,14 @@ fn main() {
     let g2 = fetch(gateway, &gateway_topic, sent, &format!("{run}-3"));
     let d2 = fetch(Via::Direct, &gateway_topic, sent, &format!("{run}-4"));
     let (direct, through) = (harmonic(d1, d2), harmonic(g1, g2));
+    report::row(
+        "gateway",
+        "fetch",
+        through,
+        "records/s",
+        Some(direct),
+        report::Target::RatioAtLeast(0.9),
+    );
     println!("fetch, direct              : {direct:>10.0} records/s  (rounds {d1:.0}, {d2:.0})");
     println!(
         "fetch, through gateway     : {through:>10.0} records/s  (rounds {g1:.0}, {g2:.0})  {:.2} of direct",
@@ -580,7 +599,31 @@ fn main() {
         g99 - d99
     );
 
+    report::row(
+        "gateway",
+        "added produce latency p50 at 5,000/s",
+        g50 - d50,
+        "ms",
+        None,
+        report::Target::AtMost(1.0),
+    );
+    report::row(
+        "gateway",
+        "added produce latency p99 at 5,000/s",
+        g99 - d99,
+        "ms",
+        None,
+        report::Target::AtMost(5.0),
+    );
     let (before, after, per) = runtime.block_on(idle_connections(&service, clients));
+    report::row(
+        "gateway",
+        "RSS per idle client connection",
+        per / 1024.0,
+        "KiB",
+        None,
+        report::Target::None,
+    );
     println!(
         "{clients} idle clients through the gateway: RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per connection",
         before as f64 / 1048576.0,

@@ -9,6 +9,9 @@
 //! Runs the release binary against the local broker (`make kafka-up`). `KAFFLOW_BENCH_RECORDS`
 //! and `KAFFLOW_BENCH_HELD` shrink the runs for a quick look.
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader as StdBufReader};
 use std::process::{Child, Command, Stdio};
@@ -387,7 +390,40 @@ fn main() {
             mb(b),
             b / c
         );
+        let bench = format!("ingest ({codec})");
+        report::row(
+            &bench,
+            "raw rdkafka producer",
+            c,
+            "records/s",
+            None,
+            report::Target::None,
+        );
+        report::row(
+            &bench,
+            "TCP listener",
+            a,
+            "records/s",
+            Some(c),
+            report::Target::RatioAtLeast(1.0),
+        );
+        report::row(
+            &bench,
+            "HTTP batches of 1,000",
+            b,
+            "records/s",
+            Some(c),
+            report::Target::RatioAtLeast(0.8),
+        );
         let d = runtime.block_on(drain(&service, &td, held));
+        report::row(
+            &bench,
+            "held drain",
+            held as f64 / d,
+            "records/s",
+            None,
+            report::Target::None,
+        );
         println!(
             "held drain: {held} held records acknowledged by Kafka {d:.2} s after the approve call ({:.0} records/s)",
             held as f64 / d
