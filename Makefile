@@ -32,8 +32,23 @@ client-deps:
 	  && cp tests/clients/requirements.txt $(VENV)/.requirements ) \
 	  || echo "client-deps: could not install the Python client in $(VENV); its gateway tests will fail under CI, skip otherwise"
 
-test: kafka-up ui-deps client-deps
-	$(CARGO) test --lib --bins --tests -- --test-threads=4
+# The tests and benchmarks run on a broker of their own (own data in .kafka-test/, own ports),
+# so nothing they create is seen by `make run`, whose broker is .kafka/ on 9092. The jars are
+# fetched once into .kafka/libs and read by both.
+TEST_KAFKA_ENV = KAFKA_HOME_DIR=$(CURDIR)/.kafka-test KAFKA_LIBS_DIR=$(CURDIR)/.kafka/libs \
+	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_CONTROLLER_PORT=29093 KAFKA_SASL_PORT=29094 \
+	KAFKA_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT)
+TEST_KAFKA_PORT ?= 29092
+
+.PHONY: test-kafka-up test-kafka-down
+test-kafka-up:
+	$(TEST_KAFKA_ENV) $(KAFKA_SH) up
+
+test-kafka-down:
+	$(TEST_KAFKA_ENV) $(KAFKA_SH) down
+
+test: test-kafka-up ui-deps client-deps
+	$(TEST_KAFKA_ENV) $(CARGO) test --lib --bins --tests -- --test-threads=4
 
 # The parser property tests (`make test` runs 256 cases of each) with many more cases.
 # A failing case is saved under proptest-regressions/ and replayed first from then on.
@@ -44,17 +59,17 @@ fuzz:
 
 # The long chaos run (docs/faults.md): 20 kill -9 of KafFlow, 4 of them with a broker restart,
 # on a broker of the test's own. `make test` runs the short form (5 kills).
-chaos: kafka-up
-	KAFFLOW_CHAOS_KILLS=$${KAFFLOW_CHAOS_KILLS:-20} KAFFLOW_CHAOS_BROKER_RESTARTS=$${KAFFLOW_CHAOS_BROKER_RESTARTS:-4} \
+chaos: test-kafka-up
+	$(TEST_KAFKA_ENV) KAFFLOW_CHAOS_KILLS=$${KAFFLOW_CHAOS_KILLS:-20} KAFFLOW_CHAOS_BROKER_RESTARTS=$${KAFFLOW_CHAOS_BROKER_RESTARTS:-4} \
 	KAFFLOW_CHAOS_PHASE_MS=$${KAFFLOW_CHAOS_PHASE_MS:-4000} $(CARGO) test --test chaos -- --nocapture
 
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.
 # Each benchmark appends its rows to target/bench-rows.jsonl; `report` prints them as one table
 # and writes it into docs/benchmarks.md.
 BENCHES ?= ingest feed gateway
-bench: kafka-up
+bench: test-kafka-up
 	rm -f target/bench-rows.jsonl
-	$(CARGO) bench $(foreach b,$(BENCHES),--bench $(b))
+	$(TEST_KAFKA_ENV) $(CARGO) bench $(foreach b,$(BENCHES),--bench $(b))
 	$(CARGO) bench --bench report
 
 lint:
