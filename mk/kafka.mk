@@ -13,8 +13,9 @@ kafka-up:
 kafka-down:
 	$(KAFKA_SH) down
 
+# "not running" is an answer, not a failure of make.
 kafka-status:
-	$(KAFKA_SH) status
+	@$(KAFKA_SH) status || true
 
 kafka-topics:
 	$(KAFKA_SH) topics

@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# Starts KafFlow with a demo config: three principals with fresh random tokens, printed below.
+# Starts KafFlow with a demo config: four principals with fresh random tokens, printed below.
 # The tokens are kept in .demo/tokens (ignored by git) so a second run reuses them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 demo=.demo
 mkdir -p "$demo"
-cargo build --release --quiet
 bin=target/release/kafflow
-
-if [ ! -f "$demo/tokens" ]; then
-  {
-    for who in alice carol erin; do
-      printf '%s=%s\n' "$who" "$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-    done
-  } >"$demo/tokens"
+if [ ! -x "$bin" ]; then
+  echo "Building KafFlow (release). The first build compiles librdkafka and every dependency"
+  echo "from source and takes several minutes; later runs rebuild only what changed."
 fi
+cargo build --release
+
+# A principal missing from an older tokens file gets its token now; the others keep theirs.
+touch "$demo/tokens"
+for who in alice carol dave erin; do
+  if ! grep -q "^$who=" "$demo/tokens"; then
+    printf '%s=%s\n' "$who" "$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$demo/tokens"
+  fi
+done
 # shellcheck disable=SC1091
 source "$demo/tokens"
 
@@ -49,6 +53,11 @@ roles = ["admin"]
 token_sha256 = "$("$bin" hash-token "$carol")"
 
 [[principals]]
+name = "dave"
+roles = ["admin"]
+token_sha256 = "$("$bin" hash-token "$dave")"
+
+[[principals]]
 name = "erin"
 roles = ["consumer"]
 token_sha256 = "$("$bin" hash-token "$erin")"
@@ -58,6 +67,7 @@ cat <<INFO
 KafFlow demo on http://127.0.0.1:${KAFFLOW_PORT:-8080}
   alice (producer, consumer): $alice
   carol (admin):              $carol
+  dave  (admin):              $dave   (an admin never decides their own request: carol's go to dave)
   erin  (consumer):           $erin
 TCP ingest on tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070}
 Kafka clients: bootstrap.servers=127.0.0.1:${KAFFLOW_GATEWAY_PORT:-9192}, SASL/PLAIN, user = name, password = token
