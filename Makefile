@@ -36,9 +36,11 @@ client-deps:
 # so nothing they create is seen by `make run`, whose broker is .kafka/ on 9092. The jars are
 # fetched once into .kafka/libs and read by both.
 TEST_KAFKA_ENV = KAFKA_HOME_DIR=$(CURDIR)/.kafka-test KAFKA_LIBS_DIR=$(CURDIR)/.kafka/libs \
-	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_CONTROLLER_PORT=29093 KAFKA_SASL_PORT=29094 \
-	KAFKA_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT)
+	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_CONTROLLER_PORT=$(TEST_KAFKA_CONTROLLER_PORT) \
+	KAFKA_SASL_PORT=$(TEST_KAFKA_SASL_PORT) KAFKA_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT)
 TEST_KAFKA_PORT ?= 29092
+TEST_KAFKA_CONTROLLER_PORT ?= 29093
+TEST_KAFKA_SASL_PORT ?= 29094
 
 .PHONY: test-kafka-up test-kafka-down
 test-kafka-up:
