@@ -73,6 +73,6 @@ TCP ingest on tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070}
 Kafka clients: bootstrap.servers=127.0.0.1:${KAFFLOW_GATEWAY_PORT:-9192}, SASL/PLAIN, user = name, password = token
 Try:
   curl -s -H "Authorization: Bearer $alice" -d '{"topic":"orders","reason":"demo"}' http://127.0.0.1:${KAFFLOW_PORT:-8080}/api/v1/topic-requests
-  seq 1 1000 | $bin produce --topic orders --server tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070} --token $alice
+  seq 1 1000 | $bin produce --topic orders --ingest tcp://127.0.0.1:${KAFFLOW_INGEST_PORT:-7070} --server http://127.0.0.1:${KAFFLOW_PORT:-8080} --token $alice
 INFO
 exec "$bin" serve --config "$demo/kafflow.toml"

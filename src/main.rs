@@ -65,10 +65,19 @@ enum Cmd {
         topic: String,
         /// The TCP ingest listener: tcp://HOST:PORT, or tls://HOST:PORT when it speaks TLS.
         #[arg(long, env = "KAFFLOW_INGEST", default_value = "tcp://127.0.0.1:7070")]
+        ingest: String,
+        /// The HTTP API, as for every command: the held count, and --request.
+        #[arg(
+            long,
+            alias = "api",
+            env = "KAFFLOW_SERVER",
+            default_value = "http://127.0.0.1:8080"
+        )]
         server: String,
-        /// The HTTP API, to show how many records are held (optional).
-        #[arg(long, env = "KAFFLOW_SERVER")]
-        api: Option<String>,
+        /// File a create request for the topic (the policy's defaults) if KafFlow does not
+        /// know it; its records are then held until an admin approves it.
+        #[arg(long)]
+        request: bool,
         /// A producer's bearer token.
         #[arg(long, env = "KAFFLOW_TOKEN", hide_env_values = true)]
         token: String,
@@ -180,15 +189,17 @@ fn main() -> ExitCode {
         }
         Cmd::Produce {
             topic,
+            ingest,
             server,
-            api,
+            request,
             token,
             ca_cert,
         } => match kafflow::client::produce::run(kafflow::client::produce::Options {
+            ingest,
             server,
-            api,
             token,
             topic,
+            request,
             ca_cert,
         }) {
             Ok(()) => ExitCode::SUCCESS,

@@ -607,73 +607,129 @@ fn kafflow_produce_streams_stdin_and_fails_on_an_unknown_topic() {
     let svc = Service::start();
     let topic = unique_topic("cli-produce");
     svc.provision(&topic, 1);
-    let server = format!("tcp://{}", svc.ingest_addr());
+    let ingest = format!("tcp://{}", svc.ingest_addr());
     let total = 500u64;
     let input: String = (0..total).map(|i| format!("n-{i}\n")).collect();
-
-    let (status, stdout, stderr) = run_kafflow_with_stdin(
-        &[
+    let produce = |topic: &str, extra: &[&str], token: &str, input: Vec<u8>| {
+        let mut args = vec![
             "produce",
             "--topic",
-            &topic,
+            topic,
+            "--ingest",
+            &ingest,
             "--server",
-            &server,
-            "--token",
-            svc.token("alice"),
-            "--api",
             svc.base_url(),
-        ],
-        input.into_bytes(),
-        REPLY,
-    );
+            "--token",
+            token,
+        ];
+        args.extend_from_slice(extra);
+        run_kafflow_with_stdin(&args, input, REPLY)
+    };
+
+    let (status, stdout, stderr) = produce(&topic, &[], svc.token("alice"), input.into_bytes());
     assert!(
         status.is_some_and(|s| s.success()),
         "kafflow produce: {status:?}\nstdout: {stdout}\nstderr: {stderr}"
     );
     assert!(
-        stderr.contains(&format!("{total} sent, {total} acknowledged")),
-        "summary line: {stderr}"
+        stderr.contains(&format!("{total} sent, {total} acknowledged, 0 held")),
+        "summary line with the held count from --server: {stderr}"
     );
     let records = kafka_read_until(&topic, KAFKA_TIMEOUT, |r| r.len() as u64 >= total);
     let values: Vec<String> = records.iter().map(|r| r.value.clone()).collect();
     let sent: Vec<String> = (0..total).map(|i| format!("n-{i}")).collect();
     assert_eq!(values, sent, "stdin lines as values, in order, once each");
 
-    let (status, stdout, stderr) = run_kafflow_with_stdin(
-        &[
-            "produce",
-            "--topic",
-            &unique_topic("cli-nowhere"),
-            "--server",
-            &server,
-            "--token",
-            svc.token("alice"),
-        ],
-        b"a\nb\n".to_vec(),
-        REPLY,
-    );
+    // An unknown topic: the first refusal stops the sending; one error line, not one per record.
+    let nowhere = unique_topic("cli-nowhere");
+    let many: String = (0..5000).map(|i| format!("n-{i}\n")).collect();
+    let (status, stdout, stderr) = produce(&nowhere, &[], svc.token("alice"), many.into_bytes());
     assert!(
         status.is_some_and(|s| !s.success()),
         "unknown topic must fail: {status:?}\nstdout: {stdout}\nstderr: {stderr}"
     );
-    let error = stderr
-        .lines()
-        .find(|l| l.starts_with("kafflow: error:"))
-        .unwrap_or_else(|| panic!("no error line: {stderr}"));
-    assert!(error.contains("2 of 2"), "error line: {error}");
-
-    let (status, _, stderr) = run_kafflow_with_stdin(
-        &[
-            "produce", "--topic", &topic, "--server", &server, "--token", "wrong",
-        ],
-        b"a\n".to_vec(),
-        REPLY,
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("ERR ")),
+        "no ERR line per record: {stderr}"
     );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("kafflow: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(
+        errors[0].contains("records were refused: unknown_topic")
+            && errors[0].contains("--request"),
+        "the count, the reason and what to do: {}",
+        errors[0]
+    );
+    assert!(stderr.lines().count() <= 3, "a short answer: {stderr}");
+
+    // --request files the create request on the way; the records are held for it.
+    let asked = unique_topic("cli-asked");
+    let (status, _, stderr) = produce(
+        &asked,
+        &["--request"],
+        svc.token("alice"),
+        b"a\nb\nc\n".to_vec(),
+    );
+    assert!(status.is_some_and(|s| s.success()), "--request: {stderr}");
+    assert!(stderr.contains("filed request"), "{stderr}");
+    let (code, view) = svc.topic(&asked);
+    assert_eq!(code, 200, "{view}");
+    assert_eq!(view["status"], "pending", "{view}");
+    assert_eq!(view["held"], 3, "{view}");
+    // A second --request to a topic KafFlow knows files nothing more.
+    let (status, _, stderr) = produce(&asked, &["--request"], svc.token("alice"), b"d\n".to_vec());
+    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+    assert!(!stderr.contains("filed request"), "{stderr}");
+    let pending = svc.get("carol", &format!("/api/v1/topic-requests?topic={asked}"));
+    let requests = pending.1.get("items").unwrap_or(&pending.1).clone();
+    assert_eq!(
+        requests.as_array().map(Vec::len),
+        Some(1),
+        "one request for {asked}: {}",
+        pending.1
+    );
+
+    let (status, _, stderr) = produce(&topic, &[], "wrong", b"a\n".to_vec());
     assert!(
         status.is_some_and(|s| !s.success()),
         "bad token must fail: {stderr}"
     );
     assert!(stderr.contains("unauthorized"), "{stderr}");
+
+    // One meaning per flag: --server is the HTTP API, --ingest the TCP listener.
+    let (status, _, stderr) = run_kafflow_with_stdin(
+        &[
+            "produce", "--topic", &topic, "--server", &ingest, "--token", "t",
+        ],
+        b"a\n".to_vec(),
+        REPLY,
+    );
+    assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+    assert!(
+        stderr.contains("--server is the HTTP API") && stderr.contains("--ingest"),
+        "{stderr}"
+    );
+    let (status, _, stderr) = run_kafflow_with_stdin(
+        &[
+            "produce",
+            "--topic",
+            &topic,
+            "--ingest",
+            svc.base_url(),
+            "--token",
+            "t",
+        ],
+        b"a\n".to_vec(),
+        REPLY,
+    );
+    assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+    assert!(
+        stderr.contains("--ingest is the TCP ingest listener"),
+        "{stderr}"
+    );
 }
 
 /// Streams numbered lines (`n-<i>` from `base`, keys `t0`..`t4`) to `topic` over one TCP

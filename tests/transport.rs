@@ -370,9 +370,9 @@ fn the_command_line_clients_speak_tls_with_a_ca_file() {
     let (status, _out, err) = run_kafflow_with_stdin(
         &[
             "produce",
-            "--server",
+            "--ingest",
             &ingest,
-            "--api",
+            "--server",
             &base,
             "--ca-cert",
             &ca,
@@ -395,7 +395,7 @@ fn the_command_line_clients_speak_tls_with_a_ca_file() {
     let (status, _, err) = run_kafflow_with_stdin(
         &[
             "produce",
-            "--server",
+            "--ingest",
             &ingest,
             "--topic",
             &topic,

@@ -1,14 +1,16 @@
 //! `kafflow produce`: streams stdin lines as record values to a topic through the TCP
 //! ingest listener, and reports how many KafFlow has made durable.
 //!
-//! `--server tls://host:port` speaks the protocol inside TLS, trusting the certificates of
+//! `--ingest tls://host:port` speaks the protocol inside TLS, trusting the certificates of
 //! `--ca-cert` (or, without it, the public web's roots); `tcp://host:port` or a bare
-//! `host:port` speaks it in the clear.
+//! `host:port` speaks it in the clear. `--server` is the HTTP API, as for every other command:
+//! it shows the held count and, with `--request`, files the topic's create request first.
 //!
 //! Each line becomes one record whose value is the line's text. On a terminal a progress line
 //! (records/s, acknowledged, held) is kept up to date on stderr; at the end a summary line is
-//! printed. The exit status is non-zero when a record was refused or the connection ended
-//! before every record was acknowledged.
+//! printed. A refusal that would repeat for every record (unknown or closed topic, no access)
+//! stops the sending at once. The exit status is non-zero when a record was refused or the
+//! connection ended before every record was acknowledged.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -23,11 +25,13 @@ use crate::tls::{self, TlsError};
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The TCP ingest listener, `host:port`, `tcp://host:port` or `tls://host:port`.
+    pub ingest: String,
+    /// The HTTP API (`http://` or `https://`): the held count, and `--request`.
     pub server: String,
-    /// The HTTP API, used only to show how many records of the topic are held.
-    pub api: Option<String>,
     pub token: String,
     pub topic: String,
+    /// File a create request (the policy's defaults) first if the topic is unknown.
+    pub request: bool,
     /// The PEM certificates to trust for `tls://` (and an `https://` API).
     pub ca_cert: Option<PathBuf>,
 }
@@ -36,8 +40,12 @@ pub struct Options {
 pub enum ProduceError {
     #[error("cannot start the client runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("the ingest address must be host:port, tcp://host:port or tls://host:port (got {0})")]
+    #[error("--ingest is the TCP ingest listener and wants HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT (got {0}); the HTTP API is --server")]
+    BadIngest(String),
+    #[error("--server is the HTTP API and wants http://HOST:PORT or https://HOST:PORT (got {0}); the TCP ingest listener is --ingest")]
     BadServer(String),
+    #[error("cannot file the topic request: {0}")]
+    Request(String),
     #[error("cannot connect to {server}: {source}")]
     Connect {
         server: String,
@@ -54,17 +62,47 @@ pub enum ProduceError {
     Io(#[from] std::io::Error),
     #[error("authentication refused: {0}")]
     Refused(String),
-    #[error("{refused} of {sent} records were refused")]
-    RecordsRefused { sent: u64, refused: u64 },
+    #[error("{refused} of {sent} records were refused{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    RecordsRefused {
+        sent: u64,
+        refused: u64,
+        /// The refusal that stopped the sending, if one did.
+        reason: Option<String>,
+    },
     #[error("the connection ended with {acked} of {sent} records acknowledged")]
     Incomplete { sent: u64, acked: u64 },
 }
 
 /// Where the acknowledgements stand.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Progress {
     acked: u64,
     refused: u64,
+    /// The first refusal that will repeat for every record: sending stops.
+    stop: Option<String>,
+}
+
+/// Error codes that refuse the topic or the caller, not one record: every later record
+/// would get the same.
+const REPEATING: &[&str] = &[
+    "unknown_topic",
+    "topic_closed",
+    "topic_not_active",
+    "forbidden",
+    "no_access",
+    "unauthorized",
+    "token_revoked",
+    "token_expired",
+];
+
+/// How many `ERR` lines of single records are printed; the rest are only counted.
+const ERR_LINES_SHOWN: u64 = 10;
+
+/// `ERR <line> <code> <message>` as (code, message).
+fn refusal(line: &str) -> Option<(&str, &str)> {
+    let mut parts = line.splitn(4, ' ');
+    let (_, _, code) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((code, parts.next().unwrap_or("")))
 }
 
 pub fn run(options: Options) -> Result<(), ProduceError> {
@@ -76,19 +114,70 @@ pub fn run(options: Options) -> Result<(), ProduceError> {
 }
 
 /// The address to connect to, and whether it speaks TLS.
-fn ingest_address(server: &str) -> Result<(&str, bool), ProduceError> {
-    if let Some(addr) = server.strip_prefix("tls://") {
+fn ingest_address(ingest: &str) -> Result<(&str, bool), ProduceError> {
+    if let Some(addr) = ingest.strip_prefix("tls://") {
         return Ok((addr.trim_end_matches('/'), true));
     }
-    let addr = server.strip_prefix("tcp://").unwrap_or(server);
+    let addr = ingest.strip_prefix("tcp://").unwrap_or(ingest);
     if addr.contains("://") || addr.is_empty() {
-        return Err(ProduceError::BadServer(server.to_string()));
+        return Err(ProduceError::BadIngest(ingest.to_string()));
     }
     Ok((addr.trim_end_matches('/'), false))
 }
 
+/// The HTTP API's base URL, refused unless it is one.
+fn api_url(server: &str) -> Result<&str, ProduceError> {
+    if server.starts_with("http://") || server.starts_with("https://") {
+        Ok(server.trim_end_matches('/'))
+    } else {
+        Err(ProduceError::BadServer(server.to_string()))
+    }
+}
+
+/// `--request`: files the topic's create request with the policy's defaults unless KafFlow
+/// knows the topic already (active, or its request pending).
+async fn request_topic(options: &Options, api: &str) -> Result<(), ProduceError> {
+    let client = tls::http_client(options.ca_cert.as_deref())?;
+    let failed = |e: reqwest::Error| ProduceError::Request(format!("{api}: {e}"));
+    let known = client
+        .get(format!("{api}/api/v1/topics/{}", options.topic))
+        .bearer_auth(&options.token)
+        .send()
+        .await
+        .map_err(failed)?;
+    if known.status().is_success() {
+        return Ok(());
+    }
+    let filed = client
+        .post(format!("{api}/api/v1/topic-requests"))
+        .bearer_auth(&options.token)
+        .json(&serde_json::json!({
+            "topic": options.topic,
+            "reason": "requested by kafflow produce --request",
+        }))
+        .send()
+        .await
+        .map_err(failed)?;
+    let status = filed.status();
+    let body: serde_json::Value = filed.json().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(ProduceError::Request(format!(
+            "{} {}",
+            body["error"]["code"].as_str().unwrap_or(status.as_str()),
+            body["error"]["message"].as_str().unwrap_or("")
+        )));
+    }
+    eprintln!(
+        "filed request {} for {}: its records are held until an admin approves it",
+        body["id"].as_str().unwrap_or("?"),
+        options.topic
+    );
+    Ok(())
+}
+
 async fn produce(options: Options) -> Result<(), ProduceError> {
-    let (server, secure) = ingest_address(&options.server)?;
+    let api = api_url(&options.server)?.to_string();
+    let (server, secure) = ingest_address(&options.ingest)?;
     let server = server.to_string();
     // Check the CA file before connecting, so a bad path is named as such.
     let connector = if secure {
@@ -103,6 +192,9 @@ async fn produce(options: Options) -> Result<(), ProduceError> {
             source,
         })?;
     stream.set_nodelay(true)?;
+    if options.request {
+        request_topic(&options, &api).await?;
+    }
     match connector {
         None => produce_over(stream, &options).await,
         Some((connector, name)) => {
@@ -142,9 +234,25 @@ async fn produce_over(
                 progress.acked = n.trim().parse().unwrap_or(progress.acked);
             } else if line.starts_with("ERR ") {
                 progress.refused += 1;
-                eprintln!("{line}");
+                match refusal(&line) {
+                    Some((code, message)) if REPEATING.contains(&code) => {
+                        if progress.stop.is_none() {
+                            let hint = if code == "unknown_topic" {
+                                " (kafflow produce --request files a topic request)"
+                            } else {
+                                ""
+                            };
+                            progress.stop = Some(format!("{code} {message}{hint}"));
+                        }
+                    }
+                    _ if progress.refused <= ERR_LINES_SHOWN => eprintln!("{line}"),
+                    _ if progress.refused == ERR_LINES_SHOWN + 1 => {
+                        eprintln!("(more refused lines are counted, not shown)")
+                    }
+                    _ => {}
+                }
             }
-            let _ = progress_tx.send(progress);
+            let _ = progress_tx.send(progress.clone());
         }
         progress
     });
@@ -156,6 +264,10 @@ async fn produce_over(
     let mut sent = 0u64;
     let mut line_out = Vec::with_capacity(256);
     while let Some(value) = stdin.next_line().await? {
+        if progress_rx.borrow().stop.is_some() {
+            // Every further record would be refused the same way.
+            break;
+        }
         line_out.clear();
         let record = serde_json::json!({ "topic": options.topic, "value": value });
         serde_json::to_writer(&mut line_out, &record).map_err(std::io::Error::other)?;
@@ -164,17 +276,21 @@ async fn produce_over(
         sent += 1;
         if terminal && last_report.elapsed() >= Duration::from_millis(500) {
             last_report = Instant::now();
-            report(&options, sent, *progress_rx.borrow(), started, false).await;
+            let progress = progress_rx.borrow().clone();
+            report(&options, sent, &progress, started, false).await;
         }
     }
     out.flush().await?;
     out.shutdown().await?;
     let progress = reader.await.unwrap_or_default();
-    report(&options, sent, progress, started, true).await;
-    if progress.refused > 0 {
+    let refused = progress.refused;
+    let reason = progress.stop.clone();
+    report(&options, sent, &progress, started, true).await;
+    if refused > 0 {
         return Err(ProduceError::RecordsRefused {
             sent,
-            refused: progress.refused,
+            refused,
+            reason,
         });
     }
     if progress.acked < sent {
@@ -186,14 +302,11 @@ async fn produce_over(
     Ok(())
 }
 
-async fn report(options: &Options, sent: u64, progress: Progress, started: Instant, done: bool) {
+async fn report(options: &Options, sent: u64, progress: &Progress, started: Instant, done: bool) {
     let secs = started.elapsed().as_secs_f64().max(0.001);
-    let held = match &options.api {
-        Some(api) => held_count(options, api)
-            .await
-            .map_or_else(|| "?".to_string(), |h| h.to_string()),
-        None => "?".to_string(),
-    };
+    let held = held_count(options, &options.server)
+        .await
+        .map_or_else(|| "?".to_string(), |h| h.to_string());
     let line = format!(
         "{sent} sent, {} acknowledged, {held} held, {} refused, {:.0} records/s",
         progress.acked,
@@ -235,7 +348,31 @@ mod tests {
         assert_eq!(ingest_address("h:1").ok(), Some(("h:1", false)));
         assert!(matches!(
             ingest_address("https://h:1"),
+            Err(ProduceError::BadIngest(_))
+        ));
+    }
+
+    #[test]
+    fn the_server_is_the_http_api() {
+        assert_eq!(api_url("http://h:1/").ok(), Some("http://h:1"));
+        assert_eq!(api_url("https://h:1").ok(), Some("https://h:1"));
+        assert!(matches!(
+            api_url("tcp://h:1"),
             Err(ProduceError::BadServer(_))
         ));
+        assert!(matches!(api_url("h:1"), Err(ProduceError::BadServer(_))));
+    }
+
+    #[test]
+    fn refusals_are_read_from_err_lines() {
+        assert_eq!(
+            refusal("ERR 3 unknown_topic no such topic: x"),
+            Some(("unknown_topic", "no such topic: x"))
+        );
+        assert_eq!(
+            refusal("ERR 3 invalid_record"),
+            Some(("invalid_record", ""))
+        );
+        assert_eq!(refusal("ERR"), None);
     }
 }
