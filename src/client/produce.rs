@@ -236,14 +236,14 @@ async fn produce_over(
                 progress.refused += 1;
                 match refusal(&line) {
                     Some((code, message)) if REPEATING.contains(&code) => {
-                        if progress.stop.is_none() {
-                            let hint = if code == "unknown_topic" {
-                                " (kafflow produce --request files a topic request)"
-                            } else {
-                                ""
-                            };
-                            progress.stop = Some(format!("{code} {message}{hint}"));
-                        }
+                        let hint = if code == "unknown_topic" {
+                            " (kafflow produce --request files a topic request)"
+                        } else {
+                            ""
+                        };
+                        progress
+                            .stop
+                            .get_or_insert_with(|| format!("{code} {message}{hint}"));
                     }
                     _ if progress.refused <= ERR_LINES_SHOWN => eprintln!("{line}"),
                     _ if progress.refused == ERR_LINES_SHOWN + 1 => {
