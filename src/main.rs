@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use kafflow::client::ops::{self, Conn};
 use kafflow::config::{Config, Overrides};
 
 #[derive(Parser)]
@@ -51,10 +52,57 @@ enum Cmd {
         #[arg(long)]
         gateway_listen: Option<SocketAddr>,
     },
-    /// Inspect the audit trail.
+    /// The audit trail: list it, or verify the hash chain (against a server, or offline).
     Audit {
+        #[command(flatten)]
+        conn: Conn,
         #[command(subcommand)]
-        command: AuditCmd,
+        command: ops::AuditCmd,
+    },
+    /// Topics: list, get, request, delete.
+    Topics {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: ops::TopicsCmd,
+    },
+    /// Create and delete requests: list, get, approve, reject, withdraw.
+    Requests {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: ops::RequestsCmd,
+    },
+    /// Access requests: request, list, get, approve, reject, withdraw.
+    Access {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: ops::AccessCmd,
+    },
+    /// Grants: list, revoke.
+    Grants {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: ops::GrantsCmd,
+    },
+    /// Held records and dead letters: list, export, discard.
+    Held {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: ops::HeldCmd,
+    },
+    /// What Kafka has that KafFlow does not, and the other way round.
+    Drift {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Shell completions: `kafflow completions bash > /etc/bash_completion.d/kafflow`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Print the hex SHA-256 of a token, for `token_sha256` in the config.
     HashToken { token: String },
@@ -141,15 +189,6 @@ enum TokenCmd {
     Revoke { id: String },
 }
 
-#[derive(Subcommand)]
-enum AuditCmd {
-    /// Check the hash chain of the event log and name the first bad seq.
-    Verify {
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -175,7 +214,10 @@ fn main() -> ExitCode {
             },
         ),
         Cmd::Audit {
-            command: AuditCmd::Verify { data_dir },
+            command: ops::AuditCmd::Verify {
+                data_dir: Some(data_dir),
+            },
+            ..
         } => match kafflow::events::verify(&data_dir) {
             Ok(head) => {
                 println!("ok: {} events, head {}", head.seq, head.hash);
@@ -183,6 +225,18 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Cmd::Audit { conn, command } => operate(conn, ops::Action::Audit(command)),
+        Cmd::Topics { conn, command } => operate(conn, ops::Action::Topics(command)),
+        Cmd::Requests { conn, command } => operate(conn, ops::Action::Requests(command)),
+        Cmd::Access { conn, command } => operate(conn, ops::Action::Access(command)),
+        Cmd::Grants { conn, command } => operate(conn, ops::Action::Grants(command)),
+        Cmd::Held { conn, command } => operate(conn, ops::Action::Held(command)),
+        Cmd::Drift { conn } => operate(conn, ops::Action::Drift),
+        Cmd::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "kafflow", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Cmd::HashToken { token } => {
             println!("{}", kafflow::identity::token_sha256(&token));
             ExitCode::SUCCESS
@@ -251,6 +305,14 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+    }
+}
+
+/// An operator command: 0 done, 1 refused or failed (the API's code on stderr).
+fn operate(conn: Conn, action: ops::Action) -> ExitCode {
+    match ops::run(conn, action) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
     }
 }
 

@@ -684,7 +684,7 @@ fn kafflow_produce_streams_stdin_and_fails_on_an_unknown_topic() {
     assert!(status.is_some_and(|s| s.success()), "{stderr}");
     assert!(!stderr.contains("filed request"), "{stderr}");
     let pending = svc.get("carol", &format!("/api/v1/topic-requests?topic={asked}"));
-    let requests = pending.1.get("items").unwrap_or(&pending.1).clone();
+    let requests = pending.1.get("requests").unwrap_or(&pending.1).clone();
     assert_eq!(
         requests.as_array().map(Vec::len),
         Some(1),
