@@ -33,6 +33,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub kafka: KafkaConfig,
     pub durability: Durability,
+    /// A snapshot of the rebuilt state every this many events (`[store] snapshot_every`);
+    /// 0 turns snapshots off, written and read.
+    pub snapshot_every: u64,
     pub policy: Policy,
     pub principals: Directory,
     pub spool: SpoolLimits,
@@ -626,11 +629,28 @@ struct File {
     gateway: GatewayConfig,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoreFile {
     #[serde(default)]
     synchronous: Durability,
+    #[serde(default = "default_snapshot_every")]
+    snapshot_every: u64,
+}
+
+impl Default for StoreFile {
+    fn default() -> Self {
+        StoreFile {
+            synchronous: Durability::default(),
+            snapshot_every: default_snapshot_every(),
+        }
+    }
+}
+
+/// Often enough that a start replays at most a tenth of a second of events, rarely enough
+/// that the snapshot thread stays idle under a steady load.
+fn default_snapshot_every() -> u64 {
+    100_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -761,6 +781,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("data")),
             kafka,
             durability: file.store.synchronous,
+            snapshot_every: file.store.snapshot_every,
             policy,
             principals,
             spool: file.spool,
@@ -859,6 +880,7 @@ mod tests {
         ("", "data_dir"),
         ("kafka", "bootstrap_servers"),
         ("store", "synchronous"),
+        ("store", "snapshot_every"),
         ("policy", "topic_name_pattern"),
         ("policy", "default_partitions"),
         ("policy", "max_partitions"),

@@ -49,7 +49,7 @@ impl AccessStatus {
 }
 
 /// An access or ownership request, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessRequest {
     pub id: Uuid,
     pub topic: String,
@@ -66,7 +66,7 @@ pub struct AccessRequest {
 }
 
 /// A right to send to (`produce`) or read (`consume`) a topic; its id is its request's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub id: Uuid,
     pub topic: String,
@@ -77,7 +77,7 @@ pub struct Grant {
 }
 
 /// The access part of the governance state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessBook {
     requests: BTreeMap<Uuid, AccessRequest>,
     grants: BTreeMap<Uuid, Grant>,

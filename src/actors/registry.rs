@@ -102,7 +102,7 @@ impl TopicStatus {
 }
 
 /// A create or delete request, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicRequest {
     pub id: Uuid,
     pub kind: RequestKind,
@@ -132,7 +132,7 @@ impl TopicRequest {
 }
 
 /// A governed topic, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topic {
     pub name: String,
     pub status: TopicStatus,
@@ -148,7 +148,7 @@ pub struct Topic {
 }
 
 /// The state rebuilt from the log: every request and every topic KafFlow governs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Governance {
     pub(super) requests: BTreeMap<Uuid, TopicRequest>,
     pub(super) topics: BTreeMap<String, Topic>,

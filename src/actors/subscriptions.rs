@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::access::{LostConsumeGrants, MayConsume};
@@ -50,7 +50,7 @@ pub struct Subscription {
 }
 
 /// The state rebuilt from the log: each user's subscribed topics, with when they subscribed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionBook {
     by_user: BTreeMap<String, BTreeMap<String, DateTime<Utc>>>,
 }

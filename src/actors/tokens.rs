@@ -12,7 +12,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -29,7 +29,7 @@ const MAX_EXPIRY_DAYS: i64 = 3650;
 const MAX_NAME_LEN: usize = 64;
 
 /// One issued token as the log knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedToken {
     pub id: Uuid,
     pub name: String,
@@ -99,7 +99,7 @@ pub struct Issued {
 }
 
 /// The state rebuilt from the log: every issued token, by id and by the hash of its secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenBook {
     by_id: BTreeMap<Uuid, IssuedToken>,
     by_hash: HashMap<String, Uuid>,

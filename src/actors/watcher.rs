@@ -17,7 +17,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::event_store::{Committed, EventStore};
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
@@ -51,7 +51,7 @@ pub struct ConfigDiff {
 
 /// The drift recorded in the log: (kind, topic) → detail. Rebuilt by replay so that a restart
 /// records only what changed while KafFlow was down.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DriftBook(BTreeMap<(String, String), String>);
 
 impl Journaled for DriftBook {

@@ -15,6 +15,12 @@ use crate::identity::Role;
 ///   event was written, so it reads as `up_to_id: null` (nothing left to finish).
 pub const EVENT_VERSION: u32 = 2;
 
+/// Whether `upcast` would change (or refuse) the `data` of a `kind` event stored at `version`;
+/// replay parses the others straight into the current layout.
+pub(crate) fn needs_upcast(version: u32, kind: &str) -> bool {
+    version == 0 || version > EVENT_VERSION || (version < 2 && kind == "held_discarded")
+}
+
 /// Rewrites the `data` of an event stored at `version` into the current layout. The stored
 /// row (and so its hash) is never changed; only what replay decodes.
 pub(crate) fn upcast(

@@ -1,14 +1,21 @@
 //! The event log: the one source of truth.
 //!
 //! `event` defines what can happen (one versioned serde enum); `store` keeps it in SQLite
-//! (migrations, group-committed appends, replay with hash-chain verification, audit queries).
+//! (migrations, group-committed appends, replay with hash-chain verification, audit queries);
+//! `snapshot` saves the rebuilt state with the chain head it reflects, so a start replays only
+//! the events after it.
 //! Nothing here knows about Kafka or HTTP.
 
 mod event;
+mod snapshot;
 mod store;
 
 pub use event::{Access, Event, EventKind, NewEvent, TopicSpec, Visibility, EVENT_VERSION};
+pub use snapshot::{
+    decode as snapshot_state, encode as snapshot_bytes, SnapshotError, Snapshotted,
+    SNAPSHOT_VERSION,
+};
 pub use store::{
-    verify, AuditPage, AuditQuery, AuditScope, ChainHead, Durability, Store, StoreError, Stream,
-    Writer, WriterThread,
+    verify, AuditPage, AuditQuery, AuditScope, ChainHead, Durability, Recovery, Store, StoreError,
+    Stream, Writer, WriterThread,
 };

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
@@ -10,7 +11,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::event::{upcast, Event, EventKind, NewEvent, EVENT_VERSION};
+use super::event::{needs_upcast, upcast, Event, EventKind, NewEvent, EVENT_VERSION};
+use super::snapshot::{self, SnapshotError, Snapshotted};
 
 /// Migrations, applied in order at startup; the applied version is kept in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_events.sql"))];
@@ -151,42 +153,115 @@ impl Row {
             prev_hash: prev_hash.to_string(),
             hash: String::new(),
         };
-        row.hash = row.compute_hash();
+        row.hash = hex::encode(row.columns().hash(&mut Vec::new()));
         Ok(row)
     }
 
-    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-        Ok(Row {
+    fn columns(&self) -> Columns<'_> {
+        Columns {
+            seq: self.seq,
+            id: &self.id,
+            at: &self.at,
+            kind: &self.kind,
+            version: self.version,
+            actor: &self.actor,
+            topic: self.topic.as_deref(),
+            request_id: self.request_id.as_deref(),
+            data: &self.data,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
+}
+
+/// The columns of a stored row, borrowed from SQLite's buffers: replay reads a million rows
+/// without copying any but what the decoded event keeps.
+struct Columns<'a> {
+    seq: u64,
+    id: &'a str,
+    at: &'a str,
+    kind: &'a str,
+    version: i64,
+    actor: &'a str,
+    topic: Option<&'a str>,
+    request_id: Option<&'a str>,
+    data: &'a str,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+/// The columns every replay reads, in `Columns::read` order.
+const SELECT_ROWS: &str =
+    "SELECT seq, id, at, kind, version, actor, topic, request_id, data, prev_hash, hash FROM events";
+
+impl<'a> Columns<'a> {
+    fn read(r: &'a rusqlite::Row<'_>) -> rusqlite::Result<Columns<'a>> {
+        let text = |i: usize| -> rusqlite::Result<&'a str> {
+            r.get_ref(i)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    i,
+                    r.get_ref_unwrap(i).data_type(),
+                    Box::new(e),
+                )
+            })
+        };
+        let optional = |i: usize| -> rusqlite::Result<Option<&'a str>> {
+            r.get_ref(i)?.as_str_or_null().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    i,
+                    r.get_ref_unwrap(i).data_type(),
+                    Box::new(e),
+                )
+            })
+        };
+        Ok(Columns {
             seq: r.get::<_, i64>(0)? as u64,
-            id: r.get(1)?,
-            at: r.get(2)?,
-            kind: r.get(3)?,
+            id: text(1)?,
+            at: text(2)?,
+            kind: text(3)?,
             version: r.get(4)?,
-            actor: r.get(5)?,
-            topic: r.get(6)?,
-            request_id: r.get(7)?,
-            data: r.get(8)?,
-            prev_hash: r.get(9)?,
-            hash: r.get(10)?,
+            actor: text(5)?,
+            topic: optional(6)?,
+            request_id: optional(7)?,
+            data: text(8)?,
+            prev_hash: text(9)?,
+            hash: text(10)?,
         })
     }
 
     /// SHA-256 over the previous hash and every column, encoded as one JSON array so that no
-    /// two different rows can produce the same input.
-    fn compute_hash(&self) -> String {
-        let input = serde_json::json!([
-            self.prev_hash,
-            self.seq,
-            self.id,
-            self.at,
-            self.kind,
-            self.version,
-            self.actor,
-            self.topic,
-            self.request_id,
-            self.data,
-        ]);
-        hex::encode(Sha256::digest(input.to_string().as_bytes()))
+    /// two different rows can produce the same input. `buf` is scratch space, reused across
+    /// rows. The bytes are exactly `serde_json::json!([...]).to_string()` of the columns, the
+    /// encoding the log was first written with.
+    fn hash(&self, buf: &mut Vec<u8>) -> [u8; 32] {
+        buf.clear();
+        buf.push(b'[');
+        let text = |buf: &mut Vec<u8>, value: Option<&str>| {
+            match value {
+                Some(value) => {
+                    // Writing JSON into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut *buf, value);
+                }
+                None => buf.extend_from_slice(b"null"),
+            }
+            buf.push(b',');
+        };
+        text(buf, Some(self.prev_hash));
+        buf.extend_from_slice(self.seq.to_string().as_bytes());
+        buf.push(b',');
+        text(buf, Some(self.id));
+        text(buf, Some(self.at));
+        text(buf, Some(self.kind));
+        buf.extend_from_slice(self.version.to_string().as_bytes());
+        buf.push(b',');
+        text(buf, Some(self.actor));
+        text(buf, self.topic);
+        text(buf, self.request_id);
+        text(buf, Some(self.data));
+        // The last element has no comma after it.
+        buf.pop();
+        buf.push(b']');
+        Sha256::digest(buf.as_slice()).into()
     }
 
     fn corrupt(&self, reason: impl Into<String>) -> StoreError {
@@ -196,40 +271,64 @@ impl Row {
         }
     }
 
+    /// Checks the row's own hash: its content is what was written.
+    fn check_hash(&self, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        let mut hex = [0u8; 64];
+        // A 32-byte digest always fits 64 hex digits.
+        let _ = hex::encode_to_slice(self.hash(buf), &mut hex);
+        if hex.as_slice() != self.hash.as_bytes() {
+            return Err(self.corrupt("hash does not match the event's content (edited?)"));
+        }
+        Ok(())
+    }
+
     /// Checks the row against the chain and decodes it.
-    fn verify_and_decode(&self, head: &ChainHead) -> Result<Event, StoreError> {
+    fn verify_and_decode(&self, head: &ChainHead, buf: &mut Vec<u8>) -> Result<Event, StoreError> {
         if self.seq != head.seq + 1 {
             return Err(self.corrupt(format!("expected seq {}", head.seq + 1)));
         }
         if self.prev_hash != head.hash {
             return Err(self.corrupt("prev_hash does not match the previous event's hash"));
         }
-        if self.compute_hash() != self.hash {
-            return Err(self.corrupt("hash does not match the event's content (edited?)"));
-        }
+        self.check_hash(buf)?;
         let version = u32::try_from(self.version)
             .map_err(|_| self.corrupt(format!("unknown event version {}", self.version)))?;
-        let data: serde_json::Value = serde_json::from_str(&self.data)
-            .map_err(|e| self.corrupt(format!("data is not JSON: {e}")))?;
-        let data = upcast(version, &self.kind, data).map_err(|e| self.corrupt(e))?;
-        let kind = EventKind::from_columns(&self.kind, data)
-            .map_err(|e| self.corrupt(format!("cannot decode {} event: {e}", self.kind)))?;
+        let kind = self.decode_kind(version, buf)?;
         Ok(NewEvent {
-            id: Uuid::parse_str(&self.id).map_err(|e| self.corrupt(format!("bad id: {e}")))?,
-            at: DateTime::parse_from_rfc3339(&self.at)
+            id: Uuid::parse_str(self.id).map_err(|e| self.corrupt(format!("bad id: {e}")))?,
+            at: DateTime::parse_from_rfc3339(self.at)
                 .map_err(|e| self.corrupt(format!("bad timestamp: {e}")))?
                 .with_timezone(&Utc),
-            actor: self.actor.clone(),
-            topic: self.topic.clone(),
+            actor: self.actor.to_string(),
+            topic: self.topic.map(str::to_string),
             request_id: self
                 .request_id
-                .as_deref()
                 .map(Uuid::parse_str)
                 .transpose()
                 .map_err(|e| self.corrupt(format!("bad request_id: {e}")))?,
             kind,
         }
         .with_seq(self.seq))
+    }
+
+    /// The event's kind and data. Data of the current layout is parsed straight into the event
+    /// (as `{"kind": .., "data": ..}` in `buf`); only older layouts go through `upcast`.
+    fn decode_kind(&self, version: u32, buf: &mut Vec<u8>) -> Result<EventKind, StoreError> {
+        let bad =
+            |e: serde_json::Error| self.corrupt(format!("cannot decode {} event: {e}", self.kind));
+        if needs_upcast(version, self.kind) {
+            let data: serde_json::Value = serde_json::from_str(self.data)
+                .map_err(|e| self.corrupt(format!("data is not JSON: {e}")))?;
+            let data = upcast(version, self.kind, data).map_err(|e| self.corrupt(e))?;
+            return EventKind::from_columns(self.kind, data).map_err(bad);
+        }
+        buf.clear();
+        buf.extend_from_slice(br#"{"kind":"#);
+        let _ = serde_json::to_writer(&mut *buf, self.kind);
+        buf.extend_from_slice(br#","data":"#);
+        buf.extend_from_slice(self.data.as_bytes());
+        buf.push(b'}');
+        serde_json::from_slice(buf).map_err(bad)
     }
 }
 
@@ -269,13 +368,83 @@ impl Store {
     /// Reads the whole log in seq order, checking the hash chain, and hands each event to
     /// `apply`. Stops at the first bad row with an error naming its seq.
     pub fn replay(&self, mut apply: impl FnMut(Event)) -> Result<ChainHead, StoreError> {
-        replay_rows(&self.conn, &mut apply)
+        replay_rows(&self.conn, ChainHead::default(), &mut apply)
+    }
+
+    /// Rebuilds `S` from the snapshot in the data dir, if it matches the chain, and the events
+    /// after it; from the whole log otherwise (a snapshot that does not match is logged and
+    /// ignored). `use_snapshot` false replays the whole log.
+    pub fn recover<S: Snapshotted>(
+        &self,
+        use_snapshot: bool,
+    ) -> Result<(S, ChainHead, Recovery), StoreError> {
+        let started = std::time::Instant::now();
+        let (mut state, from) = if use_snapshot {
+            base::<S>(&self.conn, self.data_dir())
+        } else {
+            (S::default(), ChainHead::default())
+        };
+        let loaded = started.elapsed();
+        let snapshot_seq = from.seq;
+        let head = replay_rows(&self.conn, from, &mut |event| state.apply(&event.body))?;
+        Ok((
+            state,
+            head,
+            Recovery {
+                snapshot_seq,
+                snapshot_load: loaded,
+                replay: started.elapsed() - loaded,
+            },
+        ))
+    }
+
+    fn data_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// Starts the writer thread that owns the connection from now on. The thread ends once
     /// every `Writer` clone is dropped and the last batch is committed; `WriterThread::join`
     /// waits for that.
     pub fn into_writer(self, head: ChainHead) -> Result<(Writer, WriterThread), StoreError> {
+        self.start_writer(head, None)
+    }
+
+    /// Like `into_writer`, with a snapshot of `S` written whenever `every` events have been
+    /// appended since the last one, and at the end (a clean shutdown). A snapshot is taken on
+    /// a thread of its own with its own read connection: it loads the last snapshot, replays
+    /// the events after it and writes the result, so appends never wait for it and no second
+    /// copy of the state is kept between snapshots. `snapshot_seq` is where the snapshot the
+    /// state was recovered from stands (`Recovery::snapshot_seq`).
+    pub fn into_writer_snapshotting<S: Snapshotted>(
+        self,
+        head: ChainHead,
+        every: u64,
+        snapshot_seq: u64,
+    ) -> Result<(Writer, WriterThread), StoreError> {
+        let (tx, rx) = mpsc::sync_channel::<Nudge>(1);
+        let taken = Arc::new(AtomicU64::new(snapshot_seq));
+        let path = self.path.clone();
+        let seen = taken.clone();
+        let handle = thread::Builder::new()
+            .name("event-snapshots".into())
+            .spawn(move || snapshot_loop::<S>(&path, rx, &seen))
+            .map_err(StoreError::WriterStart)?;
+        self.start_writer(
+            head,
+            Some(Snapshots {
+                every: every.max(1),
+                taken,
+                tx,
+                thread: handle,
+            }),
+        )
+    }
+
+    fn start_writer(
+        self,
+        head: ChainHead,
+        snapshots: Option<Snapshots>,
+    ) -> Result<(Writer, WriterThread), StoreError> {
         let (tx, rx) = mpsc::channel::<AppendJob>();
         let path = self.path.clone();
         let conn = self.conn;
@@ -284,7 +453,14 @@ impl Store {
         let handle = thread::Builder::new()
             .name("event-writer".into())
             .spawn(move || {
-                write_loop(conn, head, rx, &told);
+                write_loop(conn, head, rx, &told, snapshots.as_ref());
+                // The log is closed: the snapshot thread takes its last one and ends.
+                if let Some(snapshots) = snapshots {
+                    drop(snapshots.tx);
+                    if snapshots.thread.join().is_err() {
+                        tracing::error!("The snapshot thread panicked.");
+                    }
+                }
             })
             .map_err(StoreError::WriterStart)?;
         Ok((
@@ -298,23 +474,84 @@ impl Store {
     }
 }
 
-fn replay_rows(conn: &Connection, apply: &mut impl FnMut(Event)) -> Result<ChainHead, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, id, at, kind, version, actor, topic, request_id, data, prev_hash, hash
-         FROM events ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut head = ChainHead::default();
+/// How a start rebuilt its state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recovery {
+    /// The seq of the snapshot used; 0 when the whole log was replayed.
+    pub snapshot_seq: u64,
+    /// Reading, decoding and checking the snapshot.
+    pub snapshot_load: std::time::Duration,
+    /// Replaying the events after it.
+    pub replay: std::time::Duration,
+}
+
+/// The state to replay on from: the snapshot in `data_dir` if it matches the chain, else the
+/// empty state at the genesis hash.
+fn base<S: Snapshotted>(conn: &Connection, data_dir: &Path) -> (S, ChainHead) {
+    let checked = snapshot::read::<S>(data_dir).and_then(|found| match found {
+        Some((head, state)) => check_head(conn, &head).map(|()| Some((state, head))),
+        None => Ok(None),
+    });
+    match checked {
+        Ok(Some(base)) => base,
+        Ok(None) => (S::default(), ChainHead::default()),
+        Err(e) => {
+            tracing::warn!(error = %e, "Snapshot ignored; replaying the whole log.");
+            (S::default(), ChainHead::default())
+        }
+    }
+}
+
+/// A snapshot at `head` belongs to this log: the event at its seq is there, has its hash, and
+/// its content still hashes to it.
+fn check_head(conn: &Connection, head: &ChainHead) -> Result<(), SnapshotError> {
+    if head.seq == 0 {
+        return if head.hash == GENESIS_HASH {
+            Ok(())
+        } else {
+            Err(SnapshotError::Mismatch { seq: 0 })
+        };
+    }
+    let mut stmt = conn
+        .prepare_cached(&format!("{SELECT_ROWS} WHERE seq = ?1"))
+        .map_err(StoreError::from)?;
+    let mut rows = stmt.query([head.seq as i64]).map_err(StoreError::from)?;
+    let Some(r) = rows.next().map_err(StoreError::from)? else {
+        let last: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+            .map_err(StoreError::from)?;
+        return Err(SnapshotError::Ahead {
+            seq: head.seq,
+            last: last as u64,
+        });
+    };
+    let row = Columns::read(r).map_err(StoreError::from)?;
+    if row.hash != head.hash {
+        return Err(SnapshotError::Mismatch { seq: head.seq });
+    }
+    row.check_hash(&mut Vec::new())?;
+    Ok(())
+}
+
+/// Replays the rows after `from` (the head of what is already applied), checking the chain.
+fn replay_rows(
+    conn: &Connection,
+    from: ChainHead,
+    apply: &mut impl FnMut(Event),
+) -> Result<ChainHead, StoreError> {
+    let mut stmt = conn.prepare(&format!("{SELECT_ROWS} WHERE seq > ?1 ORDER BY seq"))?;
+    let mut rows = stmt.query([from.seq as i64])?;
+    let mut head = from;
+    let mut buf = Vec::with_capacity(1024);
     while let Some(r) = rows.next()? {
-        let row = Row::read(r).map_err(|e| StoreError::Corrupt {
+        let row = Columns::read(r).map_err(|e| StoreError::Corrupt {
             seq: head.seq + 1,
             reason: format!("unreadable row: {e}"),
         })?;
-        let event = row.verify_and_decode(&head)?;
-        head = ChainHead {
-            seq: row.seq,
-            hash: row.hash,
-        };
+        let event = row.verify_and_decode(&head, &mut buf)?;
+        head.seq = row.seq;
+        head.hash.clear();
+        head.hash.push_str(row.hash);
         apply(event);
     }
     Ok(head)
@@ -327,15 +564,99 @@ pub fn verify(data_dir: &Path) -> Result<ChainHead, StoreError> {
         return Err(StoreError::Missing(path));
     }
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    replay_rows(&conn, &mut |_| {})
+    replay_rows(&conn, ChainHead::default(), &mut |_| {})
+}
+
+/// The writer's side of the snapshot thread.
+struct Snapshots {
+    every: u64,
+    /// The seq of the last snapshot written (or recovered from).
+    taken: Arc<AtomicU64>,
+    tx: mpsc::SyncSender<Nudge>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Snapshots {
+    /// Asks for a snapshot if `every` events have come since the last. Never waits: if the
+    /// thread is busy it already has a request, and takes the newer events with it.
+    fn after_commit(&self, head: &ChainHead) {
+        if head.seq >= self.taken.load(Ordering::Relaxed) + self.every {
+            let _ = self.tx.try_send(Nudge);
+        }
+    }
+}
+
+/// A snapshot is due.
+struct Nudge;
+
+/// The snapshot thread: one snapshot per nudge, and a last one when the writer has closed.
+fn snapshot_loop<S: Snapshotted>(db: &Path, rx: mpsc::Receiver<Nudge>, taken: &AtomicU64) {
+    let conn = match Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot open the log for snapshots; none will be written.");
+            return;
+        }
+    };
+    let dir = db.parent().unwrap_or(Path::new("."));
+    let take = || {
+        let started = std::time::Instant::now();
+        match take_snapshot::<S>(&conn, dir, taken.load(Ordering::Relaxed)) {
+            Ok(Some(written)) => {
+                taken.store(written.seq, Ordering::Relaxed);
+                tracing::info!(
+                    seq = written.seq,
+                    bytes = written.bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "Snapshot written."
+                );
+            }
+            Ok(None) => {}
+            // The log is intact and a later snapshot may succeed; a start without one replays.
+            Err(e) => tracing::warn!(error = %e, "Snapshot not written."),
+        }
+    };
+    while rx.recv().is_ok() {
+        take();
+    }
+    take();
+}
+
+struct Written {
+    seq: u64,
+    bytes: usize,
+}
+
+/// Writes a snapshot of the log as it stands, unless the last one (at `taken`) already is.
+fn take_snapshot<S: Snapshotted>(
+    conn: &Connection,
+    dir: &Path,
+    taken: u64,
+) -> Result<Option<Written>, SnapshotError> {
+    let last: i64 = conn
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+        .map_err(StoreError::from)?;
+    if last as u64 <= taken {
+        return Ok(None);
+    }
+    let (mut state, from) = base::<S>(conn, dir);
+    let head = replay_rows(conn, from, &mut |event| state.apply(&event.body))?;
+    let bytes = snapshot::encode(&head, &state)?;
+    drop(state);
+    snapshot::write(dir, &bytes)?;
+    Ok(Some(Written {
+        seq: head.seq,
+        bytes: bytes.len(),
+    }))
 }
 
 /// The writer thread; joined at shutdown so the last commit is on disk before `serve` returns.
 pub struct WriterThread(thread::JoinHandle<()>);
 
 impl WriterThread {
-    /// Waits until the writer has committed its last batch and closed the log. Every `Writer`
-    /// must be dropped first, or this waits for ever.
+    /// Waits until the writer has committed its last batch and closed the log (and, with
+    /// snapshots, the last snapshot is written). Every `Writer` must be dropped first, or this
+    /// waits for ever.
     pub fn join(self) {
         if self.0.join().is_err() {
             tracing::error!("The event writer thread panicked.");
@@ -423,8 +744,13 @@ fn write_loop(
     mut head: ChainHead,
     rx: mpsc::Receiver<AppendJob>,
     observers: &Observers,
+    snapshots: Option<&Snapshots>,
 ) -> u64 {
     let mut commits = 0;
+    // A start that replayed many events past the last snapshot takes one at once.
+    if let Some(snapshots) = snapshots {
+        snapshots.after_commit(&head);
+    }
     // Per stream, the newest generation that had a batch fail: its later batches are refused.
     let mut failed: HashMap<&'static str, u64> = HashMap::new();
     let superseded = |job: &AppendJob, failed: &HashMap<&'static str, u64>| {
@@ -459,6 +785,9 @@ fn write_loop(
                 );
                 head = new_head;
                 commits += 1;
+                if let Some(snapshots) = snapshots {
+                    snapshots.after_commit(&head);
+                }
                 let all: Vec<Event> = written.iter().flatten().cloned().collect();
                 observers.tell(&all);
                 for (job, events) in jobs.into_iter().zip(written) {
@@ -697,6 +1026,209 @@ mod tests {
         assert_eq!(replayed, written);
     }
 
+    /// The hash as the log was first written: `json!` of the columns.
+    fn reference_hash(c: &Columns<'_>) -> String {
+        let input = serde_json::json!([
+            c.prev_hash,
+            c.seq,
+            c.id,
+            c.at,
+            c.kind,
+            c.version,
+            c.actor,
+            c.topic,
+            c.request_id,
+            c.data,
+        ]);
+        hex::encode(Sha256::digest(input.to_string().as_bytes()))
+    }
+
+    #[test]
+    fn the_hash_input_is_the_json_array_of_the_columns() {
+        let awkward = [
+            "plain",
+            "quote \" and \\ back",
+            "tab\tnew\nline\u{1}",
+            "é ü 日本 🎉",
+            "",
+        ];
+        for (n, text) in awkward.iter().enumerate() {
+            let c = Columns {
+                seq: u64::MAX - n as u64,
+                id: text,
+                at: "2026-01-01T00:00:00.000000Z",
+                kind: text,
+                version: -(n as i64),
+                actor: text,
+                topic: (n % 2 == 0).then_some(*text),
+                request_id: (n % 3 == 0).then_some(*text),
+                data: text,
+                prev_hash: GENESIS_HASH,
+                hash: "",
+            };
+            assert_eq!(
+                hex::encode(c.hash(&mut Vec::new())),
+                reference_hash(&c),
+                "{text:?}"
+            );
+        }
+    }
+
+    /// The topics of the events applied, in order: enough to tell two replays apart.
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct Topics(Vec<String>);
+
+    impl Snapshotted for Topics {
+        fn apply(&mut self, event: &NewEvent) {
+            self.0.push(event.topic.clone().unwrap_or_default());
+        }
+    }
+
+    async fn log_of(dir: &Path, n: usize) -> ChainHead {
+        let store = Store::open(dir, Durability::Normal).expect("open");
+        let head = store.replay(|_| {}).expect("replay");
+        let (writer, thread) = store.into_writer(head).expect("writer");
+        writer
+            .append((0..n).map(event).collect())
+            .await
+            .expect("reply")
+            .expect("commit");
+        drop(writer);
+        thread.join();
+        verify(dir).expect("chain")
+    }
+
+    fn recover(dir: &Path) -> (Topics, ChainHead, Recovery) {
+        let store = Store::open(dir, Durability::Normal).expect("open");
+        store.recover::<Topics>(true).expect("recover")
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_that_matches_the_chain_is_used_and_one_that_does_not_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        log_of(dir.path(), 30).await;
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+        let written = take_snapshot::<Topics>(&conn, dir.path(), 0)
+            .expect("snapshot")
+            .expect("written");
+        assert_eq!(written.seq, 30);
+        assert!(
+            take_snapshot::<Topics>(&conn, dir.path(), 30)
+                .expect("nothing new")
+                .is_none(),
+            "no snapshot when nothing came since the last"
+        );
+        drop(conn);
+        // Ten more events after the snapshot.
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        let head = store.replay(|_| {}).expect("replay");
+        let (writer, thread) = store.into_writer(head).expect("writer");
+        writer
+            .append((30..40).map(event).collect())
+            .await
+            .expect("reply")
+            .expect("commit");
+        drop(writer);
+        thread.join();
+
+        let full: Vec<String> = (0..40).map(|n| format!("t{n}")).collect();
+        let (state, head, recovery) = recover(dir.path());
+        assert_eq!(recovery.snapshot_seq, 30, "the snapshot is used");
+        assert_eq!(head.seq, 40);
+        assert_eq!(state.0, full, "snapshot plus tail is the full replay");
+
+        let path = dir.path().join(snapshot::FILE);
+        let good = std::fs::read(&path).expect("snapshot");
+        let (at, _): (ChainHead, Topics) = snapshot::decode(&good).expect("decode");
+        let mut wrong_hash = at.clone();
+        wrong_hash.hash = "cd".repeat(32);
+        let mut wrong_seq = at.clone();
+        wrong_seq.seq = 29;
+        let mut ahead = at.clone();
+        ahead.seq = 41;
+        let snapshots = [
+            snapshot::encode(&wrong_hash, &Topics(vec!["forged".into()])).expect("encode"),
+            snapshot::encode(&wrong_seq, &Topics(vec!["forged".into()])).expect("encode"),
+            snapshot::encode(&ahead, &Topics(vec!["forged".into()])).expect("encode"),
+            good[..good.len() - 3].to_vec(),
+            b"garbage".to_vec(),
+        ];
+        for (n, bytes) in snapshots.iter().enumerate() {
+            std::fs::write(&path, bytes).expect("write");
+            let (state, head, recovery) = recover(dir.path());
+            assert_eq!(recovery.snapshot_seq, 0, "bad snapshot {n} is ignored");
+            assert_eq!((state.0, head.seq), (full.clone(), 40), "bad snapshot {n}");
+        }
+        // Turned off: not even read.
+        std::fs::write(&path, &good).expect("write");
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        let (_, _, recovery) = store.recover::<Topics>(false).expect("recover");
+        assert_eq!(recovery.snapshot_seq, 0);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_an_edited_event_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        log_of(dir.path(), 5).await;
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+        take_snapshot::<Topics>(&conn, dir.path(), 0).expect("snapshot");
+        // The row at the snapshot's seq keeps its hash, but its content changed.
+        conn.execute_batch("DROP TRIGGER events_no_update")
+            .expect("drop");
+        conn.execute("UPDATE events SET actor = 'mallory' WHERE seq = 5", [])
+            .expect("update");
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        assert!(check_head(&store.conn, &verify_head(dir.path())).is_err());
+        // Not trusted: the whole log is replayed, which finds the edit.
+        match store.recover::<Topics>(true) {
+            Err(StoreError::Corrupt { seq: 5, .. }) => {}
+            other => panic!("the edited head must not be trusted: {other:?}"),
+        }
+    }
+
+    fn verify_head(dir: &Path) -> ChainHead {
+        let bytes = std::fs::read(dir.join(snapshot::FILE)).expect("snapshot");
+        snapshot::decode::<Topics>(&bytes).expect("decode").0
+    }
+
+    #[tokio::test]
+    async fn the_writer_takes_snapshots_every_n_events_and_at_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        let (writer, thread) = store
+            .into_writer_snapshotting::<Topics>(ChainHead::default(), 10, 0)
+            .expect("writer");
+        for n in 0..25 {
+            writer
+                .append(vec![event(n)])
+                .await
+                .expect("reply")
+                .expect("commit");
+        }
+        // Every ten events: one at 10 or later has been asked for.
+        let taken = wait_for_snapshot(dir.path(), 10);
+        assert!(taken >= 10, "a snapshot after ten events, got {taken}");
+        drop(writer);
+        thread.join();
+        assert_eq!(verify_head(dir.path()).seq, 25, "the last one at shutdown");
+        let (state, _, recovery) = recover(dir.path());
+        assert_eq!(recovery.snapshot_seq, 25);
+        assert_eq!(state.0.len(), 25);
+    }
+
+    pub(super) fn wait_for_snapshot(dir: &Path, at_least: u64) -> u64 {
+        for _ in 0..100 {
+            if let Ok(bytes) = std::fs::read(dir.join(snapshot::FILE)) {
+                let seq = snapshot::decode::<Topics>(&bytes).expect("decode").0.seq;
+                if seq >= at_least {
+                    return seq;
+                }
+            }
+            thread::sleep(std::time::Duration::from_millis(50));
+        }
+        0
+    }
+
     #[tokio::test]
     async fn waiting_appends_share_one_commit() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -729,7 +1261,7 @@ mod tests {
                     .extend(events.iter().map(|e| e.seq));
             }));
         assert_eq!(
-            write_loop(store.conn, ChainHead::default(), rx, &observers),
+            write_loop(store.conn, ChainHead::default(), rx, &observers, None),
             1
         );
         assert_eq!(*seen.lock().expect("lock"), (1..=40).collect::<Vec<u64>>());
