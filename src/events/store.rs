@@ -282,15 +282,19 @@ impl<'a> Columns<'a> {
         Ok(())
     }
 
-    /// Checks the row against the chain and decodes it.
-    fn verify_and_decode(&self, head: &ChainHead, buf: &mut Vec<u8>) -> Result<Event, StoreError> {
+    /// Checks the row against the chain: it follows `head` and its content hashes to its hash.
+    fn check(&self, head: &ChainHead, buf: &mut Vec<u8>) -> Result<(), StoreError> {
         if self.seq != head.seq + 1 {
             return Err(self.corrupt(format!("expected seq {}", head.seq + 1)));
         }
         if self.prev_hash != head.hash {
             return Err(self.corrupt("prev_hash does not match the previous event's hash"));
         }
-        self.check_hash(buf)?;
+        self.check_hash(buf)
+    }
+
+    /// The event the row holds (checked or not).
+    fn decode(&self, buf: &mut Vec<u8>) -> Result<Event, StoreError> {
         let version = u32::try_from(self.version)
             .map_err(|_| self.corrupt(format!("unknown event version {}", self.version)))?;
         let kind = self.decode_kind(version, buf)?;
@@ -534,7 +538,112 @@ fn check_head(conn: &Connection, head: &ChainHead) -> Result<(), SnapshotError> 
 }
 
 /// Replays the rows after `from` (the head of what is already applied), checking the chain.
+///
+/// Two threads share the work, so that a start uses both cores: a reader (with its own read
+/// connection) steps through the rows, checks the chain and decodes each event, handing them
+/// over in batches; this thread applies them, in order. An error stops the replay at its seq,
+/// with every event before it applied, as a single thread would.
 fn replay_rows(
+    conn: &Connection,
+    from: ChainHead,
+    apply: &mut impl FnMut(Event),
+) -> Result<ChainHead, StoreError> {
+    let Some(db) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
+        return replay_rows_here(conn, from, apply);
+    };
+    let (tx, rx) = mpsc::sync_channel::<Read>(READ_AHEAD);
+    thread::scope(|scope| {
+        let reader = thread::Builder::new()
+            .name("event-replay".into())
+            .spawn_scoped(scope, move || read_rows(&db, from, &tx))
+            .map_err(StoreError::WriterStart)?;
+        let outcome = loop {
+            match rx.recv() {
+                Ok(Read::Events(events)) => events.into_iter().for_each(&mut *apply),
+                Ok(Read::End(head)) => break Ok(head),
+                Ok(Read::Failed(e)) => break Err(e),
+                Err(_) => {
+                    break Err(StoreError::Corrupt {
+                        seq: 0,
+                        reason: "the replay reader stopped".into(),
+                    })
+                }
+            }
+        };
+        drop(rx);
+        let _ = reader.join();
+        outcome
+    })
+}
+
+/// Batches the reader may be ahead by.
+const READ_AHEAD: usize = 8;
+/// Events per batch.
+const READ_BATCH: usize = 512;
+
+enum Read {
+    Events(Vec<Event>),
+    End(ChainHead),
+    Failed(StoreError),
+}
+
+/// A read-only connection for one thread: no SQLite mutex around each call.
+fn read_only(db: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// The reader's half of `replay_rows`.
+fn read_rows(db: &Path, from: ChainHead, tx: &mpsc::SyncSender<Read>) {
+    let result = (|| -> Result<ChainHead, StoreError> {
+        let conn = read_only(db)?;
+        let mut stmt = conn.prepare(&format!("{SELECT_ROWS} WHERE seq > ?1 ORDER BY seq"))?;
+        let mut rows = stmt.query([from.seq as i64])?;
+        let mut head = from;
+        let mut buf = Vec::with_capacity(1024);
+        let mut batch = Vec::with_capacity(READ_BATCH);
+        while let Some(r) = rows.next()? {
+            let row = Columns::read(r).map_err(|e| StoreError::Corrupt {
+                seq: head.seq + 1,
+                reason: format!("unreadable row: {e}"),
+            });
+            let event = row.and_then(|row| {
+                row.check(&head, &mut buf)?;
+                let event = row.decode(&mut buf)?;
+                head.seq = row.seq;
+                head.hash.clear();
+                head.hash.push_str(row.hash);
+                Ok(event)
+            });
+            match event {
+                Ok(event) => batch.push(event),
+                Err(e) => {
+                    // What came before the bad row is applied first.
+                    let _ = tx.send(Read::Events(batch));
+                    return Err(e);
+                }
+            }
+            if batch.len() == READ_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                if tx.send(Read::Events(full)).is_err() {
+                    // Nobody is applying any more.
+                    return Ok(head);
+                }
+            }
+        }
+        let _ = tx.send(Read::Events(batch));
+        Ok(head)
+    })();
+    let _ = tx.send(match result {
+        Ok(head) => Read::End(head),
+        Err(e) => Read::Failed(e),
+    });
+}
+
+/// `replay_rows` on one thread, for a connection without a file.
+fn replay_rows_here(
     conn: &Connection,
     from: ChainHead,
     apply: &mut impl FnMut(Event),
@@ -548,7 +657,8 @@ fn replay_rows(
             seq: head.seq + 1,
             reason: format!("unreadable row: {e}"),
         })?;
-        let event = row.verify_and_decode(&head, &mut buf)?;
+        row.check(&head, &mut buf)?;
+        let event = row.decode(&mut buf)?;
         head.seq = row.seq;
         head.hash.clear();
         head.hash.push_str(row.hash);
@@ -591,7 +701,7 @@ struct Nudge;
 
 /// The snapshot thread: one snapshot per nudge, and a last one when the writer has closed.
 fn snapshot_loop<S: Snapshotted>(db: &Path, rx: mpsc::Receiver<Nudge>, taken: &AtomicU64) {
-    let conn = match Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) {
+    let conn = match read_only(db) {
         Ok(conn) => conn,
         Err(e) => {
             tracing::warn!(error = %e, "Cannot open the log for snapshots; none will be written.");

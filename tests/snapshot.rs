@@ -1,0 +1,218 @@
+//! Snapshots through the real binary: a restart from a snapshot answers as a full replay does,
+//! a snapshot that does not match the chain is ignored (and the log replayed), and a kill -9
+//! between snapshots loses nothing.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{unique_topic, wait_until, Service};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const SNAPSHOT: &str = "kafflow.snapshot";
+
+/// A snapshot every `every` events.
+fn start(every: u64) -> Service {
+    Service::start_with_config(|c| {
+        c.replace(
+            "[store]\nsynchronous = \"full\"\n",
+            &format!("[store]\nsynchronous = \"full\"\nsnapshot_every = {every}\n"),
+        )
+    })
+}
+
+/// The seq the snapshot in `data_dir` reflects (bytes 12..20 of the file), if there is one.
+fn snapshot_seq(data_dir: &Path) -> Option<u64> {
+    let bytes = std::fs::read(data_dir.join(SNAPSHOT)).ok()?;
+    Some(u64::from_le_bytes(bytes.get(12..20)?.try_into().ok()?))
+}
+
+/// `bytes` with its header's seq and/or hash replaced and the checksum made right again: a
+/// well-formed snapshot that claims another place in the chain.
+fn forge(bytes: &[u8], seq: Option<u64>, hash: Option<[u8; 32]>) -> Vec<u8> {
+    let mut forged = bytes.to_vec();
+    if let Some(seq) = seq {
+        forged[12..20].copy_from_slice(&seq.to_le_bytes());
+    }
+    if let Some(hash) = hash {
+        forged[20..52].copy_from_slice(&hash);
+    }
+    let mut sum = Sha256::new();
+    sum.update(&forged[8..60]);
+    sum.update(&forged[92..]);
+    let sum = sum.finalize();
+    forged[60..92].copy_from_slice(&sum);
+    forged
+}
+
+/// What the API says about everything the log rebuilds.
+fn answers(service: &Service) -> Vec<(String, Value)> {
+    [
+        "/api/v1/topics",
+        "/api/v1/topic-requests",
+        "/api/v1/access-requests",
+        "/api/v1/grants",
+        "/api/v1/subscriptions",
+        "/api/v1/tokens",
+        "/api/v1/audit/verify",
+    ]
+    .iter()
+    .map(|path| {
+        let (status, body) = service.get("carol", path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        (path.to_string(), body)
+    })
+    .collect()
+}
+
+/// The `snapshot_seq` of the last start's "Log replayed." line.
+fn started_from(service: &Service) -> u64 {
+    let mut seq = None;
+    wait_until(Duration::from_secs(10), || {
+        seq = service
+            .stderr_tail()
+            .lines()
+            .filter(|l| l.contains("Log replayed."))
+            .filter_map(|l| l.split("snapshot_seq=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .last();
+        seq.is_some()
+    });
+    seq.unwrap_or_else(|| panic!("no `Log replayed.` line:\n{}", service.stderr_tail()))
+}
+
+/// Requests, decisions, a topic in Kafka, a grant, a subscription and a token: one of every
+/// part of the state.
+fn build_state(service: &Service) {
+    let pending = unique_topic("snap-pending");
+    service.request_topic("alice", &pending, 1);
+    let rejected = service.request_topic("bob", &unique_topic("snap-rejected"), 1);
+    let (status, body) = service.post(
+        "carol",
+        &format!("/api/v1/topic-requests/{rejected}/reject"),
+        &json!({"reason": "not now"}),
+    );
+    assert_eq!(status, 200, "reject: {body}");
+    let active = unique_topic("snap-active");
+    service.provision(&active, 1);
+    let (status, body) = service.post(
+        "erin",
+        &format!("/api/v1/me/subscriptions/{active}"),
+        &json!({}),
+    );
+    assert_eq!(status, 200, "subscribe: {body}");
+    let (status, body) = service.post(
+        "carol",
+        "/api/v1/tokens",
+        &json!({"name": "loader", "roles": ["producer"]}),
+    );
+    assert_eq!(status, 201, "token: {body}");
+}
+
+#[test]
+fn a_restart_from_a_snapshot_answers_as_a_full_replay() {
+    let mut service = start(3);
+    build_state(&service);
+    let before = answers(&service);
+    // A clean stop writes a snapshot at the head of the log.
+    assert!(
+        service.terminate(Duration::from_secs(30)).is_some(),
+        "clean stop"
+    );
+    let head = before[6].1["events"].as_u64();
+    let seq = snapshot_seq(service.data_dir()).expect("a snapshot after a clean stop");
+    assert!(seq > 0, "the snapshot reflects the log");
+    assert_eq!(Some(seq), head, "the shutdown snapshot is at the head");
+
+    service.start_again();
+    assert_eq!(started_from(&service), seq, "started from the snapshot");
+    assert_eq!(answers(&service), before, "from the snapshot");
+
+    // The same log without the snapshot: a full replay, the same answers.
+    service.kill9();
+    std::fs::remove_file(service.data_dir().join(SNAPSHOT)).expect("remove snapshot");
+    service.start_again();
+    assert_eq!(started_from(&service), 0, "a full replay");
+    assert_eq!(answers(&service), before, "from the whole log");
+}
+
+#[test]
+fn a_snapshot_that_does_not_match_the_chain_is_ignored() {
+    let mut service = start(1_000_000);
+    build_state(&service);
+    let before = answers(&service);
+    assert!(service.terminate(Duration::from_secs(30)).is_some());
+    let path = service.data_dir().join(SNAPSHOT);
+    let good = std::fs::read(&path).expect("a snapshot after a clean stop");
+    let seq = snapshot_seq(service.data_dir()).expect("seq");
+
+    let forgeries = [
+        ("another hash", forge(&good, None, Some([7u8; 32]))),
+        ("an earlier seq", forge(&good, Some(seq - 1), None)),
+        ("a seq past the log", forge(&good, Some(seq + 5), None)),
+        ("truncated", good[..good.len() - 10].to_vec()),
+        ("a flipped byte", {
+            let mut bad = good.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 0xff;
+            bad
+        }),
+    ];
+    for (what, bytes) in forgeries {
+        std::fs::write(&path, &bytes).expect("write the forged snapshot");
+        service.start_again();
+        assert_eq!(
+            started_from(&service),
+            0,
+            "{what}: the whole log is replayed"
+        );
+        assert!(
+            service.stderr_tail().contains("Snapshot ignored"),
+            "{what}: a warning says so:\n{}",
+            service.stderr_tail()
+        );
+        assert_eq!(answers(&service), before, "{what}: the same answers");
+        // Killed, so that no new snapshot replaces the forged one for the next round.
+        service.kill9();
+    }
+
+    std::fs::write(&path, &good).expect("put the good one back");
+    service.start_again();
+    assert_eq!(started_from(&service), seq, "the genuine snapshot is used");
+    assert_eq!(answers(&service), before);
+}
+
+#[test]
+fn kill_9_between_snapshots_loses_nothing() {
+    let mut service = start(4);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(service.request_topic("alice", &unique_topic("snap-kill"), 1));
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || snapshot_seq(service.data_dir())
+            .is_some_and(|s| s >= 4)),
+        "a snapshot after four events"
+    );
+    let snapped = snapshot_seq(service.data_dir()).expect("seq");
+    // Acknowledged after the last snapshot, then the process dies without a word.
+    for _ in 0..3 {
+        ids.push(service.request_topic("bob", &unique_topic("snap-kill"), 1));
+    }
+    let before = answers(&service);
+    let head = before[6].1["events"].as_u64().expect("events");
+    assert!(head > snapped, "events after the snapshot");
+    service.kill9();
+    service.start_again();
+    let from = started_from(&service);
+    assert!(
+        from > 0 && from < head,
+        "from a snapshot, with a tail: {from}"
+    );
+    for id in &ids {
+        assert_eq!(service.request(id)["status"], "pending", "{id}");
+    }
+    assert_eq!(answers(&service), before);
+}
