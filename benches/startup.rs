@@ -19,6 +19,9 @@
 //! `KAFFLOW_BENCH_STARTUP_SIZES` (e.g. `10000,100000`) picks the sizes;
 //! `KAFFLOW_BENCH_STARTUP_KEEP=DIR` keeps each log in `DIR/<events>` for a profile.
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -299,8 +302,21 @@ fn healthz(url: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// 1,000,000 for 1000000.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn median(mut starts: Vec<Start>) -> Start {
-    starts.sort_by(|a, b| a.ready.cmp(&b.ready));
+    starts.sort_by_key(|s| s.ready);
     starts.swap_remove(starts.len() / 2)
 }
 
@@ -328,7 +344,6 @@ fn main() {
         "RSS+snap",
         "gen s"
     );
-    let mut table = Vec::new();
     for total in sizes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
@@ -377,41 +392,46 @@ fn main() {
             cold.rss_mb,
             warm.rss_mb,
         );
-        table.push((total, bare, bare_rate, replay_rate, cold, warm));
-    }
-    println!();
-    println!(
-        "{:<44} {:>12} {:>12} {:>6} {:>12} {:>4}",
-        "figure", "value", "baseline", "ratio", "target", "met"
-    );
-    for (total, bare, bare_rate, replay_rate, cold, warm) in &table {
-        println!(
-            "{:<44} {:>12.0} {:>12.0} {:>6.2} {:>12.0} {:>4}",
-            format!("replay at {total} events, events/s"),
+        let events = thousands(total);
+        report::row(
+            "startup",
+            &format!("full replay of {events} events (baseline: bare read)"),
             replay_rate,
-            bare_rate,
-            replay_rate / bare_rate,
-            TARGET_REPLAY_PER_S,
-            if *replay_rate >= TARGET_REPLAY_PER_S {
-                "yes"
-            } else {
-                "no"
-            }
+            "events/s",
+            Some(bare_rate),
+            report::Target::AtLeast(TARGET_REPLAY_PER_S),
         );
-        for (what, start) in [("with snapshot", warm), ("full replay", cold)] {
-            println!(
-                "{:<44} {:>12.3} {:>12.3} {:>6.2} {:>12.3} {:>4}",
-                format!("ready at {total} events, {what}, s"),
-                start.ready.as_secs_f64(),
-                bare.as_secs_f64(),
-                start.ready.as_secs_f64() / bare.as_secs_f64(),
-                TARGET_READY_S,
-                if start.ready.as_secs_f64() <= TARGET_READY_S {
-                    "yes"
-                } else {
-                    "no"
-                }
-            );
-        }
+        report::row(
+            "startup",
+            &format!("ready at {events} events, from a snapshot (baseline: bare read)"),
+            warm.ready.as_secs_f64(),
+            "s",
+            Some(bare.as_secs_f64()),
+            report::Target::AtMost(TARGET_READY_S),
+        );
+        report::row(
+            "startup",
+            &format!("ready at {events} events, full replay (baseline: bare read)"),
+            cold.ready.as_secs_f64(),
+            "s",
+            Some(bare.as_secs_f64()),
+            report::Target::None,
+        );
+        report::row(
+            "startup",
+            &format!("RSS after start at {events} events, from a snapshot"),
+            warm.rss_mb,
+            "MB",
+            None,
+            report::Target::None,
+        );
+        report::row(
+            "startup",
+            &format!("snapshot of {events} events: size"),
+            snap_bytes as f64 / 1e6,
+            "MB",
+            None,
+            report::Target::None,
+        );
     }
 }

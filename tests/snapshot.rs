@@ -74,10 +74,10 @@ fn started_from(service: &Service) -> u64 {
         seq = service
             .stderr_tail()
             .lines()
+            .rev()
             .filter(|l| l.contains("Log replayed."))
             .filter_map(|l| l.split("snapshot_seq=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-            .last();
+            .find_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok());
         seq.is_some()
     });
     seq.unwrap_or_else(|| panic!("no `Log replayed.` line:\n{}", service.stderr_tail()))
