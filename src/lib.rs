@@ -5,7 +5,8 @@
 //! rebuilt from that log at startup.
 //!
 //! The house:
-//! - `events`: the event types and the log (append with group commit, replay, hash chain).
+//! - `events`: the event types and the log (append with group commit, replay, hash chain,
+//!   snapshots of the rebuilt state).
 //! - `actors`: the actix actors that own the state and do the work (see `actors` for the list).
 //! - `http`: the warp facade that authenticates, parses, messages an actor and renders.
 //! - `gateway`: the Kafka-protocol facade: unmodified Kafka clients, governed by the same actors.

@@ -11,10 +11,9 @@ mod snapshot;
 mod store;
 
 pub use event::{Access, Event, EventKind, NewEvent, TopicSpec, Visibility, EVENT_VERSION};
-pub use snapshot::{
-    decode as snapshot_state, encode as snapshot_bytes, SnapshotError, Snapshotted,
-    SNAPSHOT_VERSION,
-};
+#[cfg(test)]
+pub(crate) use snapshot::{decode as snapshot_state, encode as snapshot_bytes};
+pub use snapshot::{SnapshotError, Snapshotted, SNAPSHOT_VERSION};
 pub use store::{
     verify, AuditPage, AuditQuery, AuditScope, ChainHead, Durability, Recovery, Store, StoreError,
     Stream, Writer, WriterThread,

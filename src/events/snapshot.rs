@@ -76,7 +76,7 @@ pub enum SnapshotError {
 }
 
 /// The file's bytes for `state` at `head`.
-pub fn encode<S: Serialize>(head: &ChainHead, state: &S) -> Result<Vec<u8>, SnapshotError> {
+pub(crate) fn encode<S: Serialize>(head: &ChainHead, state: &S) -> Result<Vec<u8>, SnapshotError> {
     let hash = hash_bytes(&head.hash)?;
     let body = postcard::to_stdvec(state).map_err(SnapshotError::Encode)?;
     let mut bytes = Vec::with_capacity(HEADER + body.len());
@@ -92,7 +92,7 @@ pub fn encode<S: Serialize>(head: &ChainHead, state: &S) -> Result<Vec<u8>, Snap
 }
 
 /// The head and state in a file's bytes, checked for format, length and checksum.
-pub fn decode<S: DeserializeOwned>(bytes: &[u8]) -> Result<(ChainHead, S), SnapshotError> {
+pub(crate) fn decode<S: DeserializeOwned>(bytes: &[u8]) -> Result<(ChainHead, S), SnapshotError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(SnapshotError::Magic);
     }
