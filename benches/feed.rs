@@ -1,11 +1,13 @@
 //! Feed benchmark (`make bench`): (1) the time from a record being acknowledged by Kafka to its
-//! frame arriving at a websocket client (p50, p99, max), at a steady 5,000 records/s with 100
-//! connected clients; (2) the highest rate one feed sustains, draining a backlog.
+//! frame arriving at a websocket client (p50, p99, max), at a steady 5,000 records/s of ~100
+//! bytes, in three shapes: 100 clients over 10 users, 100 users with one feed each, and 1,000
+//! feeds over 500 users (every record must reach every feed), with the resident memory each
+//! open feed adds; (2) the highest rate one feed sustains, draining a backlog.
 //!
-//! Runs the release binary against the local broker (`make kafka-up`). The clients are spread
-//! over `FEED_BENCH_USERS` consumer users (each user has one consumer, fanned out to its feeds).
-//! Knobs: `FEED_BENCH_CLIENTS` (100), `FEED_BENCH_USERS` (10), `FEED_BENCH_RATE` (5000),
-//! `FEED_BENCH_SECS` (10), `FEED_BENCH_BACKLOG` (300000).
+//! Runs the release binary against the local broker (`make kafka-up`). Each shape has its own
+//! topic and its own users. Every user's topic is read by one shared topic reader.
+//! Knobs: `FEED_BENCH_RATE` (5000), `FEED_BENCH_SECS` (10), `FEED_BENCH_BACKLOG` (300000),
+//! `FEED_BENCH_SHAPES` (`10x100,100x100,500x1000`: users x feeds).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -222,11 +224,13 @@ fn wall_ms() -> i64 {
 /// broker's append time in ms.
 type Arrivals = Vec<(u64, u64, i64)>;
 
-/// Opens `clients` feeds (round-robin over `users`) on a few threads; each reads until it has
-/// seen `expect` records after warm-up or the deadline passes. Returns once every feed is open.
+/// Opens `clients` feeds (round-robin over the users `first_user..first_user + users`) on a few
+/// threads; each reads until it has seen `expect` records after warm-up or the deadline passes.
+/// Returns once every feed is open.
 fn open_clients(
     service: &Service,
     clients: usize,
+    first_user: usize,
     users: usize,
     base: Instant,
     expect: u64,
@@ -248,7 +252,7 @@ fn open_clients(
                 let mut tasks = Vec::new();
                 for client in mine {
                     let mut request = ws.clone().into_client_request().expect("request");
-                    let bearer = format!("Bearer {}", reader_token(client % users));
+                    let bearer = format!("Bearer {}", reader_token(first_user + client % users));
                     request
                         .headers_mut()
                         .insert("authorization", bearer.parse().expect("header"));
@@ -306,22 +310,56 @@ fn percentile(sorted: &[i64], p: f64, unit: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)] as f64 / unit
 }
 
+/// The service's resident memory in KiB.
+fn rss_kib(service: &Service) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", service.child.id())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one latency shape measured.
+struct Shape {
+    users: usize,
+    clients: usize,
+    p99_ms: f64,
+    complete: usize,
+    kib_per_feed: f64,
+}
+
 /// Part 1: ack→frame latency at a steady rate with many clients.
-fn latency(service: &Service, clients: usize, users: usize, rate: u64, secs: u64) {
-    let topic = format!("feed-bench-latency-{}", std::process::id());
+fn latency(
+    service: &Service,
+    clients: usize,
+    first_user: usize,
+    users: usize,
+    rate: u64,
+    secs: u64,
+) -> Shape {
+    let topic = format!(
+        "feed-bench-latency-{users}x{clients}-{}",
+        std::process::id()
+    );
     provision(service, &topic, 3);
-    for user in 0..users {
+    for user in first_user..first_user + users {
         subscribe(service, user, &topic);
     }
     let warmup = 200;
     let total = warmup + rate * secs;
     let base = Instant::now();
     let deadline = base + Duration::from_secs(secs + 120);
-    let (handles, ready) = open_clients(service, clients, users, base, total, deadline);
+    let before = rss_kib(service);
+    let (handles, ready) = open_clients(service, clients, first_user, users, base, total, deadline);
     while ready.load(Ordering::SeqCst) < clients as u64 {
         assert!(Instant::now() < deadline, "feeds did not open");
         thread::sleep(Duration::from_millis(10));
     }
+    // Let the consumers join their shared reader before measuring what the feeds cost.
+    thread::sleep(Duration::from_secs(2));
+    let kib_per_feed = rss_kib(service).saturating_sub(before) as f64 / clients as f64;
 
     let acks: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let failed = Arc::new(Mutex::new(0u64));
@@ -414,6 +452,14 @@ fn latency(service: &Service, clients: usize, users: usize, rate: u64, secs: u64
         percentile(&from_append, 99.0, 1.0),
         percentile(&from_append, 100.0, 1.0),
     );
+    println!("  resident memory per open feed: {kib_per_feed:.0} KiB");
+    Shape {
+        users,
+        clients,
+        p99_ms: percentile(&from_ack, 99.0, 1e6),
+        complete,
+        kib_per_feed,
+    }
 }
 
 /// Part 2: the highest rate one feed sustains, draining a backlog from the beginning.
@@ -494,12 +540,50 @@ fn main() {
         println!("feed benchmark: skipped (run it with `cargo bench --bench feed`)");
         return;
     }
-    let clients = knob("FEED_BENCH_CLIENTS", 100) as usize;
-    let users = (knob("FEED_BENCH_USERS", 10) as usize).clamp(1, clients.max(1));
     let rate = knob("FEED_BENCH_RATE", 5000);
     let secs = knob("FEED_BENCH_SECS", 10);
     let backlog = knob("FEED_BENCH_BACKLOG", 300_000);
-    let service = start_service(users);
-    latency(&service, clients, users, rate, secs);
-    drain(&service, users, backlog);
+    let shapes: Vec<(usize, usize)> = std::env::var("FEED_BENCH_SHAPES")
+        .unwrap_or_else(|_| "10x100,100x100,500x1000".into())
+        .split(',')
+        .filter_map(|s| {
+            let (users, clients) = s.split_once('x')?;
+            Some((users.trim().parse().ok()?, clients.trim().parse().ok()?))
+        })
+        .filter(|&(users, clients)| users > 0 && clients >= users)
+        .collect();
+    let all_users: usize = shapes.iter().map(|(users, _)| users).sum();
+    let service = start_service(all_users);
+    let mut first_user = 0;
+    let mut measured = Vec::new();
+    for (users, clients) in shapes {
+        measured.push(latency(&service, clients, first_user, users, rate, secs));
+        first_user += users;
+    }
+    drain(&service, all_users, backlog);
+
+    println!("\n| figure | value | target | met |");
+    println!("|---|---|---|---|");
+    for shape in &measured {
+        // The targets: one feed per user under 250 ms; many feeds per user under 1 s.
+        let target = if shape.clients == shape.users {
+            250.0
+        } else {
+            1000.0
+        };
+        let met = shape.p99_ms < target && shape.complete == shape.clients;
+        println!(
+            "| ack->frame p99, {} feeds over {} users, {rate}/s | {:.1} ms ({}/{} feeds got every record) | < {target:.0} ms, every record | {} |",
+            shape.clients,
+            shape.users,
+            shape.p99_ms,
+            shape.complete,
+            shape.clients,
+            if met { "yes" } else { "no" }
+        );
+        println!(
+            "| resident memory per open feed, {} feeds | {:.0} KiB | reported | - |",
+            shape.clients, shape.kib_per_feed
+        );
+    }
 }

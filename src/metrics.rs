@@ -49,6 +49,13 @@ pub struct Metrics {
     pub gateway_connections_opened: IntCounter,
     /// SASL authentications the gateway refused.
     pub gateway_auth_failures: IntCounter,
+    /// Topics read by a shared topic reader (one Kafka fetch for every user reading them).
+    pub feed_topic_readers: IntGauge,
+    /// A user's topics read by the user's own catch-up reader, behind the shared window.
+    pub feed_catchup_topics: IntGauge,
+    /// Times a user's topic joined its shared reader, and fell back to catching up.
+    pub feed_joins: IntCounter,
+    pub feed_fallbacks: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -193,6 +200,26 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "kafflow_gateway_auth_failures_total",
             "SASL authentications the gateway refused.",
+        ),
+        feed_topic_readers: gauge(
+            &r,
+            "kafflow_feed_topic_readers",
+            "Shared topic readers running: one Kafka fetch per topic for every feed.",
+        ),
+        feed_catchup_topics: gauge(
+            &r,
+            "kafflow_feed_catchup_topics",
+            "User topics read by a catch-up reader of their own, behind the shared window.",
+        ),
+        feed_joins: counter(
+            &r,
+            "kafflow_feed_joins_total",
+            "Times a user's topic joined the topic's shared reader.",
+        ),
+        feed_fallbacks: counter(
+            &r,
+            "kafflow_feed_fallbacks_total",
+            "Times a user's topic left the shared reader for catch-up (slow feeds).",
         ),
         registry: r,
     }

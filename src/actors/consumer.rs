@@ -1,15 +1,30 @@
 //! The consumer actor: one per user, started when the user's first feed opens and stopped
 //! (by `subscriptions`) once it has had no feed for a while.
 //!
-//! It owns one rdkafka consumer in the group `kafflow.user.<name>`, so offsets live in Kafka.
-//! Partitions are assigned by hand (no group rebalance): a subscription change assigns or
-//! unassigns one topic in place, and a topic that stays is not disturbed. Every record goes to
-//! every open feed of the user; its offset is committed only once each of those feeds has
-//! written its frame to the socket (at-least-once).
+//! It keeps the user's position in each partition of the user's topics and gets the records
+//! from one of two sources per topic:
+//! - the topic's shared `TopicReader` (one Kafka fetch for every user reading the topic), once
+//!   the user's position is inside the reader's window of recent records;
+//! - otherwise its own **catch-up reader**: an rdkafka consumer in the group
+//!   `kafflow.user.<name>`, assigned by hand at the user's exact positions, until the positions
+//!   reach the shared window; then the topic joins the shared reader and leaves the catch-up
+//!   reader. The same client commits the user's offsets to that group, so offsets live in Kafka.
+//!
+//! Across a switch between sources nothing is lost or sent twice: each source delivers, per
+//! partition, every record from the position it was given on, in offset order, and the actor
+//! hands a record on only if its offset is at least the partition's next position (which it
+//! then moves past it). See `accept`.
+//!
+//! A subscription change resolves, joins or leaves one topic in place; a topic that stays is
+//! not disturbed. Every record goes to every open feed of the user; its offset is committed only
+//! once each of those feeds has written its frame to the socket (at-least-once).
 //!
 //! Backpressure: each feed may hold `feeds.buffer_frames` frames not yet written. When a
-//! record cannot be handed to every feed, the actor keeps it and stops pulling records from
-//! the reader (librdkafka then stops fetching once its bounded prefetch is full); if the slow
+//! record cannot be handed to every feed, the actor keeps it. The shared reader never waits for
+//! one user: when `FALL_BACK_AT` records wait, or `PULL_BELOW` have waited for `PAUSE_AFTER`,
+//! the user's shared topics leave it, their waiting records are dropped and the catch-up reader
+//! takes over at the first of them. The catch-up reader is held back as before: the actor stops
+//! pulling records from it (librdkafka then stops fetching once its bounded prefetch is full); if the slow
 //! feed has not caught up within `PAUSE_AFTER`, the actor pauses its partitions, which also
 //! frees the prefetch. A feed that makes no progress for `feeds.stall_timeout_ms` is closed
 //! with a close frame saying so. Memory stays bounded by the feed buffers, at most two fetch
@@ -33,8 +48,12 @@ use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
+use super::topic_reader::{
+    new_member_id, FromReader, Join, Leave, ReaderEvent, TopicReader, TopicReaders,
+};
 use crate::config::{FeedConfig, KafkaConfig};
 use crate::error::{Error, Result};
+use crate::metrics::METRICS;
 use crate::shutdown::Guard;
 
 /// Prefix of the consumer group of each user.
@@ -53,8 +72,12 @@ const COMMIT_EVERY: Duration = Duration::from_millis(200);
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How long the reader waits for partition metadata before retrying.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between attempts to assign a topic whose metadata could not be read.
+/// Pause between attempts to resolve a topic whose metadata could not be read.
 const ASSIGN_RETRY: Duration = Duration::from_secs(1);
+/// Records waiting for the feeds at which the user's shared topics fall back to catching up.
+const FALL_BACK_AT: usize = 4 * MAX_FETCH_BATCH;
+/// How often a topic reading on its own asks its shared reader again whether it may join.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
 
 /// Where a feed starts reading when it is the one that starts the user's consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -215,12 +238,12 @@ struct Written {
     records: usize,
 }
 
-/// A record as the reader fetched it, its frame already rendered.
-struct Fetched {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    frame: Arc<str>,
+/// A record as a reader fetched it, its frame already rendered.
+pub(crate) struct Fetched {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub frame: Arc<str>,
 }
 
 /// Records fetched after the reader's last assignment change `epoch`; answered with whether
@@ -230,6 +253,15 @@ struct Fetched {
 struct FetchedBatch {
     epoch: u64,
     records: Vec<Fetched>,
+}
+
+/// The catch-up reader found where each partition of `topic` starts for this user.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Resolved {
+    generation: u64,
+    topic: String,
+    next: HashMap<i32, i64>,
 }
 
 /// Where a newly assigned partition starts when no exact offset is known.
@@ -242,12 +274,18 @@ enum StartAt {
 
 /// Work for the reader task, done in order.
 enum KafkaOp {
-    Assign {
-        epoch: u64,
+    /// Find each partition's exact start offset and answer with `Resolved`.
+    Resolve {
+        generation: u64,
         topics: Vec<String>,
         at: StartAt,
         /// Exact next offsets known for some partitions (they win over `at`).
         resume: HashMap<(String, i32), i64>,
+    },
+    /// Fetch these partitions from these exact offsets (catch-up).
+    Assign {
+        epoch: u64,
+        offsets: Vec<(String, i32, i64)>,
     },
     Unassign {
         epoch: u64,
@@ -264,9 +302,34 @@ enum KafkaOp {
 /// A record handed to the feeds and not yet written by all of them.
 struct InFlight {
     n: u64,
-    topic: String,
-    partition: i32,
-    offset: i64,
+    record: Arc<Fetched>,
+}
+
+/// The shared reader of a topic, once asked to let this consumer join.
+struct Membership {
+    id: u64,
+    reader: Addr<TopicReader>,
+}
+
+/// This user's place in one subscribed topic, while the consumer has feeds.
+struct Position {
+    /// Tells a `Resolved` for this assignment from one for an earlier one.
+    generation: u64,
+    /// The next offset to hand on, per partition; empty until resolved.
+    next: HashMap<i32, i64>,
+    resolved: bool,
+    shared: Option<Membership>,
+    /// The window's first offsets when the shared reader last said this user was behind.
+    window_from: HashMap<i32, i64>,
+    last_join: Option<Instant>,
+}
+
+impl Position {
+    fn reached_window(&self) -> bool {
+        self.window_from
+            .iter()
+            .all(|(p, from)| self.next.get(p).is_some_and(|next| next >= from))
+    }
 }
 
 struct FeedSlot {
@@ -290,8 +353,13 @@ pub struct Consumer {
     /// that a shutdown waits for it.
     done: Option<Guard>,
     directory: Recipient<FeedClosed>,
+    readers: TopicReaders,
+    me: Option<Addr<Consumer>>,
     topics: BTreeSet<String>,
-    /// Assigned topics and the epoch of their assignment; empty while there is no feed.
+    /// The user's position in each topic being read; empty while there is no feed.
+    positions: HashMap<String, Position>,
+    generation: u64,
+    /// Topics assigned to the catch-up reader and the epoch of their assignment.
     assigned: HashMap<String, u64>,
     epoch: u64,
     feeds: HashMap<u64, FeedSlot>,
@@ -299,7 +367,9 @@ pub struct Consumer {
     /// Sequence number of the last record handed to the feeds.
     last_n: u64,
     /// Fetched records waiting for room in every feed.
-    pending: VecDeque<Fetched>,
+    pending: VecDeque<Arc<Fetched>>,
+    /// Since when at least `PULL_BELOW` records have been waiting.
+    backlog_since: Option<Instant>,
     in_flight: VecDeque<InFlight>,
     /// Next offset per partition, as last committed (or about to be) by this consumer.
     committed: HashMap<(String, i32), i64>,
@@ -320,6 +390,7 @@ impl Consumer {
         kafka: &KafkaConfig,
         settings: FeedConfig,
         directory: Recipient<FeedClosed>,
+        readers: TopicReaders,
         done: Guard,
     ) -> Result<Consumer> {
         let mut config = crate::kafka::client_config(kafka);
@@ -353,13 +424,18 @@ impl Consumer {
             reader: Some((client, ops_rx)),
             done: Some(done),
             directory,
+            readers,
+            me: None,
             topics,
+            positions: HashMap::new(),
+            generation: 0,
             assigned: HashMap::new(),
             epoch: 0,
             feeds: HashMap::new(),
             next_feed: 0,
             last_n: 0,
             pending: VecDeque::new(),
+            backlog_since: None,
             in_flight: VecDeque::new(),
             committed: HashMap::new(),
             to_commit: HashMap::new(),
@@ -384,14 +460,30 @@ impl Consumer {
         }
     }
 
+    /// Starts reading `topics`: their start offsets are resolved first (`Resolved`), then the
+    /// topic joins its shared reader or, if behind its window, catches up on its own.
     fn assign(&mut self, topics: Vec<String>, from: FeedStart) {
+        let topics: Vec<String> = topics
+            .into_iter()
+            .filter(|t| !self.positions.contains_key(t))
+            .collect();
         if topics.is_empty() {
             return;
         }
-        self.epoch += 1;
+        self.generation += 1;
         let mut resume = HashMap::new();
         for topic in &topics {
-            self.assigned.insert(topic.clone(), self.epoch);
+            self.positions.insert(
+                topic.clone(),
+                Position {
+                    generation: self.generation,
+                    next: HashMap::new(),
+                    resolved: false,
+                    shared: None,
+                    window_from: HashMap::new(),
+                    last_join: None,
+                },
+            );
         }
         let at = match from {
             FeedStart::Committed => {
@@ -408,15 +500,79 @@ impl Consumer {
         };
         self.resume_at
             .retain(|(topic, _), _| !topics.contains(topic));
-        self.op(KafkaOp::Assign {
-            epoch: self.epoch,
+        self.op(KafkaOp::Resolve {
+            generation: self.generation,
             topics,
             at,
             resume,
         });
     }
 
-    fn unassign(&mut self, topics: Vec<String>) {
+    /// Asks the topic's shared reader to let this consumer join at its positions.
+    fn try_join(&mut self, topic: &str) {
+        let Some(me) = self.me.clone() else {
+            return;
+        };
+        let Some(position) = self.positions.get_mut(topic) else {
+            return;
+        };
+        if !position.resolved || position.shared.is_some() {
+            return;
+        }
+        position.last_join = Some(Instant::now());
+        // With many records waiting the feeds are slow: joining would only fall back again.
+        let slow = self.pending.len() >= PULL_BELOW;
+        let reader = if slow {
+            None
+        } else {
+            match self.readers.reader(topic) {
+                Ok(reader) => Some(reader),
+                Err(e) => {
+                    tracing::warn!(user = %self.user, %topic, error = %e, "No shared reader; catching up alone.");
+                    None
+                }
+            }
+        };
+        let Some(reader) = reader else {
+            self.catch_up(topic);
+            return;
+        };
+        let id = new_member_id();
+        reader.do_send(Join {
+            member: id,
+            positions: position.next.clone(),
+            to: me.recipient(),
+        });
+        // Until the reader answers `Joined`, the catch-up reader (if any) goes on.
+        position.shared = Some(Membership { id, reader });
+    }
+
+    /// Reads `topic` with the catch-up reader from the user's positions, if not already.
+    fn catch_up(&mut self, topic: &str) {
+        if self.assigned.contains_key(topic) {
+            return;
+        }
+        let Some(position) = self.positions.get(topic) else {
+            return;
+        };
+        let offsets: Vec<(String, i32, i64)> = position
+            .next
+            .iter()
+            .map(|(p, next)| (topic.to_string(), *p, *next))
+            .collect();
+        self.epoch += 1;
+        self.assigned.insert(topic.to_string(), self.epoch);
+        METRICS.feed_catchup_topics.inc();
+        tracing::debug!(user = %self.user, %topic, "Catching up alone.");
+        self.op(KafkaOp::Assign {
+            epoch: self.epoch,
+            offsets,
+        });
+    }
+
+    /// Stops the catch-up reader on `topics`. Their records already waiting stay: they are
+    /// before the positions the shared reader was given or are skipped by `accept`.
+    fn stop_catch_up(&mut self, topics: Vec<String>) {
         let topics: Vec<String> = topics
             .into_iter()
             .filter(|t| self.assigned.remove(t).is_some())
@@ -424,12 +580,135 @@ impl Consumer {
         if topics.is_empty() {
             return;
         }
+        METRICS.feed_catchup_topics.sub(topics.len() as i64);
         self.epoch += 1;
-        self.pending.retain(|r| !topics.contains(&r.topic));
         self.op(KafkaOp::Unassign {
             epoch: self.epoch,
             topics,
         });
+    }
+
+    fn leave_shared(position: &mut Position) {
+        if let Some(membership) = position.shared.take() {
+            membership.reader.do_send(Leave {
+                member: membership.id,
+            });
+        }
+    }
+
+    /// Takes one record from either source if it is the next one of its partition.
+    fn accept(&mut self, record: Arc<Fetched>) {
+        let Some(position) = self.positions.get_mut(&*record.topic) else {
+            return;
+        };
+        let next = position
+            .next
+            .entry(record.partition)
+            .or_insert(record.offset);
+        // Each source sends every record from the position it was given, in order, so a
+        // record below `next` was already handed on by the other source.
+        if record.offset < *next {
+            return;
+        }
+        *next = record.offset + 1;
+        self.pending.push_back(record);
+    }
+
+    /// The feeds are too slow for the shared readers: leave them, drop the waiting records of
+    /// their topics and catch up from the first of them.
+    fn fall_back_if_slow(&mut self) {
+        let slow = self.pending.len() >= FALL_BACK_AT
+            || self
+                .backlog_since
+                .is_some_and(|since| since.elapsed() >= PAUSE_AFTER);
+        if !slow {
+            return;
+        }
+        let shared: Vec<String> = self
+            .positions
+            .iter()
+            .filter(|(_, p)| p.shared.is_some())
+            .map(|(t, _)| t.clone())
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
+        let mut first: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+        self.pending.retain(|r| {
+            if !shared.iter().any(|t| **t == *r.topic) {
+                return true;
+            }
+            first
+                .entry((r.topic.clone(), r.partition))
+                .and_modify(|o| *o = (*o).min(r.offset))
+                .or_insert(r.offset);
+            false
+        });
+        for ((topic, partition), offset) in first {
+            if let Some(position) = self.positions.get_mut(&*topic) {
+                position.next.insert(partition, offset);
+            }
+        }
+        for topic in &shared {
+            if let Some(position) = self.positions.get_mut(topic) {
+                Self::leave_shared(position);
+                position.last_join = Some(Instant::now());
+            }
+            METRICS.feed_fallbacks.inc();
+            tracing::debug!(user = %self.user, %topic, "Feeds slow; leaving the shared reader.");
+            self.catch_up(topic);
+        }
+        if self.pending.len() < PULL_BELOW {
+            self.backlog_since = None;
+        }
+    }
+
+    /// Topics reading alone join their shared reader once their positions reach its window
+    /// (or every `JOIN_RETRY`, as a record may never come to move a position there); a topic
+    /// whose shared reader went away catches up and joins again.
+    fn retry_joins(&mut self) {
+        let mut to_join = Vec::new();
+        let mut lost = Vec::new();
+        for (topic, position) in &mut self.positions {
+            match &position.shared {
+                Some(m) if !m.reader.connected() => {
+                    position.shared = None;
+                    lost.push(topic.clone());
+                }
+                Some(_) => {}
+                None if position.resolved
+                    && (position.reached_window()
+                        || position
+                            .last_join
+                            .is_none_or(|at| at.elapsed() >= JOIN_RETRY)) =>
+                {
+                    to_join.push(topic.clone());
+                }
+                None => {}
+            }
+        }
+        for topic in lost {
+            self.catch_up(&topic);
+        }
+        if self.pending.len() >= PULL_BELOW {
+            return;
+        }
+        for topic in to_join {
+            self.try_join(&topic);
+        }
+    }
+
+    /// Stops reading `topics`: leaves their shared readers, unassigns them from the catch-up
+    /// reader and forgets their waiting records.
+    fn unassign(&mut self, topics: Vec<String>) {
+        for topic in &topics {
+            if let Some(mut position) = self.positions.remove(topic) {
+                Self::leave_shared(&mut position);
+            }
+        }
+        self.pending
+            .retain(|r| !topics.iter().any(|t| **t == *r.topic));
+        self.stop_catch_up(topics);
     }
 
     /// The last feed left: nothing can be delivered, so give the partitions back and remember
@@ -438,22 +717,25 @@ impl Consumer {
         let undelivered = self
             .in_flight
             .iter()
-            .map(|r| (&r.topic, r.partition, r.offset))
-            .chain(
-                self.pending
-                    .iter()
-                    .map(|r| (&r.topic, r.partition, r.offset)),
-            );
-        for (topic, partition, offset) in undelivered {
+            .map(|r| &r.record)
+            .chain(self.pending.iter());
+        for record in undelivered {
             self.resume_at
-                .entry((topic.clone(), partition))
-                .and_modify(|o| *o = (*o).min(offset))
-                .or_insert(offset);
+                .entry((record.topic.to_string(), record.partition))
+                .and_modify(|o| *o = (*o).min(record.offset))
+                .or_insert(record.offset);
         }
         self.in_flight.clear();
         self.pending.clear();
         self.commit();
-        let topics: Vec<String> = self.assigned.keys().cloned().collect();
+        let topics: Vec<String> = self
+            .positions
+            .keys()
+            .chain(self.assigned.keys())
+            .cloned()
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
         self.unassign(topics);
         self.release_hold();
         tracing::debug!(user = %self.user, "Last feed closed; partitions released.");
@@ -470,7 +752,7 @@ impl Consumer {
             self.last_n += 1;
             let frame = Frame {
                 n: Some(self.last_n),
-                text: record.frame,
+                text: record.frame.clone(),
             };
             let now = Instant::now();
             for slot in self.feeds.values_mut() {
@@ -483,13 +765,14 @@ impl Consumer {
             }
             self.in_flight.push_back(InFlight {
                 n: self.last_n,
-                topic: record.topic,
-                partition: record.partition,
-                offset: record.offset,
+                record,
             });
         }
         if self.pending.len() < PULL_BELOW {
+            self.backlog_since = None;
             self.release_hold();
+        } else {
+            self.backlog_since.get_or_insert_with(Instant::now);
         }
     }
 
@@ -523,15 +806,18 @@ impl Consumer {
         let Some(done) = self.feeds.values().map(|f| f.acked).min() else {
             return;
         };
-        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        let mut next: HashMap<(Arc<str>, i32), i64> = HashMap::new();
         while self.in_flight.front().is_some_and(|r| r.n <= done) {
-            let Some(r) = self.in_flight.pop_front() else {
+            let Some(InFlight { record: r, .. }) = self.in_flight.pop_front() else {
                 break;
             };
-            let slot = next.entry((r.topic, r.partition)).or_insert(r.offset + 1);
+            let slot = next
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(r.offset + 1);
             *slot = (*slot).max(r.offset + 1);
         }
-        for (key, offset) in next {
+        for ((topic, partition), offset) in next {
+            let key = (topic.to_string(), partition);
             self.committed.insert(key.clone(), offset);
             self.to_commit.insert(key, offset);
         }
@@ -587,13 +873,19 @@ impl Actor for Consumer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Topic readers send with `do_send`, which a bounded mailbox would not hold back anyway;
+        // their records must not be refused.
+        ctx.set_mailbox_capacity(super::UNBOUNDED_MAILBOX);
+        self.me = Some(ctx.address());
         if let Some((client, ops)) = self.reader.take() {
             actix::spawn(read(client, ops, ctx.address(), self.done.take()));
         }
         let every = Duration::from_millis((self.settings.stall_timeout_ms / 4).clamp(50, 250));
         ctx.run_interval(every, |act, _| {
+            act.fall_back_if_slow();
             act.pause_if_held();
             act.close_stalled();
+            act.retry_joins();
         });
         ctx.run_interval(COMMIT_EVERY, |act, _| act.commit());
         tracing::info!(user = %self.user, "Consumer started.");
@@ -602,6 +894,11 @@ impl Actor for Consumer {
     fn stopped(&mut self, _: &mut Context<Self>) {
         // The reader runs the ops already queued before it sees the queue closed.
         self.commit();
+        for position in self.positions.values_mut() {
+            Self::leave_shared(position);
+        }
+        METRICS.feed_catchup_topics.sub(self.assigned.len() as i64);
+        self.assigned.clear();
         for (_, mut slot) in self.feeds.drain() {
             if let Some(tx) = slot.close.take() {
                 let _ = tx.send(FeedClose::Shutdown);
@@ -679,17 +976,79 @@ impl Handler<FetchedBatch> for Consumer {
         }
         let current = |r: &Fetched| {
             self.assigned
-                .get(&r.topic)
+                .get(&*r.topic)
                 .is_some_and(|&since| msg.epoch >= since)
         };
         let fresh: Vec<Fetched> = msg.records.into_iter().filter(current).collect();
-        self.pending.extend(fresh);
+        for record in fresh {
+            self.accept(Arc::new(record));
+        }
         self.dispatch();
         if self.pending.len() < PULL_BELOW {
+            let reached: Vec<String> = self
+                .positions
+                .iter()
+                .filter(|(_, p)| p.shared.is_none() && p.reached_window())
+                .map(|(t, _)| t.clone())
+                .collect();
+            for topic in reached {
+                self.try_join(&topic);
+            }
             return true;
         }
         self.holding.get_or_insert_with(Instant::now);
         false
+    }
+}
+
+impl Handler<Resolved> for Consumer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resolved, _: &mut Context<Self>) {
+        let Some(position) = self.positions.get_mut(&msg.topic) else {
+            return;
+        };
+        if position.generation != msg.generation || position.resolved {
+            return;
+        }
+        position.next = msg.next;
+        position.resolved = true;
+        self.try_join(&msg.topic);
+    }
+}
+
+impl Handler<FromReader> for Consumer {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromReader, _: &mut Context<Self>) {
+        let Some(position) = self.positions.get_mut(&*msg.topic) else {
+            return;
+        };
+        if position.shared.as_ref().is_none_or(|m| m.id != msg.member) {
+            // An answer to a join this consumer has since left.
+            return;
+        }
+        match msg.event {
+            ReaderEvent::Joined => {
+                METRICS.feed_joins.inc();
+                tracing::debug!(user = %self.user, topic = %msg.topic, "Joined the shared reader.");
+                self.stop_catch_up(vec![msg.topic.to_string()]);
+            }
+            ReaderEvent::Behind(from) => {
+                position.shared = None;
+                position.window_from = from;
+                self.catch_up(&msg.topic);
+            }
+            ReaderEvent::Records(records) => {
+                for record in records.iter() {
+                    self.accept(record.clone());
+                }
+                self.dispatch();
+                if self.pending.len() >= FALL_BACK_AT {
+                    self.fall_back_if_slow();
+                }
+            }
+        }
     }
 }
 
@@ -721,7 +1080,7 @@ impl Handler<TopicGone> for Consumer {
     fn handle(&mut self, msg: TopicGone, _: &mut Context<Self>) {
         let topic = msg.0;
         self.unassign(vec![topic.clone()]);
-        self.in_flight.retain(|r| r.topic != topic);
+        self.in_flight.retain(|r| *r.record.topic != *topic);
         self.committed.retain(|(t, _), _| *t != topic);
         self.to_commit.retain(|(t, _), _| *t != topic);
         self.resume_at.retain(|(t, _), _| *t != topic);
@@ -822,15 +1181,16 @@ fn push_value(out: &mut String, payload: Option<&[u8]>) {
     push_json_str(out, &String::from_utf8_lossy(payload));
 }
 
-/// A topic waiting for its partition count before it can be assigned.
-struct WaitingAssign {
+/// A topic waiting for its partition count and start offsets.
+struct WaitingResolve {
+    generation: u64,
     topic: String,
     at: StartAt,
     resume: HashMap<(String, i32), i64>,
 }
 
-/// The reader task: owns the rdkafka client, runs the actor's operations in order and feeds
-/// it fetched records. Ends when the actor stops.
+/// The catch-up reader task: owns the user's rdkafka client, runs the actor's operations in
+/// order and feeds it fetched records. Ends when the actor stops.
 async fn read(
     client: StreamConsumer,
     mut ops: mpsc::UnboundedReceiver<KafkaOp>,
@@ -841,7 +1201,7 @@ async fn read(
     let mut epoch = 0;
     let mut paused = false;
     let mut pulling = true;
-    let mut waiting: Vec<WaitingAssign> = Vec::new();
+    let mut waiting: Vec<WaitingResolve> = Vec::new();
     let mut last_error = String::new();
     let mut retry = tokio::time::interval(ASSIGN_RETRY);
     loop {
@@ -850,14 +1210,18 @@ async fn read(
             op = ops.recv() => {
                 let Some(op) = op else { break };
                 match op {
-                    KafkaOp::Assign { epoch: e, topics, at, resume } => {
-                        epoch = e;
-                        waiting.extend(topics.into_iter().map(|topic| WaitingAssign {
+                    KafkaOp::Resolve { generation, topics, at, resume } => {
+                        waiting.extend(topics.into_iter().map(|topic| WaitingResolve {
+                            generation,
                             topic,
                             at,
                             resume: resume.clone(),
                         }));
-                        waiting = assign_waiting(&client, waiting, paused).await;
+                        waiting = resolve_waiting(&client, waiting, &actor).await;
+                    }
+                    KafkaOp::Assign { epoch: e, offsets } => {
+                        epoch = e;
+                        assign(&client, &offsets, paused);
                     }
                     KafkaOp::Unassign { epoch: e, topics } => {
                         epoch = e;
@@ -877,7 +1241,7 @@ async fn read(
                 }
             }
             _ = retry.tick(), if !waiting.is_empty() => {
-                waiting = assign_waiting(&client, std::mem::take(&mut waiting), paused).await;
+                waiting = resolve_waiting(&client, std::mem::take(&mut waiting), &actor).await;
             }
             first = client.recv(), if pulling => {
                 let mut records = Vec::new();
@@ -910,92 +1274,110 @@ async fn read(
     drop(done);
 }
 
-fn fetched(message: &BorrowedMessage<'_>) -> Fetched {
+pub(crate) fn fetched(message: &BorrowedMessage<'_>) -> Fetched {
     Fetched {
-        topic: message.topic().to_string(),
+        topic: message.topic().into(),
         partition: message.partition(),
         offset: message.offset(),
         frame: render(message).into(),
     }
 }
 
-/// Assigns the topics whose partitions are known; returns the ones to retry.
-async fn assign_waiting(
+/// Finds the exact start offset of every partition of the waiting topics and tells the actor;
+/// returns the topics to retry.
+async fn resolve_waiting(
     client: &Arc<StreamConsumer>,
-    waiting: Vec<WaitingAssign>,
-    paused: bool,
-) -> Vec<WaitingAssign> {
+    waiting: Vec<WaitingResolve>,
+    actor: &Addr<Consumer>,
+) -> Vec<WaitingResolve> {
     let mut retry = Vec::new();
-    let mut list = TopicPartitionList::new();
     for wanted in waiting {
         let c = client.clone();
         let topic = wanted.topic.clone();
-        let count = tokio::task::spawn_blocking(move || partition_count(&c, &topic))
+        let at = wanted.at;
+        let known: HashMap<i32, i64> = wanted
+            .resume
+            .iter()
+            .filter(|((t, _), _)| *t == wanted.topic)
+            .map(|((_, p), o)| (*p, *o))
+            .collect();
+        let resolved = tokio::task::spawn_blocking(move || start_offsets(&c, &topic, at, known))
             .await
-            .unwrap_or(None);
-        let Some(count) = count else {
-            tracing::warn!(topic = %wanted.topic, "No partition metadata yet; will retry the assignment.");
-            retry.push(wanted);
-            continue;
-        };
-        let stored = if matches!(wanted.at, StartAt::Stored) {
-            let unknown: Vec<i32> = (0..count)
-                .filter(|p| !wanted.resume.contains_key(&(wanted.topic.clone(), *p)))
-                .collect();
-            let c = client.clone();
-            let topic = wanted.topic.clone();
-            let fetched =
-                tokio::task::spawn_blocking(move || committed_offsets(&c, &topic, &unknown)).await;
-            match fetched {
-                Ok(Ok(offsets)) => offsets,
-                Ok(Err(e)) => {
-                    tracing::warn!(topic = %wanted.topic, error = %e, "Committed offsets not readable yet; will retry the assignment.");
-                    retry.push(wanted);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %wanted.topic, error = %e, "Committed offsets read failed; will retry the assignment.");
-                    retry.push(wanted);
-                    continue;
-                }
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        match resolved {
+            Ok(next) => actor.do_send(Resolved {
+                generation: wanted.generation,
+                topic: wanted.topic,
+                next,
+            }),
+            Err(e) => {
+                tracing::warn!(topic = %wanted.topic, error = %e, "Start offsets not readable yet; will retry.");
+                retry.push(wanted);
             }
-        } else {
-            HashMap::new()
-        };
-        for partition in 0..count {
-            let offset = match wanted.resume.get(&(wanted.topic.clone(), partition)) {
-                Some(&next) => Offset::Offset(next),
-                None => match wanted.at {
-                    // Nothing committed: from the beginning, as `auto.offset.reset` says.
-                    StartAt::Stored => stored
-                        .get(&partition)
-                        .map_or(Offset::Beginning, |&next| Offset::Offset(next)),
-                    StartAt::Beginning => Offset::Beginning,
-                    StartAt::End => Offset::End,
-                },
-            };
-            if let Err(e) = list.add_partition_offset(&wanted.topic, partition, offset) {
-                tracing::warn!(topic = %wanted.topic, partition, error = %e, "Bad start offset.");
-            }
-        }
-    }
-    if list.count() > 0 {
-        match client.incremental_assign(&list) {
-            Ok(()) => {
-                // librdkafka keeps a partition's pause across unassign and assign: set it anew.
-                let result = if paused {
-                    client.pause(&list)
-                } else {
-                    client.resume(&list)
-                };
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, paused, "Cannot pause or resume new partitions.");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "Cannot assign partitions."),
         }
     }
     retry
+}
+
+/// The next offset to read of every partition of `topic`: `known` ones as given, else the
+/// group's committed offset (`Stored`), else the beginning or the end as `at` says. Exact
+/// numbers, so that the actor can compare them with a shared reader's window. Blocking.
+fn start_offsets(
+    client: &StreamConsumer,
+    topic: &str,
+    at: StartAt,
+    mut known: HashMap<i32, i64>,
+) -> std::result::Result<HashMap<i32, i64>, String> {
+    let count = partition_count(client, topic).ok_or("no partition metadata yet")?;
+    if matches!(at, StartAt::Stored) {
+        let unknown: Vec<i32> = (0..count).filter(|p| !known.contains_key(p)).collect();
+        let stored = committed_offsets(client, topic, &unknown).map_err(|e| e.to_string())?;
+        known.extend(stored);
+    }
+    for partition in 0..count {
+        if known.contains_key(&partition) {
+            continue;
+        }
+        let (low, high) = client
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        // Nothing committed: from the beginning, as `auto.offset.reset` says.
+        let next = match at {
+            StartAt::Stored | StartAt::Beginning => low,
+            StartAt::End => high,
+        };
+        known.insert(partition, next);
+    }
+    known.retain(|p, _| (0..count).contains(p));
+    Ok(known)
+}
+
+/// Assigns partitions to the catch-up reader at exact offsets.
+fn assign(client: &StreamConsumer, offsets: &[(String, i32, i64)], paused: bool) {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, next) in offsets {
+        if let Err(e) = list.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            tracing::warn!(%topic, partition, error = %e, "Bad start offset.");
+        }
+    }
+    if list.count() == 0 {
+        return;
+    }
+    match client.incremental_assign(&list) {
+        Ok(()) => {
+            // librdkafka keeps a partition's pause across unassign and assign: set it anew.
+            let result = if paused {
+                client.pause(&list)
+            } else {
+                client.resume(&list)
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, paused, "Cannot pause or resume new partitions.");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "Cannot assign partitions."),
+    }
 }
 
 /// The user's committed next offsets on `partitions` of `topic` (a partition without a commit is

@@ -9,7 +9,8 @@
 //! - `provisioner`: the Kafka work (create, delete), idempotent and retried.
 //! - `subscriptions`: who reads which topic (the single writer of its events), and the door to
 //!   each user's consumer.
-//! - `consumer`: one per user; one rdkafka consumer fanned out to the user's websocket feeds.
+//! - `consumer`: one per user; the user's positions, fanned out to the user's websocket feeds.
+//! - `topic_reader`: one per topic being read; one Kafka fetch shared by every user reading it.
 //! - `listener`: record ingest over HTTP and the TCP line protocol.
 //! - `publisher`: routes records to Kafka, holding in the durable spool what cannot go yet
 //!   (`held_counts`: its accounting of what the spool holds).
@@ -30,6 +31,7 @@ pub mod publisher;
 pub mod registry;
 pub mod subscriptions;
 pub mod tokens;
+pub mod topic_reader;
 pub mod watcher;
 
 /// Mailbox capacity for actors whose senders rely on message order: a full mailbox parks

@@ -28,6 +28,7 @@ use super::consumer::{
 use super::event_store::{Committed, EventStore, Follow};
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use super::registry::{GetTopic, ListTopics, Registry, TopicStatus, SYSTEM};
+use super::topic_reader::TopicReaders;
 use crate::config::{FeedConfig, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::events::{Access, EventKind, NewEvent, Visibility};
@@ -252,6 +253,8 @@ pub struct Subscriptions {
     registry: Addr<Registry>,
     kafka: KafkaConfig,
     settings: FeedConfig,
+    /// The shared topic readers the consumers join.
+    readers: TopicReaders,
     consumers: HashMap<String, Live>,
     generations: u64,
     shutdown: Shutdown,
@@ -274,6 +277,7 @@ impl Subscriptions {
             journal: Journal::new(Owner::Subscriptions, book, store.clone()),
             store,
             registry,
+            readers: TopicReaders::new(kafka.clone(), settings.clone()),
             kafka,
             settings,
             consumers: HashMap::new(),
@@ -590,6 +594,7 @@ impl Handler<OpenFeed> for Subscriptions {
                 &self.kafka,
                 self.settings.clone(),
                 ctx.address().recipient(),
+                self.readers.clone(),
                 done,
             );
             let consumer = match consumer {

@@ -1,0 +1,461 @@
+//! The topic reader actor: one per topic that some feed reads, shared by every user reading it.
+//!
+//! It tails every partition of its topic with one rdkafka consumer (no group: it commits
+//! nothing, positions belong to the users), renders each record's frame once, and hands the
+//! same records to every user's `Consumer` that has joined it. It keeps a window of the last
+//! `WINDOW_RECORDS` records of each partition, so a consumer whose position is inside the
+//! window joins from memory; one whose position is before the window is told so (`Behind`) and
+//! reads with its own catch-up reader until it reaches the window.
+//!
+//! A reader never waits for its members: a consumer whose feeds are slow leaves (see
+//! `consumer.rs`), so one slow feed cannot hold back the others. The reader starts at the end
+//! of each partition (exact offsets read from the watermarks, so the window's start is known)
+//! and stops once it has had no member for `feeds.idle_consumer_ms`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+
+use super::consumer::{fetched, Fetched};
+use crate::config::{FeedConfig, KafkaConfig};
+use crate::error::{Error, Result};
+use crate::metrics::METRICS;
+
+/// Records kept per partition for consumers that join a little behind the tail.
+const WINDOW_RECORDS: usize = 4096;
+/// Most records handed from the reader task to the actor at once.
+const MAX_FETCH_BATCH: usize = 512;
+/// How long the reader task waits for metadata and watermarks before retrying.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts to start reading a topic whose metadata could not be read.
+const START_RETRY: Duration = Duration::from_secs(1);
+
+/// A member id no other join of this process has used: readers key their members by it.
+pub(crate) fn new_member_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The running topic readers, by topic; every `Consumer` holds a clone.
+#[derive(Clone)]
+pub struct TopicReaders {
+    running: Arc<Mutex<HashMap<String, Addr<TopicReader>>>>,
+    kafka: KafkaConfig,
+    settings: FeedConfig,
+}
+
+impl TopicReaders {
+    pub fn new(kafka: KafkaConfig, settings: FeedConfig) -> TopicReaders {
+        TopicReaders {
+            running: Arc::default(),
+            kafka,
+            settings,
+        }
+    }
+
+    /// The reader of `topic`, started if none runs.
+    pub(crate) fn reader(&self, topic: &str) -> Result<Addr<TopicReader>> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(addr) = running.get(topic).filter(|a| a.connected()) {
+            return Ok(addr.clone());
+        }
+        let reader = TopicReader::new(topic, &self.kafka, &self.settings, self.running.clone())?;
+        let addr = reader.start();
+        running.insert(topic.to_string(), addr.clone());
+        Ok(addr)
+    }
+}
+
+/// What a topic reader tells a member (or a consumer asking to join).
+pub(crate) enum ReaderEvent {
+    /// The join is accepted; the window's records after the member's positions follow.
+    Joined,
+    /// A position is before the window; these are the window's first offsets per partition.
+    Behind(HashMap<i32, i64>),
+    /// Records, in offset order per partition.
+    Records(Arc<[Arc<Fetched>]>),
+}
+
+/// A message from the reader of `topic` to the consumer that joined as `member`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct FromReader {
+    pub topic: Arc<str>,
+    pub member: u64,
+    pub event: ReaderEvent,
+}
+
+/// Join at `positions` (next offset wanted per partition).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Join {
+    pub member: u64,
+    pub positions: HashMap<i32, i64>,
+    pub to: Recipient<FromReader>,
+}
+
+/// Stop sending to `member`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Leave {
+    pub member: u64,
+}
+
+/// The reader task knows where each partition starts.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Started(HashMap<i32, i64>);
+
+/// Records fetched by the reader task; answered once fanned out, so the task fetches at the
+/// pace the actor hands records on.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Tail(Vec<Fetched>);
+
+/// Recent records of one partition. Every record from `from` on that Kafka has is either in
+/// `records` or still to come from the reader task.
+struct Window {
+    from: i64,
+    records: VecDeque<Arc<Fetched>>,
+}
+
+pub struct TopicReader {
+    topic: Arc<str>,
+    /// The rdkafka client, until `started` hands it to the reader task.
+    client: Option<StreamConsumer>,
+    /// Dropped when the actor stops, which ends the reader task.
+    stop: Option<oneshot::Sender<()>>,
+    running: Arc<Mutex<HashMap<String, Addr<TopicReader>>>>,
+    idle_after: Duration,
+    /// Empty until the reader task has started (`Started`).
+    windows: HashMap<i32, Window>,
+    started: bool,
+    members: HashMap<u64, Recipient<FromReader>>,
+    /// Joins that arrived before the reader knew where it starts.
+    waiting: Vec<Join>,
+    idle_since: Option<Instant>,
+}
+
+impl TopicReader {
+    fn new(
+        topic: &str,
+        kafka: &KafkaConfig,
+        settings: &FeedConfig,
+        running: Arc<Mutex<HashMap<String, Addr<TopicReader>>>>,
+    ) -> Result<TopicReader> {
+        let mut config = crate::kafka::client_config(kafka);
+        config
+            // librdkafka wants a group for a consumer; this one never joins nor commits.
+            .set("group.id", "kafflow.topic-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // An offset gone to retention restarts at the oldest record rather than skipping
+            // to the newest: records already in the window are dropped as repeats.
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "false")
+            .set("enable.partition.eof", "false")
+            .set("queued.max.messages.kbytes", "16384")
+            // As for the per-user readers: let the broker gather a few ms of records per fetch.
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.min.bytes", "65536");
+        for (key, value) in &kafka.properties {
+            config.set(key, value);
+        }
+        let client: StreamConsumer = config
+            .create()
+            .map_err(|e| Error::ConsumerUnavailable(e.to_string()))?;
+        Ok(TopicReader {
+            topic: topic.into(),
+            client: Some(client),
+            stop: None,
+            running,
+            idle_after: Duration::from_millis(settings.idle_consumer_ms),
+            windows: HashMap::new(),
+            started: false,
+            members: HashMap::new(),
+            waiting: Vec::new(),
+            idle_since: Some(Instant::now()),
+        })
+    }
+
+    fn join(&mut self, msg: Join) {
+        let behind = self.windows.iter().any(|(partition, window)| {
+            msg.positions
+                .get(partition)
+                .is_none_or(|&next| next < window.from)
+        });
+        if behind {
+            let from = self.windows.iter().map(|(p, w)| (*p, w.from)).collect();
+            msg.to.do_send(FromReader {
+                topic: self.topic.clone(),
+                member: msg.member,
+                event: ReaderEvent::Behind(from),
+            });
+            return;
+        }
+        let backlog: Vec<Arc<Fetched>> = self
+            .windows
+            .iter()
+            .flat_map(|(partition, window)| {
+                let next = msg.positions.get(partition).copied().unwrap_or(i64::MAX);
+                window
+                    .records
+                    .iter()
+                    .filter(move |r| r.offset >= next)
+                    .cloned()
+            })
+            .collect();
+        tracing::debug!(topic = %self.topic, member = msg.member, backlog = backlog.len(), "Consumer joined the topic reader.");
+        msg.to.do_send(FromReader {
+            topic: self.topic.clone(),
+            member: msg.member,
+            event: ReaderEvent::Joined,
+        });
+        if !backlog.is_empty() {
+            msg.to.do_send(FromReader {
+                topic: self.topic.clone(),
+                member: msg.member,
+                event: ReaderEvent::Records(backlog.into()),
+            });
+        }
+        self.members.insert(msg.member, msg.to);
+        self.idle_since = None;
+    }
+
+    /// Stops the reader if it has had no member for the idle time. The entry in `running` is
+    /// removed under its lock first, so a consumer either finds this reader before (its `Join`
+    /// then fails and is retried on a new one) or a new one after.
+    fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
+        let idle = self.members.is_empty()
+            && self.waiting.is_empty()
+            && self
+                .idle_since
+                .is_some_and(|s| s.elapsed() >= self.idle_after);
+        if !idle {
+            return;
+        }
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let me = ctx.address();
+        if running.get(&*self.topic).is_some_and(|a| *a == me) {
+            running.remove(&*self.topic);
+        }
+        ctx.stop();
+    }
+}
+
+impl Actor for TopicReader {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(super::UNBOUNDED_MAILBOX);
+        METRICS.feed_topic_readers.inc();
+        if let Some(client) = self.client.take() {
+            let (stop, stopped) = oneshot::channel();
+            self.stop = Some(stop);
+            actix::spawn(tail(client, self.topic.clone(), ctx.address(), stopped));
+        }
+        let every = (self.idle_after / 2).clamp(Duration::from_millis(50), START_RETRY);
+        ctx.run_interval(every, |act, ctx| act.stop_if_idle(ctx));
+        tracing::info!(topic = %self.topic, "Topic reader started.");
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        METRICS.feed_topic_readers.dec();
+        tracing::info!(topic = %self.topic, "Topic reader stopped.");
+    }
+}
+
+impl Handler<Join> for TopicReader {
+    type Result = ();
+
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) {
+        if self.started {
+            self.join(msg);
+        } else {
+            self.waiting.push(msg);
+        }
+        // A consumer told it is behind is no member: it does not keep the reader running.
+        if self.members.is_empty() && self.waiting.is_empty() {
+            self.idle_since.get_or_insert_with(Instant::now);
+        } else {
+            self.idle_since = None;
+        }
+    }
+}
+
+impl Handler<Leave> for TopicReader {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _: &mut Context<Self>) {
+        self.members.remove(&msg.member);
+        self.waiting.retain(|j| j.member != msg.member);
+        if self.members.is_empty() && self.waiting.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+}
+
+impl Handler<Started> for TopicReader {
+    type Result = ();
+
+    fn handle(&mut self, msg: Started, _: &mut Context<Self>) {
+        self.windows = msg
+            .0
+            .into_iter()
+            .map(|(partition, from)| {
+                let window = Window {
+                    from,
+                    records: VecDeque::new(),
+                };
+                (partition, window)
+            })
+            .collect();
+        self.started = true;
+        for join in std::mem::take(&mut self.waiting) {
+            self.join(join);
+        }
+        if self.members.is_empty() {
+            self.idle_since.get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+impl Handler<Tail> for TopicReader {
+    type Result = ();
+
+    fn handle(&mut self, msg: Tail, _: &mut Context<Self>) {
+        let mut fresh = Vec::with_capacity(msg.0.len());
+        for record in msg.0 {
+            let Some(window) = self.windows.get_mut(&record.partition) else {
+                continue;
+            };
+            let last = window.records.back().map_or(window.from - 1, |r| r.offset);
+            if record.offset <= last {
+                continue;
+            }
+            let record = Arc::new(record);
+            window.records.push_back(record.clone());
+            if window.records.len() > WINDOW_RECORDS {
+                if let Some(old) = window.records.pop_front() {
+                    window.from = old.offset + 1;
+                }
+            }
+            fresh.push(record);
+        }
+        if fresh.is_empty() || self.members.is_empty() {
+            return;
+        }
+        let records: Arc<[Arc<Fetched>]> = fresh.into();
+        for (member, to) in &self.members {
+            to.do_send(FromReader {
+                topic: self.topic.clone(),
+                member: *member,
+                event: ReaderEvent::Records(records.clone()),
+            });
+        }
+    }
+}
+
+/// The reader task: finds where each partition ends, assigns the client there, and hands the
+/// fetched records to the actor until the actor stops.
+async fn tail(
+    client: StreamConsumer,
+    topic: Arc<str>,
+    actor: Addr<TopicReader>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let client = Arc::new(client);
+    let start = loop {
+        let c = client.clone();
+        let t = topic.clone();
+        let found = tokio::task::spawn_blocking(move || ends(&c, &t))
+            .await
+            .ok()
+            .flatten();
+        if let Some(start) = found {
+            break Some(start);
+        }
+        tracing::warn!(%topic, "No partition metadata yet; the topic reader will retry.");
+        tokio::select! {
+            _ = &mut stopped => break None,
+            _ = tokio::time::sleep(START_RETRY) => {}
+        }
+    };
+    if let Some(start) = start {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &next) in &start {
+            if let Err(e) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+                tracing::warn!(%topic, partition, error = %e, "Bad start offset.");
+            }
+        }
+        match client.assign(&list) {
+            Ok(()) => {
+                actor.do_send(Started(start));
+                fetch(&client, &topic, &actor, &mut stopped).await;
+            }
+            Err(e) => tracing::warn!(%topic, error = %e, "Cannot assign the topic reader."),
+        }
+    }
+    // Closing a consumer blocks until librdkafka lets go of it.
+    let _ = tokio::task::spawn_blocking(move || drop(client)).await;
+}
+
+async fn fetch(
+    client: &StreamConsumer,
+    topic: &str,
+    actor: &Addr<TopicReader>,
+    stopped: &mut oneshot::Receiver<()>,
+) {
+    let mut last_error = String::new();
+    loop {
+        let first = tokio::select! {
+            _ = &mut *stopped => return,
+            first = client.recv() => first,
+        };
+        let mut records = Vec::new();
+        match first {
+            Ok(message) => records.push(fetched(&message)),
+            Err(e) => {
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::warn!(%topic, error = %text, "Kafka consumer error.");
+                    last_error = text;
+                }
+                continue;
+            }
+        }
+        while records.len() < MAX_FETCH_BATCH {
+            match client.recv().now_or_never() {
+                Some(Ok(message)) => records.push(fetched(&message)),
+                _ => break,
+            }
+        }
+        if actor.send(Tail(records)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The next offset of every partition of `topic` (its high watermark), if metadata answers.
+fn ends(client: &StreamConsumer, topic: &str) -> Option<HashMap<i32, i64>> {
+    let metadata = client.fetch_metadata(Some(topic), METADATA_TIMEOUT).ok()?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+    if found.error().is_some() || found.partitions().is_empty() {
+        return None;
+    }
+    let mut ends = HashMap::new();
+    for partition in found.partitions() {
+        let (_, high) = client
+            .fetch_watermarks(topic, partition.id(), METADATA_TIMEOUT)
+            .ok()?;
+        ends.insert(partition.id(), high);
+    }
+    Some(ends)
+}
