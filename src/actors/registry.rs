@@ -24,6 +24,7 @@ use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent, TopicSpec, Visibility};
 use crate::identity::{Principal, Role};
+use crate::paging::{Page, PageOf};
 
 /// The principal name on events that KafFlow itself caused.
 pub const SYSTEM: &str = "system";
@@ -577,10 +578,28 @@ impl Governance {
         self.topics.values().cloned().collect()
     }
 
+    /// One page of the topics, in name order.
+    pub fn topics_page(&self, page: &PageOf<String>) -> Page<String, Topic> {
+        let rest = self.topics.range::<String, _>(page.range()).map(|(_, t)| t);
+        Page::take(rest, page.limit, |t| t.name.clone()).map(Topic::clone)
+    }
+
     /// The requests that pass `filter`, oldest first (ids are UUID v7).
     pub fn requests(&self, filter: &RequestFilter) -> Vec<TopicRequest> {
-        self.requests
-            .values()
+        self.requests_page(filter, &PageOf::all()).items
+    }
+
+    /// One page of the requests that pass `filter`, oldest first: the page's ids follow the
+    /// cursor's, so a request filed meanwhile comes at the end.
+    pub fn requests_page(
+        &self,
+        filter: &RequestFilter,
+        page: &PageOf<Uuid>,
+    ) -> Page<Uuid, TopicRequest> {
+        let rest = self
+            .requests
+            .range(page.range())
+            .map(|(_, r)| r)
             .filter(|r| filter.status.is_none_or(|s| r.status == s))
             .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
             .filter(|r| filter.topic.as_ref().is_none_or(|t| &r.topic == t))
@@ -589,9 +608,8 @@ impl Governance {
                     .requested_by
                     .as_ref()
                     .is_none_or(|p| &r.requested_by == p)
-            })
-            .cloned()
-            .collect()
+            });
+        Page::take(rest, page.limit, |r| r.id).map(TopicRequest::clone)
     }
 }
 
@@ -671,17 +689,24 @@ pub struct RequestFilter {
 #[rtype(result = "Result<TopicRequest>")]
 pub struct GetRequest(pub Uuid);
 
+/// One page of the requests that pass the filter.
 #[derive(Message)]
-#[rtype(result = "Vec<TopicRequest>")]
-pub struct ListRequests(pub RequestFilter);
+#[rtype(result = "Page<Uuid, TopicRequest>")]
+pub struct ListRequests(pub RequestFilter, pub PageOf<Uuid>);
 
 #[derive(Message)]
 #[rtype(result = "Result<Topic>")]
 pub struct GetTopic(pub String);
 
+/// Every topic, for the actors that go through them all (the watcher, subscriptions).
 #[derive(Message)]
 #[rtype(result = "Vec<Topic>")]
 pub struct ListTopics;
+
+/// One page of the topics, in name order (`GET /topics`).
+#[derive(Message)]
+#[rtype(result = "Page<String, Topic>")]
+pub struct TopicsPage(pub PageOf<String>);
 
 /// Where records for a topic go now, including every commit made before the question.
 #[derive(Message)]
@@ -794,7 +819,7 @@ impl Handler<ListRequests> for Registry {
     type Result = MessageResult<ListRequests>;
 
     fn handle(&mut self, msg: ListRequests, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state().requests(&msg.0))
+        MessageResult(self.state().requests_page(&msg.0, &msg.1))
     }
 }
 
@@ -811,6 +836,14 @@ impl Handler<ListTopics> for Registry {
 
     fn handle(&mut self, _: ListTopics, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.state().topics())
+    }
+}
+
+impl Handler<TopicsPage> for Registry {
+    type Result = MessageResult<TopicsPage>;
+
+    fn handle(&mut self, msg: TopicsPage, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state().topics_page(&msg.0))
     }
 }
 
@@ -1125,17 +1158,18 @@ mod actor_tests {
         // Asked while the large request is in flight, and again once it has failed.
         let (filed, during) = tokio::join!(
             registry.send(create("big", "x".repeat(512 * 1024))),
-            registry.send(ListRequests(RequestFilter::default()))
+            registry.send(ListRequests(RequestFilter::default(), PageOf::all()))
         );
         assert!(
             matches!(filed.expect("alive"), Err(Error::StorageFull(_))),
             "a commit that does not fit is storage_full"
         );
-        assert!(during.expect("alive").is_empty(), "in-flight change seen");
+        assert!(during.expect("alive").items.is_empty(), "in-flight change seen");
         assert!(registry
-            .send(ListRequests(RequestFilter::default()))
+            .send(ListRequests(RequestFilter::default(), PageOf::all()))
             .await
             .expect("alive")
+            .items
             .is_empty());
         assert_eq!(
             registry.send(RouteOf("big".into())).await.expect("alive"),
@@ -1149,9 +1183,10 @@ mod actor_tests {
             .expect("filed once space allows");
         assert_eq!(again.status, RequestStatus::Pending);
         let listed = registry
-            .send(ListRequests(RequestFilter::default()))
+            .send(ListRequests(RequestFilter::default(), PageOf::all()))
             .await
-            .expect("alive");
+            .expect("alive")
+            .items;
         assert_eq!(listed, vec![again]);
         assert_eq!(crate::events::verify(dir.path()).expect("chain").seq, 1);
     }
