@@ -736,7 +736,7 @@ const ROUTES: &[Route] = &[
     with_body("POST", "/api/v1/topic-requests/{id}/approve"),
     with_body("POST", "/api/v1/topic-requests/{id}/reject"),
     with_body("POST", "/api/v1/topic-requests/{id}/withdraw"),
-    route("GET", "/api/v1/topics"),
+    with_query("GET", "/api/v1/topics"),
     route("GET", "/api/v1/topics/{topic}"),
     with_body("POST", "/api/v1/topics/{topic}/deletion-requests"),
     Route {
@@ -749,7 +749,7 @@ const ROUTES: &[Route] = &[
     route("GET", "/api/v1/drift"),
     with_query("GET", "/api/v1/held"),
     with_query("DELETE", "/api/v1/held"),
-    route("GET", "/api/v1/me/subscriptions"),
+    with_query("GET", "/api/v1/me/subscriptions"),
     with_body("PUT", "/api/v1/me/subscriptions"),
     route("POST", "/api/v1/me/subscriptions/{topic}"),
     route("DELETE", "/api/v1/me/subscriptions/{topic}"),
@@ -765,7 +765,7 @@ const ROUTES: &[Route] = &[
     with_query("GET", "/api/v1/grants"),
     route("DELETE", "/api/v1/grants/{id}"),
     with_body("POST", "/api/v1/tokens"),
-    route("GET", "/api/v1/tokens"),
+    with_query("GET", "/api/v1/tokens"),
     route("DELETE", "/api/v1/tokens/{id}"),
 ];
 

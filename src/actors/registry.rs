@@ -1164,7 +1164,10 @@ mod actor_tests {
             matches!(filed.expect("alive"), Err(Error::StorageFull(_))),
             "a commit that does not fit is storage_full"
         );
-        assert!(during.expect("alive").items.is_empty(), "in-flight change seen");
+        assert!(
+            during.expect("alive").items.is_empty(),
+            "in-flight change seen"
+        );
         assert!(registry
             .send(ListRequests(RequestFilter::default(), PageOf::all()))
             .await
