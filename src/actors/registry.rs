@@ -10,7 +10,7 @@
 //! Access requests, grants and ownership are part of the same state (every access decision
 //! needs the topic's owner); their types, commands and handlers are in `access`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -155,6 +155,9 @@ pub struct Governance {
     pub(super) topics: BTreeMap<String, Topic>,
     /// Topic name to its open (pending or approved) request.
     pub(super) open: HashMap<String, Uuid>,
+    /// The ids of `open`, in id order: a page of pending or approved requests walks these,
+    /// not every request ever filed.
+    pub(super) open_ids: BTreeSet<Uuid>,
     /// Topic name to its latest request, open or not.
     pub(super) latest: HashMap<String, Uuid>,
     /// Access requests, ownership requests and grants.
@@ -328,6 +331,7 @@ impl Governance {
 
     fn file(&mut self, request: TopicRequest) {
         self.open.insert(request.topic.clone(), request.id);
+        self.open_ids.insert(request.id);
         self.latest.insert(request.topic.clone(), request.id);
         self.requests.insert(request.id, request);
     }
@@ -356,6 +360,7 @@ impl Governance {
         let request = request.clone();
         if !status.is_open() {
             self.open.remove(&request.topic);
+            self.open_ids.remove(&id);
         }
         Some(request)
     }
@@ -366,6 +371,9 @@ impl Governance {
             request.error = error;
             if self.open.get(&request.topic) == Some(&id) {
                 self.open.remove(&request.topic);
+            }
+            if !status.is_open() {
+                self.open_ids.remove(&id);
             }
         }
     }
@@ -596,10 +604,17 @@ impl Governance {
         filter: &RequestFilter,
         page: &PageOf<Uuid>,
     ) -> Page<Uuid, TopicRequest> {
-        let rest = self
-            .requests
-            .range(page.range())
-            .map(|(_, r)| r)
+        // Open requests are few beside the decided ones a long history leaves: a page of them
+        // walks the open ids only.
+        let ids: Box<dyn Iterator<Item = &TopicRequest>> = match filter.status {
+            Some(s) if s.is_open() => Box::new(
+                self.open_ids
+                    .range(page.range())
+                    .filter_map(|id| self.requests.get(id)),
+            ),
+            _ => Box::new(self.requests.range(page.range()).map(|(_, r)| r)),
+        };
+        let rest = ids
             .filter(|r| filter.status.is_none_or(|s| r.status == s))
             .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
             .filter(|r| filter.topic.as_ref().is_none_or(|t| &r.topic == t))
@@ -940,6 +955,60 @@ mod tests {
                 decision,
             },
         )
+    }
+
+    #[test]
+    fn a_page_of_open_requests_walks_the_open_ones_only() {
+        let mut s = Governance::default();
+        let ids: Vec<Uuid> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|t| create(&mut s, t).expect("filed").id)
+            .collect();
+        decide(
+            &mut s,
+            ids[1],
+            Decision::Reject {
+                reason: "no".into(),
+            },
+        )
+        .expect("rejected");
+        decide(&mut s, ids[2], Decision::Approve { note: None }).expect("approved");
+        let pending = RequestFilter {
+            status: Some(RequestStatus::Pending),
+            ..Default::default()
+        };
+        let mut page = PageOf {
+            after: None,
+            limit: 1,
+        };
+        let mut seen = Vec::new();
+        loop {
+            let got = s.requests_page(&pending, &page);
+            seen.extend(got.items.iter().map(|r| r.id));
+            match got.next {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![ids[0], ids[3]]);
+        let approved = RequestFilter {
+            status: Some(RequestStatus::Approved),
+            ..Default::default()
+        };
+        assert_eq!(s.requests_page(&approved, &PageOf::all()).items.len(), 1);
+        assert_eq!(
+            s.open_ids.len(),
+            s.open.len(),
+            "the index follows the open map"
+        );
+        let rejected = RequestFilter {
+            status: Some(RequestStatus::Rejected),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.requests_page(&rejected, &PageOf::all()).items[0].id,
+            ids[1]
+        );
     }
 
     #[test]
