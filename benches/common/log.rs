@@ -113,7 +113,7 @@ pub fn fill(data_dir: &Path, events: u64, active: usize) -> Filled {
     let mut waiting = std::collections::VecDeque::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut written = 0u64;
-    let mut flush = |batch: &mut Vec<NewEvent>, waiting: &mut std::collections::VecDeque<_>| {
+    let flush = |batch: &mut Vec<NewEvent>, waiting: &mut std::collections::VecDeque<_>| {
         if batch.is_empty() {
             return;
         }
@@ -143,7 +143,6 @@ pub fn fill(data_dir: &Path, events: u64, active: usize) -> Filled {
     for done in waiting {
         done.blocking_recv().expect("writer").expect("committed");
     }
-    drop(flush);
     drop(writer);
     thread.join();
     Filled {
