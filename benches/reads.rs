@@ -8,9 +8,12 @@
 //! - `GET /audit?topic=…` (one topic's events: the curve should stay flat).
 //!
 //! `KAFFLOW_BENCH_READS_SIZES` (comma-separated event counts) and `KAFFLOW_BENCH_READS_CALLS`
-//! shrink the run for a quick look.
+//! shrink the run for a quick look. Every figure is also a row of `make bench`'s table.
 
-mod common;
+#[path = "common/log.rs"]
+mod log;
+#[path = "common/report.rs"]
+mod report;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -131,7 +134,7 @@ fn measure(events: u64, calls: usize) -> Row {
     let dir = tempfile::tempdir().expect("tempdir");
     let active = ((events / 100) as usize).min(ACTIVE_AT_1M);
     let written = Instant::now();
-    let filled = common::log::fill(&dir.path().join("data"), events, active);
+    let filled = log::fill(&dir.path().join("data"), events, active);
     eprintln!(
         "reads: {} events ({} active topics, {} rejected requests) written in {:.1} s",
         filled.events,
@@ -203,23 +206,71 @@ fn main() {
             r.audit_topic.1,
         );
     }
-    if let Some(last) = rows.last() {
-        let met = |ok: bool| if ok { "met" } else { "NOT met" };
-        println!();
-        println!("| figure | value | target | |");
-        println!("|---|---:|---:|---|");
-        println!(
-            "| GET /topics/{{name}} p99 at {} events | {:.2} ms | < 2 ms | {} |",
-            last.events,
-            last.topic.1,
-            met(last.topic.1 < 2.0)
+    for r in &rows {
+        let at = |what: &str| format!("{what} at {} events", r.events);
+        report::row(
+            "reads",
+            &at("GET /topics/{name} p99"),
+            r.topic.1,
+            "ms",
+            None,
+            report::Target::AtMost(2.0),
         );
-        println!(
-            "| RSS after start at {} events, {} active topics | {:.0} MB | < 150 MB | {} |",
-            last.events,
-            last.active,
-            last.rss_mb,
-            met(last.rss_mb < 150.0)
+        report::row(
+            "reads",
+            &at("GET /topics first page p99"),
+            r.topics_page.1,
+            "ms",
+            None,
+            report::Target::None,
+        );
+        report::row(
+            "reads",
+            &at("GET /topic-requests?status=rejected first page p99"),
+            r.pending_page.1,
+            "ms",
+            None,
+            report::Target::None,
+        );
+        report::row(
+            "reads",
+            &at("GET /audit?topic= p50"),
+            r.audit_topic.0,
+            "ms",
+            None,
+            report::Target::None,
+        );
+        report::row(
+            "reads",
+            &at("GET /audit?topic= p99"),
+            r.audit_topic.1,
+            "ms",
+            None,
+            report::Target::None,
+        );
+        report::row(
+            "reads",
+            &at("time to ready"),
+            r.ready_s,
+            "s",
+            None,
+            report::Target::None,
+        );
+        let memory_target = if r.events >= 1_000_000 {
+            report::Target::AtMost(150.0)
+        } else {
+            report::Target::None
+        };
+        report::row(
+            "reads",
+            &format!(
+                "RSS after start, idle, at {} events and {} active topics",
+                r.events, r.active
+            ),
+            r.rss_mb,
+            "MB",
+            None,
+            memory_target,
         );
     }
 }

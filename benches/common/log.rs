@@ -1,6 +1,12 @@
 //! A generated event log: `active` topics that were requested, approved and provisioned, each
 //! read by one of 100 consumers, and the rest of `events` spent on requests that were filed and
 //! rejected (the history a year of use leaves: most requests decided, few topics live).
+//!
+//! It writes through the store's own writer (the same event types, the same hash chain), so a
+//! benchmark can start KafFlow on a year of history without a million HTTP calls first. Use it
+//! with `#[path = "common/log.rs"] mod log;`.
+
+#![allow(dead_code)] // each benchmark uses what it needs
 
 use std::path::Path;
 
