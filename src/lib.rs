@@ -528,8 +528,8 @@ mod tests {
         assert_eq!(
             (events::SNAPSHOT_VERSION, digest.as_str()),
             (
-                1,
-                "acb66735b359898ce59ab1fd7a436b67a9cdc2adeecc2f898d0ad1e48bf775d0"
+                2,
+                "8d2d987b6b20f0a2d7473f293a435ccf9b3428f06b49158c108878fcc34997fe"
             ),
             "the snapshot layout changed: bump SNAPSHOT_VERSION and pin the new digest"
         );
