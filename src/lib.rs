@@ -17,6 +17,7 @@
 //! - `spool`: the held-record store of the publisher (its own SQLite file).
 //! - `record`: a producer's record, as ingest takes it and the spool keeps it.
 //! - `metrics`: the Prometheus counters behind `/metrics`.
+//! - `paging`: pages of list reads, keyed by a cursor that concurrent inserts do not shift.
 //! - `sqlite`: how KafFlow opens its SQLite files and applies migrations.
 //! - `error`: the domain errors, each with a stable code.
 //! - `shutdown`: the one shutdown every task observes, and the way fatal errors reach `serve`.
@@ -33,6 +34,7 @@ pub mod http;
 pub mod identity;
 pub mod kafka;
 pub mod metrics;
+pub mod paging;
 pub mod record;
 pub mod shutdown;
 pub mod spool;
@@ -526,8 +528,8 @@ mod tests {
         assert_eq!(
             (events::SNAPSHOT_VERSION, digest.as_str()),
             (
-                1,
-                "acb66735b359898ce59ab1fd7a436b67a9cdc2adeecc2f898d0ad1e48bf775d0"
+                2,
+                "8d2d987b6b20f0a2d7473f293a435ccf9b3428f06b49158c108878fcc34997fe"
             ),
             "the snapshot layout changed: bump SNAPSHOT_VERSION and pin the new digest"
         );

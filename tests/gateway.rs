@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// A client of the gateway signed in as `who` (SASL/PLAIN, the principal's token).
 fn gateway_client(service: &Service, who: &str) -> ClientConfig {
@@ -408,7 +408,11 @@ fn create_and_delete_topics_become_requests_for_the_sasl_principal() {
     let checked = block_on(admin.create_topics([&new], &AdminOptions::new().validate_only(true)))
         .expect("create topics answer");
     assert_eq!(checked[0].as_ref().map(String::as_str), Ok(topic.as_str()));
-    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={topic}"));
+    let requests = Value::Array(service.list_all(
+        "carol",
+        &format!("/api/v1/topic-requests?topic={topic}"),
+        "requests",
+    ));
     assert_eq!(requests.as_array().map(Vec::len), Some(0), "{requests}");
 
     let answer = block_on(admin.create_topics([&new], &AdminOptions::new())).expect("answer");
@@ -417,7 +421,11 @@ fn create_and_delete_topics_become_requests_for_the_sasl_principal() {
         Err((topic.clone(), RDKafkaErrorCode::PolicyViolation)),
         "a create is a request"
     );
-    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={topic}"));
+    let requests = Value::Array(service.list_all(
+        "carol",
+        &format!("/api/v1/topic-requests?topic={topic}"),
+        "requests",
+    ));
     let request = &requests[0];
     assert_eq!(request["status"], "pending", "{requests}");
     assert_eq!(request["requested_by"], "alice");
@@ -444,7 +452,11 @@ fn create_and_delete_topics_become_requests_for_the_sasl_principal() {
         answer[0],
         Err((topic.clone(), RDKafkaErrorCode::PolicyViolation))
     );
-    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={topic}"));
+    let requests = Value::Array(service.list_all(
+        "carol",
+        &format!("/api/v1/topic-requests?topic={topic}"),
+        "requests",
+    ));
     let kinds: Vec<&str> = requests
         .as_array()
         .into_iter()
@@ -544,7 +556,11 @@ fn with_request_unknown_topics_a_producer_asks_for_a_topic_by_writing_to_it() {
     for answer in send_numbered(&producer, &topic, 3, 0..12) {
         answer.expect("held while the request waits");
     }
-    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={topic}"));
+    let requests = Value::Array(service.list_all(
+        "carol",
+        &format!("/api/v1/topic-requests?topic={topic}"),
+        "requests",
+    ));
     let request = &requests[0];
     assert_eq!(request["status"], "pending", "{requests}");
     assert_eq!(request["requested_by"], "alice");
@@ -556,7 +572,11 @@ fn with_request_unknown_topics_a_producer_asks_for_a_topic_by_writing_to_it() {
     let other = unique_topic("gw-not-asked");
     let client: BaseConsumer = gateway_client(&service, "erin").create().expect("client");
     let _ = client.fetch_metadata(Some(&other), Duration::from_secs(10));
-    let (_, requests) = service.get("carol", &format!("/api/v1/topic-requests?topic={other}"));
+    let requests = Value::Array(service.list_all(
+        "carol",
+        &format!("/api/v1/topic-requests?topic={other}"),
+        "requests",
+    ));
     assert_eq!(requests.as_array().map(Vec::len), Some(0), "{requests}");
 }
 

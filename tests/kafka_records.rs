@@ -140,7 +140,10 @@ async fn publish(publisher: &Addr<Publisher>, topic: &str, records: Vec<Record>)
 async fn settled(publisher: &Addr<Publisher>, topic: &str, dead: u64) {
     let deadline = Instant::now() + SETTLE;
     loop {
-        let counts = publisher.send(Counts).await.expect("counts");
+        let counts = publisher
+            .send(Counts(vec![topic.to_string()]))
+            .await
+            .expect("counts");
         let c = counts.get(topic).copied().unwrap_or_default();
         if c.held == 0 && c.dead == dead {
             return;

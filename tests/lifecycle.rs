@@ -111,8 +111,7 @@ fn approved_request_is_provisioned_in_kafka_and_audited() {
         "requested topic config not applied in Kafka"
     );
 
-    let (status, list) = svc.get("bob", "/api/v1/topics");
-    assert_eq!(status, 200, "{list}");
+    let list = Value::Array(svc.list_all("bob", "/api/v1/topics", "topics"));
     assert!(
         list.as_array()
             .is_some_and(|l| l.iter().any(|t| t["name"] == topic.as_str())),
@@ -354,8 +353,7 @@ fn deletion_by_the_owner_removes_the_topic_from_kafka() {
     );
 
     // Deleted topics stay listed.
-    let (status, list) = svc.get("erin", "/api/v1/topics");
-    assert_eq!(status, 200, "{list}");
+    let list = Value::Array(svc.list_all("erin", "/api/v1/topics", "topics"));
     let listed = list
         .as_array()
         .and_then(|l| l.iter().find(|t| t["name"] == topic.as_str()).cloned())
@@ -495,8 +493,7 @@ fn duplicate_requests_and_existing_topics_conflict() {
         "request for an active topic",
     );
 
-    let (status, list) = svc.get("carol", "/api/v1/topic-requests");
-    assert_eq!(status, 200);
+    let list = Value::Array(svc.list_all("carol", "/api/v1/topic-requests", "requests"));
     assert_eq!(
         list.as_array().map(Vec::len),
         Some(1),
@@ -574,8 +571,7 @@ fn policy_defaults_and_limits() {
         "name matching the pattern but longer than Kafka allows",
     );
 
-    let (status, list) = svc.get("carol", "/api/v1/topic-requests");
-    assert_eq!(status, 200);
+    let list = Value::Array(svc.list_all("carol", "/api/v1/topic-requests", "requests"));
     assert_eq!(
         list.as_array().map(Vec::len),
         Some(2),
@@ -684,14 +680,12 @@ fn request_list_filters() {
     let id4 = id_of(&deletion);
 
     let ids = |query: &str| -> Vec<String> {
-        let (status, list) = svc.get("erin", &format!("/api/v1/topic-requests{query}"));
-        assert_eq!(status, 200, "{query}: {list}");
-        let mut ids: Vec<String> = list
-            .as_array()
-            .unwrap_or_else(|| panic!("{query}: not a list: {list}"))
-            .iter()
-            .map(id_of)
-            .collect();
+        let list = svc.list_all(
+            "erin",
+            &format!("/api/v1/topic-requests{query}"),
+            "requests",
+        );
+        let mut ids: Vec<String> = list.iter().map(id_of).collect();
         ids.sort();
         ids
     };

@@ -15,6 +15,7 @@ use kafflow::actors::registry::{
 use kafflow::config::{Config, Overrides};
 use kafflow::events::TopicSpec;
 use kafflow::identity::{Principal, Role};
+use kafflow::paging::PageOf;
 use kafflow::shutdown::Fatal;
 
 fn who(name: &str, role: Role) -> Principal {
@@ -142,9 +143,10 @@ async fn replay_of_100k_events_matches_live_state() {
     }
     let live_secs = started.elapsed().as_secs_f64();
     let live_requests = registry
-        .send(ListRequests(RequestFilter::default()))
+        .send(ListRequests(RequestFilter::default(), PageOf::all()))
         .await
-        .expect("alive");
+        .expect("alive")
+        .items;
     let live_topics = registry.send(ListTopics).await.expect("alive");
     assert_eq!(live_requests.len(), TOPICS * 4);
     assert_eq!(live_topics.len(), TOPICS);

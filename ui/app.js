@@ -94,6 +94,47 @@ async function api(method, path, body) {
   return data;
 }
 
+// ------------------------------------------------------------------ paged lists
+
+// Every list route answers one page and a `next` cursor. A screen shows one page at a time and
+// remembers where it starts, so the 2 s refresh reloads the same page; "Next page" moves on with
+// the page's cursor and "First page" goes back.
+const pages = {};
+
+async function fetchPage(name, path, params) {
+  const p = pages[name] || (pages[name] = { after: null, next: null });
+  const q = new URLSearchParams(params || {});
+  if (p.after) q.set("after", p.after);
+  const body = await api("GET", `${path}?${q}`);
+  p.next = body.next;
+  return body;
+}
+
+// The controls under a paged table; `reload` draws the screen again.
+function pager(name, reload) {
+  const p = pages[name];
+  if (!p || (!p.after && !p.next)) return null;
+  const go = (after) => guarded(async () => {
+    p.after = after;
+    await reload();
+  });
+  return el("div", { class: "row pager", "data-pager": name },
+    p.after ? el("button", { class: "first-page", onclick: () => go(null) }, "First page") : null,
+    p.next ? el("button", { class: "next-page", onclick: () => go(p.next) }, "Next page") : null);
+}
+
+// Every item of a list, following `next` (for screens that must see the whole set).
+async function fetchAll(path, field, params) {
+  const all = [];
+  const q = new URLSearchParams({ ...(params || {}), limit: "1000" });
+  for (;;) {
+    const body = await api("GET", `${path}?${q}`);
+    all.push(...body[field]);
+    if (body.next === null || body.next === undefined) return all;
+    q.set("after", body.next);
+  }
+}
+
 // A 404 of the router itself, not of a thing the route looked up.
 function isMissingRoute(e) {
   return e.status === 404 && e.code === "not_found" && /no such route/.test(e.message);
@@ -214,6 +255,7 @@ function signOut() {
   clearInterval(state.timer);
   state.token = null;
   state.roles = new Set();
+  for (const name of Object.keys(pages)) delete pages[name];
   $("app").hidden = true;
   $("sign-in").hidden = false;
   $("sign-out").hidden = true;
@@ -276,20 +318,25 @@ function requestCard(r) {
 }
 
 async function loadRequests() {
-  const all = await api("GET", "/topic-requests");
-  const pending = all.filter((r) => r.status === "pending");
-  const decided = all.filter((r) => r.status !== "pending").reverse().slice(0, 50);
+  const [open, listed] = await Promise.all([
+    fetchPage("pending", "/topic-requests", { status: "pending" }),
+    fetchPage("decided", "/topic-requests"),
+  ]);
+  const pending = open.requests;
+  const decided = listed.requests.filter((r) => r.status !== "pending");
   // Keep what an admin is typing: only redraw the queue when its members changed.
   const box = $("pending");
-  const ids = pending.map((r) => r.id).join(",");
+  const ids = pending.map((r) => r.id).join(",") + `|${pages.pending.after}|${pages.pending.next}`;
   if (box.dataset.ids !== ids) {
     box.dataset.ids = ids;
-    box.replaceChildren(...(pending.length ? pending.map(requestCard) : [el("p", { class: "empty" }, "Nothing waits for a decision.")]));
+    box.replaceChildren(...(pending.length ? pending.map(requestCard) : [el("p", { class: "empty" }, "Nothing waits for a decision.")]),
+      pager("pending", loadRequests) || "");
   }
   $("decided").replaceChildren(table(
     ["Topic", "Kind", "Requested by", "Status", "Decided by", "Note / error"],
     decided.map((r) => [r.topic, r.kind, r.requested_by, r.status, r.decided_by || "—", r.error || r.decision_note || ""]),
-    (r, i) => ({ "data-request": decided[i].id, "data-status": decided[i].status })));
+    (r, i) => ({ "data-request": decided[i].id, "data-status": decided[i].status })),
+  pager("decided", loadRequests) || "");
 }
 
 function table(head, rows, rowAttrs) {
@@ -303,14 +350,15 @@ function table(head, rows, rowAttrs) {
 // ------------------------------------------------------------------ topics
 
 async function loadTopics() {
-  const topics = await api("GET", "/topics");
+  const { topics } = await fetchPage("topics", "/topics");
   const box = $("topics");
   if (box.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return;
   box.replaceChildren(table(
     ["Name", "Status", "Visibility", "Partitions", "Owner", "Held", "Published", ""],
     topics.map((t) => [t.name, el("span", { class: `status ${t.status}` }, t.status), t.visibility || "open",
       t.partitions, t.owner, t.held, t.published, t.status === "active" ? topicControls(t) : ""]),
-    (r, i) => ({ "data-topic": topics[i].name, "data-status": topics[i].status, "data-visibility": topics[i].visibility || "open" })));
+    (r, i) => ({ "data-topic": topics[i].name, "data-status": topics[i].status, "data-visibility": topics[i].visibility || "open" })),
+  pager("topics", loadTopics) || "");
 }
 
 function topicControls(t) {
@@ -435,9 +483,10 @@ async function loadHeld(ev) {
 // ------------------------------------------------------------------ consume
 
 async function loadConsume() {
-  const [topics, mine] = await Promise.all([api("GET", "/topics"), api("GET", "/me/subscriptions")]);
-  const subscribed = new Set(mine.topics);
-  const names = [...new Set([...topics.filter((t) => t.status === "active").map((t) => t.name), ...mine.topics])].sort();
+  // Saving replaces the whole set, so this screen reads every topic and every subscription.
+  const [topics, mine] = await Promise.all([fetchAll("/topics", "topics"), fetchAll("/me/subscriptions", "topics")]);
+  const subscribed = new Set(mine);
+  const names = [...new Set([...topics.filter((t) => t.status === "active").map((t) => t.name), ...mine])].sort();
   $("subscriptions").replaceChildren(...(names.length
     ? names.map((n) => el("label", { class: "check" },
       el("input", { type: "checkbox", value: n, checked: subscribed.has(n), "data-topic": n }), n))
@@ -566,15 +615,20 @@ function accessCard(r) {
 }
 
 async function loadAccess() {
-  const [requests, grants] = await Promise.all([api("GET", "/access-requests"), api("GET", "/grants")]);
-  const pending = requests.filter((r) => r.status === "pending");
-  const decided = requests.filter((r) => r.status !== "pending").reverse().slice(0, 50);
+  const [open, listed, { grants }] = await Promise.all([
+    fetchPage("access-pending", "/access-requests", { status: "pending" }),
+    fetchPage("access-decided", "/access-requests"),
+    fetchPage("grants", "/grants"),
+  ]);
+  const pending = open.requests;
+  const decided = listed.requests.filter((r) => r.status !== "pending");
   // Keep what someone is typing: redraw the open requests only when they changed.
   const box = $("access-pending");
-  const ids = pending.map((r) => r.id).join(",");
+  const ids = pending.map((r) => r.id).join(",") + `|${pages["access-pending"].after}|${pages["access-pending"].next}`;
   if (box.dataset.ids !== ids) {
     box.dataset.ids = ids;
-    box.replaceChildren(...(pending.length ? pending.map(accessCard) : [el("p", { class: "empty" }, "No open access requests.")]));
+    box.replaceChildren(...(pending.length ? pending.map(accessCard) : [el("p", { class: "empty" }, "No open access requests.")]),
+      pager("access-pending", loadAccess) || "");
   }
   $("grants").replaceChildren(table(
     ["Topic", "User", "Access", "Granted by", "Since", ""],
@@ -586,12 +640,14 @@ async function loadAccess() {
         await loadAccess();
       }),
     }, "Revoke")]),
-    (r, i) => ({ "data-grant": grants[i].id, "data-topic": grants[i].topic })));
+    (r, i) => ({ "data-grant": grants[i].id, "data-topic": grants[i].topic })),
+  pager("grants", loadAccess) || "");
   $("access-decided").replaceChildren(table(
     ["Topic", "Access", "Requested by", "Status", "Decided by", "Note"],
     decided.map((r) => [r.topic, r.access === "ownership" ? `ownership → ${r.to}` : r.access, r.requested_by,
       r.status, r.decided_by || "—", r.decision_note || ""]),
-    (r, i) => ({ "data-access-request": decided[i].id, "data-status": decided[i].status })));
+    (r, i) => ({ "data-access-request": decided[i].id, "data-status": decided[i].status })),
+  pager("access-decided", loadAccess) || "");
 }
 
 // ------------------------------------------------------------------ tokens (admin)
@@ -618,7 +674,7 @@ function hideNewToken() {
 }
 
 async function loadTokens() {
-  const tokens = await api("GET", "/tokens");
+  const { tokens } = await fetchPage("tokens", "/tokens");
   $("tokens").replaceChildren(table(
     ["Name", "Roles", "Status", "Issued by", "Issued", "Expires", ""],
     tokens.map((t) => [t.name, t.roles.join(", "), el("span", { class: `status ${t.status}` }, t.status),
@@ -631,7 +687,8 @@ async function loadTokens() {
           await loadTokens();
         }),
       }, "Revoke")]),
-    (r, i) => ({ "data-token": tokens[i].id, "data-status": tokens[i].status })));
+    (r, i) => ({ "data-token": tokens[i].id, "data-status": tokens[i].status })),
+  pager("tokens", loadTokens) || "");
 }
 
 // ------------------------------------------------------------------ wiring

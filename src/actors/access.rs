@@ -15,6 +15,7 @@
 //!   create request closed without a topic).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -27,6 +28,7 @@ use super::registry::{Decision, Governance, Registry, TopicRoute, TopicStatus};
 use crate::error::{Error, Result};
 use crate::events::{Access, AuditScope, EventKind, NewEvent, Visibility};
 use crate::identity::{Principal, Role};
+use crate::paging::{Page, PageOf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,6 +67,9 @@ pub struct AccessRequest {
     pub decision_note: Option<String>,
 }
 
+/// Where a grant sorts in lists: topic, user, access.
+pub type GrantKey = (String, String, Access);
+
 /// A right to send to (`produce`) or read (`consume`) a topic; its id is its request's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
@@ -74,6 +79,12 @@ pub struct Grant {
     pub access: Access,
     pub granted_by: String,
     pub granted_at: DateTime<Utc>,
+}
+
+impl Grant {
+    pub fn key(&self) -> GrantKey {
+        (self.topic.clone(), self.user.clone(), self.access)
+    }
 }
 
 /// The access part of the governance state.
@@ -159,9 +170,15 @@ impl AccessBook {
             .map(|r| r.id)
     }
 
-    pub fn requests(&self, filter: &AccessFilter) -> Vec<AccessRequest> {
-        self.requests
-            .values()
+    pub fn requests(
+        &self,
+        filter: &AccessFilter,
+        page: &PageOf<Uuid>,
+    ) -> Page<Uuid, AccessRequest> {
+        let rest = self
+            .requests
+            .range(page.range())
+            .map(|(_, r)| r)
             .filter(|r| filter.status.is_none_or(|s| r.status == s))
             .filter(|r| filter.access.is_none_or(|a| r.access == a))
             .filter(|r| filter.topic.as_ref().is_none_or(|t| &r.topic == t))
@@ -170,9 +187,8 @@ impl AccessBook {
                     .requested_by
                     .as_ref()
                     .is_none_or(|p| &r.requested_by == p)
-            })
-            .cloned()
-            .collect()
+            });
+        Page::take(rest, page.limit, |r| r.id).map(AccessRequest::clone)
     }
 }
 
@@ -272,16 +288,38 @@ impl Governance {
 
     /// The grants `principal` may see, on `topic` or on every topic.
     pub fn grants_for(&self, principal: &Principal, topic: Option<&str>) -> Vec<Grant> {
-        let mut grants: Vec<Grant> = self
-            .access
-            .grants
-            .values()
-            .filter(|g| topic.is_none_or(|t| g.topic == t))
-            .filter(|g| g.user == principal.name || self.owns_or_admin(principal, &g.topic))
-            .cloned()
-            .collect();
-        grants.sort_by(|a, b| (&a.topic, &a.user, a.access).cmp(&(&b.topic, &b.user, b.access)));
-        grants
+        self.grants_page(principal, topic, &PageOf::all()).items
+    }
+
+    /// One page of the grants `principal` may see, by topic, then user, then access: the
+    /// order of the `held` index, so a page costs its length plus the grants skipped.
+    pub fn grants_page(
+        &self,
+        principal: &Principal,
+        topic: Option<&str>,
+        page: &PageOf<GrantKey>,
+    ) -> Page<GrantKey, Grant> {
+        let book = &self.access;
+        // With a topic, start at its first grant unless the cursor is already past it; ""
+        // and `Produce` are the least user and access.
+        let first_of_topic = topic
+            .filter(|t| {
+                page.after
+                    .as_ref()
+                    .is_none_or(|(after, _, _)| after.as_str() < *t)
+            })
+            .map(|t| (t.to_string(), String::new(), Access::Produce));
+        let range = match &first_of_topic {
+            Some(first) => (Bound::Included(first), Bound::Unbounded),
+            None => page.range(),
+        };
+        let rest = book
+            .held
+            .range(range)
+            .take_while(|((t, _, _), _)| topic.is_none_or(|topic| t == topic))
+            .filter_map(|(_, id)| book.grants.get(id))
+            .filter(|g| g.user == principal.name || self.owns_or_admin(principal, &g.topic));
+        Page::take(rest, page.limit, |g| g.key()).map(Grant::clone)
     }
 
     /// Turns an access event into state; called from `Governance::apply`.
@@ -709,14 +747,15 @@ pub struct AccessFilter {
 pub struct GetAccessRequest(pub Uuid);
 
 #[derive(Message)]
-#[rtype(result = "Vec<AccessRequest>")]
-pub struct ListAccessRequests(pub AccessFilter);
+#[rtype(result = "Page<Uuid, AccessRequest>")]
+pub struct ListAccessRequests(pub AccessFilter, pub PageOf<Uuid>);
 
 #[derive(Message)]
-#[rtype(result = "Vec<Grant>")]
+#[rtype(result = "Page<GrantKey, Grant>")]
 pub struct ListGrants {
     pub principal: Principal,
     pub topic: Option<String>,
+    pub page: PageOf<GrantKey>,
 }
 
 /// Whether `principal` may send records to `topic` now (committed state: a revocation that
@@ -799,7 +838,7 @@ impl Handler<ListAccessRequests> for Registry {
     type Result = MessageResult<ListAccessRequests>;
 
     fn handle(&mut self, msg: ListAccessRequests, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state().access.requests(&msg.0))
+        MessageResult(self.state().access.requests(&msg.0, &msg.1))
     }
 }
 
@@ -809,7 +848,7 @@ impl Handler<ListGrants> for Registry {
     fn handle(&mut self, msg: ListGrants, _: &mut Context<Self>) -> Self::Result {
         MessageResult(
             self.state()
-                .grants_for(&msg.principal, msg.topic.as_deref()),
+                .grants_page(&msg.principal, msg.topic.as_deref(), &msg.page),
         )
     }
 }

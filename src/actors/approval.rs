@@ -421,6 +421,7 @@ mod tests {
         use crate::actors::registry::{Governance, ListRequests, Outcome, RequestKind};
         use crate::config::KafkaConfig;
         use crate::events::{Durability, Store};
+        use crate::paging::PageOf;
         use crate::shutdown::Fatal;
 
         fn who(name: &str, roles: &[Role]) -> Principal {
@@ -498,9 +499,10 @@ mod tests {
             assert_eq!(would.requested_by, "alice");
             assert_eq!(appended(dir.path()), 0, "nothing is appended");
             let listed = registry
-                .send(ListRequests(Default::default()))
+                .send(ListRequests(Default::default(), PageOf::all()))
                 .await
-                .expect("alive");
+                .expect("alive")
+                .items;
             assert!(listed.is_empty(), "nothing is filed");
 
             // The same refusals as a real request: role, name, policy.
@@ -582,9 +584,10 @@ mod tests {
             );
             assert_eq!(appended(dir.path()), before, "nothing is appended");
             let open = registry
-                .send(ListRequests(Default::default()))
+                .send(ListRequests(Default::default(), PageOf::all()))
                 .await
-                .expect("alive");
+                .expect("alive")
+                .items;
             assert!(
                 open.iter().all(|r| r.kind == RequestKind::Create),
                 "{open:?}"

@@ -16,24 +16,29 @@ use crate::spool::{Tally, TopicContents};
 #[derive(Debug, Default)]
 pub(crate) struct HeldCounts {
     topics: HashMap<String, TopicContents>,
+    /// Records and bytes of every topic together, kept with each change so that the gauges
+    /// cost one step, not a pass over every topic the spool has seen.
+    records: u64,
+    bytes: u64,
 }
 
 impl HeldCounts {
     /// Starts from what the spool holds (`Spool::open`).
     pub(crate) fn new(topics: HashMap<String, TopicContents>) -> Self {
-        let counts = HeldCounts { topics };
+        let records = topics.values().map(|c| c.held + c.dead).sum();
+        let bytes = topics.values().map(|c| c.held_bytes + c.dead_bytes).sum();
+        let counts = HeldCounts {
+            topics,
+            records,
+            bytes,
+        };
         counts.set_gauges();
         counts
     }
 
     /// The counts of `topic` (all zero when it has none).
-    #[cfg(test)]
     pub(crate) fn topic(&self, topic: &str) -> TopicContents {
         self.topics.get(topic).cloned().unwrap_or_default()
-    }
-
-    pub(crate) fn topics(&self) -> impl Iterator<Item = (&String, &TopicContents)> {
-        self.topics.iter()
     }
 
     /// Held records of `topic`, including holds not yet committed.
@@ -43,19 +48,27 @@ impl HeldCounts {
 
     /// Bytes of every record in the spool, held and dead.
     pub(crate) fn bytes(&self) -> u64 {
-        self.topics
-            .values()
-            .map(|c| c.held_bytes + c.dead_bytes)
-            .sum()
+        self.bytes
     }
 
     /// Records in the spool, held and dead.
     pub(crate) fn records(&self) -> u64 {
-        self.topics.values().map(|c| c.held + c.dead).sum()
+        self.records
     }
 
-    fn entry(&mut self, topic: &str) -> &mut TopicContents {
-        self.topics.entry(topic.to_string()).or_default()
+    /// Changes the counts of `topic` with `change`, and the totals by the same amount.
+    fn change(&mut self, topic: &str, change: impl FnOnce(&mut TopicContents)) {
+        if !self.topics.contains_key(topic) {
+            self.topics
+                .insert(topic.to_string(), TopicContents::default());
+        }
+        let Some(c) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let (records, bytes) = (c.held + c.dead, c.held_bytes + c.dead_bytes);
+        change(c);
+        self.records = (self.records + c.held + c.dead).saturating_sub(records);
+        self.bytes = (self.bytes + c.held_bytes + c.dead_bytes).saturating_sub(bytes);
     }
 
     fn set_gauges(&self) {
@@ -65,17 +78,19 @@ impl HeldCounts {
 
     /// Records queued into the spool as held (counted before their commit).
     pub(crate) fn hold(&mut self, topic: &str, records: Tally) {
-        let c = self.entry(topic);
-        c.held += records.records;
-        c.held_bytes += records.bytes;
+        self.change(topic, |c| {
+            c.held += records.records;
+            c.held_bytes += records.bytes;
+        });
         self.set_gauges();
     }
 
     /// A queued hold did not commit: nothing of it is in the spool.
     pub(crate) fn hold_failed(&mut self, topic: &str, records: Tally) {
-        let c = self.entry(topic);
-        c.held = c.held.saturating_sub(records.records);
-        c.held_bytes = c.held_bytes.saturating_sub(records.bytes);
+        self.change(topic, |c| {
+            c.held = c.held.saturating_sub(records.records);
+            c.held_bytes = c.held_bytes.saturating_sub(records.bytes);
+        });
         self.set_gauges();
     }
 
@@ -83,36 +98,39 @@ impl HeldCounts {
     pub(crate) fn drain(&mut self, topic: &str, released: Tally) {
         METRICS.drained.inc_by(released.records);
         METRICS.published.inc_by(released.records);
-        let c = self.entry(topic);
-        c.held = c.held.saturating_sub(released.records);
-        c.held_bytes = c.held_bytes.saturating_sub(released.bytes);
-        c.published += released.records;
+        self.change(topic, |c| {
+            c.held = c.held.saturating_sub(released.records);
+            c.held_bytes = c.held_bytes.saturating_sub(released.bytes);
+            c.published += released.records;
+        });
         self.set_gauges();
     }
 
     /// Records that went straight to Kafka, never in the spool.
     pub(crate) fn publish(&mut self, topic: &str, records: u64) {
         METRICS.published.inc_by(records);
-        self.entry(topic).published += records;
+        self.change(topic, |c| c.published += records);
     }
 
     /// Held records moved to the dead-letter state.
     pub(crate) fn dead_letter(&mut self, topic: &str, moved: Tally) {
         METRICS.dead_lettered.inc_by(moved.records);
-        let c = self.entry(topic);
-        c.held = c.held.saturating_sub(moved.records);
-        c.held_bytes = c.held_bytes.saturating_sub(moved.bytes);
-        c.dead += moved.records;
-        c.dead_bytes += moved.bytes;
+        self.change(topic, |c| {
+            c.held = c.held.saturating_sub(moved.records);
+            c.held_bytes = c.held_bytes.saturating_sub(moved.bytes);
+            c.dead += moved.records;
+            c.dead_bytes += moved.bytes;
+        });
         self.set_gauges();
     }
 
     /// Dead records deleted by a discard.
     pub(crate) fn discard(&mut self, topic: &str, removed: Tally) {
         METRICS.discarded.inc_by(removed.records);
-        let c = self.entry(topic);
-        c.dead = c.dead.saturating_sub(removed.records);
-        c.dead_bytes = c.dead_bytes.saturating_sub(removed.bytes);
+        self.change(topic, |c| {
+            c.dead = c.dead.saturating_sub(removed.records);
+            c.dead_bytes = c.dead_bytes.saturating_sub(removed.bytes);
+        });
         self.set_gauges();
     }
 }

@@ -10,7 +10,7 @@
 //! Access requests, grants and ownership are part of the same state (every access decision
 //! needs the topic's owner); their types, commands and handlers are in `access`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -24,6 +24,7 @@ use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent, TopicSpec, Visibility};
 use crate::identity::{Principal, Role};
+use crate::paging::{Page, PageOf};
 
 /// The principal name on events that KafFlow itself caused.
 pub const SYSTEM: &str = "system";
@@ -154,6 +155,9 @@ pub struct Governance {
     pub(super) topics: BTreeMap<String, Topic>,
     /// Topic name to its open (pending or approved) request.
     pub(super) open: HashMap<String, Uuid>,
+    /// The ids of `open`, in id order: a page of pending or approved requests walks these,
+    /// not every request ever filed.
+    pub(super) open_ids: BTreeSet<Uuid>,
     /// Topic name to its latest request, open or not.
     pub(super) latest: HashMap<String, Uuid>,
     /// Access requests, ownership requests and grants.
@@ -327,6 +331,7 @@ impl Governance {
 
     fn file(&mut self, request: TopicRequest) {
         self.open.insert(request.topic.clone(), request.id);
+        self.open_ids.insert(request.id);
         self.latest.insert(request.topic.clone(), request.id);
         self.requests.insert(request.id, request);
     }
@@ -355,6 +360,7 @@ impl Governance {
         let request = request.clone();
         if !status.is_open() {
             self.open.remove(&request.topic);
+            self.open_ids.remove(&id);
         }
         Some(request)
     }
@@ -365,6 +371,9 @@ impl Governance {
             request.error = error;
             if self.open.get(&request.topic) == Some(&id) {
                 self.open.remove(&request.topic);
+            }
+            if !status.is_open() {
+                self.open_ids.remove(&id);
             }
         }
     }
@@ -577,10 +586,35 @@ impl Governance {
         self.topics.values().cloned().collect()
     }
 
+    /// One page of the topics, in name order.
+    pub fn topics_page(&self, page: &PageOf<String>) -> Page<String, Topic> {
+        let rest = self.topics.range::<String, _>(page.range()).map(|(_, t)| t);
+        Page::take(rest, page.limit, |t| t.name.clone()).map(Topic::clone)
+    }
+
     /// The requests that pass `filter`, oldest first (ids are UUID v7).
     pub fn requests(&self, filter: &RequestFilter) -> Vec<TopicRequest> {
-        self.requests
-            .values()
+        self.requests_page(filter, &PageOf::all()).items
+    }
+
+    /// One page of the requests that pass `filter`, oldest first: the page's ids follow the
+    /// cursor's, so a request filed meanwhile comes at the end.
+    pub fn requests_page(
+        &self,
+        filter: &RequestFilter,
+        page: &PageOf<Uuid>,
+    ) -> Page<Uuid, TopicRequest> {
+        // Open requests are few beside the decided ones a long history leaves: a page of them
+        // walks the open ids only.
+        let ids: Box<dyn Iterator<Item = &TopicRequest>> = match filter.status {
+            Some(s) if s.is_open() => Box::new(
+                self.open_ids
+                    .range(page.range())
+                    .filter_map(|id| self.requests.get(id)),
+            ),
+            _ => Box::new(self.requests.range(page.range()).map(|(_, r)| r)),
+        };
+        let rest = ids
             .filter(|r| filter.status.is_none_or(|s| r.status == s))
             .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
             .filter(|r| filter.topic.as_ref().is_none_or(|t| &r.topic == t))
@@ -589,9 +623,8 @@ impl Governance {
                     .requested_by
                     .as_ref()
                     .is_none_or(|p| &r.requested_by == p)
-            })
-            .cloned()
-            .collect()
+            });
+        Page::take(rest, page.limit, |r| r.id).map(TopicRequest::clone)
     }
 }
 
@@ -671,17 +704,24 @@ pub struct RequestFilter {
 #[rtype(result = "Result<TopicRequest>")]
 pub struct GetRequest(pub Uuid);
 
+/// One page of the requests that pass the filter.
 #[derive(Message)]
-#[rtype(result = "Vec<TopicRequest>")]
-pub struct ListRequests(pub RequestFilter);
+#[rtype(result = "Page<Uuid, TopicRequest>")]
+pub struct ListRequests(pub RequestFilter, pub PageOf<Uuid>);
 
 #[derive(Message)]
 #[rtype(result = "Result<Topic>")]
 pub struct GetTopic(pub String);
 
+/// Every topic, for the actors that go through them all (the watcher, subscriptions).
 #[derive(Message)]
 #[rtype(result = "Vec<Topic>")]
 pub struct ListTopics;
+
+/// One page of the topics, in name order (`GET /topics`).
+#[derive(Message)]
+#[rtype(result = "Page<String, Topic>")]
+pub struct TopicsPage(pub PageOf<String>);
 
 /// Where records for a topic go now, including every commit made before the question.
 #[derive(Message)]
@@ -794,7 +834,7 @@ impl Handler<ListRequests> for Registry {
     type Result = MessageResult<ListRequests>;
 
     fn handle(&mut self, msg: ListRequests, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state().requests(&msg.0))
+        MessageResult(self.state().requests_page(&msg.0, &msg.1))
     }
 }
 
@@ -811,6 +851,14 @@ impl Handler<ListTopics> for Registry {
 
     fn handle(&mut self, _: ListTopics, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.state().topics())
+    }
+}
+
+impl Handler<TopicsPage> for Registry {
+    type Result = MessageResult<TopicsPage>;
+
+    fn handle(&mut self, msg: TopicsPage, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state().topics_page(&msg.0))
     }
 }
 
@@ -907,6 +955,60 @@ mod tests {
                 decision,
             },
         )
+    }
+
+    #[test]
+    fn a_page_of_open_requests_walks_the_open_ones_only() {
+        let mut s = Governance::default();
+        let ids: Vec<Uuid> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|t| create(&mut s, t).expect("filed").id)
+            .collect();
+        decide(
+            &mut s,
+            ids[1],
+            Decision::Reject {
+                reason: "no".into(),
+            },
+        )
+        .expect("rejected");
+        decide(&mut s, ids[2], Decision::Approve { note: None }).expect("approved");
+        let pending = RequestFilter {
+            status: Some(RequestStatus::Pending),
+            ..Default::default()
+        };
+        let mut page = PageOf {
+            after: None,
+            limit: 1,
+        };
+        let mut seen = Vec::new();
+        loop {
+            let got = s.requests_page(&pending, &page);
+            seen.extend(got.items.iter().map(|r| r.id));
+            match got.next {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![ids[0], ids[3]]);
+        let approved = RequestFilter {
+            status: Some(RequestStatus::Approved),
+            ..Default::default()
+        };
+        assert_eq!(s.requests_page(&approved, &PageOf::all()).items.len(), 1);
+        assert_eq!(
+            s.open_ids.len(),
+            s.open.len(),
+            "the index follows the open map"
+        );
+        let rejected = RequestFilter {
+            status: Some(RequestStatus::Rejected),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.requests_page(&rejected, &PageOf::all()).items[0].id,
+            ids[1]
+        );
     }
 
     #[test]
@@ -1125,17 +1227,21 @@ mod actor_tests {
         // Asked while the large request is in flight, and again once it has failed.
         let (filed, during) = tokio::join!(
             registry.send(create("big", "x".repeat(512 * 1024))),
-            registry.send(ListRequests(RequestFilter::default()))
+            registry.send(ListRequests(RequestFilter::default(), PageOf::all()))
         );
         assert!(
             matches!(filed.expect("alive"), Err(Error::StorageFull(_))),
             "a commit that does not fit is storage_full"
         );
-        assert!(during.expect("alive").is_empty(), "in-flight change seen");
+        assert!(
+            during.expect("alive").items.is_empty(),
+            "in-flight change seen"
+        );
         assert!(registry
-            .send(ListRequests(RequestFilter::default()))
+            .send(ListRequests(RequestFilter::default(), PageOf::all()))
             .await
             .expect("alive")
+            .items
             .is_empty());
         assert_eq!(
             registry.send(RouteOf("big".into())).await.expect("alive"),
@@ -1149,9 +1255,10 @@ mod actor_tests {
             .expect("filed once space allows");
         assert_eq!(again.status, RequestStatus::Pending);
         let listed = registry
-            .send(ListRequests(RequestFilter::default()))
+            .send(ListRequests(RequestFilter::default(), PageOf::all()))
             .await
-            .expect("alive");
+            .expect("alive")
+            .items;
         assert_eq!(listed, vec![again]);
         assert_eq!(crate::events::verify(dir.path()).expect("chain").seq, 1);
     }

@@ -14,6 +14,7 @@
 //! and stops it once it has had no feed for `feeds.idle_consumer_ms`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -33,6 +34,7 @@ use crate::config::{FeedConfig, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::events::{Access, EventKind, NewEvent, Visibility};
 use crate::identity::{Principal, Role};
+use crate::paging::{Page, PageOf};
 use crate::shutdown::{Guard, Shutdown};
 
 /// The `unsubscribed` reason when the user asked.
@@ -123,17 +125,56 @@ impl SubscriptionBook {
 
     /// Every mapping (of one topic, if given), by user then topic.
     pub fn list(&self, topic: Option<&str>) -> Vec<Subscription> {
-        self.by_user
-            .iter()
-            .flat_map(|(user, topics)| {
-                topics.iter().map(move |(t, since)| Subscription {
-                    user: user.clone(),
-                    topic: t.clone(),
-                    since: *since,
-                })
+        self.list_page(topic, &PageOf::all()).items
+    }
+
+    /// One page of the mappings (of one topic, if given), by user then topic. With a topic,
+    /// each user costs one lookup.
+    pub fn list_page(
+        &self,
+        topic: Option<&str>,
+        page: &PageOf<(String, String)>,
+    ) -> Page<(String, String), Subscription> {
+        let after = page.after.as_ref();
+        let users = self.by_user.range::<String, _>((
+            after.map_or(Bound::Unbounded, |(u, _)| Bound::Included(u)),
+            Bound::Unbounded,
+        ));
+        let rest = users.flat_map(|(user, topics)| {
+            // Within the cursor's own user, only the topics after its topic.
+            let from = match after {
+                Some((u, t)) if u == user => Bound::Excluded(t),
+                _ => Bound::Unbounded,
+            };
+            let wanted: Box<dyn Iterator<Item = (&String, &DateTime<Utc>)>> = match topic {
+                Some(t) => Box::new(
+                    topics
+                        .get_key_value(t)
+                        .filter(|(t, _)| match from {
+                            Bound::Excluded(after) => *t > after,
+                            _ => true,
+                        })
+                        .into_iter(),
+                ),
+                None => Box::new(topics.range::<String, _>((from, Bound::Unbounded))),
+            };
+            wanted.map(move |(t, since)| Subscription {
+                user: user.clone(),
+                topic: t.clone(),
+                since: *since,
             })
-            .filter(|s| topic.is_none_or(|t| s.topic == t))
-            .collect()
+        });
+        Page::take(rest, page.limit, |s| (s.user.clone(), s.topic.clone()))
+    }
+
+    /// One page of the topics `user` reads, in name order.
+    pub fn topics_page(&self, user: &str, page: &PageOf<String>) -> Page<String, String> {
+        let rest = self.by_user.get(user).into_iter().flat_map(|topics| {
+            topics
+                .range::<String, _>(page.range())
+                .map(|(t, _)| t.clone())
+        });
+        Page::take(rest, page.limit, String::clone)
     }
 
     /// The events that take `user` from its current set to the one `change` asks for.
@@ -169,11 +210,12 @@ impl SubscriptionBook {
     }
 }
 
-/// `GET /api/v1/me/subscriptions`.
+/// `GET /api/v1/me/subscriptions`: one page of the caller's topics.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<String>>")]
+#[rtype(result = "Result<Page<String, String>>")]
 pub struct MySubscriptions {
     pub principal: Principal,
+    pub page: PageOf<String>,
 }
 
 /// `POST /api/v1/me/subscriptions/{topic}`: answered with the new set.
@@ -200,12 +242,13 @@ pub struct ReplaceSubscriptions {
     pub topics: Vec<String>,
 }
 
-/// `GET /api/v1/subscriptions` (admin).
+/// `GET /api/v1/subscriptions` (admin): one page, by user then topic.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Subscription>>")]
+#[rtype(result = "Result<Page<(String, String), Subscription>>")]
 pub struct ListSubscriptions {
     pub principal: Principal,
     pub topic: Option<String>,
+    pub page: PageOf<(String, String)>,
 }
 
 /// `GET /api/v1/me/feed`: a feed on the caller's consumer, started if needed.
@@ -526,15 +569,11 @@ impl Handler<Notify> for Subscriptions {
 }
 
 impl Handler<MySubscriptions> for Subscriptions {
-    type Result = Result<Vec<String>>;
+    type Result = Result<Page<String, String>>;
 
     fn handle(&mut self, msg: MySubscriptions, _: &mut Context<Self>) -> Self::Result {
         msg.principal.require_any(&[Role::Consumer])?;
-        Ok(self
-            .book()
-            .topics_of(&msg.principal.name)
-            .into_iter()
-            .collect())
+        Ok(self.book().topics_page(&msg.principal.name, &msg.page))
     }
 }
 
@@ -564,11 +603,11 @@ impl Handler<ReplaceSubscriptions> for Subscriptions {
 }
 
 impl Handler<ListSubscriptions> for Subscriptions {
-    type Result = Result<Vec<Subscription>>;
+    type Result = Result<Page<(String, String), Subscription>>;
 
     fn handle(&mut self, msg: ListSubscriptions, _: &mut Context<Self>) -> Self::Result {
         msg.principal.require_any(&[Role::Admin])?;
-        Ok(self.book().list(msg.topic.as_deref()))
+        Ok(self.book().list_page(msg.topic.as_deref(), &msg.page))
     }
 }
 

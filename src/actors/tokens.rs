@@ -21,6 +21,7 @@ use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent};
 use crate::identity::{token_sha256, Principal, Role};
+use crate::paging::{Page, PageOf};
 
 /// What an issued token's secret starts with, so that it is recognisable in a config or a leak.
 pub const TOKEN_PREFIX: &str = "kft_";
@@ -182,11 +183,12 @@ pub struct IssueToken {
     pub expires_in_days: Option<i64>,
 }
 
-/// Every issued token, oldest first (admin).
+/// One page of the issued tokens, oldest first (admin).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<TokenView>>")]
+#[rtype(result = "Result<Page<Uuid, TokenView>>")]
 pub struct ListTokens {
     pub principal: Principal,
+    pub page: PageOf<Uuid>,
 }
 
 /// Revoke a token (admin).
@@ -336,19 +338,19 @@ impl Handler<IssueToken> for Tokens {
 }
 
 impl Handler<ListTokens> for Tokens {
-    type Result = Result<Vec<TokenView>>;
+    type Result = Result<Page<Uuid, TokenView>>;
 
     fn handle(&mut self, msg: ListTokens, _: &mut Context<Self>) -> Self::Result {
         msg.principal.require_any(&[Role::Admin])?;
         let now = Utc::now();
         // UUID v7 ids: id order is issue order.
-        Ok(self
+        let rest = self
             .journal
             .committed()
             .by_id
-            .values()
-            .map(|t| t.view(now))
-            .collect())
+            .range(msg.page.range())
+            .map(|(_, t)| t);
+        Ok(Page::take(rest, msg.page.limit, |t| t.id).map(|t| t.view(now)))
     }
 }
 

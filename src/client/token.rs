@@ -60,6 +60,13 @@ struct TokenOut {
     token: Option<String>,
 }
 
+/// One page of `GET /tokens`.
+#[derive(Debug, Deserialize)]
+struct TokensPage {
+    tokens: Vec<TokenOut>,
+    next: Option<String>,
+}
+
 /// Runs the command on a runtime of its own, printing to stdout.
 pub fn run(options: Options) -> Result<(), TokenError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -105,17 +112,28 @@ pub async fn token(options: &Options, out: &mut impl Write) -> Result<(), TokenE
             writeln!(out, "{secret}")?;
         }
         Action::List => {
-            let tokens: Vec<TokenOut> = call(http.get(&url), &url, &options.token).await?;
-            for t in tokens {
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}\texpires {}",
-                    t.id,
-                    t.name,
-                    t.roles.join(","),
-                    t.status,
-                    t.expires_at.as_deref().unwrap_or("never")
-                )?;
+            // Page after page, each printed as it comes, until the list says it is done.
+            let mut after: Option<String> = None;
+            loop {
+                let mut query = vec![("limit", "1000".to_string())];
+                query.extend(after.take().map(|a| ("after", a)));
+                let request = http.get(&url).query(&query);
+                let page: TokensPage = call(request, &url, &options.token).await?;
+                for t in page.tokens {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\texpires {}",
+                        t.id,
+                        t.name,
+                        t.roles.join(","),
+                        t.status,
+                        t.expires_at.as_deref().unwrap_or("never")
+                    )?;
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
             }
         }
         Action::Revoke { id } => {

@@ -9,11 +9,12 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{
-    auth, body_up_to, json, parse_body, parse_id, parse_query, query, respond, App, ApproveBody,
-    EmptyBody, ReasonBody,
+    auth, body_up_to, json, paging, parse_body, parse_id, parse_query, query, respond, App,
+    ApproveBody, EmptyBody, ReasonBody,
 };
 use crate::actors::access::{
-    AccessCommand, AccessFilter, GetAccessRequest, ListAccessRequests, ListGrants, RevokeGrant,
+    AccessCommand, AccessFilter, AccessStatus, GetAccessRequest, ListAccessRequests, ListGrants,
+    RevokeGrant,
 };
 use crate::actors::registry::Decision;
 use crate::error::{Error, Result};
@@ -38,6 +39,8 @@ struct OwnershipBody {
 #[serde(deny_unknown_fields)]
 struct GrantParams {
     topic: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
 }
 
 /// A trimmed text, `None` when blank.
@@ -82,11 +85,29 @@ async fn file_ownership(
     Ok(json(StatusCode::CREATED, &request))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessListParams {
+    status: Option<AccessStatus>,
+    access: Option<Access>,
+    topic: Option<String>,
+    requested_by: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
 async fn list_access(app: App, auth: Option<String>, query: String) -> Result<Response> {
     app.authenticate(auth).await?;
-    let filter: AccessFilter = parse_query(&query)?;
-    let requests = app.registry.send(ListAccessRequests(filter)).await?;
-    Ok(json(StatusCode::OK, &requests))
+    let params: AccessListParams = parse_query(&query)?;
+    let page = paging::page_of(params.after, params.limit)?;
+    let filter = AccessFilter {
+        status: params.status,
+        access: params.access,
+        topic: params.topic,
+        requested_by: params.requested_by,
+    };
+    let requests = app.registry.send(ListAccessRequests(filter, page)).await?;
+    paging::page_body("requests", requests)
 }
 
 async fn get_access(app: App, id: String, auth: Option<String>) -> Result<Response> {
@@ -139,14 +160,16 @@ async fn act_on_access(
 async fn list_grants(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: GrantParams = parse_query(&query)?;
+    let page = paging::page_of(params.after, params.limit)?;
     let grants = app
         .registry
         .send(ListGrants {
             principal,
             topic: params.topic,
+            page,
         })
         .await?;
-    Ok(json(StatusCode::OK, &grants))
+    paging::page_body("grants", grants)
 }
 
 async fn revoke_grant(

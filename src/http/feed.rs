@@ -17,11 +17,10 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{auth, body_up_to, json, parse_body, parse_query, query, respond, App};
+use super::{auth, body_up_to, json, paging, parse_body, parse_query, query, respond, App};
 use crate::actors::consumer::{FeedClose, FeedEvent, FeedHandle, FeedStart, Frame};
 use crate::actors::subscriptions::{
-    ListSubscriptions, MySubscriptions, OpenFeed, ReplaceSubscriptions, Subscribe, Subscription,
-    Unsubscribe,
+    ListSubscriptions, MySubscriptions, OpenFeed, ReplaceSubscriptions, Subscribe, Unsubscribe,
 };
 use crate::config::Limits;
 use crate::error::{Error, Result};
@@ -112,15 +111,19 @@ struct ReplaceBody {
     topics: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct SubscriptionsBody {
-    subscriptions: Vec<Subscription>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
     topic: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MineParams {
+    after: Option<String>,
+    limit: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -133,13 +136,15 @@ fn topics(topics: Vec<String>) -> Response {
     json(StatusCode::OK, &TopicsBody { topics })
 }
 
-async fn mine(app: App, auth: Option<String>) -> Result<Response> {
+async fn mine(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
-    Ok(topics(
-        app.subscriptions
-            .send(MySubscriptions { principal })
-            .await??,
-    ))
+    let params: MineParams = parse_query(&query)?;
+    let page = paging::page_of(params.after, params.limit)?;
+    let mine = app
+        .subscriptions
+        .send(MySubscriptions { principal, page })
+        .await??;
+    paging::page_body("topics", mine)
 }
 
 async fn replace(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
@@ -176,14 +181,16 @@ async fn unsubscribe(app: App, topic: String, auth: Option<String>) -> Result<Re
 async fn list(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: ListParams = parse_query(&query)?;
+    let page = paging::page_of(params.after, params.limit)?;
     let subscriptions = app
         .subscriptions
         .send(ListSubscriptions {
             principal,
             topic: params.topic,
+            page,
         })
         .await??;
-    Ok(json(StatusCode::OK, &SubscriptionsBody { subscriptions }))
+    paging::page_body("subscriptions", subscriptions)
 }
 
 /// The `bearer.<token>` entry of a `Sec-WebSocket-Protocol` list.
@@ -417,6 +424,7 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_app.clone())
         .and(auth())
+        .and(query())
         .then(mine)
         .map(respond);
     let put_mine = mine_path

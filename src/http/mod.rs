@@ -5,6 +5,7 @@ mod access;
 mod browser;
 mod error;
 mod feed;
+mod paging;
 mod records;
 pub mod server;
 mod tokens;
@@ -37,7 +38,8 @@ use crate::actors::provisioner::{BrokerReachable, Provisioner};
 use crate::actors::publisher::{Counts, Publisher, SpoolHealth, TopicCounts};
 use crate::actors::registry::Topic;
 use crate::actors::registry::{
-    GetRequest, GetTopic, ListRequests, ListTopics, Registry, RequestFilter,
+    GetRequest, GetTopic, ListRequests, Registry, RequestFilter, RequestKind, RequestStatus,
+    TopicsPage,
 };
 use crate::actors::subscriptions::Subscriptions;
 use crate::actors::tokens::Tokens;
@@ -249,11 +251,29 @@ async fn create_request(app: App, auth: Option<String>, body: Result<Bytes>) -> 
     Ok(json(StatusCode::CREATED, &request))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestListParams {
+    status: Option<RequestStatus>,
+    kind: Option<RequestKind>,
+    topic: Option<String>,
+    requested_by: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
 async fn list_requests(app: App, auth: Option<String>, query: String) -> Result<Response> {
     app.authenticate(auth).await?;
-    let filter: RequestFilter = parse_query(&query)?;
-    let requests = app.registry.send(ListRequests(filter)).await?;
-    Ok(json(StatusCode::OK, &requests))
+    let params: RequestListParams = parse_query(&query)?;
+    let page = paging::page_of(params.after, params.limit)?;
+    let filter = RequestFilter {
+        status: params.status,
+        kind: params.kind,
+        topic: params.topic,
+        requested_by: params.requested_by,
+    };
+    let requests = app.registry.send(ListRequests(filter, page)).await?;
+    paging::page_body("requests", requests)
 }
 
 async fn get_request(app: App, id: String, auth: Option<String>) -> Result<Response> {
@@ -322,18 +342,28 @@ fn topic_view(topic: Topic, counts: &std::collections::HashMap<String, TopicCoun
     }
 }
 
-async fn list_topics(app: App, auth: Option<String>) -> Result<Response> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageParams {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_topics(app: App, auth: Option<String>, query: String) -> Result<Response> {
     app.authenticate(auth).await?;
-    let topics = app.registry.send(ListTopics).await?;
-    let counts = app.publisher.send(Counts).await?;
-    let views: Vec<TopicView> = topics.into_iter().map(|t| topic_view(t, &counts)).collect();
-    Ok(json(StatusCode::OK, &views))
+    let params: PageParams = parse_query(&query)?;
+    let page = paging::page_of(params.after, params.limit)?;
+    let topics = app.registry.send(TopicsPage(page)).await?;
+    // The counts of this page's topics only.
+    let names = topics.items.iter().map(|t| t.name.clone()).collect();
+    let counts = app.publisher.send(Counts(names)).await?;
+    paging::page_body("topics", topics.map(|t| topic_view(t, &counts)))
 }
 
 async fn get_topic(app: App, name: String, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth).await?;
     let topic = app.registry.send(GetTopic(name)).await??;
-    let counts = app.publisher.send(Counts).await?;
+    let counts = app.publisher.send(Counts(vec![topic.name.clone()])).await?;
     Ok(json(StatusCode::OK, &topic_view(topic, &counts)))
 }
 
@@ -545,6 +575,7 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_app.clone())
         .and(auth())
+        .and(query())
         .then(list_topics)
         .map(respond);
     let topic_get = topics

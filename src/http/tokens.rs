@@ -7,7 +7,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Filter;
 
-use super::{auth, body_up_to, json, parse_body, parse_id, respond, App};
+use super::{
+    auth, body_up_to, json, paging, parse_body, parse_id, parse_query, query, respond, App,
+};
 use crate::actors::tokens::{IssueToken, ListTokens, RevokeToken};
 use crate::error::Result;
 use crate::identity::Role;
@@ -35,10 +37,19 @@ async fn issue(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Re
     Ok(json(StatusCode::CREATED, &issued))
 }
 
-async fn list(app: App, auth: Option<String>) -> Result<Response> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
-    let tokens = app.tokens.send(ListTokens { principal }).await??;
-    Ok(json(StatusCode::OK, &tokens))
+    let params: ListParams = parse_query(&query)?;
+    let page = paging::page_of(params.after, params.limit)?;
+    let tokens = app.tokens.send(ListTokens { principal, page }).await??;
+    paging::page_body("tokens", tokens)
 }
 
 async fn revoke(app: App, id: String, auth: Option<String>) -> Result<Response> {
@@ -68,6 +79,7 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_app.clone())
         .and(auth())
+        .and(query())
         .then(list)
         .map(respond);
     let delete = tokens

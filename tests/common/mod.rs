@@ -473,6 +473,32 @@ impl Service {
         self.send("GET", path, Some(self.token(who)), None)
     }
 
+    /// Every item of a paged list route as principal `who`: the `field` array of each page,
+    /// following `next` until it is null.
+    pub fn list_all(&self, who: &str, path: &str, field: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut next: Option<String> = None;
+        loop {
+            let page_path = match &next {
+                Some(after) => format!("{path}{sep}limit=1000&after={after}"),
+                None => format!("{path}{sep}limit=1000"),
+            };
+            let (status, page) = self.get(who, &page_path);
+            assert_eq!(status, 200, "{page_path}: {page}");
+            items.extend(
+                page[field]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{page}"))
+                    .clone(),
+            );
+            match page["next"].as_str() {
+                Some(after) => next = Some(after.to_string()),
+                None => return items,
+            }
+        }
+    }
+
     /// GET without a token.
     pub fn get_anon(&self, path: &str) -> (u16, Value) {
         self.send("GET", path, None, None)
