@@ -286,6 +286,9 @@ pub struct Consumer {
     ops: mpsc::UnboundedSender<KafkaOp>,
     /// The rdkafka client and the op queue, until `started` hands them to the reader task.
     reader: Option<(StreamConsumer, mpsc::UnboundedReceiver<KafkaOp>)>,
+    /// The runtime the reader task runs on: it polls Kafka and renders every frame, which
+    /// would otherwise take the actors' thread.
+    readers: tokio::runtime::Handle,
     /// Held by the reader task until the client is closed (its last offsets committed), so
     /// that a shutdown waits for it.
     done: Option<Guard>,
@@ -321,6 +324,7 @@ impl Consumer {
         settings: FeedConfig,
         directory: Recipient<FeedClosed>,
         done: Guard,
+        readers: tokio::runtime::Handle,
     ) -> Result<Consumer> {
         let mut config = crate::kafka::client_config(kafka);
         config
@@ -351,6 +355,7 @@ impl Consumer {
             settings,
             ops,
             reader: Some((client, ops_rx)),
+            readers,
             done: Some(done),
             directory,
             topics,
@@ -588,7 +593,8 @@ impl Actor for Consumer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some((client, ops)) = self.reader.take() {
-            actix::spawn(read(client, ops, ctx.address(), self.done.take()));
+            self.readers
+                .spawn(read(client, ops, ctx.address(), self.done.take()));
         }
         let every = Duration::from_millis((self.settings.stall_timeout_ms / 4).clamp(50, 250));
         ctx.run_interval(every, |act, _| {

@@ -258,9 +258,13 @@ pub struct Subscriptions {
     /// Cloned into every consumer, so that a shutdown waits for their last commits; dropped
     /// itself when the shutdown begins.
     consumers_done: Option<Guard>,
+    readers: tokio::runtime::Handle,
 }
 
 impl Subscriptions {
+    /// `readers` is the runtime each consumer's Kafka reader task runs on (it renders frames,
+    /// which is work for the facade runtime, not for this actor's thread).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         book: SubscriptionBook,
         store: Addr<EventStore>,
@@ -269,6 +273,7 @@ impl Subscriptions {
         settings: FeedConfig,
         shutdown: Shutdown,
         consumers_done: Guard,
+        readers: tokio::runtime::Handle,
     ) -> Self {
         Subscriptions {
             journal: Journal::new(Owner::Subscriptions, book, store.clone()),
@@ -280,6 +285,7 @@ impl Subscriptions {
             generations: 0,
             shutdown,
             consumers_done: Some(consumers_done),
+            readers,
         }
     }
 
@@ -591,6 +597,7 @@ impl Handler<OpenFeed> for Subscriptions {
                 self.settings.clone(),
                 ctx.address().recipient(),
                 done,
+                self.readers.clone(),
             );
             let consumer = match consumer {
                 Ok(consumer) => consumer,
