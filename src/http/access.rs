@@ -184,7 +184,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(file_access)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let list = requests
         .and(warp::path::end())
         .and(warp::get())
@@ -192,7 +193,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(list_access)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let get = requests
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -200,7 +202,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|id, app, auth| get_access(app, id, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let act = requests
         .and(warp::path::param::<String>())
         .and(warp::path::param::<String>())
@@ -210,7 +213,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|id, action, app, auth, body| act_on_access(app, id, action, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let ownership = api
         .and(warp::path("topics"))
         .and(warp::path::param::<String>())
@@ -221,7 +225,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|topic, app, auth, body| file_ownership(app, topic, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let grants = api.and(warp::path("grants"));
     let grant_list = grants
         .and(warp::path::end())
@@ -230,7 +235,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(list_grants)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let revoke = grants
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -239,7 +245,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|id, app, auth, body| revoke_grant(app, id, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
     file.or(list)
         .unify()
         .or(get)

@@ -418,7 +418,8 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(mine)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let put_mine = mine_path
         .and(warp::path::end())
         .and(warp::put())
@@ -426,7 +427,8 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(replace)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let post_one = mine_path
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -434,7 +436,8 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|topic, app, auth| subscribe(app, topic, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let delete_one = mine_path
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -442,14 +445,16 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|topic, app, auth| unsubscribe(app, topic, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let admin_list = warp::path!("api" / "v1" / "subscriptions")
         .and(warp::get())
         .and(with_app.clone())
         .and(auth())
         .and(query())
         .then(list)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let upgrade = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
     let feed = me
         .and(warp::path("feed"))
@@ -462,7 +467,8 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(query())
         .and(upgrade)
         .then(open_feed)
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     get_mine
         .or(put_mine)

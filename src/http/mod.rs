@@ -487,6 +487,10 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
     let permits = Arc::new(tokio::sync::Semaphore::new(
         limits.max_concurrent_http_requests,
     ));
+    // Every route is boxed before it is joined with `or`: warp's `Or` clones its second
+    // filter for every request it sees, and an unboxed route clones its whole chain (an `App`
+    // is a dozen reference counts); a boxed one is one count. Unboxed, that was most of the
+    // CPU of `GET /healthz` with several worker threads bouncing those counts between cores.
     let body = || body_up_to(limits.max_body_bytes);
     let with_app = {
         let app = app.clone();
@@ -501,7 +505,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_app.clone())
         .then(ready)
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     let requests = api.and(warp::path("topic-requests"));
     let create = requests
@@ -511,7 +516,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(create_request)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let list = requests
         .and(warp::path::end())
         .and(warp::get())
@@ -519,7 +525,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(list_requests)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let get = requests
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -527,7 +534,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|id, app, auth| get_request(app, id, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let act = requests
         .and(warp::path::param::<String>())
         .and(warp::path::param::<String>())
@@ -537,7 +545,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|id, action, app, auth, body| act_on_request(app, id, action, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     let topics = api.and(warp::path("topics"));
     let topic_list = topics
@@ -546,7 +555,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(list_topics)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let topic_get = topics
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -554,7 +564,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|name, app, auth| get_topic(app, name, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let deletion = topics
         .and(warp::path::param::<String>())
         .and(warp::path("deletion-requests"))
@@ -564,7 +575,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|name, app, auth, body| request_deletion(app, name, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     let audit = api
         .and(warp::path("audit"))
@@ -574,7 +586,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(audit)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let verify = api
         .and(warp::path("audit"))
         .and(warp::path("verify"))
@@ -583,7 +596,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(verify_chain)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let policy = api
         .and(warp::path("policy"))
         .and(warp::path::end())
@@ -591,7 +605,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(policy)
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     let gated = create
         .or(list)
@@ -639,13 +654,14 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
                 }
                 reply
             },
-        );
+        )
+        .boxed();
     let answered = headers_within(limits.max_request_header_bytes)
         .and(
             healthz
                 .or(readyz)
                 .unify()
-                .or(browser::preflight(cors.clone()))
+                .or(browser::preflight(cors.clone()).boxed())
                 .unify()
                 .or(gated)
                 .unify(),

@@ -62,14 +62,16 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body_up_to(max_body))
         .then(issue)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let get = tokens
         .and(warp::path::end())
         .and(warp::get())
         .and(with_app.clone())
         .and(auth())
         .then(list)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let delete = tokens
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -77,6 +79,7 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(with_app)
         .and(auth())
         .then(|id, app, auth| revoke(app, id, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     create.or(get).unify().or(delete).unify().boxed()
 }
