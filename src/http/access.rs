@@ -173,7 +173,7 @@ async fn revoke_grant(
 pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
     let limit = app.limits.max_body_bytes;
     let body = move || body_up_to(limit);
-    let with_app = warp::any().map(move || app.clone());
+    let with_app = super::with_app(app);
     let api = warp::path("api").and(warp::path("v1"));
 
     let requests = api.and(warp::path("access-requests"));

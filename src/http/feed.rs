@@ -406,7 +406,7 @@ async fn close_with(
 pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
     let max_body = app.limits.max_body_bytes;
     let body = move || body_up_to(max_body);
-    let with_app = warp::any().map(move || app.clone());
+    let with_app = super::with_app(app);
     let me = warp::path("api")
         .and(warp::path("v1"))
         .and(warp::path("me"));

@@ -480,6 +480,16 @@ fn sign_in_address(
         )
 }
 
+/// The app, handed to a route's handler. Behind an `Arc`: warp's `and` clones the rest of a
+/// route's chain before its path is matched, so every route tried would otherwise clone a
+/// whole `App` (a dozen reference counts, bounced between the worker threads' cores).
+pub(super) fn with_app(
+    app: App,
+) -> impl Filter<Extract = (App,), Error = std::convert::Infallible> + Clone {
+    let app = Arc::new(app);
+    warp::any().map(move || App::clone(&app))
+}
+
 /// Every route, with warp's own rejections rendered as JSON errors, and every reply with the
 /// headers browsers are told (`browser`).
 pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
@@ -492,10 +502,7 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
     // is a dozen reference counts); a boxed one is one count. Unboxed, that was most of the
     // CPU of `GET /healthz` with several worker threads bouncing those counts between cores.
     let body = || body_up_to(limits.max_body_bytes);
-    let with_app = {
-        let app = app.clone();
-        warp::any().map(move || app.clone())
-    };
+    let with_app = with_app(app.clone());
     let api = warp::path("api").and(warp::path("v1"));
 
     let healthz = warp::path!("healthz")

@@ -190,7 +190,7 @@ async fn drift(app: App, auth: Option<String>) -> Result<Response> {
 
 pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
     let max_body = app.limits.max_ingest_body_bytes;
-    let with_app = warp::any().map(move || app.clone());
+    let with_app = super::with_app(app);
     let api = warp::path("api").and(warp::path("v1"));
 
     let ingest = api

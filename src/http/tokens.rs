@@ -51,7 +51,7 @@ async fn revoke(app: App, id: String, auth: Option<String>) -> Result<Response> 
 /// `POST /tokens`, `GET /tokens`, `DELETE /tokens/{id}`.
 pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
     let max_body = app.limits.max_body_bytes;
-    let with_app = warp::any().map(move || app.clone());
+    let with_app = super::with_app(app);
     let tokens = warp::path("api")
         .and(warp::path("v1"))
         .and(warp::path("tokens"));
