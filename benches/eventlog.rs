@@ -31,6 +31,9 @@ use rusqlite::params;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+#[path = "common/report.rs"]
+mod report;
+
 const WRITERS: [usize; 3] = [1, 16, 256];
 const APPROVALS_PER_SECOND: u64 = 200;
 const CLIENT_TOKEN: &str = "bench-client-token";
@@ -360,6 +363,28 @@ fn main() {
         "approve round trip at {APPROVALS_PER_SECOND}/s ({total_approvals} approvals): p50 {p50:.2} ms, p99 {p99:.2} ms"
     );
 
+    for (writers, store, bare) in &rows {
+        report::row(
+            "eventlog",
+            &format!("appends, {writers} writers, synchronous=full (baseline: bare rusqlite)"),
+            *store,
+            "events/s",
+            Some(*bare),
+            if *writers == 256 {
+                report::Target::RatioAtLeast(0.5)
+            } else {
+                report::Target::None
+            },
+        );
+    }
+    report::row(
+        "eventlog",
+        &format!("approve round trip at {APPROVALS_PER_SECOND}/s, p99"),
+        p99,
+        "ms",
+        None,
+        report::Target::AtMost(5.0),
+    );
     println!("| figure | value | baseline | ratio | target | met |");
     println!("|---|---|---|---|---|---|");
     for (writers, store, bare) in rows {

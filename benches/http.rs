@@ -24,6 +24,9 @@ use std::time::Duration;
 use kafflow::identity::token_sha256;
 use serde_json::{json, Value};
 
+#[path = "common/report.rs"]
+mod report;
+
 const CLIENT: &str = "bench";
 const CLIENT_TOKEN: &str = "bench-client-token";
 const ADMIN_TOKEN: &str = "bench-admin-token";
@@ -302,6 +305,22 @@ fn main() {
         topic_read,
         static_file,
         0.5,
+    );
+    report::row(
+        "http",
+        "GET /healthz, 64 connections (baseline: nginx, static file)",
+        healthz,
+        "requests/s",
+        Some(static_file),
+        report::Target::RatioAtLeast(0.8),
+    );
+    report::row(
+        "http",
+        "GET /api/v1/topics/{name}, bearer token, 64 connections (baseline: nginx, static file)",
+        topic_read,
+        "requests/s",
+        Some(static_file),
+        report::Target::RatioAtLeast(0.5),
     );
     drop(kafflow);
     drop(nginx);
