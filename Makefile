@@ -68,7 +68,7 @@ chaos: test-kafka-up
 # Figures go to docs/benchmarks.md; see there for the machine and how to read them.
 # Each benchmark appends its rows to target/bench-rows.jsonl; `report` prints them as one table
 # and writes it into docs/benchmarks.md.
-BENCHES ?= ingest feed gateway startup reads
+BENCHES ?= ingest feed gateway startup reads http eventlog
 bench: test-kafka-up
 	rm -f target/bench-rows.jsonl
 	$(TEST_KAFKA_ENV) $(CARGO) bench $(foreach b,$(BENCHES),--bench $(b))

@@ -214,6 +214,10 @@ pub struct ServerConfig {
     /// itself can call it from a browser.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Worker threads of the runtime that serves HTTP, websockets, feeds' Kafka readers and
+    /// the gateway (the actors keep their own thread). Default: one per core.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -223,6 +227,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             cors_origins: Vec::new(),
+            worker_threads: None,
         }
     }
 }
@@ -741,6 +746,11 @@ impl Config {
         let tls = tls_files(&file.server, &overrides)?;
         let mut server = file.server;
         server.cors_origins = validate_cors_origins(&server.cors_origins)?;
+        if server.worker_threads == Some(0) {
+            return Err(ConfigError::Invalid(
+                "server.worker_threads: must be at least 1 (leave it out for one per core)".into(),
+            ));
+        }
         let mut gateway = file.gateway;
         gateway.listen = overrides.gateway_listen.or(gateway.listen);
         if gateway.listen.is_some() {
@@ -915,6 +925,7 @@ mod tests {
         ("server", "tls_cert"),
         ("server", "tls_key"),
         ("server", "cors_origins"),
+        ("server", "worker_threads"),
     ];
 
     /// A TOML value of any type, with the numbers that break arithmetic.
@@ -1080,6 +1091,7 @@ mod tests {
             "[server]\ncors_origins = [\"*\"]",
             "[server]\ncors_origins = [\"https://a.example/console\"]",
             "[server]\ncors_origins = [\"a.example\"]",
+            "[server]\nworker_threads = 0",
         ] {
             assert!(Config::parse(bad, Overrides::default()).is_err(), "{bad}");
         }

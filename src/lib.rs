@@ -20,6 +20,8 @@
 //! - `paging`: pages of list reads, keyed by a cursor that concurrent inserts do not shift.
 //! - `sqlite`: how KafFlow opens its SQLite files and applies migrations.
 //! - `error`: the domain errors, each with a stable code.
+//! - `runtime`: the multi-threaded runtime the facades (HTTP, websockets, feeds' readers, the
+//!   gateway) run on, beside the actors' thread.
 //! - `shutdown`: the one shutdown every task observes, and the way fatal errors reach `serve`.
 //! - `tls`: rustls for both listeners and for the command-line clients.
 //! - `client`: the command-line clients of a running service (`kafflow produce`, `kafflow consume`).
@@ -36,6 +38,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod paging;
 pub mod record;
+pub(crate) mod runtime;
 pub mod shutdown;
 pub mod spool;
 pub mod sqlite;
@@ -87,6 +90,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
+    #[error("cannot start the facade runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Everything rebuilt from the log, one part per actor that owns state; what a snapshot holds.
@@ -169,7 +174,8 @@ fn listen_nodelay(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Runs the service until `signal` resolves (then shuts down cleanly and returns `Ok`) or a
 /// fatal error stops it (then shuts down as cleanly as it can and returns the error). Must
-/// run inside an actix `System`. `on_listening` is called with the bound addresses once the
+/// run inside an actix `System`, whose thread runs the actors; the facades get a
+/// multi-threaded runtime of their own (`[server] worker_threads`, see `runtime`). `on_listening` is called with the bound addresses once the
 /// service accepts connections.
 ///
 /// The shutdown: every task is told (`shutdown::Shutdown`) and stops accepting; every call and
@@ -188,8 +194,21 @@ pub async fn serve(
         ),
         None => (None, None),
     };
-    // Bind first: a port in use is reported before any other work.
-    let listener = listen_nodelay(config.listen).map_err(|source| StartError::Listen {
+    let facades = runtime::Facades::start(
+        config
+            .server
+            .worker_threads
+            .unwrap_or_else(runtime::default_workers),
+    )
+    .map_err(StartError::Runtime)?;
+    // Bind first: a port in use is reported before any other work. The HTTP socket is
+    // registered with the facade runtime, so its readiness is polled there, not on the
+    // actors' thread.
+    let listener = {
+        let _facade = facades.handle().enter();
+        listen_nodelay(config.listen)
+    }
+    .map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
     })?;
@@ -239,6 +258,7 @@ pub async fn serve(
         config.feeds.clone(),
         coordinator.shutdown(),
         coordinator.guard(),
+        facades.handle(),
     )
     .start();
     let provisioner = Provisioner::new(&config.kafka, registry.clone())?.start();
@@ -309,7 +329,8 @@ pub async fn serve(
                 gateway_tls,
                 coordinator.shutdown(),
                 coordinator.guard(),
-            )?;
+                &facades.handle(),
+            );
             tracing::info!(%addr, "Kafka-protocol gateway listening.");
             Some(addr)
         }
@@ -363,7 +384,7 @@ pub async fn serve(
     let routes = http::routes(app, http::Cors::new(&config.server.cors_origins));
     let http_shutdown = coordinator.shutdown();
     let http_done = coordinator.guard();
-    actix::spawn(async move {
+    facades.handle().spawn(async move {
         http::server::serve(listener, routes, http_tls, http_shutdown).await;
         drop(http_done);
     });
@@ -392,6 +413,8 @@ pub async fn serve(
     {
         tracing::warn!("The event writer did not finish in time.");
     }
+    // Every guard is gone: what still runs on the facade runtime holds no accepted work.
+    drop(facades);
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Shut down."

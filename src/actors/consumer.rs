@@ -349,6 +349,9 @@ pub struct Consumer {
     ops: mpsc::UnboundedSender<KafkaOp>,
     /// The rdkafka client and the op queue, until `started` hands them to the reader task.
     reader: Option<(StreamConsumer, mpsc::UnboundedReceiver<KafkaOp>)>,
+    /// The runtime the reader task runs on: it polls Kafka and renders every frame, which
+    /// would otherwise take the actors' thread.
+    tasks: tokio::runtime::Handle,
     /// Held by the reader task until the client is closed (its last offsets committed), so
     /// that a shutdown waits for it.
     done: Option<Guard>,
@@ -392,6 +395,7 @@ impl Consumer {
         directory: Recipient<FeedClosed>,
         readers: TopicReaders,
         done: Guard,
+        tasks: tokio::runtime::Handle,
     ) -> Result<Consumer> {
         let mut config = crate::kafka::client_config(kafka);
         config
@@ -422,6 +426,7 @@ impl Consumer {
             settings,
             ops,
             reader: Some((client, ops_rx)),
+            tasks,
             done: Some(done),
             directory,
             readers,
@@ -878,7 +883,8 @@ impl Actor for Consumer {
         ctx.set_mailbox_capacity(super::UNBOUNDED_MAILBOX);
         self.me = Some(ctx.address());
         if let Some((client, ops)) = self.reader.take() {
-            actix::spawn(read(client, ops, ctx.address(), self.done.take()));
+            self.tasks
+                .spawn(read(client, ops, ctx.address(), self.done.take()));
         }
         let every = Duration::from_millis((self.settings.stall_timeout_ms / 4).clamp(50, 250));
         ctx.run_interval(every, |act, _| {

@@ -304,9 +304,13 @@ pub struct Subscriptions {
     /// Cloned into every consumer, so that a shutdown waits for their last commits; dropped
     /// itself when the shutdown begins.
     consumers_done: Option<Guard>,
+    tasks: tokio::runtime::Handle,
 }
 
 impl Subscriptions {
+    /// `tasks` is the runtime each consumer's Kafka reader task runs on (it renders frames,
+    /// which is work for the facade runtime, not for this actor's thread).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         book: SubscriptionBook,
         store: Addr<EventStore>,
@@ -315,18 +319,20 @@ impl Subscriptions {
         settings: FeedConfig,
         shutdown: Shutdown,
         consumers_done: Guard,
+        tasks: tokio::runtime::Handle,
     ) -> Self {
         Subscriptions {
             journal: Journal::new(Owner::Subscriptions, book, store.clone()),
             store,
             registry,
-            readers: TopicReaders::new(kafka.clone(), settings.clone()),
+            readers: TopicReaders::new(kafka.clone(), settings.clone(), tasks.clone()),
             kafka,
             settings,
             consumers: HashMap::new(),
             generations: 0,
             shutdown,
             consumers_done: Some(consumers_done),
+            tasks,
         }
     }
 
@@ -635,6 +641,7 @@ impl Handler<OpenFeed> for Subscriptions {
                 ctx.address().recipient(),
                 self.readers.clone(),
                 done,
+                self.tasks.clone(),
             );
             let consumer = match consumer {
                 Ok(consumer) => consumer,

@@ -49,14 +49,22 @@ pub struct TopicReaders {
     running: Arc<Mutex<HashMap<String, Addr<TopicReader>>>>,
     kafka: KafkaConfig,
     settings: FeedConfig,
+    /// The runtime the tail tasks run on: they poll Kafka and render every frame, work for
+    /// the facade runtime, not for the actors' thread.
+    tasks: tokio::runtime::Handle,
 }
 
 impl TopicReaders {
-    pub fn new(kafka: KafkaConfig, settings: FeedConfig) -> TopicReaders {
+    pub fn new(
+        kafka: KafkaConfig,
+        settings: FeedConfig,
+        tasks: tokio::runtime::Handle,
+    ) -> TopicReaders {
         TopicReaders {
             running: Arc::default(),
             kafka,
             settings,
+            tasks,
         }
     }
 
@@ -66,7 +74,13 @@ impl TopicReaders {
         if let Some(addr) = running.get(topic).filter(|a| a.connected()) {
             return Ok(addr.clone());
         }
-        let reader = TopicReader::new(topic, &self.kafka, &self.settings, self.running.clone())?;
+        let reader = TopicReader::new(
+            topic,
+            &self.kafka,
+            &self.settings,
+            self.running.clone(),
+            self.tasks.clone(),
+        )?;
         let addr = reader.start();
         running.insert(topic.to_string(), addr.clone());
         Ok(addr)
@@ -133,6 +147,7 @@ pub struct TopicReader {
     /// Dropped when the actor stops, which ends the reader task.
     stop: Option<oneshot::Sender<()>>,
     running: Arc<Mutex<HashMap<String, Addr<TopicReader>>>>,
+    tasks: tokio::runtime::Handle,
     idle_after: Duration,
     /// Empty until the reader task has started (`Started`).
     windows: HashMap<i32, Window>,
@@ -149,6 +164,7 @@ impl TopicReader {
         kafka: &KafkaConfig,
         settings: &FeedConfig,
         running: Arc<Mutex<HashMap<String, Addr<TopicReader>>>>,
+        tasks: tokio::runtime::Handle,
     ) -> Result<TopicReader> {
         let mut config = crate::kafka::client_config(kafka);
         config
@@ -176,6 +192,7 @@ impl TopicReader {
             client: Some(client),
             stop: None,
             running,
+            tasks,
             idle_after: Duration::from_millis(settings.idle_consumer_ms),
             windows: HashMap::new(),
             started: false,
@@ -259,7 +276,8 @@ impl Actor for TopicReader {
         if let Some(client) = self.client.take() {
             let (stop, stopped) = oneshot::channel();
             self.stop = Some(stop);
-            actix::spawn(tail(client, self.topic.clone(), ctx.address(), stopped));
+            self.tasks
+                .spawn(tail(client, self.topic.clone(), ctx.address(), stopped));
         }
         let every = (self.idle_after / 2).clamp(Duration::from_millis(50), START_RETRY);
         ctx.run_interval(every, |act, ctx| act.stop_if_idle(ctx));

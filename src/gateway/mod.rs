@@ -169,8 +169,6 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the gateway cannot start its runtime: {0}")]
-    Runtime(std::io::Error),
 }
 
 impl Gateway {
@@ -189,8 +187,10 @@ impl Gateway {
         self.addr
     }
 
-    /// Serves on a runtime of its own (two worker threads): the hot path does not share the
-    /// actors' thread. `guard` is held until every connection has ended after shutdown.
+    /// Serves on `runtime` (the facade runtime, one worker per core): the hot path does not
+    /// share the actors' thread. `guard` is held until every connection has ended after
+    /// shutdown, or a deadline has passed; connections still open then end with the runtime.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         self,
         config: GatewayConfig,
@@ -199,13 +199,8 @@ impl Gateway {
         tls: Option<TlsAcceptor>,
         shutdown: Shutdown,
         guard: Guard,
-    ) -> Result<(), GatewayError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("kafflow-gateway")
-            .enable_all()
-            .build()
-            .map_err(GatewayError::Runtime)?;
+        runtime: &tokio::runtime::Handle,
+    ) {
         let bind_ip = self.addr.ip();
         let advertised_host = config.advertised_host.clone().unwrap_or_else(|| {
             if bind_ip.is_unspecified() {
@@ -231,38 +226,28 @@ impl Gateway {
             rules,
             tls,
             shutdown,
-            runtime: runtime.handle().clone(),
+            runtime: runtime.clone(),
             guard: Mutex::new(Some(guard)),
         });
         let listener = self.listener;
-        std::thread::Builder::new()
-            .name("kafflow-gateway".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            accept_loop(Arc::clone(&shared), listener, Target::Bootstrap).await
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "Gateway listener unusable; the gateway is off.")
-                        }
-                    }
-                    // Connections answer what they have read, then end.
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                    while Arc::strong_count(&shared.open) > 1 && std::time::Instant::now() < deadline {
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    }
-                    let mut guard = match shared.guard.lock() {
-                        Ok(g) => g,
-                        Err(poisoned) => poisoned.into_inner(),
-                    };
-                    guard.take();
-                });
-                // Connections still open end with the runtime.
-                runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-            })
-            .map_err(GatewayError::Runtime)?;
-        Ok(())
+        runtime.spawn(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => accept_loop(Arc::clone(&shared), listener, Target::Bootstrap).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "Gateway listener unusable; the gateway is off.")
+                }
+            }
+            // Connections answer what they have read, then end.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::strong_count(&shared.open) > 1 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let mut guard = match shared.guard.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            guard.take();
+        });
     }
 }
 

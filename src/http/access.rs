@@ -196,7 +196,7 @@ async fn revoke_grant(
 pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
     let limit = app.limits.max_body_bytes;
     let body = move || body_up_to(limit);
-    let with_app = warp::any().map(move || app.clone());
+    let with_app = super::with_app(app);
     let api = warp::path("api").and(warp::path("v1"));
 
     let requests = api.and(warp::path("access-requests"));
@@ -207,7 +207,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(file_access)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let list = requests
         .and(warp::path::end())
         .and(warp::get())
@@ -215,7 +216,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(list_access)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let get = requests
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -223,7 +225,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|id, app, auth| get_access(app, id, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let act = requests
         .and(warp::path::param::<String>())
         .and(warp::path::param::<String>())
@@ -233,7 +236,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|id, action, app, auth, body| act_on_access(app, id, action, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let ownership = api
         .and(warp::path("topics"))
         .and(warp::path::param::<String>())
@@ -244,7 +248,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|topic, app, auth, body| file_ownership(app, topic, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let grants = api.and(warp::path("grants"));
     let grant_list = grants
         .and(warp::path::end())
@@ -253,7 +258,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(list_grants)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let revoke = grants
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -262,7 +268,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|id, app, auth, body| revoke_grant(app, id, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
     file.or(list)
         .unify()
         .or(get)

@@ -413,7 +413,7 @@ async fn close_with(
 pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
     let max_body = app.limits.max_body_bytes;
     let body = move || body_up_to(max_body);
-    let with_app = warp::any().map(move || app.clone());
+    let with_app = super::with_app(app);
     let me = warp::path("api")
         .and(warp::path("v1"))
         .and(warp::path("me"));
@@ -426,7 +426,8 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(mine)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let put_mine = mine_path
         .and(warp::path::end())
         .and(warp::put())
@@ -434,7 +435,8 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(replace)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let post_one = mine_path
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -442,7 +444,8 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|topic, app, auth| subscribe(app, topic, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let delete_one = mine_path
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -450,14 +453,16 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|topic, app, auth| unsubscribe(app, topic, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let admin_list = warp::path!("api" / "v1" / "subscriptions")
         .and(warp::get())
         .and(with_app.clone())
         .and(auth())
         .and(query())
         .then(list)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let upgrade = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
     let feed = me
         .and(warp::path("feed"))
@@ -470,7 +475,8 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .and(query())
         .and(upgrade)
         .then(open_feed)
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     get_mine
         .or(put_mine)

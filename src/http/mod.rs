@@ -510,6 +510,16 @@ fn sign_in_address(
         )
 }
 
+/// The app, handed to a route's handler. Behind an `Arc`: warp's `and` clones the rest of a
+/// route's chain before its path is matched, so every route tried would otherwise clone a
+/// whole `App` (a dozen reference counts, bounced between the worker threads' cores).
+pub(super) fn with_app(
+    app: App,
+) -> impl Filter<Extract = (App,), Error = std::convert::Infallible> + Clone {
+    let app = Arc::new(app);
+    warp::any().map(move || App::clone(&app))
+}
+
 /// Every route, with warp's own rejections rendered as JSON errors, and every reply with the
 /// headers browsers are told (`browser`).
 pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
@@ -517,11 +527,12 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
     let permits = Arc::new(tokio::sync::Semaphore::new(
         limits.max_concurrent_http_requests,
     ));
+    // Every route is boxed before it is joined with `or`: warp's `Or` clones its second
+    // filter for every request it sees, and an unboxed route clones its whole chain (an `App`
+    // is a dozen reference counts); a boxed one is one count. Unboxed, that was most of the
+    // CPU of `GET /healthz` with several worker threads bouncing those counts between cores.
     let body = || body_up_to(limits.max_body_bytes);
-    let with_app = {
-        let app = app.clone();
-        warp::any().map(move || app.clone())
-    };
+    let with_app = with_app(app.clone());
     let api = warp::path("api").and(warp::path("v1"));
 
     let healthz = warp::path!("healthz")
@@ -531,7 +542,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_app.clone())
         .then(ready)
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     let requests = api.and(warp::path("topic-requests"));
     let create = requests
@@ -541,7 +553,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(create_request)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let list = requests
         .and(warp::path::end())
         .and(warp::get())
@@ -549,7 +562,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(list_requests)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let get = requests
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -557,7 +571,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|id, app, auth| get_request(app, id, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let act = requests
         .and(warp::path::param::<String>())
         .and(warp::path::param::<String>())
@@ -567,7 +582,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|id, action, app, auth, body| act_on_request(app, id, action, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     let topics = api.and(warp::path("topics"));
     let topic_list = topics
@@ -577,7 +593,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(list_topics)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let topic_get = topics
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -585,7 +602,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(|name, app, auth| get_topic(app, name, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     let deletion = topics
         .and(warp::path::param::<String>())
         .and(warp::path("deletion-requests"))
@@ -595,7 +613,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body())
         .then(|name, app, auth, body| request_deletion(app, name, auth, body))
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     let audit = api
         .and(warp::path("audit"))
@@ -605,7 +624,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(audit)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let verify = api
         .and(warp::path("audit"))
         .and(warp::path("verify"))
@@ -614,7 +634,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(verify_chain)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let policy = api
         .and(warp::path("policy"))
         .and(warp::path::end())
@@ -622,7 +643,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(auth())
         .then(policy)
-        .map(respond);
+        .map(respond)
+        .boxed();
 
     let gated = create
         .or(list)
@@ -670,13 +692,14 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
                 }
                 reply
             },
-        );
+        )
+        .boxed();
     let answered = headers_within(limits.max_request_header_bytes)
         .and(
             healthz
                 .or(readyz)
                 .unify()
-                .or(browser::preflight(cors.clone()))
+                .or(browser::preflight(cors.clone()).boxed())
                 .unify()
                 .or(gated)
                 .unify(),

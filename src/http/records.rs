@@ -190,7 +190,7 @@ async fn drift(app: App, auth: Option<String>) -> Result<Response> {
 
 pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
     let max_body = app.limits.max_ingest_body_bytes;
-    let with_app = warp::any().map(move || app.clone());
+    let with_app = super::with_app(app);
     let api = warp::path("api").and(warp::path("v1"));
 
     let ingest = api
@@ -207,7 +207,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .then(|topic, app, auth, query, content_type, body| {
             ingest(app, topic, auth, query, content_type, body)
         })
-        .map(respond);
+        .map(respond)
+        .boxed();
     let held = api.and(warp::path("held")).and(warp::path::end());
     let list = held
         .and(warp::get())
@@ -216,14 +217,16 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(query())
         .and(warp::header::optional::<String>("accept"))
         .then(list_held)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let discard = held
         .and(warp::delete())
         .and(with_app.clone())
         .and(auth())
         .and(query())
         .then(discard_held)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let drift = api
         .and(warp::path("drift"))
         .and(warp::path::end())
@@ -231,7 +234,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(with_app)
         .and(auth())
         .then(drift)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let metrics = warp::path!("metrics").and(warp::get()).map(|| {
         warp::reply::with_header(
             METRICS.render(),

@@ -62,7 +62,7 @@ async fn revoke(app: App, id: String, auth: Option<String>) -> Result<Response> 
 /// `POST /tokens`, `GET /tokens`, `DELETE /tokens/{id}`.
 pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
     let max_body = app.limits.max_body_bytes;
-    let with_app = warp::any().map(move || app.clone());
+    let with_app = super::with_app(app);
     let tokens = warp::path("api")
         .and(warp::path("v1"))
         .and(warp::path("tokens"));
@@ -73,7 +73,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(body_up_to(max_body))
         .then(issue)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let get = tokens
         .and(warp::path::end())
         .and(warp::get())
@@ -81,7 +82,8 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(query())
         .then(list)
-        .map(respond);
+        .map(respond)
+        .boxed();
     let delete = tokens
         .and(warp::path::param::<String>())
         .and(warp::path::end())
@@ -89,6 +91,7 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .and(with_app)
         .and(auth())
         .then(|id, app, auth| revoke(app, id, auth))
-        .map(respond);
+        .map(respond)
+        .boxed();
     create.or(get).unify().or(delete).unify().boxed()
 }
