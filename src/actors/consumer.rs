@@ -387,6 +387,7 @@ pub struct Consumer {
 
 impl Consumer {
     /// Creates the rdkafka consumer of `user`; it reads nothing until a feed attaches.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         user: &str,
         topics: BTreeSet<String>,
