@@ -1238,24 +1238,48 @@ fn every_limit_is_refused_with_a_reason() {
         stream.write_all(head.as_bytes()).expect("write");
         stream
     };
-    let held = [hold(), hold()];
+    let mut held = vec![hold(), hold()];
     let carol = [(
         "Authorization".to_string(),
         format!("Bearer {}", svc.token("carol")).into_bytes(),
     )];
     let mut busy = None;
     let full = common::wait_until(Duration::from_secs(30), || {
+        // A held request that was answered (refused while a call of the steps above still
+        // had its place, on another worker thread) is sent again, so that both places end up
+        // taken by bodies that never finish.
+        for stream in held.iter_mut() {
+            let _ = stream.set_nonblocking(true);
+            let answered = matches!(stream.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+            let _ = stream.set_nonblocking(false);
+            if answered {
+                *stream = hold();
+            }
+        }
         let reply = raw_http(&svc, request_bytes("GET", b"/api/v1/topics", &carol, None));
         let is_full = reply.status == 429;
         busy = Some(reply);
         is_full
     });
     let busy = busy.expect("a reply");
-    assert!(
-        full,
-        "never 429 with every place taken: {}",
-        busy.describe()
-    );
+    if !full {
+        // What the two held requests were told, if anything: the failure says why they
+        // did not hold their places.
+        let told: Vec<String> = held
+            .iter_mut()
+            .map(|stream| {
+                use std::io::Read;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut bytes = vec![0u8; 512];
+                let n = stream.read(&mut bytes).unwrap_or(0);
+                String::from_utf8_lossy(&bytes[..n]).into_owned()
+            })
+            .collect();
+        panic!(
+            "never 429 with every place taken: {}; the held requests were told {told:?}",
+            busy.describe()
+        );
+    }
     assert_eq!(busy.json()["error"]["code"], "too_many_requests");
     assert_eq!(busy.header("retry-after"), Some("3"), "{:?}", busy.headers);
     let (status, _) = svc.get_anon("/healthz");
