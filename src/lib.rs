@@ -278,6 +278,7 @@ pub async fn serve(
         event_store.clone(),
     );
     let direct_topics = publisher.direct_topics();
+    let counts_view = publisher.counts_view();
     let publisher = publisher.start();
     // Routes as the log left them; from here on the watcher keeps them in step. Nothing is
     // appended before the watcher follows the log: the provisioner resumes only below.
@@ -318,7 +319,7 @@ pub async fn serve(
                 identity.clone(),
                 approval.clone(),
                 publisher.clone(),
-                governed_view,
+                governed_view.clone(),
                 direct_topics,
                 record::RecordLimits::from(&config.limits),
             );
@@ -368,6 +369,8 @@ pub async fn serve(
         listener: listener_actor,
         publisher,
         watcher,
+        topics: governed_view,
+        counts: counts_view,
         shutdown: coordinator.shutdown(),
         feeds_done: coordinator.guard(),
         limits: config.limits.clone(),

@@ -10,12 +10,12 @@
 //! The rules are those of the registry's own handlers (`access::produce_rule`,
 //! `access::consume_rule`); the view adds the role checks their callers make.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use super::access::{consume_rule, produce_rule, TopicFacts};
-use super::registry::{Governance, TopicRoute};
-use crate::error::Result;
+use super::registry::{Governance, Topic, TopicRoute};
+use crate::error::{Error, Result};
 use crate::identity::{Principal, Role};
 
 /// Where a principal's records for a topic go.
@@ -47,6 +47,9 @@ pub enum VisibleStatus {
 #[derive(Debug, Clone, Default)]
 pub struct GovernedView {
     topics: Arc<RwLock<BTreeMap<String, TopicFacts>>>,
+    /// What `GET /topics/{name}` shows of each topic approved once or asked for and pending
+    /// (`Governance::topic_or_pending`), so that a topic read costs no message to the registry.
+    shown: Arc<RwLock<HashMap<String, Topic>>>,
 }
 
 impl GovernedView {
@@ -56,8 +59,13 @@ impl GovernedView {
             .topic_names()
             .filter_map(|name| Some((name.to_string(), state.facts(name)?)))
             .collect();
+        let shown = state
+            .topic_names()
+            .filter_map(|name| Some((name.to_string(), state.topic_or_pending(name).ok()?)))
+            .collect();
         GovernedView {
             topics: Arc::new(RwLock::new(topics)),
+            shown: Arc::new(RwLock::new(shown)),
         }
     }
 
@@ -65,14 +73,36 @@ impl GovernedView {
     pub(super) fn refresh(&self, state: &Governance, topic: &str) {
         // Built before the lock is taken: readers wait only for the insert.
         let facts = state.facts(topic);
-        let mut topics = self
-            .topics
+        let shown = state.topic_or_pending(topic).ok();
+        {
+            let mut topics = self
+                .topics
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match facts {
+                Some(facts) => topics.insert(topic.to_string(), facts),
+                None => topics.remove(topic),
+            };
+        }
+        let mut all = self
+            .shown
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match facts {
-            Some(facts) => topics.insert(topic.to_string(), facts),
-            None => topics.remove(topic),
+        match shown {
+            Some(shown) => all.insert(topic.to_string(), shown),
+            None => all.remove(topic),
         };
+    }
+
+    /// The topic as `GET /topics/{name}` shows it: the answer of the registry's `GetTopic`
+    /// (`Governance::topic_or_pending`) for the committed state, without a message.
+    pub fn topic(&self, name: &str) -> Result<Topic> {
+        self.shown
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("topic {name}")))
     }
 
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, TopicFacts>> {
@@ -404,6 +434,21 @@ mod tests {
     /// The view answers as the registry's handlers do, for every principal and topic, the
     /// role its callers check first aside.
     async fn agree(registry: &Addr<Registry>, view: &GovernedView) {
+        for topic in TOPICS {
+            let handler = registry
+                .send(super::super::registry::GetTopic(topic.into()))
+                .await
+                .expect("alive");
+            match (view.topic(topic), handler) {
+                (Ok(seen), Ok(asked)) => assert_eq!(seen, asked, "GET /topics/{topic}"),
+                (Err(seen), Err(asked)) => assert_eq!(
+                    (seen.code(), seen.to_string()),
+                    (asked.code(), asked.to_string()),
+                    "GET /topics/{topic}"
+                ),
+                (seen, asked) => panic!("GET /topics/{topic}: view {seen:?}, registry {asked:?}"),
+            }
+        }
         for principal in everyone() {
             for topic in TOPICS {
                 let case = format!("{} on {topic}", principal.name);

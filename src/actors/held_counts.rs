@@ -9,13 +9,34 @@
 //! counted with the [`Tally`] the spool answered, read in the same transaction as the change.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::metrics::METRICS;
 use crate::spool::{Tally, TopicContents};
 
+/// The per-topic counts, readable without a message to the publisher (a topic read asks for
+/// them on every call). The publisher, through `HeldCounts`, is the only writer.
+#[derive(Debug, Clone, Default)]
+pub struct CountsView(Arc<RwLock<HashMap<String, TopicContents>>>);
+
+impl CountsView {
+    /// The counts of `topic` (all zero when it has none).
+    pub fn topic(&self, topic: &str) -> TopicContents {
+        self.read().get(topic).cloned().unwrap_or_default()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, TopicContents>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, TopicContents>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct HeldCounts {
-    topics: HashMap<String, TopicContents>,
+    topics: CountsView,
     /// Records and bytes of every topic together, kept with each change so that the gauges
     /// cost one step, not a pass over every topic the spool has seen.
     records: u64,
@@ -28,7 +49,7 @@ impl HeldCounts {
         let records = topics.values().map(|c| c.held + c.dead).sum();
         let bytes = topics.values().map(|c| c.held_bytes + c.dead_bytes).sum();
         let counts = HeldCounts {
-            topics,
+            topics: CountsView(Arc::new(RwLock::new(topics))),
             records,
             bytes,
         };
@@ -38,12 +59,17 @@ impl HeldCounts {
 
     /// The counts of `topic` (all zero when it has none).
     pub(crate) fn topic(&self, topic: &str) -> TopicContents {
-        self.topics.get(topic).cloned().unwrap_or_default()
+        self.topics.topic(topic)
+    }
+
+    /// The counts as readers see them: every change here is seen by the next read.
+    pub(crate) fn view(&self) -> CountsView {
+        self.topics.clone()
     }
 
     /// Held records of `topic`, including holds not yet committed.
     pub(crate) fn held(&self, topic: &str) -> u64 {
-        self.topics.get(topic).map_or(0, |c| c.held)
+        self.topics.read().get(topic).map_or(0, |c| c.held)
     }
 
     /// Bytes of every record in the spool, held and dead.
@@ -58,11 +84,11 @@ impl HeldCounts {
 
     /// Changes the counts of `topic` with `change`, and the totals by the same amount.
     fn change(&mut self, topic: &str, change: impl FnOnce(&mut TopicContents)) {
-        if !self.topics.contains_key(topic) {
-            self.topics
-                .insert(topic.to_string(), TopicContents::default());
+        let mut topics = self.topics.write();
+        if !topics.contains_key(topic) {
+            topics.insert(topic.to_string(), TopicContents::default());
         }
-        let Some(c) = self.topics.get_mut(topic) else {
+        let Some(c) = topics.get_mut(topic) else {
             return;
         };
         let (records, bytes) = (c.held + c.dead, c.held_bytes + c.dead_bytes);

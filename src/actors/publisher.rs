@@ -98,6 +98,18 @@ pub struct TopicCounts {
     pub published: u64,
 }
 
+impl From<TopicContents> for TopicCounts {
+    fn from(c: TopicContents) -> Self {
+        TopicCounts {
+            held: c.held,
+            dead: c.dead,
+            published: c.published,
+        }
+    }
+}
+
+pub use super::held_counts::CountsView;
+
 /// The counts of the named topics (a page of them, or one): a read costs the names asked
 /// for, not every topic the spool has seen.
 #[derive(Message)]
@@ -273,6 +285,12 @@ impl Publisher {
     /// before the publisher starts.
     pub fn direct_topics(&self) -> DirectTopics {
         self.direct_topics.clone()
+    }
+
+    /// The per-topic counts as the publisher keeps them, readable without a message; take it
+    /// before the publisher starts.
+    pub fn counts_view(&self) -> CountsView {
+        self.counts.view()
     }
 
     /// Records of `topic` go straight to Kafka: it is active and nothing of it is held.
@@ -788,12 +806,7 @@ impl Handler<Counts> for Publisher {
             msg.0
                 .into_iter()
                 .map(|topic| {
-                    let c = self.counts.topic(&topic);
-                    let counts = TopicCounts {
-                        held: c.held,
-                        dead: c.dead,
-                        published: c.published,
-                    };
+                    let counts = TopicCounts::from(self.counts.topic(&topic));
                     (topic, counts)
                 })
                 .collect(),

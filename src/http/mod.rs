@@ -35,11 +35,10 @@ use crate::actors::approval::{
 use crate::actors::event_store::{EventStore, LogWritable, QueryAudit, VerifyChain};
 use crate::actors::listener::Listener;
 use crate::actors::provisioner::{BrokerReachable, Provisioner};
-use crate::actors::publisher::{Counts, Publisher, SpoolHealth, TopicCounts};
+use crate::actors::publisher::{Publisher, SpoolHealth, TopicCounts};
 use crate::actors::registry::Topic;
 use crate::actors::registry::{
-    GetRequest, GetTopic, ListRequests, Registry, RequestFilter, RequestKind, RequestStatus,
-    TopicsPage,
+    GetRequest, ListRequests, Registry, RequestFilter, RequestKind, RequestStatus, TopicsPage,
 };
 use crate::actors::subscriptions::Subscriptions;
 use crate::actors::tokens::Tokens;
@@ -65,6 +64,10 @@ pub struct App {
     pub listener: Addr<Listener>,
     pub publisher: Addr<Publisher>,
     pub watcher: Addr<Watcher>,
+    /// The registry's committed topics and the publisher's counts, read without a message:
+    /// `GET /topics/{name}` is the most frequent read.
+    pub topics: crate::actors::governed_view::GovernedView,
+    pub counts: crate::actors::publisher::CountsView,
     /// Open feeds close with 1001 when it fires, and hold a guard until they have.
     pub shutdown: crate::shutdown::Shutdown,
     pub feeds_done: crate::shutdown::Guard,
@@ -332,8 +335,9 @@ struct TopicView {
     published: u64,
 }
 
-fn topic_view(topic: Topic, counts: &std::collections::HashMap<String, TopicCounts>) -> TopicView {
-    let c = counts.get(&topic.name).copied().unwrap_or_default();
+/// A topic with its counts, read from the publisher's view of them.
+fn topic_view(app: &App, topic: Topic) -> TopicView {
+    let c = TopicCounts::from(app.counts.topic(&topic.name));
     TopicView {
         topic,
         held: c.held,
@@ -355,16 +359,13 @@ async fn list_topics(app: App, auth: Option<String>, query: String) -> Result<Re
     let page = paging::page_of(params.after, params.limit)?;
     let topics = app.registry.send(TopicsPage(page)).await?;
     // The counts of this page's topics only.
-    let names = topics.items.iter().map(|t| t.name.clone()).collect();
-    let counts = app.publisher.send(Counts(names)).await?;
-    paging::page_body("topics", topics.map(|t| topic_view(t, &counts)))
+    paging::page_body("topics", topics.map(|t| topic_view(&app, t)))
 }
 
 async fn get_topic(app: App, name: String, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth).await?;
-    let topic = app.registry.send(GetTopic(name)).await??;
-    let counts = app.publisher.send(Counts(vec![topic.name.clone()])).await?;
-    Ok(json(StatusCode::OK, &topic_view(topic, &counts)))
+    let topic = app.topics.topic(&name)?;
+    Ok(json(StatusCode::OK, &topic_view(&app, topic)))
 }
 
 async fn request_deletion(
