@@ -39,16 +39,33 @@ impl Cors {
     }
 
     /// The request's `Origin`, if it is one of ours.
-    fn allowed(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+    fn allowed(&self, origin: Option<&str>) -> Option<HeaderValue> {
         if self.origins.is_empty() {
             return None;
         }
-        let origin = headers.get(header::ORIGIN)?;
-        let text = origin.to_str().ok()?;
-        self.origins
-            .contains(&text.to_ascii_lowercase())
-            .then(|| origin.clone())
+        let origin = origin?;
+        if !self.origins.contains(&origin.to_ascii_lowercase()) {
+            return None;
+        }
+        HeaderValue::from_str(origin).ok()
     }
+}
+
+/// The request's `Origin` header, looked up without copying the other headers (every reply
+/// passes through `decorate`, which needs nothing else of the request).
+/// An `Origin` that is not visible ASCII is no origin of ours: taken as none.
+pub fn origin() -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone
+{
+    optional_header("origin")
+}
+
+/// A header as text, `None` when missing or not visible ASCII; never a rejection.
+pub(super) fn optional_header(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone {
+    warp::header::optional::<String>(name)
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
@@ -63,33 +80,36 @@ pub fn preflight(
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     // Not `warp::options()`: its refusal of other methods is a 405 that would outrank the
     // 404 of a path no route has.
-    warp::method().and(warp::header::headers_cloned()).and_then(
-        move |method: warp::http::Method, headers: HeaderMap| {
-            let allowed = cors
-                .allowed(&headers)
-                .filter(|_| method == warp::http::Method::OPTIONS);
-            async move {
-                match allowed {
-                    Some(origin) if headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) => {
-                        let mut response = StatusCode::NO_CONTENT.into_response();
-                        let h = response.headers_mut();
-                        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                        set(h, header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
-                        set(h, header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS);
-                        set(h, header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE_S);
-                        Ok(response)
+    warp::method()
+        .and(origin())
+        .and(optional_header("access-control-request-method"))
+        .and_then(
+            move |method: warp::http::Method, origin: Option<String>, asked: Option<String>| {
+                let allowed = cors
+                    .allowed(origin.as_deref())
+                    .filter(|_| method == warp::http::Method::OPTIONS);
+                async move {
+                    match allowed {
+                        Some(origin) if asked.is_some() => {
+                            let mut response = StatusCode::NO_CONTENT.into_response();
+                            let h = response.headers_mut();
+                            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                            set(h, header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
+                            set(h, header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS);
+                            set(h, header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE_S);
+                            Ok(response)
+                        }
+                        _ => Err(warp::reject::not_found()),
                     }
-                    _ => Err(warp::reject::not_found()),
                 }
-            }
-        },
-    )
+            },
+        )
 }
 
 /// Adds the security headers to a reply, and the CORS headers when the request came from a
 /// listed origin.
-pub fn decorate(cors: &Cors, request: &HeaderMap, mut response: Response) -> Response {
-    let allowed = cors.allowed(request);
+pub fn decorate(cors: &Cors, origin: Option<&str>, mut response: Response) -> Response {
+    let allowed = cors.allowed(origin);
     let h = response.headers_mut();
     set(h, header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
     set(h, header::X_FRAME_OPTIONS, "DENY");
@@ -110,32 +130,15 @@ pub fn decorate(cors: &Cors, request: &HeaderMap, mut response: Response) -> Res
 mod tests {
     use super::*;
 
-    fn request_from(origin: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::ORIGIN,
-            HeaderValue::from_str(origin).expect("header"),
-        );
-        headers
-    }
-
     #[test]
     fn only_a_listed_origin_is_named_in_a_reply() {
         let cors = Cors::new(&["https://console.example".to_string()]);
-        let listed = decorate(
-            &cors,
-            &request_from("https://console.example"),
-            Response::default(),
-        );
+        let listed = decorate(&cors, Some("https://console.example"), Response::default());
         assert_eq!(
             listed.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
             "https://console.example"
         );
-        let other = decorate(
-            &cors,
-            &request_from("https://evil.example"),
-            Response::default(),
-        );
+        let other = decorate(&cors, Some("https://evil.example"), Response::default());
         assert!(!other
             .headers()
             .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
@@ -146,7 +149,7 @@ mod tests {
     fn no_origins_listed_means_no_cors_headers_at_all() {
         let reply = decorate(
             &Cors::default(),
-            &request_from("https://console.example"),
+            Some("https://console.example"),
             Response::default(),
         );
         assert!(!reply

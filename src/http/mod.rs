@@ -489,14 +489,19 @@ fn sign_in_address(
     identity: Identity,
 ) -> impl Filter<Extract = (Option<std::net::IpAddr>,), Error = warp::Rejection> + Clone {
     server::client_addr()
-        .and(warp::header::headers_cloned())
+        .and(
+            warp::header::optional::<warp::http::HeaderValue>("authorization")
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
+        .and(browser::optional_header("sec-websocket-protocol"))
         .and_then(
-            move |peer: Option<std::net::SocketAddr>, headers: warp::http::HeaderMap| {
-                let carries_token = headers.contains_key(warp::http::header::AUTHORIZATION)
-                    || headers
-                        .get_all(warp::http::header::SEC_WEBSOCKET_PROTOCOL)
-                        .iter()
-                        .any(|v| v.to_str().is_ok_and(|p| p.contains("bearer.")));
+            move |peer: Option<std::net::SocketAddr>,
+                  authorization: Option<warp::http::HeaderValue>,
+                  protocols: Option<String>| {
+                // The feed reads its `bearer.` subprotocol from the first such header too.
+                let carries_token =
+                    authorization.is_some() || protocols.is_some_and(|p| p.contains("bearer."));
                 let address = peer.map(|p| p.ip()).filter(|_| carries_token);
                 let admitted = match address {
                     Some(ip) => identity
@@ -707,10 +712,10 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         )
         .recover(error::recover)
         .unify();
-    warp::header::headers_cloned()
+    browser::origin()
         .and(answered)
-        .map(move |request: warp::http::HeaderMap, reply: Response| {
-            browser::decorate(&cors, &request, reply)
+        .map(move |origin: Option<String>, reply: Response| {
+            browser::decorate(&cors, origin.as_deref(), reply)
         })
         .boxed()
 }
