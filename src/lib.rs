@@ -358,7 +358,7 @@ pub async fn serve(
         provisioner.do_send(Provision(request));
     }
 
-    let app = http::App {
+    let app = std::sync::Arc::new(http::AppState {
         identity,
         tokens,
         registry,
@@ -374,7 +374,7 @@ pub async fn serve(
         shutdown: coordinator.shutdown(),
         feeds_done: coordinator.guard(),
         limits: config.limits.clone(),
-    };
+    });
     tracing::info!(%addr, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "KafFlow listening.");
     let tls_on = http_tls.is_some();
     on_listening(Bound {

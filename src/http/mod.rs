@@ -51,9 +51,12 @@ use crate::identity::{Door, Identity, Principal, SignedIn};
 const DEFAULT_AUDIT_LIMIT: usize = 100;
 const MAX_AUDIT_LIMIT: usize = 1000;
 
-/// What the handlers talk to.
-#[derive(Clone)]
-pub struct App {
+/// What the handlers talk to, shared by every call: a handler gets an `App`, one reference
+/// count, not a copy of the dozen addresses inside.
+pub type App = Arc<AppState>;
+
+/// The actors and views behind `App`.
+pub struct AppState {
     pub identity: Identity,
     pub tokens: Addr<Tokens>,
     pub registry: Addr<Registry>,
@@ -74,7 +77,7 @@ pub struct App {
     pub limits: Limits,
 }
 
-impl App {
+impl AppState {
     /// The caller of an `Authorization` header value.
     async fn authenticate(&self, header: Option<String>) -> Result<Principal> {
         Ok(self.sign_in(header).await?.principal)
@@ -516,13 +519,11 @@ fn sign_in_address(
         )
 }
 
-/// The app, handed to a route's handler. Behind an `Arc`: warp's `and` clones the rest of a
-/// route's chain before its path is matched, so every route tried would otherwise clone a
-/// whole `App` (a dozen reference counts, bounced between the worker threads' cores).
+/// The app, handed to a route's handler: one reference count per call (warp's `and` clones
+/// the rest of a route's chain before its path is matched, and the handler gets its own).
 pub(super) fn with_app(
     app: App,
 ) -> impl Filter<Extract = (App,), Error = std::convert::Infallible> + Clone {
-    let app = Arc::new(app);
     warp::any().map(move || App::clone(&app))
 }
 
