@@ -758,10 +758,17 @@ fn console_actions_audit_and_dashboard() {
     page.fill("#request-form [name=replication_factor]", "1");
     page.fill("#request-form [name=retention_hours]", "2");
     page.fill("#request-form [name=cleanup_policy]", "compact");
-    page.fill("#request-form [name=config_more]", "max.message.bytes=65536");
+    page.fill(
+        "#request-form [name=config_more]",
+        "max.message.bytes=65536",
+    );
     page.click("#request-form button[type=submit]");
     page.wait_notice("request with configs filed", "Requested");
-    let mine = service.list_all("alice", "/api/v1/topic-requests?requested_by=alice", "requests");
+    let mine = service.list_all(
+        "alice",
+        "/api/v1/topic-requests?requested_by=alice",
+        "requests",
+    );
     let filed = mine
         .iter()
         .find(|r| r["topic"] == retained.as_str())

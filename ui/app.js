@@ -871,6 +871,8 @@ async function sampleRates() {
 function startRates() {
   stopRates();
   sampleRates();
+  // A second sample soon after the first gives the chart its first point without a 5 s wait.
+  setTimeout(() => rates.timer && sampleRates(), 1000);
   rates.timer = setInterval(sampleRates, RATE_POLL_MS);
 }
 
@@ -904,6 +906,7 @@ function drawRates() {
     height: 180,
     scales: { y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
     axes: [{}, { label: "records/s", size: 60 }],
+    legend: { live: false },
     series: [{}, ...RATE_SERIES.map((s) => ({ label: s.label, stroke: s.stroke, width: 2 }))],
   }, data, box);
   const canvas = box.querySelector("canvas");
@@ -1039,7 +1042,8 @@ function heldActions(topic, which, shown) {
     onclick: () => guarded(async () => {
       const q = new URLSearchParams({ topic, state: which, format: "ndjson", limit: "100000" });
       const n = await downloadNdjson(`/held?${q}`, `${topic}-${which}.ndjson`);
-      showNotice(`Exported ${n} ${which} records of ${topic}.`);
+      // One call exports at most 100,000 records; the API pages past that (`after`).
+      showNotice(`Exported ${n} ${which} records of ${topic}${n >= 100000 ? " (the first 100,000: use the API's after= for the rest)" : ""}.`);
     }),
   }, "Export NDJSON");
   if (!(state.roles.has("admin") && which === "dead" && shown > 0)) return el("div", { class: "row" }, exportButton);
