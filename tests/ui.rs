@@ -890,6 +890,19 @@ fn console_actions_audit_and_dashboard() {
         "document.querySelector('#dash-rates canvas')",
         STEP_TIMEOUT,
     );
+    // Records sent now show as an ingest rate above zero within a poll or two.
+    let (status, reply) = service.produce(
+        "alice",
+        &retained,
+        "",
+        &json!([{"key": "a", "value": 1}, {"key": "b", "value": 2}]),
+    );
+    assert_eq!(status, 202, "{reply}");
+    page.wait_for(
+        "ingest rate charted",
+        "rates.samples[0].some((v) => v > 0) && rates.samples[1].some((v) => v > 0)",
+        STEP_TIMEOUT,
+    );
     page.screenshot(&shots, "15-dashboard");
 
     // Audit: newest first by default, the order switches, a kind filters, an event opens to

@@ -889,7 +889,12 @@ function stopRates() {
 function drawRates() {
   const box = $("dash-rates");
   if (!box || box.offsetParent === null) return; // hidden: drawn when the dashboard shows
-  const data = [rates.times, ...rates.samples];
+  // An empty point at the window's start keeps the x axis at five minutes from the first
+  // sample on (one point alone would stretch it over years).
+  const t = rates.times;
+  const data = t.length
+    ? [[t[t.length - 1] - (RATE_POLL_MS / 1000) * RATE_KEEP, ...t], ...rates.samples.map((s) => [null, ...s])]
+    : [[], ...rates.samples];
   const width = Math.max(Math.min(box.clientWidth, 720), 260);
   if (rates.chart && rates.chart.root.isConnected && rates.chart.width === width) {
     rates.chart.setData(data);
