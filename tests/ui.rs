@@ -732,11 +732,12 @@ fn console_actions_audit_and_dashboard() {
     page.open(&format!("{}/", service.base_url()));
     page.sign_in(service.token("alice"));
 
-    // The dashboard is the first screen: alice's own pending request counts, and the rates
-    // chart is drawn.
+    // The dashboard is the first screen: nothing waits for alice's decision, one request of
+    // hers waits for an admin's, and the rates chart is drawn.
     page.wait_for(
-        "dashboard pending count",
-        "document.querySelector('#dash-pending .stat-value[data-count=\"1\"]')",
+        "dashboard pending counts",
+        "document.querySelector('#dash-pending .stat-value[data-count=\"0\"]') && \
+         document.querySelector('#dash-mine .stat-value[data-count=\"1\"]')",
         STEP_TIMEOUT,
     );
     page.wait_for(
@@ -866,12 +867,23 @@ fn console_actions_audit_and_dashboard() {
     // carol: the dashboard counts the requests that wait for her, and the held records of
     // the pending topic with their age.
     page.sign_in(service.token("carol"));
-    let waiting = service
-        .list_all("carol", "/api/v1/topic-requests?status=pending", "requests")
-        .iter()
-        .filter(|r| r["requested_by"] != "carol")
-        .count();
-    assert!(waiting >= 1);
+    // An access request of erin's to alice's topic waits for carol too (and for alice).
+    let (status, reply) = service.post(
+        "erin",
+        "/api/v1/access-requests",
+        &json!({"topic": retained, "access": "consume"}),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let others = |path: &str, field: &str| {
+        service
+            .list_all("carol", path, field)
+            .iter()
+            .filter(|r| r["requested_by"] != "carol")
+            .count()
+    };
+    let waiting = others("/api/v1/topic-requests?status=pending", "requests")
+        + others("/api/v1/access-requests?status=pending", "requests");
+    assert_eq!(waiting, 2, "the first send's topic and erin's access");
     page.wait_for(
         "admin's pending count",
         &format!("document.querySelector('#dash-pending .stat-value[data-count=\"{waiting}\"]')"),
@@ -904,6 +916,16 @@ fn console_actions_audit_and_dashboard() {
         STEP_TIMEOUT,
     );
     page.screenshot(&shots, "15-dashboard");
+    page.sign_in(service.token("alice"));
+    page.wait_for(
+        "erin's access request waits for the topic's owner",
+        &format!(
+            "document.querySelector('#dash-pending .stat-value[data-count=\"1\"]') && \
+             document.querySelector('#dash-pending-list').textContent.includes('consume access to {retained}')"
+        ),
+        STEP_TIMEOUT,
+    );
+    page.sign_in(service.token("carol"));
 
     // Audit: newest first by default, the order switches, a kind filters, an event opens to
     // its JSON, and the export answers.

@@ -956,36 +956,60 @@ function stat(id, label, value, hint) {
     hint ? el("span", { class: "hint" }, hint) : null);
 }
 
+// Access and ownership requests this user may decide: an admin any but their own, a topic's
+// owner those on the topic, and whoever a handover names the handover.
+async function accessWaitingForMe(admin) {
+  if (state.missing.has("access") || state.me === null) return [];
+  const open = await fetchAll("/access-requests", "requests", { status: "pending" });
+  const others = open.filter((r) => !isMe(r.requested_by));
+  if (admin) return others;
+  // The owner is on the topic, not on the request: look up a few topics, not every topic.
+  const topics = [...new Set(others.map((r) => r.topic))].slice(0, 20);
+  const owners = new Map(await Promise.all(topics.map(async (t) => {
+    const topic = await api("GET", `/topics/${encodeURIComponent(t)}`).catch(() => null);
+    return [t, topic && topic.owner];
+  })));
+  return others.filter((r) => owners.get(r.topic) === state.me.name || (r.access === "ownership" && isMe(r.to)));
+}
+
 async function loadDashboard() {
   const admin = state.roles.has("admin");
   const holder = admin || state.roles.has("producer");
-  const [pending, drift] = await Promise.all([
+  const [pending, access, drift] = await Promise.all([
     fetchAll("/topic-requests", "requests", { status: "pending" }),
+    accessWaitingForMe(admin),
     api("GET", "/drift"),
   ]);
-  // An admin waits on others' requests; anyone else on the decisions of their own.
-  const forMe = pending.filter((r) => (admin ? !isMe(r.requested_by) : isMe(r.requested_by)));
+  // What waits for this user's decision, and what of theirs waits for someone else's.
+  const waiting = [
+    ...pending.filter((r) => admin && !isMe(r.requested_by))
+      .map((r) => ({ id: r.id, what: `${r.kind} ${r.topic}`, by: r.requested_by, at: r.requested_at, tab: "requests" })),
+    ...access.map((r) => ({
+      id: r.id,
+      what: r.access === "ownership" ? `ownership of ${r.topic} to ${r.to}` : `${r.access} access to ${r.topic}`,
+      by: r.requested_by, at: r.requested_at, tab: "access",
+    })),
+  ].sort((a, b) => String(a.at).localeCompare(String(b.at)));
   const mineOpen = pending.filter((r) => isMe(r.requested_by));
   const driftCount = drift.missing_in_kafka.length + drift.unmanaged_in_kafka.length + drift.config_differs.length;
   // Held records are read only for the topics this user may see them for, and a few of them.
   const creates = pending.filter((r) => r.kind === "create" && (admin || isMe(r.requested_by))).slice(0, 20);
   const held = holder ? await Promise.all(creates.map((r) => heldFor(r.topic))) : [];
 
-  const pendingLabel = admin ? "requests wait for your decision" : "of your requests wait for an admin";
   const heldTotal = held.reduce((n, h) => n + (h.held || 0), 0);
-  const ownHint = admin && mineOpen.length ? `and ${mineOpen.length} of yours wait for another admin` : "";
   const driftHint = drift.checked_at ? `checked ${when(drift.checked_at)}` : "not compared yet";
-  redraw($("dash-stats"), JSON.stringify([forMe.length, heldTotal, driftCount, ownHint, driftHint]), () => el("div", { class: "stats" },
-    stat("dash-pending", pendingLabel, forMe.length, ownHint),
+  redraw($("dash-stats"), JSON.stringify([waiting.length, mineOpen.length, heldTotal, driftCount, driftHint]), () => el("div", { class: "stats" },
+    stat("dash-pending", "requests wait for your decision", waiting.length),
+    stat("dash-mine", `of your requests wait for ${admin ? "another admin" : "a decision"}`, mineOpen.length),
     stat("dash-held", "records held for pending topics", heldTotal),
     stat("dash-drift", "drift findings", driftCount, driftHint)));
 
-  const list = forMe.slice(0, 10);
-  redraw($("dash-pending-list"), JSON.stringify(list.map((r) => [r.id, ageOf(r.requested_at)])), () => (list.length
-    ? el("ul", {}, list.map((r) => el("li", { "data-request": r.id },
-      el("button", { class: "link", onclick: () => selectTab("requests") }, `${r.kind} ${r.topic}`),
-      ` by ${r.requested_by}, ${ageOf(r.requested_at)} ago`)))
-    : el("p", { class: "empty" }, admin ? "Nothing waits for your decision." : "Nothing of yours is waiting.")));
+  const list = waiting.slice(0, 10);
+  redraw($("dash-pending-list"), JSON.stringify(list.map((w) => [w.id, ageOf(w.at)])), () => (list.length
+    ? el("ul", {}, list.map((w) => el("li", { "data-request": w.id },
+      el("button", { class: "link", onclick: () => selectTab(w.tab) }, w.what),
+      ` by ${w.by}, ${ageOf(w.at)} ago`)))
+    : el("p", { class: "empty" }, "Nothing waits for your decision.")));
 
   redraw($("dash-held-list"), JSON.stringify([holder, held.map((h) => [h.topic, h.held, h.oldest && ageOf(h.oldest)])]), () => (!holder
     ? el("p", { class: "empty" }, "Held records are shown to producers and admins.")
