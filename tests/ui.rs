@@ -582,6 +582,12 @@ fn console_walkthrough() {
         "document.querySelector('#messages').textContent.includes('from the ui test')",
         ACTIVE_TIMEOUT,
     );
+    // The record written to erin's feed is counted as delivered (the dashboard charts it).
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while service.metric("kafflow_delivered_records_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the delivery was not counted");
+        thread::sleep(Duration::from_millis(100));
+    }
     page.screenshot(&shots, "08-consume");
 
     // Phone width: nothing wider than the screen.
