@@ -14,6 +14,8 @@ pub struct Metrics {
     pub ingested: IntCounter,
     /// Records acknowledged by Kafka (direct or drained).
     pub published: IntCounter,
+    /// Records written to consumers' feeds.
+    pub delivered: IntCounter,
     /// Records written to the spool.
     pub held: IntCounter,
     /// Records taken out of the spool into Kafka.
@@ -83,6 +85,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "kafflow_published_records_total",
             "Records acknowledged by Kafka.",
+        ),
+        delivered: counter(
+            &r,
+            "kafflow_delivered_records_total",
+            "Records written to consumers' feeds.",
         ),
         held: counter(
             &r,

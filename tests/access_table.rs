@@ -379,6 +379,8 @@ fn subject(w: &World, shared: &Shared, route: &str, persona: &str, fresh: bool) 
         "GET /drift" => http("GET", "/drift".into(), None),
         "GET /audit" => http("GET", "/audit".into(), None),
         "GET /audit/verify" => http("GET", "/audit/verify".into(), None),
+        "GET /audit/export" => http("GET", "/audit/export?order=desc".into(), None),
+        "GET /me" => http("GET", "/me".into(), None),
         "GET /policy" => http("GET", "/policy".into(), None),
         "GET /me/subscriptions" => http("GET", "/me/subscriptions".into(), None),
         "PUT /me/subscriptions" => http(

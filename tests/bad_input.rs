@@ -724,7 +724,7 @@ const fn open(path: &'static str) -> Route {
     }
 }
 
-/// Every route of `src/http` (mod.rs, records.rs, feed.rs, ui.rs).
+/// Every route of `src/http` (mod.rs, records.rs, feed.rs, ui.rs, audit.rs, me.rs).
 const ROUTES: &[Route] = &[
     open("/healthz"),
     open("/readyz"),
@@ -732,6 +732,9 @@ const ROUTES: &[Route] = &[
     open("/"),
     open("/app.js"),
     open("/app.css"),
+    open("/vendor/uplot/uPlot.iife.min.js"),
+    open("/vendor/uplot/uPlot.min.css"),
+    open("/vendor/uplot/LICENSE"),
     with_body("POST", "/api/v1/topic-requests"),
     with_query("GET", "/api/v1/topic-requests"),
     route("GET", "/api/v1/topic-requests/{id}"),
@@ -747,6 +750,8 @@ const ROUTES: &[Route] = &[
     },
     with_query("GET", "/api/v1/audit"),
     route("GET", "/api/v1/audit/verify"),
+    with_query("GET", "/api/v1/audit/export"),
+    route("GET", "/api/v1/me"),
     route("GET", "/api/v1/policy"),
     route("GET", "/api/v1/drift"),
     with_query("GET", "/api/v1/held"),

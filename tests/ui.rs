@@ -388,6 +388,7 @@ fn console_walkthrough() {
         "{}",
         page.text("#who")
     );
+    page.tab("requests");
     page.wait_for(
         "alice's request in the queue",
         &format!("document.querySelector(\"{}\")", card(&approved)),
@@ -460,7 +461,7 @@ fn console_walkthrough() {
         STEP_TIMEOUT,
     );
 
-    // carol cannot approve her own request, and the page says why.
+    // carol is not offered a decision on her own request: only its withdrawal, and why.
     request_topic_in_page(page, &own, "mine");
     page.tab("requests");
     page.wait_for(
@@ -468,9 +469,26 @@ fn console_walkthrough() {
         &format!("document.querySelector(\"{}\")", card(&own)),
         STEP_TIMEOUT,
     );
-    page.clear_messages();
-    page.click(&format!("{} button.approve", card(&own)));
-    page.wait_error("self-approval explained", "cannot decide your own request");
+    for button in ["approve", "reject"] {
+        assert_eq!(
+            page.eval(&format!(
+                "!!document.querySelector(\"{} button.{button}\")",
+                card(&own)
+            )),
+            json!(false),
+            "no {button} button on one's own request"
+        );
+    }
+    assert!(page
+        .text(&format!("{} .hint", card(&own)))
+        .contains("another admin decides it"));
+    assert_eq!(
+        page.eval(&format!(
+            "!!document.querySelector(\"{} button.withdraw\")",
+            card(&own)
+        )),
+        json!(true)
+    );
     page.screenshot(&shots, "05-self-approval");
 
     page.tab("audit");
@@ -537,6 +555,7 @@ fn console_walkthrough() {
         json!(true),
         "a consumer is not offered the Produce tab"
     );
+    page.tab("consume");
     let checkbox = format!("#subscriptions input[data-topic='{approved}']");
     page.wait_for(
         "active topic offered",
@@ -563,6 +582,12 @@ fn console_walkthrough() {
         "document.querySelector('#messages').textContent.includes('from the ui test')",
         ACTIVE_TIMEOUT,
     );
+    // The record written to erin's feed is counted as delivered (the dashboard charts it).
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while service.metric("kafflow_delivered_records_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the delivery was not counted");
+        thread::sleep(Duration::from_millis(100));
+    }
     page.screenshot(&shots, "08-consume");
 
     // Phone width: nothing wider than the screen.
@@ -623,4 +648,392 @@ fn console_walkthrough() {
     page.screenshot(&shots, "11-access");
     let (status, body) = service.post("erin", &subscribe, &json!({}));
     assert_eq!(status, 200, "granted: {body}");
+}
+
+/// The seqs of the audit rows on the page, top to bottom.
+fn audit_seqs(page: &mut Page) -> Vec<u64> {
+    let seqs = page.eval(
+        "[...document.querySelectorAll('#audit details.event')].map(e => Number(e.dataset.seq))",
+    );
+    serde_json::from_value(seqs).expect("seqs")
+}
+
+fn exists(page: &mut Page, selector: &str) -> bool {
+    page.eval(&format!("!!document.querySelector({})", json!(selector))) == json!(true)
+}
+
+/// Sends one record to `topic` as `who` until it is held: the publisher hears of a new request
+/// a moment after it is filed.
+fn hold_one(service: &Service, who: &str, topic: &str) {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let (status, reply) = service.produce(who, topic, "", &json!([{"value": "to be held"}]));
+        if status == 202 && reply["held"] == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never held: {status} {reply}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn console_actions_audit_and_dashboard() {
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!("SKIPPED: {CHROMIUM} is missing; `make ui-deps` installs Debian's chromium");
+        return;
+    }
+    let shots = screenshot_dir();
+    let service = Service::start();
+    let mut browser = Browser::launch();
+    let page = &mut browser.page;
+
+    // The chart library is served from the binary, with its licence.
+    for (path, content_type) in [
+        ("/vendor/uplot/uPlot.iife.min.js", "text/javascript"),
+        ("/vendor/uplot/uPlot.min.css", "text/css"),
+        ("/vendor/uplot/LICENSE", "text/plain"),
+    ] {
+        let response = reqwest::blocking::get(format!("{}{path}", service.base_url()))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(response.status(), 200, "GET {path}");
+        let served = response.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(served.starts_with(content_type), "GET {path}: {served}");
+    }
+
+    // Downloads land beside the screenshots, so the export's file can be read back.
+    let downloads = shots.join("downloads");
+    std::fs::create_dir_all(&downloads).expect("downloads dir");
+    let audit_file = downloads.join("kafflow-audit.ndjson");
+    let _ = std::fs::remove_file(&audit_file);
+    page.call(
+        "Page.setDownloadBehavior",
+        json!({"behavior": "allow", "downloadPath": downloads.display().to_string()}),
+    );
+
+    let retained = unique_topic("ui-retained");
+    let withdrawn = unique_topic("ui-withdrawn");
+    let declined = unique_topic("ui-declined");
+    let first_send = unique_topic("ui-first-send");
+    let bobs = unique_topic("ui-bobs");
+
+    // Setup through the API: a topic of bob's, active; a request of alice's with a held
+    // record, rejected with a reason (the record turns dead); one to withdraw.
+    let bob_request = service.create_request("bob", json!({"topic": bobs, "partitions": 1}));
+    service.approve("carol", &id_of(&bob_request));
+    let declined_request =
+        service.create_request("alice", json!({"topic": declined, "partitions": 1}));
+    hold_one(&service, "alice", &declined);
+    let (status, reply) = service.post(
+        "carol",
+        &format!("/api/v1/topic-requests/{}/reject", id_of(&declined_request)),
+        &json!({"reason": "use the shared orders topic"}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    let withdraw_request =
+        service.create_request("alice", json!({"topic": withdrawn, "partitions": 1}));
+
+    page.open(&format!("{}/", service.base_url()));
+    page.sign_in(service.token("alice"));
+
+    // The dashboard is the first screen: nothing waits for alice's decision, one request of
+    // hers waits for an admin's, and the rates chart is drawn.
+    page.wait_for(
+        "dashboard pending counts",
+        "document.querySelector('#dash-pending .stat-value[data-count=\"0\"]') && \
+         document.querySelector('#dash-mine .stat-value[data-count=\"1\"]')",
+        STEP_TIMEOUT,
+    );
+    page.wait_for(
+        "rates chart",
+        "document.querySelector('#dash-rates canvas')",
+        STEP_TIMEOUT,
+    );
+
+    // The request form takes a replication factor and configs; the request carries them.
+    page.tab("produce");
+    page.wait_for(
+        "policy limits",
+        "document.querySelector('#policy').textContent.includes('replication factor up to')",
+        STEP_TIMEOUT,
+    );
+    page.clear_messages();
+    page.fill("#request-form [name=topic]", &retained);
+    page.fill("#request-form [name=partitions]", "1");
+    page.fill("#request-form [name=replication_factor]", "1");
+    page.fill("#request-form [name=retention_hours]", "2");
+    page.fill("#request-form [name=cleanup_policy]", "compact");
+    page.fill(
+        "#request-form [name=config_more]",
+        "max.message.bytes=65536",
+    );
+    page.click("#request-form button[type=submit]");
+    page.wait_notice("request with configs filed", "Requested");
+    let mine = service.list_all(
+        "alice",
+        "/api/v1/topic-requests?requested_by=alice",
+        "requests",
+    );
+    let filed = mine
+        .iter()
+        .find(|r| r["topic"] == retained.as_str())
+        .expect("the form's request");
+    assert_eq!(
+        (filed["replication_factor"].clone(), filed["config"].clone()),
+        (
+            json!(1),
+            json!({"retention.ms": "7200000", "cleanup.policy": "compact", "max.message.bytes": "65536"})
+        ),
+        "{filed}"
+    );
+
+    // A first send to an unknown topic offers to ask for it; the record is then held.
+    page.clear_messages();
+    page.fill("#records-form [name=topic]", &first_send);
+    page.fill("#records-form [name=value]", r#"{"first": true}"#);
+    page.click("#records-form button[type=submit]");
+    page.wait_error("unknown topic explained", "does not know that topic");
+    page.wait_for(
+        "request offered",
+        "document.querySelector('#records-offer button.request-topic')",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "12-first-send-offer");
+    page.click("#records-offer button.request-topic");
+    page.wait_notice("topic requested on first send", "1 record held");
+    assert_eq!(
+        service.held_records("alice", &first_send, "held").len(),
+        1,
+        "the first send's record is held"
+    );
+
+    // alice withdraws her own request and reads why another was rejected.
+    page.tab("requests");
+    let withdraw = format!("#mine article[data-topic='{withdrawn}'] button.withdraw");
+    page.wait_for(
+        "own pending request with withdraw",
+        &format!("document.querySelector(\"{withdraw}\")"),
+        STEP_TIMEOUT,
+    );
+    assert!(
+        !exists(
+            page,
+            &format!("#pending article[data-topic='{withdrawn}'] button.approve")
+        ),
+        "a producer is offered no approval"
+    );
+    page.clear_messages();
+    page.click(&withdraw);
+    page.wait_notice("withdrawn", "withdrawn");
+    page.wait_for(
+        "shown withdrawn",
+        &format!(
+            "document.querySelector(\"#mine article[data-topic='{withdrawn}'][data-status='withdrawn']\")"
+        ),
+        STEP_TIMEOUT,
+    );
+    assert_eq!(
+        service.request(&id_of(&withdraw_request))["status"],
+        "withdrawn"
+    );
+    let decision = format!("#mine article[data-topic='{declined}'] .decision");
+    assert!(
+        page.text(&decision).contains("use the shared orders topic")
+            && page.text(&decision).contains("carol"),
+        "{}",
+        page.text(&decision)
+    );
+    page.screenshot(&shots, "13-my-requests");
+
+    // Topics: no deletion or handover on bob's topic; both on alice's own once active.
+    service.approve("carol", &id_of(filed));
+    service.wait_topic_status(&retained, "active", ACTIVE_TIMEOUT);
+    service.wait_topic_status(&bobs, "active", ACTIVE_TIMEOUT);
+    page.tab("topics");
+    page.wait_for(
+        "own topic with its deletion control",
+        &format!("document.querySelector(\"#topics tr[data-topic='{retained}'] button.danger\")"),
+        ACTIVE_TIMEOUT,
+    );
+    page.wait_for(
+        "bob's topic listed",
+        &format!("document.querySelector(\"#topics tr[data-topic='{bobs}']\")"),
+        STEP_TIMEOUT,
+    );
+    for control in ["button.danger", "button.handover"] {
+        assert!(
+            !exists(page, &format!("#topics tr[data-topic='{bobs}'] {control}")),
+            "alice is offered {control} on bob's topic"
+        );
+    }
+    page.screenshot(&shots, "14-topics-owner");
+
+    // carol: the dashboard counts the requests that wait for her, and the held records of
+    // the pending topic with their age.
+    page.sign_in(service.token("carol"));
+    // An access request of erin's to alice's topic waits for carol too (and for alice).
+    let (status, reply) = service.post(
+        "erin",
+        "/api/v1/access-requests",
+        &json!({"topic": retained, "access": "consume"}),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let others = |path: &str, field: &str| {
+        service
+            .list_all("carol", path, field)
+            .iter()
+            .filter(|r| r["requested_by"] != "carol")
+            .count()
+    };
+    let waiting = others("/api/v1/topic-requests?status=pending", "requests")
+        + others("/api/v1/access-requests?status=pending", "requests");
+    assert_eq!(waiting, 2, "the first send's topic and erin's access");
+    page.wait_for(
+        "admin's pending count",
+        &format!("document.querySelector('#dash-pending .stat-value[data-count=\"{waiting}\"]')"),
+        STEP_TIMEOUT,
+    );
+    page.wait_for(
+        "held for the pending topic",
+        &format!(
+            "document.querySelector(\"#dash-held-list tr[data-topic='{first_send}']\") && \
+             document.querySelector(\"#dash-held-list tr[data-topic='{first_send}']\").textContent.includes('1')"
+        ),
+        STEP_TIMEOUT,
+    );
+    page.wait_for(
+        "rates chart for the admin",
+        "document.querySelector('#dash-rates canvas')",
+        STEP_TIMEOUT,
+    );
+    // Records sent now show as an ingest rate above zero within a poll or two.
+    let (status, reply) = service.produce(
+        "alice",
+        &retained,
+        "",
+        &json!([{"key": "a", "value": 1}, {"key": "b", "value": 2}]),
+    );
+    assert_eq!(status, 202, "{reply}");
+    page.wait_for(
+        "ingest rate charted",
+        "rates.samples[0].some((v) => v > 0) && rates.samples[1].some((v) => v > 0)",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "15-dashboard");
+    page.sign_in(service.token("alice"));
+    page.wait_for(
+        "erin's access request waits for the topic's owner",
+        &format!(
+            "document.querySelector('#dash-pending .stat-value[data-count=\"1\"]') && \
+             document.querySelector('#dash-pending-list').textContent.includes('consume access to {retained}')"
+        ),
+        STEP_TIMEOUT,
+    );
+    page.sign_in(service.token("carol"));
+
+    // Audit: newest first by default, the order switches, a kind filters, an event opens to
+    // its JSON, and the export answers.
+    page.tab("audit");
+    page.wait_for(
+        "audit rows",
+        "document.querySelectorAll('#audit details.event').length > 2",
+        STEP_TIMEOUT,
+    );
+    let seqs = audit_seqs(page);
+    assert!(seqs[0] > seqs[seqs.len() - 1], "newest first: {seqs:?}");
+    page.fill("#audit-form [name=order]", "asc");
+    page.click("#audit-form button[type=submit]");
+    page.wait_for(
+        "oldest first",
+        "(() => { const r = document.querySelectorAll('#audit details.event'); \
+         return r.length > 2 && Number(r[0].dataset.seq) < Number(r[r.length - 1].dataset.seq); })()",
+        STEP_TIMEOUT,
+    );
+    assert_eq!(audit_seqs(page)[0], 1, "oldest first starts at seq 1");
+    page.fill("#audit-form [name=order]", "desc");
+    page.fill("#audit-form [name=kind]", "request_withdrawn");
+    page.click("#audit-form button[type=submit]");
+    page.wait_for(
+        "kind filter",
+        "(() => { const r = [...document.querySelectorAll('#audit details.event')]; \
+         return r.length > 0 && r.every(e => e.querySelector('summary').textContent.includes('request_withdrawn')); })()",
+        STEP_TIMEOUT,
+    );
+    page.eval("document.querySelector('#audit details.event').open = true");
+    assert!(page
+        .text("#audit details.event pre")
+        .contains(&format!("\"topic\": \"{withdrawn}\"")));
+    page.clear_messages();
+    page.click("#audit-export");
+    page.wait_notice("audit exported", "Exported 1 audit events");
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let saved = loop {
+        if let Ok(text) = std::fs::read_to_string(&audit_file) {
+            if !text.is_empty() {
+                break text;
+            }
+        }
+        assert!(Instant::now() < deadline, "the export was not saved");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let line: Value = serde_json::from_str(saved.trim()).expect("one NDJSON line");
+    assert_eq!(
+        (line["kind"].as_str(), line["topic"].as_str()),
+        (Some("request_withdrawn"), Some(withdrawn.as_str()))
+    );
+    page.screenshot(&shots, "16-audit-filtered");
+
+    // Dead letters: an admin exports and then discards them (asked twice).
+    page.tab("produce");
+    page.fill("#held-form [name=topic]", &declined);
+    page.fill("#held-form [name=state]", "dead");
+    page.click("#held-form button[type=submit]");
+    page.wait_for(
+        "dead record listed",
+        "document.querySelector('#held tr[data-held]')",
+        STEP_TIMEOUT,
+    );
+    page.clear_messages();
+    page.click("#held button.held-export");
+    page.wait_notice("dead letters exported", "Exported 1 dead records");
+    page.click("#held button.held-discard");
+    page.screenshot(&shots, "17-discard-confirm");
+    page.clear_messages();
+    page.click("#held button.held-discard-confirm");
+    page.wait_notice("dead letters discarded", "Discarded 1 dead records");
+    assert!(service.held_records("carol", &declined, "dead").is_empty());
+
+    // Keyboard: the tabs are buttons; Enter on a focused one switches the screen.
+    page.eval("document.querySelector(\"#tabs button[data-tab='dashboard']\").focus()");
+    page.call(
+        "Input.dispatchKeyEvent",
+        json!({"type": "keyDown", "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r"}),
+    );
+    page.call(
+        "Input.dispatchKeyEvent",
+        json!({"type": "keyUp", "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13}),
+    );
+    page.wait_for(
+        "dashboard by keyboard",
+        "!document.getElementById('tab-dashboard').hidden",
+        STEP_TIMEOUT,
+    );
+
+    // Phone width: the dashboard and the audit fit 375 px.
+    page.viewport(375, 800, true);
+    page.wait_for(
+        "dashboard fits 375 px",
+        "document.documentElement.scrollWidth <= 376 && document.querySelector('#dash-rates canvas')",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "18-dashboard-375");
+    page.tab("audit");
+    page.wait_for(
+        "audit fits 375 px",
+        "document.querySelector('#audit details.event') && document.documentElement.scrollWidth <= 376",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "19-audit-375");
 }

@@ -18,6 +18,8 @@ const state = {
   pausedFrames: [],
   // Routes this server does not have (404 `no such route`): their screens stay hidden.
   missing: new Set(),
+  // Who the token is (`GET /me`): the name decides which actions a screen offers.
+  me: null,
 };
 
 // Readable words for the error codes a person is likely to meet; the API's message follows.
@@ -230,6 +232,7 @@ async function signIn(token) {
     return;
   }
   state.missing = await probeRoutes();
+  state.me = await whoAmI();
   sessionStorage.setItem(TOKEN_KEY, token);
   $("sign-in").hidden = true;
   $("app").hidden = false;
@@ -243,19 +246,24 @@ async function signIn(token) {
     if (state.missing.has(b.dataset.route)) b.hidden = true;
   }
   clearMessages();
-  const first = state.roles.has("admin") ? "requests"
-    : state.roles.has("producer") ? "produce"
-    : state.roles.has("consumer") ? "consume" : "topics";
-  selectTab(first);
+  startRates();
+  selectTab("dashboard");
 }
 
 function signOut() {
   sessionStorage.removeItem(TOKEN_KEY);
   closeFeed();
   clearInterval(state.timer);
+  stopRates();
   state.token = null;
+  state.me = null;
   state.roles = new Set();
   for (const name of Object.keys(pages)) delete pages[name];
+  // Boxes drawn for the last user must be drawn again for the next one.
+  for (const box of document.querySelectorAll("[data-key], [data-ids]")) {
+    delete box.dataset.key;
+    delete box.dataset.ids;
+  }
   $("app").hidden = true;
   $("sign-in").hidden = false;
   $("sign-out").hidden = true;
@@ -268,6 +276,7 @@ function signOut() {
 // ------------------------------------------------------------------ tabs
 
 const TABS = {
+  dashboard: { load: loadDashboard, refresh: true },
   requests: { load: loadRequests, refresh: true },
   topics: { load: loadTopics, refresh: true },
   audit: { load: () => loadAudit(false) },
@@ -296,14 +305,17 @@ function selectTab(name) {
 
 // ------------------------------------------------------------------ requests (admin)
 
+// Admins decide others' requests; the requester withdraws their own and never sees Approve.
 function requestCard(r) {
-  const note = el("input", { placeholder: "note (optional)", class: "note" });
-  const reason = el("input", { placeholder: "reason (required to reject)", class: "reason" });
+  const note = el("input", { placeholder: "note (optional)", class: "note", "aria-label": `note for ${r.topic}` });
+  const reason = el("input", { placeholder: "reason (required to reject)", class: "reason", "aria-label": `reason to reject ${r.topic}` });
   const decide = (action, body) => guarded(async () => {
     await api("POST", `/topic-requests/${r.id}/${action}`, body);
     showNotice(`Request for ${r.topic} ${action === "approve" ? "approved" : "rejected"}.`);
     await loadRequests();
   });
+  const mine = isMe(r.requested_by);
+  const decides = state.roles.has("admin") && !mine;
   return el("article", { class: "card", "data-request": r.id, "data-topic": r.topic },
     el("h3", {}, `${r.kind} ${r.topic}`),
     el("dl", {},
@@ -311,16 +323,19 @@ function requestCard(r) {
       el("dt", {}, "At"), el("dd", {}, when(r.requested_at)),
       el("dt", {}, "Shape"), el("dd", {}, shape(r)),
       el("dt", {}, "Reason"), el("dd", {}, r.reason || "—")),
-    !state.roles.has("admin") ? null : el("div", { class: "row" }, note,
+    !decides ? null : el("div", { class: "row" }, note,
       el("button", { class: "approve", onclick: () => decide("approve", { note: note.value }) }, "Approve")),
-    !state.roles.has("admin") ? null : el("div", { class: "row" }, reason,
-      el("button", { class: "reject danger", onclick: () => decide("reject", { reason: reason.value }) }, "Reject")));
+    !decides ? null : el("div", { class: "row" }, reason,
+      el("button", { class: "reject danger", onclick: () => decide("reject", { reason: reason.value }) }, "Reject")),
+    !mine ? null : el("div", { class: "row" }, withdrawButton(r),
+      state.roles.has("admin") ? el("span", { class: "hint" }, "Your own request: another admin decides it.") : null));
 }
 
 async function loadRequests() {
   const [open, listed] = await Promise.all([
     fetchPage("pending", "/topic-requests", { status: "pending" }),
     fetchPage("decided", "/topic-requests"),
+    loadMyRequests(),
   ]);
   const pending = open.requests;
   const decided = listed.requests.filter((r) => r.status !== "pending");
@@ -362,6 +377,8 @@ async function loadTopics() {
 }
 
 function topicControls(t) {
+  // Deletion and handover are the owner's or an admin's: nobody else is offered them.
+  if (!mayManageTopic(t)) return "";
   return el("div", {}, deletionControl(t), state.missing.has("access") ? null : handoverControl(t));
 }
 
@@ -408,20 +425,22 @@ async function loadPolicy() {
   const partitions = document.querySelector('#request-form input[name="partitions"]');
   partitions.max = String(p.max_partitions);
   partitions.placeholder = `default ${p.default_partitions}`;
+  const rf = document.querySelector('#request-form input[name="replication_factor"]');
+  rf.max = String(p.max_replication_factor);
+  rf.placeholder = `default ${p.default_replication_factor}`;
+  const visibility = document.querySelector('#request-form select[name="visibility"] option[value=""]');
+  if (p.default_visibility) visibility.textContent = `policy default (${p.default_visibility})`;
   $("policy").textContent =
     `Names must match ${p.topic_name_pattern}; partitions 1 to ${p.max_partitions} ` +
     `(default ${p.default_partitions}); replication factor up to ${p.max_replication_factor} ` +
-    `(default ${p.default_replication_factor}).`;
+    `(default ${p.default_replication_factor}); visibility ${p.default_visibility || "open"} unless chosen. ` +
+    "Kafka judges the configs when it creates the topic: a value it refuses ends the request failed.";
 }
 
 async function loadAudit(more) {
   if (!more) await loadChain();
-  const form = new FormData($("audit-form"));
-  const q = new URLSearchParams({ limit: "50" });
-  for (const key of ["topic", "actor", "kind", "since", "until"]) {
-    const v = String(form.get(key) || "").trim();
-    if (v) q.set(key, v);
-  }
+  const q = auditFilters();
+  q.set("limit", "50");
   if (more && state.auditNext !== null) q.set("after", state.auditNext);
   const page = await api("GET", `/audit?${q}`);
   state.auditNext = page.next;
@@ -440,7 +459,11 @@ async function requestTopic(ev) {
   const form = new FormData(ev.target);
   const body = { topic: String(form.get("topic")).trim() };
   if (form.get("partitions")) body.partitions = Number(form.get("partitions"));
+  if (form.get("replication_factor")) body.replication_factor = Number(form.get("replication_factor"));
   if (form.get("visibility")) body.visibility = String(form.get("visibility"));
+  const config = requestConfig(form);
+  if (config === null) return;
+  if (Object.keys(config).length) body.config = config;
   if (String(form.get("reason")).trim()) body.reason = String(form.get("reason")).trim();
   await guarded(async () => {
     const r = await api("POST", "/topic-requests", body);
@@ -463,10 +486,14 @@ async function sendRecord(ev) {
   const topic = String(form.get("topic")).trim();
   const record = { value: parseValue(String(form.get("value"))) };
   if (String(form.get("key"))) record.key = String(form.get("key"));
-  await guarded(async () => {
+  $("records-offer").replaceChildren();
+  try {
     const r = await api("POST", `/topics/${encodeURIComponent(topic)}/records`, [record]);
     showNotice(`Sent to ${topic}: ${r.published} published, ${r.held} held.`);
-  });
+  } catch (e) {
+    showError(e.message);
+    if (e.code === "unknown_topic") offerTopicRequest(topic, record);
+  }
 }
 
 async function loadHeld(ev) {
@@ -476,7 +503,9 @@ async function loadHeld(ev) {
   await guarded(async () => {
     const page = await api("GET", `/held?${q}`);
     $("held").replaceChildren(table(["Id", "State", "Producer", "Accepted", "Key", "Value"],
-      page.records.map((r) => [r.id, r.state, r.producer, when(r.accepted_at), r.key ?? "—", JSON.stringify(r.value)])));
+      page.records.map((r) => [r.id, r.state, r.producer, when(r.accepted_at), r.key ?? "—", JSON.stringify(r.value)]),
+      (r, i) => ({ "data-held": page.records[i].id })),
+    heldActions(String(form.get("topic")).trim(), String(form.get("state")), page.records.length));
   });
 }
 
@@ -691,6 +720,404 @@ async function loadTokens() {
   pager("tokens", loadTokens) || "");
 }
 
+// ------------------------------------------------------------------ who am I
+
+// `GET /me` names the caller; on a server without it the console falls back to the roles it
+// probed and offers every action those roles allow (the API still refuses what it must).
+async function whoAmI() {
+  try {
+    return await api("GET", "/me");
+  } catch (e) {
+    if (isMissingRoute(e)) return null;
+    throw e;
+  }
+}
+
+function isMe(name) {
+  return state.me !== null && state.me.name === name;
+}
+
+// Deletion and handover of a topic are its owner's or an admin's.
+function mayManageTopic(t) {
+  return state.roles.has("admin") || state.me === null || isMe(t.owner);
+}
+
+// Saves a reply body (a Blob) as a file: the API needs the token in a header, so a plain link
+// cannot download it.
+function saveFile(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = el("a", { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// Fetches an NDJSON route with the token and saves it; returns the number of lines.
+async function downloadNdjson(path, name) {
+  let response;
+  try {
+    response = await fetch(API + path, { headers: { Authorization: `Bearer ${state.token}`, Accept: "application/x-ndjson" } });
+  } catch (e) {
+    throw new ApiError(0, "network", `KafFlow cannot be reached: ${e.message}`);
+  }
+  if (!response.ok) {
+    let err = null;
+    try {
+      err = (await response.json()).error;
+    } catch (_) { /* not JSON: the status says enough */ }
+    throw new ApiError(response.status, err ? err.code : "", err ? err.message : response.statusText);
+  }
+  const blob = await response.blob();
+  saveFile(blob, name);
+  const text = await blob.text();
+  return text.split("\n").filter((l) => l.trim()).length;
+}
+
+// ------------------------------------------------------------------ my requests
+
+function withdrawButton(r) {
+  return el("button", {
+    class: "withdraw",
+    onclick: () => guarded(async () => {
+      await api("POST", `/topic-requests/${r.id}/withdraw`, {});
+      showNotice(`Request for ${r.topic} withdrawn.`);
+      await loadRequests();
+    }),
+  }, "Withdraw");
+}
+
+// The requester's own view of a request: its state and, once decided, who decided and why.
+function myRequestCard(r) {
+  const decision = r.status === "rejected" ? `Rejected by ${r.decided_by}: ${r.decision_note || "no reason given"}`
+    : r.status === "failed" ? `Kafka refused it: ${r.error || "no detail"}`
+    : r.status === "withdrawn" ? "You withdrew it."
+    : r.status === "pending" ? "Waiting for an admin."
+    : `Approved by ${r.decided_by}${r.decision_note ? ": " + r.decision_note : ""}`;
+  return el("article", { class: `card mine ${r.status}`, "data-request": r.id, "data-topic": r.topic, "data-status": r.status },
+    el("h3", {}, `${r.kind} ${r.topic} `, el("span", { class: `status ${r.status}` }, r.status)),
+    el("dl", {},
+      el("dt", {}, "At"), el("dd", {}, when(r.requested_at)),
+      el("dt", {}, "Shape"), el("dd", {}, shape(r)),
+      el("dt", {}, "Your reason"), el("dd", {}, r.reason || "—"),
+      el("dt", {}, "Decision"), el("dd", { class: "decision" }, decision)),
+    r.status === "pending" ? el("div", { class: "row" }, withdrawButton(r)) : null);
+}
+
+async function loadMyRequests() {
+  const box = $("mine");
+  $("mine-section").hidden = state.me === null;
+  if (state.me === null) return;
+  const { requests } = await fetchPage("mine", "/topic-requests", { requested_by: state.me.name });
+  // Newest first within the page; redraw only on a change so keyboard focus stays put.
+  const shown = [...requests].reverse();
+  const key = shown.map((r) => `${r.id}:${r.status}`).join(",") + `|${pages.mine.after}|${pages.mine.next}`;
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  box.replaceChildren(...(shown.length ? shown.map(myRequestCard) : [el("p", { class: "empty" }, "You have filed no topic requests.")]),
+    pager("mine", loadRequests) || "");
+}
+
+// ------------------------------------------------------------------ dashboard
+
+// Counters charted as rates; the page polls `/metrics` (no token needed) and charts deltas.
+const RATE_SERIES = [
+  { metric: "kafflow_ingested_records_total", label: "ingested/s", stroke: "#1f6feb" },
+  { metric: "kafflow_published_records_total", label: "published/s", stroke: "#2da44e" },
+  { metric: "kafflow_delivered_records_total", label: "delivered/s", stroke: "#bf8700" },
+];
+const RATE_POLL_MS = 5000;
+const RATE_KEEP = 60; // five minutes of samples
+
+const rates = { timer: null, last: null, samples: RATE_SERIES.map(() => []), times: [], chart: null };
+
+function parseCounters(text) {
+  const values = {};
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const [name, value] = line.split(" ");
+    values[name] = Number(value);
+  }
+  return values;
+}
+
+async function sampleRates() {
+  let response;
+  try {
+    response = await fetch("/metrics");
+  } catch (_) {
+    return; // the next poll tries again; the dashboard's other panels report the outage
+  }
+  if (!response.ok) return;
+  const values = parseCounters(await response.text());
+  const now = Date.now() / 1000;
+  if (rates.last) {
+    const dt = Math.max(now - rates.last.at, 0.001);
+    rates.times.push(now);
+    RATE_SERIES.forEach((s, i) => {
+      // A restarted server starts its counters again at 0: chart that step as no traffic.
+      const delta = (values[s.metric] ?? 0) - (rates.last.values[s.metric] ?? 0);
+      rates.samples[i].push(Math.max(delta, 0) / dt);
+    });
+    if (rates.times.length > RATE_KEEP) {
+      rates.times.shift();
+      rates.samples.forEach((s) => s.shift());
+    }
+  }
+  rates.last = { at: now, values };
+  drawRates();
+}
+
+function startRates() {
+  stopRates();
+  sampleRates();
+  // A second sample soon after the first gives the chart its first point without a 5 s wait.
+  setTimeout(() => rates.timer && sampleRates(), 1000);
+  rates.timer = setInterval(sampleRates, RATE_POLL_MS);
+}
+
+function stopRates() {
+  clearInterval(rates.timer);
+  rates.timer = null;
+  rates.last = null;
+  rates.times = [];
+  rates.samples = RATE_SERIES.map(() => []);
+  if (rates.chart) rates.chart.destroy();
+  rates.chart = null;
+}
+
+function drawRates() {
+  const box = $("dash-rates");
+  if (!box || box.offsetParent === null) return; // hidden: drawn when the dashboard shows
+  // An empty point at the window's start keeps the x axis at five minutes from the first
+  // sample on (one point alone would stretch it over years).
+  const t = rates.times;
+  const data = t.length
+    ? [[t[t.length - 1] - (RATE_POLL_MS / 1000) * RATE_KEEP, ...t], ...rates.samples.map((s) => [null, ...s])]
+    : [[], ...rates.samples];
+  const width = Math.max(Math.min(box.clientWidth, 720), 260);
+  if (rates.chart && rates.chart.root.isConnected && rates.chart.width === width) {
+    rates.chart.setData(data);
+    return;
+  }
+  if (rates.chart) rates.chart.destroy();
+  if (typeof uPlot === "undefined") {
+    box.replaceChildren(el("p", { class: "empty" }, "Charts are not available."));
+    return;
+  }
+  box.replaceChildren();
+  rates.chart = new uPlot({
+    width,
+    height: 180,
+    scales: { y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
+    axes: [{}, { label: "records/s", size: 60 }],
+    legend: { live: false },
+    series: [{}, ...RATE_SERIES.map((s) => ({ label: s.label, stroke: s.stroke, width: 2 }))],
+  }, data, box);
+  const canvas = box.querySelector("canvas");
+  if (canvas) {
+    canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", "Records ingested, published and delivered per second over the last five minutes");
+  }
+}
+
+function ageOf(ts) {
+  const ms = Date.now() - new Date(ts).getTime();
+  if (isNaN(ms)) return "";
+  const m = Math.floor(ms / 60000);
+  if (m < 1) return `${Math.max(Math.floor(ms / 1000), 0)} s`;
+  if (m < 120) return `${m} min`;
+  const h = Math.floor(m / 60);
+  return h < 48 ? `${h} h` : `${Math.floor(h / 24)} d`;
+}
+
+// How many held records wait for a pending topic, and since when (the oldest one).
+async function heldFor(topic) {
+  const [t, oldest] = await Promise.all([
+    api("GET", `/topics/${encodeURIComponent(topic)}`).catch(() => null),
+    api("GET", `/held?${new URLSearchParams({ topic, state: "held", limit: "1" })}`).catch(() => null),
+  ]);
+  const first = oldest && oldest.records[0];
+  return { topic, held: t ? t.held : null, oldest: first ? first.accepted_at : null };
+}
+
+// Replaces a box's content only when what it shows changed, so that the 2 s refresh does not
+// take keyboard focus away from a button the user has reached.
+function redraw(box, key, build) {
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  box.replaceChildren(build());
+}
+
+function stat(id, label, value, hint) {
+  return el("div", { class: "stat", id },
+    el("span", { class: "stat-value", "data-count": value }, String(value)),
+    el("span", { class: "stat-label" }, label),
+    hint ? el("span", { class: "hint" }, hint) : null);
+}
+
+// Access and ownership requests this user may decide: an admin any but their own, a topic's
+// owner those on the topic, and whoever a handover names the handover.
+async function accessWaitingForMe(admin) {
+  if (state.missing.has("access") || state.me === null) return [];
+  const open = await fetchAll("/access-requests", "requests", { status: "pending" });
+  const others = open.filter((r) => !isMe(r.requested_by));
+  if (admin) return others;
+  // The owner is on the topic, not on the request: look up a few topics, not every topic.
+  const topics = [...new Set(others.map((r) => r.topic))].slice(0, 20);
+  const owners = new Map(await Promise.all(topics.map(async (t) => {
+    const topic = await api("GET", `/topics/${encodeURIComponent(t)}`).catch(() => null);
+    return [t, topic && topic.owner];
+  })));
+  return others.filter((r) => owners.get(r.topic) === state.me.name || (r.access === "ownership" && isMe(r.to)));
+}
+
+async function loadDashboard() {
+  const admin = state.roles.has("admin");
+  const holder = admin || state.roles.has("producer");
+  const [pending, access, drift] = await Promise.all([
+    fetchAll("/topic-requests", "requests", { status: "pending" }),
+    accessWaitingForMe(admin),
+    api("GET", "/drift"),
+  ]);
+  // What waits for this user's decision, and what of theirs waits for someone else's.
+  const waiting = [
+    ...pending.filter((r) => admin && !isMe(r.requested_by))
+      .map((r) => ({ id: r.id, what: `${r.kind} ${r.topic}`, by: r.requested_by, at: r.requested_at, tab: "requests" })),
+    ...access.map((r) => ({
+      id: r.id,
+      what: r.access === "ownership" ? `ownership of ${r.topic} to ${r.to}` : `${r.access} access to ${r.topic}`,
+      by: r.requested_by, at: r.requested_at, tab: "access",
+    })),
+  ].sort((a, b) => String(a.at).localeCompare(String(b.at)));
+  const mineOpen = pending.filter((r) => isMe(r.requested_by));
+  const driftCount = drift.missing_in_kafka.length + drift.unmanaged_in_kafka.length + drift.config_differs.length;
+  // Held records are read only for the topics this user may see them for, and a few of them.
+  const creates = pending.filter((r) => r.kind === "create" && (admin || isMe(r.requested_by))).slice(0, 20);
+  const held = holder ? await Promise.all(creates.map((r) => heldFor(r.topic))) : [];
+
+  const heldTotal = held.reduce((n, h) => n + (h.held || 0), 0);
+  const driftHint = drift.checked_at ? `checked ${when(drift.checked_at)}` : "not compared yet";
+  redraw($("dash-stats"), JSON.stringify([waiting.length, mineOpen.length, heldTotal, driftCount, driftHint]), () => el("div", { class: "stats" },
+    stat("dash-pending", "requests wait for your decision", waiting.length),
+    stat("dash-mine", `of your requests wait for ${admin ? "another admin" : "a decision"}`, mineOpen.length),
+    stat("dash-held", "records held for pending topics", heldTotal),
+    stat("dash-drift", "drift findings", driftCount, driftHint)));
+
+  const list = waiting.slice(0, 10);
+  redraw($("dash-pending-list"), JSON.stringify(list.map((w) => [w.id, ageOf(w.at)])), () => (list.length
+    ? el("ul", {}, list.map((w) => el("li", { "data-request": w.id },
+      el("button", { class: "link", onclick: () => selectTab(w.tab) }, w.what),
+      ` by ${w.by}, ${ageOf(w.at)} ago`)))
+    : el("p", { class: "empty" }, "Nothing waits for your decision.")));
+
+  redraw($("dash-held-list"), JSON.stringify([holder, held.map((h) => [h.topic, h.held, h.oldest && ageOf(h.oldest)])]), () => (!holder
+    ? el("p", { class: "empty" }, "Held records are shown to producers and admins.")
+    : table(["Topic", "Held", "Waiting since", "For"],
+      held.map((h) => [h.topic, h.held ?? "—", h.oldest ? when(h.oldest) : "—", h.oldest ? ageOf(h.oldest) : "—"]),
+      (r, i) => ({ "data-topic": held[i].topic }))));
+  drawRates();
+}
+
+// ------------------------------------------------------------------ audit options
+
+// The audit form as query parameters; times typed in the local zone go out in UTC.
+function auditFilters() {
+  const form = new FormData($("audit-form"));
+  const q = new URLSearchParams();
+  for (const key of ["topic", "actor", "kind"]) {
+    const v = String(form.get(key) || "").trim();
+    if (v) q.set(key, v);
+  }
+  for (const key of ["since", "until"]) {
+    const v = String(form.get(key) || "").trim();
+    if (!v) continue;
+    const d = new Date(v);
+    q.set(key, isNaN(d) ? v : d.toISOString());
+  }
+  q.set("order", String(form.get("order") || "desc"));
+  return q;
+}
+
+async function exportAudit() {
+  await guarded(async () => {
+    const n = await downloadNdjson(`/audit/export?${auditFilters()}`, "kafflow-audit.ndjson");
+    showNotice(`Exported ${n} audit events as NDJSON.`);
+  });
+}
+
+// ------------------------------------------------------------------ produce: first send
+
+// A send to a topic KafFlow does not know offers to ask for it; the record then waits, held,
+// for the decision.
+function offerTopicRequest(topic, record) {
+  $("records-offer").replaceChildren(el("div", { class: "row offer" },
+    el("span", {}, `${topic} is not known. Ask for it with the policy's defaults and hold this record until an admin decides?`),
+    el("button", {
+      class: "request-topic",
+      onclick: () => guarded(async () => {
+        const r = await api("POST", `/topics/${encodeURIComponent(topic)}/records?request=true`, [record]);
+        $("records-offer").replaceChildren();
+        showNotice(`Requested ${topic}; ${r.held} record held until an admin decides.`);
+      }),
+    }, `Request ${topic}`)));
+}
+
+// ------------------------------------------------------------------ held: export and discard
+
+function heldActions(topic, which, shown) {
+  const exportButton = el("button", {
+    class: "held-export",
+    onclick: () => guarded(async () => {
+      const q = new URLSearchParams({ topic, state: which, format: "ndjson", limit: "100000" });
+      const n = await downloadNdjson(`/held?${q}`, `${topic}-${which}.ndjson`);
+      // One call exports at most 100,000 records; the API pages past that (`after`).
+      showNotice(`Exported ${n} ${which} records of ${topic}${n >= 100000 ? " (the first 100,000: use the API's after= for the rest)" : ""}.`);
+    }),
+  }, "Export NDJSON");
+  if (!(state.roles.has("admin") && which === "dead" && shown > 0)) return el("div", { class: "row" }, exportButton);
+  // Discarding cannot be undone: the first press asks, the second discards.
+  const sure = el("button", {
+    class: "held-discard-confirm danger",
+    hidden: true,
+    onclick: () => guarded(async () => {
+      const r = await api("DELETE", `/held?${new URLSearchParams({ topic, state: "dead" })}`);
+      showNotice(`Discarded ${r.discarded} dead records of ${topic}.`);
+      $("held").replaceChildren();
+    }),
+  }, `Discard every dead record of ${topic}`);
+  const ask = el("button", {
+    class: "held-discard danger",
+    onclick: () => {
+      ask.hidden = true;
+      sure.hidden = false;
+      sure.focus();
+    },
+  }, "Discard dead records…");
+  return el("div", { class: "row" }, exportButton, ask, sure);
+}
+
+// ------------------------------------------------------------------ request form: configs
+
+// The Kafka configs of the request form; null (after saying why) when one is malformed.
+function requestConfig(form) {
+  const config = {};
+  const retention = String(form.get("retention_hours") || "").trim();
+  if (retention) config["retention.ms"] = String(Math.round(Number(retention) * 3600000));
+  const cleanup = String(form.get("cleanup_policy") || "");
+  if (cleanup) config["cleanup.policy"] = cleanup;
+  for (const line of String(form.get("config_more") || "").split("\n")) {
+    if (!line.trim()) continue;
+    const at = line.indexOf("=");
+    if (at < 1) {
+      showError(`Other configs: "${line.trim()}" is not key=value.`);
+      return null;
+    }
+    config[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  return config;
+}
+
 // ------------------------------------------------------------------ wiring
 
 $("sign-in-form").addEventListener("submit", (ev) => {
@@ -706,6 +1133,7 @@ $("audit-form").addEventListener("submit", (ev) => {
   guarded(() => loadAudit(false));
 });
 $("audit-more").addEventListener("click", () => guarded(() => loadAudit(true)));
+$("audit-export").addEventListener("click", exportAudit);
 $("request-form").addEventListener("submit", requestTopic);
 $("records-form").addEventListener("submit", sendRecord);
 $("held-form").addEventListener("submit", loadHeld);

@@ -180,6 +180,7 @@ impl FeedHandle {
     /// Tells the consumer that `frames` are written to the socket.
     pub fn written(&self, frames: &[Frame]) {
         let records = frames.iter().filter(|f| f.n.is_some()).count();
+        METRICS.delivered.inc_by(records as u64);
         self.consumer.do_send(Written {
             feed: self.id,
             upto: frames.iter().filter_map(|f| f.n).max(),

@@ -978,8 +978,11 @@ pub struct AuditQuery {
     pub request_id: Option<Uuid>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// Past this seq in the listing's order: above it oldest first, below it newest first.
     pub after: Option<u64>,
     pub limit: usize,
+    /// Newest first. The cursor then runs downwards, so one `after` serves both orders.
+    pub descending: bool,
     /// For a reader who may not see everything: only events about these topics, about these
     /// requests, or by this actor.
     pub scope: Option<AuditScope>,
@@ -1016,11 +1019,15 @@ impl AuditQuery {
     /// Runs the query on its own read connection (WAL lets it run beside the writer).
     pub fn run(&self, db: &Path) -> Result<AuditPage, StoreError> {
         let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut sql = String::from(
-            "SELECT seq, id, at, kind, actor, topic, request_id, data FROM events WHERE seq > ?1",
+        let (past, order, start) = if self.descending {
+            ("<", "DESC", self.after.map_or(i64::MAX, |a| a as i64))
+        } else {
+            (">", "ASC", self.after.map_or(0, |a| a as i64))
+        };
+        let mut sql = format!(
+            "SELECT seq, id, at, kind, actor, topic, request_id, data FROM events WHERE seq {past} ?1"
         );
-        let mut args: Vec<Box<dyn rusqlite::ToSql>> =
-            vec![Box::new(self.after.unwrap_or(0) as i64)];
+        let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(start)];
         let mut filter = |column: &str, op: &str, value: Box<dyn rusqlite::ToSql>| {
             args.push(value);
             sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
@@ -1069,7 +1076,7 @@ impl AuditQuery {
         }
         // One extra row tells whether another page follows.
         args.push(Box::new(self.limit as i64 + 1));
-        sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+        sql.push_str(&format!(" ORDER BY seq {order} LIMIT ?{}", args.len()));
         let mut stmt = conn.prepare(&sql)?;
         let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
         let mut events = stmt
@@ -1461,6 +1468,26 @@ mod tests {
         .expect("query");
         assert_eq!(one.events.len(), 1);
         assert_eq!(one.events[0].data["reason"], "r3");
+
+        // Newest first: the cursor runs downwards and reaches seq 1 in whole pages.
+        let mut seqs = Vec::new();
+        let mut after = None;
+        loop {
+            let page = AuditQuery {
+                limit: 4,
+                after,
+                descending: true,
+                ..Default::default()
+            }
+            .run(&db)
+            .expect("query");
+            seqs.extend(page.events.iter().map(|e| e.seq));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seqs, (1..=10).rev().collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -2,9 +2,11 @@
 //! No governance rule lives here; errors become statuses in `error` alone.
 
 mod access;
+mod audit;
 mod browser;
 mod error;
 mod feed;
+mod me;
 mod paging;
 mod records;
 pub mod server;
@@ -197,6 +199,15 @@ pub(crate) struct AuditParams {
     until: Option<String>,
     after: Option<u64>,
     limit: Option<usize>,
+    order: Option<AuditOrder>,
+}
+
+/// The listing order of the audit trail: by `seq`, oldest (`asc`, the default) or newest first.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum AuditOrder {
+    Asc,
+    Desc,
 }
 
 fn parse_time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>> {
@@ -233,6 +244,7 @@ impl AuditParams {
             until: parse_time("until", self.until)?,
             after: self.after,
             limit,
+            descending: self.order == Some(AuditOrder::Desc),
             scope: None,
         })
     }
@@ -682,6 +694,10 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .unify()
         .or(tokens::routes(app.clone()))
         .unify()
+        .or(audit::routes(app.clone()))
+        .unify()
+        .or(me::routes(app.clone()))
+        .unify()
         .or(ui::routes())
         .unify()
         .boxed();
@@ -763,6 +779,7 @@ mod tests {
             Just("until"),
             Just("after"),
             Just("limit"),
+            Just("order"),
             Just("status"),
             Just("requested_by"),
             Just(""),

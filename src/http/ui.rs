@@ -10,6 +10,10 @@ use warp::{Filter, Reply};
 const INDEX_HTML: &str = include_str!("../../ui/index.html");
 const APP_JS: &str = include_str!("../../ui/app.js");
 const APP_CSS: &str = include_str!("../../ui/app.css");
+// The dashboard's charts: uPlot, vendored unchanged with its licence (ui/vendor/uplot/).
+const UPLOT_JS: &str = include_str!("../../ui/vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../ui/vendor/uplot/uPlot.min.css");
+const UPLOT_LICENSE: &str = include_str!("../../ui/vendor/uplot/LICENSE");
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut response = body.into_response();
@@ -20,7 +24,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     response
 }
 
-/// `GET /`, `/app.js` and `/app.css`.
+/// `GET /`, `/app.js`, `/app.css` and the vendored files under `/vendor/`.
 pub(super) fn routes() -> BoxedFilter<(Response,)> {
     let index = warp::path::end()
         .and(warp::get())
@@ -31,5 +35,22 @@ pub(super) fn routes() -> BoxedFilter<(Response,)> {
     let style = warp::path!("app.css")
         .and(warp::get())
         .map(|| asset(APP_CSS, "text/css; charset=utf-8"));
-    index.or(script).unify().or(style).unify().boxed()
+    let vendor = warp::path!("vendor" / "uplot" / String)
+        .and(warp::get())
+        .and_then(|file: String| async move {
+            match file.as_str() {
+                "uPlot.iife.min.js" => Ok(asset(UPLOT_JS, "text/javascript; charset=utf-8")),
+                "uPlot.min.css" => Ok(asset(UPLOT_CSS, "text/css; charset=utf-8")),
+                "LICENSE" => Ok(asset(UPLOT_LICENSE, "text/plain; charset=utf-8")),
+                _ => Err(warp::reject::not_found()),
+            }
+        });
+    index
+        .or(script)
+        .unify()
+        .or(style)
+        .unify()
+        .or(vendor)
+        .unify()
+        .boxed()
 }
