@@ -5,6 +5,7 @@ mod access;
 mod browser;
 mod error;
 mod feed;
+mod messages;
 mod paging;
 mod records;
 pub mod server;
@@ -71,6 +72,7 @@ pub struct AppState {
     /// `GET /topics/{name}` is the most frequent read.
     pub topics: crate::actors::governed_view::GovernedView,
     pub counts: crate::actors::publisher::CountsView,
+    pub record_browser: Addr<crate::actors::record_browser::RecordBrowser>,
     /// Open feeds close with 1001 when it fires, and hold a guard until they have.
     pub shutdown: crate::shutdown::Shutdown,
     pub feeds_done: crate::shutdown::Guard,
@@ -199,7 +201,7 @@ pub(crate) struct AuditParams {
     limit: Option<usize>,
 }
 
-fn parse_time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>> {
+pub(super) fn parse_time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>> {
     value
         .map(|v| {
             DateTime::parse_from_rfc3339(&v)
@@ -681,6 +683,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .or(records::routes(app.clone()))
         .unify()
         .or(tokens::routes(app.clone()))
+        .unify()
+        .or(messages::routes(app.clone()))
         .unify()
         .or(ui::routes())
         .unify()
