@@ -26,6 +26,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::access::MayConsume;
 use super::consumer::GROUP_PREFIX;
@@ -102,7 +103,8 @@ pub struct BrowsedRecord {
     pub key: Option<String>,
     pub key_encoding: Encoding,
     pub headers: Vec<BrowsedHeader>,
-    pub value: serde_json::Value,
+    /// JSON as Kafka holds it (members in their order), or the text or base64 as a string.
+    pub value: Box<RawValue>,
     pub value_encoding: Encoding,
     /// Bytes of key, value, header names and header values.
     pub size: usize,
@@ -315,11 +317,16 @@ fn reader(kafka: &KafkaConfig, group: Option<&str>) -> Result<BaseConsumer> {
     config.create().map_err(kafka_error)
 }
 
+/// One partition as Kafka's metadata shows it.
+struct PartitionMeta {
+    id: i32,
+    leader: i32,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
+}
+
 /// The partitions of `topic` (metadata) with their leader, replicas and in-sync replicas.
-fn partitions_of(
-    consumer: &BaseConsumer,
-    topic: &str,
-) -> Result<Vec<(i32, i32, Vec<i32>, Vec<i32>)>> {
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<PartitionMeta>> {
     let metadata = consumer
         .fetch_metadata(Some(topic), READ_TIMEOUT)
         .map_err(kafka_error)?;
@@ -332,9 +339,14 @@ fn partitions_of(
     let mut partitions: Vec<_> = found
         .partitions()
         .iter()
-        .map(|p| (p.id(), p.leader(), p.replicas().to_vec(), p.isr().to_vec()))
+        .map(|p| PartitionMeta {
+            id: p.id(),
+            leader: p.leader(),
+            replicas: p.replicas().to_vec(),
+            isr: p.isr().to_vec(),
+        })
         .collect();
-    partitions.sort_by_key(|p| p.0);
+    partitions.sort_by_key(|p| p.id);
     Ok(partitions)
 }
 
@@ -511,17 +523,23 @@ fn text_or_base64(bytes: Option<&[u8]>) -> (Option<String>, Encoding) {
     }
 }
 
-/// The value as JSON when it parses, else as text, else as base64.
-fn value_of(payload: Option<&[u8]>) -> (serde_json::Value, Encoding) {
+/// The value as JSON when it parses (kept as it is), else as text, else as base64.
+fn value_of(payload: Option<&[u8]>) -> (Box<RawValue>, Encoding) {
+    let json = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "null".to_string());
+    let raw =
+        |text: String| RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned());
     let Some(bytes) = payload else {
-        return (serde_json::Value::Null, Encoding::Null);
+        return (RawValue::NULL.to_owned(), Encoding::Null);
     };
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
-        return (value, Encoding::Json);
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+            // Outer whitespace and line breaks are not part of the value.
+            return (raw(text.trim().to_string()), Encoding::Json);
+        }
     }
     match text_or_base64(Some(bytes)) {
-        (Some(text), encoding) => (serde_json::Value::String(text), encoding),
-        (None, encoding) => (serde_json::Value::Null, encoding),
+        (Some(text), encoding) => (raw(json(&text)), encoding),
+        (None, encoding) => (RawValue::NULL.to_owned(), encoding),
     }
 }
 
@@ -561,15 +579,15 @@ fn describe(
 ) -> Result<TopicPartitions> {
     let consumer = reader(kafka, None)?;
     let mut partitions = Vec::new();
-    for (partition, leader, replicas, isr) in partitions_of(&consumer, topic)? {
+    for meta in partitions_of(&consumer, topic)? {
         let (low, high) = consumer
-            .fetch_watermarks(topic, partition, READ_TIMEOUT)
+            .fetch_watermarks(topic, meta.id, READ_TIMEOUT)
             .map_err(kafka_error)?;
         partitions.push(PartitionView {
-            partition,
-            leader,
-            replicas,
-            isr,
+            partition: meta.id,
+            leader: meta.leader,
+            replicas: meta.replicas,
+            isr: meta.isr,
             low_watermark: low,
             high_watermark: high,
         });
@@ -629,19 +647,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_value_is_json_text_or_base64() {
+    fn a_value_is_json_as_it_was_text_or_base64() {
+        let shown = |payload: Option<&[u8]>| {
+            let (raw, encoding) = value_of(payload);
+            (raw.get().to_string(), encoding)
+        };
         assert_eq!(
-            value_of(Some(br#"{"a":1}"#)),
-            (serde_json::json!({"a": 1}), Encoding::Json)
+            shown(Some(b" {\"b\":1,\n\"a\":2} ")),
+            ("{\"b\":1,\n\"a\":2}".to_string(), Encoding::Json)
         );
         assert_eq!(
-            value_of(Some(b"plain words")),
-            (serde_json::json!("plain words"), Encoding::String)
+            shown(Some(b"plain words")),
+            ("\"plain words\"".to_string(), Encoding::String)
         );
         assert_eq!(
-            value_of(Some(&[0xff, 0xfe, 0x00])),
-            (serde_json::json!("//4A"), Encoding::Base64)
+            shown(Some(&[0xff, 0xfe, 0x00])),
+            ("\"//4A\"".to_string(), Encoding::Base64)
         );
-        assert_eq!(value_of(None), (serde_json::Value::Null, Encoding::Null));
+        assert_eq!(shown(None), ("null".to_string(), Encoding::Null));
     }
 }
