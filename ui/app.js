@@ -578,11 +578,20 @@ function togglePause() {
 // ------------------------------------------------------------------ consume: where the feed starts
 
 // A new start applies to a new feed: the open one is closed and the page starts over.
-function restartFeed() {
+// The new feed waits for the old one's close: a feed opened while another is open joins its
+// stream and the server ignores its start.
+async function restartFeed() {
+  const old = state.feed;
   closeFeed();
   $("messages").replaceChildren();
   $("feed-cap").textContent = "";
   state.pausedFrames = [];
+  if (old && old.readyState !== WebSocket.CLOSED) {
+    await new Promise((done) => {
+      old.addEventListener("close", done, { once: true });
+      setTimeout(done, 2000);
+    });
+  }
   if (state.tab === "consume") openFeed();
 }
 
