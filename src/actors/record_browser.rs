@@ -39,6 +39,9 @@ use crate::paging::PageOf;
 
 /// Browses running at once; more are refused with 429 rather than queued behind Kafka.
 const MAX_READS_IN_FLIGHT: usize = 8;
+/// Most bytes of records one browse reads (every partition's window together): a page of 500
+/// large records from a dozen partitions would otherwise hold gigabytes.
+const MAX_READ_BYTES: usize = 32 * 1024 * 1024;
 /// How long one browse may wait for metadata, watermarks and records.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most subscribers whose positions a topic's detail shows (one Kafka offset fetch each).
@@ -485,6 +488,7 @@ fn fetch_ranges(
     consumer.assign(&list).map_err(kafka_error)?;
     let mut open: HashMap<i32, i64> = ranges.iter().map(|(p, _, end)| (*p, *end)).collect();
     let mut out = Vec::new();
+    let mut read = 0;
     let deadline = Instant::now() + READ_TIMEOUT;
     while !open.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -501,7 +505,15 @@ fn fetch_ranges(
                 let p = m.partition();
                 let Some(&end) = open.get(&p) else { continue };
                 if m.offset() < end {
-                    out.push(browsed(&m));
+                    let record = browsed(&m);
+                    read += record.size;
+                    if read > MAX_READ_BYTES {
+                        return Err(Error::TooLarge {
+                            what: "bytes of records read for one page; ask for a smaller limit or one partition",
+                            limit: MAX_READ_BYTES as u64,
+                        });
+                    }
+                    out.push(record);
                 }
                 if m.offset() >= end - 1 {
                     open.remove(&p);
