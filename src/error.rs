@@ -90,6 +90,9 @@ pub enum Error {
     UpgradeRequired,
     #[error("cannot start the Kafka consumer: {0}")]
     ConsumerUnavailable(String),
+    /// Kafka did not answer a read of records, metadata or offsets (browsing a topic).
+    #[error("cannot read from Kafka: {0}")]
+    KafkaRead(rdkafka::error::KafkaError),
     /// The disk under the data dir is full: nothing was made durable, nothing was applied.
     /// Retrying once space is freed succeeds without a restart.
     #[error("storage full: {0}")]
@@ -143,6 +146,7 @@ impl Error {
             Error::Unavailable => "unavailable",
             Error::UpgradeRequired => "upgrade_required",
             Error::ConsumerUnavailable(_) => "consumer_unavailable",
+            Error::KafkaRead(_) => "kafka_unavailable",
             Error::StorageFull(_) => "storage_full",
             Error::TooMany { .. } => "too_many_requests",
         }

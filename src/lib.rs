@@ -358,8 +358,17 @@ pub async fn serve(
         provisioner.do_send(Provision(request));
     }
 
+    let record_browser = actors::record_browser::RecordBrowser::new(
+        config.kafka.clone(),
+        registry.clone(),
+        subscriptions.clone(),
+        facades.handle(),
+        config.limits.retry_after_s,
+    )
+    .start();
     let app = std::sync::Arc::new(http::AppState {
         identity,
+        record_browser,
         tokens,
         registry,
         approval,

@@ -310,6 +310,8 @@ fn subject(w: &World, shared: &Shared, route: &str, persona: &str, fresh: bool) 
         ),
         "GET /topics" => http("GET", "/topics".into(), None),
         "GET /topics/{name}" => http("GET", format!("/topics/{t}"), None),
+        "GET /topics/{name}/messages" => http("GET", format!("/topics/{t}/messages"), None),
+        "GET /topics/{name}/partitions" => http("GET", format!("/topics/{t}/partitions"), None),
         "POST /topics/{name}/deletion-requests" => {
             let topic = if fresh { w.live_topic(true) } else { t };
             http(

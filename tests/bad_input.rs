@@ -724,7 +724,8 @@ const fn open(path: &'static str) -> Route {
     }
 }
 
-/// Every route of `src/http` (mod.rs, records.rs, feed.rs, ui.rs, audit.rs, me.rs).
+/// Every route of `src/http` (mod.rs, records.rs, feed.rs, ui.rs, access.rs, tokens.rs,
+/// audit.rs, me.rs, messages.rs).
 const ROUTES: &[Route] = &[
     open("/healthz"),
     open("/readyz"),
@@ -774,6 +775,8 @@ const ROUTES: &[Route] = &[
     with_body("POST", "/api/v1/tokens"),
     with_query("GET", "/api/v1/tokens"),
     route("DELETE", "/api/v1/tokens/{id}"),
+    with_query("GET", "/api/v1/topics/{topic}/messages"),
+    route("GET", "/api/v1/topics/{topic}/partitions"),
 ];
 
 /// What a hostile request expects: an exact status, or any 4xx.

@@ -703,3 +703,37 @@ fn an_idle_consumer_stops_and_a_new_one_resumes_at_the_commit() {
         "sent again after a restart of the consumer"
     );
 }
+
+#[test]
+fn a_feed_from_latest_starts_a_topic_added_while_connected_at_its_end() {
+    let svc = Service::start();
+    let topic = unique_topic("latest-added");
+    svc.provision(&topic, 2);
+    kafka_produce(&topic, &numbered(0..50));
+
+    let mut feed = svc.feed(svc.token("erin"), "from=latest");
+    assert_eq!(feed.next(FRAME), notice(&[]));
+    subscribe(&svc, "erin", &topic);
+    assert_eq!(feed.next(FRAME), notice(&[&topic]));
+
+    // The topic's end is found a moment after the subscription: send until a record arrives.
+    let mut seen = Vec::new();
+    let mut next = 50;
+    let deadline = Instant::now() + FRAME;
+    while seen.is_empty() {
+        assert!(Instant::now() < deadline, "no new record arrived");
+        kafka_produce(&topic, &numbered(next..next + 1));
+        next += 1;
+        seen.extend(
+            feed.drain(QUIET)
+                .into_iter()
+                .filter(|f| f.get("type").is_none()),
+        );
+    }
+    seen.extend(feed.drain(QUIET));
+    let got = numbers(&seen);
+    assert!(
+        got.iter().all(|i| *i >= 50),
+        "the 50 records from before the subscription were not sent: {got:?}"
+    );
+}

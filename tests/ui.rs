@@ -570,18 +570,28 @@ fn console_walkthrough() {
         "document.getElementById('feed-state').textContent === 'live'",
         STEP_TIMEOUT,
     );
-    let (status, reply) = service.produce(
-        "alice",
-        &approved,
-        "",
-        &json!([{"key": "k-live", "value": {"hello": "from the ui test"}}]),
-    );
-    assert_eq!(status, 202, "produce: {reply}");
-    page.wait_for(
-        "produced record shown live",
-        "document.querySelector('#messages').textContent.includes('from the ui test')",
-        ACTIVE_TIMEOUT,
-    );
+    // The feed starts at `latest`, and the new topic's end is found a moment after the
+    // subscription: send until the record is shown.
+    let deadline = Instant::now() + ACTIVE_TIMEOUT;
+    loop {
+        let (status, reply) = service.produce(
+            "alice",
+            &approved,
+            "",
+            &json!([{"key": "k-live", "value": {"hello": "from the ui test"}}]),
+        );
+        assert_eq!(status, 202, "produce: {reply}");
+        let shown = page
+            .eval("document.querySelector('#messages').textContent.includes('from the ui test')");
+        if shown == json!(true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "produced record never shown live"
+        );
+        thread::sleep(Duration::from_millis(1500));
+    }
     // The record written to erin's feed is counted as delivered (the dashboard charts it).
     let deadline = Instant::now() + STEP_TIMEOUT;
     while service.metric("kafflow_delivered_records_total") < 1.0 {
@@ -1036,4 +1046,237 @@ fn console_actions_audit_and_dashboard() {
         STEP_TIMEOUT,
     );
     page.screenshot(&shots, "19-audit-375");
+}
+
+/// The Messages screen, a topic's detail and where the live feed starts, as a consumer and an
+/// admin would use them; at desktop and at phone width.
+#[test]
+fn console_messages_topic_detail_and_feed_start() {
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!("SKIPPED: {CHROMIUM} is missing; `make ui-deps` installs Debian's chromium");
+        return;
+    }
+    let shots = screenshot_dir();
+    let service = Service::start();
+    let topic = unique_topic("ui-browse");
+    service.provision(&topic, 2);
+    let old: Vec<Value> = (0..5)
+        .map(|i| json!({"key": format!("old-{i}"), "value": {"old": i}}))
+        .chain([json!({"key": "order-7", "value": {"order": 7, "items": ["tea", "cake"]}})])
+        .collect();
+    let (status, reply) = service.produce("alice", &topic, "", &Value::Array(old));
+    assert_eq!(status, 202, "produce: {reply}");
+    assert_eq!(reply["published"], 6, "{reply}");
+
+    let mut browser = Browser::launch();
+    let page = &mut browser.page;
+    page.open(&format!("{}/", service.base_url()));
+
+    // erin browses the topic: newest first, the key and the value pretty-printed.
+    page.sign_in(service.token("erin"));
+    page.tab("messages");
+    page.wait_for(
+        "topic offered",
+        &format!("document.querySelector(\"#browse-form option[value='{topic}']\")"),
+        STEP_TIMEOUT,
+    );
+    // Every control has its label, so a screen reader names it and a keyboard reaches it.
+    assert_eq!(
+        page.eval(
+            "[...document.querySelectorAll('#browse-form input, #browse-form select, #feed-start')]\
+             .every(e => e.closest('label'))"
+        ),
+        json!(true),
+        "labelled controls"
+    );
+    page.fill("#browse-form [name=topic]", &topic);
+    page.click("#browse-form button[type=submit]");
+    page.wait_for(
+        "records listed",
+        "document.querySelectorAll('#browse-records li.record').length === 6",
+        STEP_TIMEOUT,
+    );
+    assert_eq!(
+        page.text("#browse-records li.record:first-child .key"),
+        "order-7",
+        "the newest record first"
+    );
+    let value = page.text("#browse-records li.record:first-child pre.value");
+    // Pretty-printed: one member per line, indented; and the same value.
+    assert!(
+        value.contains("\n  \"order\": 7") && value.contains("\n    \"tea\",\n"),
+        "the value as pretty JSON: {value}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&value).ok(),
+        Some(json!({"order": 7, "items": ["tea", "cake"]}))
+    );
+    page.screenshot(&shots, "12-messages");
+
+    // Paging: two at a time, older records on the next page.
+    page.fill("#browse-form [name=limit]", "20");
+    page.eval(
+        "document.querySelector('#browse-form [name=limit]').innerHTML += '<option>2</option>'",
+    );
+    page.fill("#browse-form [name=limit]", "2");
+    page.click("#browse-form button[type=submit]");
+    page.wait_for(
+        "a page of two",
+        "document.querySelectorAll('#browse-records li.record').length === 2 && \
+         !document.getElementById('browse-older').hidden",
+        STEP_TIMEOUT,
+    );
+    page.click("#browse-older");
+    page.wait_for(
+        "the next page",
+        "!document.getElementById('browse-newest').hidden && \
+         !document.querySelector('#browse-records').textContent.includes('order-7')",
+        STEP_TIMEOUT,
+    );
+
+    // Consume from `latest` (the default): the old records stay out, a new one comes in.
+    // What the sign-in drew goes first, so the wait below sees this visit's checkboxes.
+    page.eval("document.getElementById('subscriptions').replaceChildren()");
+    page.tab("consume");
+    assert_eq!(
+        page.eval("document.getElementById('feed-start').value"),
+        json!("latest")
+    );
+    let checkbox = format!("#subscriptions input[data-topic='{topic}']");
+    page.wait_for(
+        "topic offered for subscription",
+        &format!("document.querySelector(\"{checkbox}\")"),
+        STEP_TIMEOUT,
+    );
+    page.click(&checkbox);
+    page.click("#save-subscriptions");
+    page.wait_notice("subscription saved", &topic);
+    page.wait_for(
+        "feed live",
+        "document.getElementById('feed-state').textContent === 'live'",
+        STEP_TIMEOUT,
+    );
+    // The topic's end is found a moment after the subscription: send until one is shown.
+    let deadline = Instant::now() + ACTIVE_TIMEOUT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let (status, reply) = service.produce(
+            "alice",
+            &topic,
+            "",
+            &json!([{"key": "fresh", "value": {"fresh": n}}]),
+        );
+        assert_eq!(status, 202, "produce: {reply}");
+        let shown = page.eval("document.querySelector('#messages').textContent.includes('fresh')");
+        if shown == json!(true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new record shown on the Consume page"
+        );
+        thread::sleep(Duration::from_millis(1500));
+    }
+    let shown = page.text("#messages");
+    assert!(
+        !shown.contains("order-7") && !shown.contains("old-"),
+        "records from before the feed opened are not shown: {shown}"
+    );
+    page.screenshot(&shots, "13-consume-latest");
+    // The page keeps the last 500 frames and says so.
+    let kept = page.eval(
+        "for (let i = 0; i < 510; i++) showFrame({topic: 'cap', partition: 0, offset: i, \
+         key: null, value: {n: i}}); document.querySelectorAll('#messages li').length",
+    );
+    assert_eq!(kept, json!(500), "frames kept");
+    assert!(
+        page.text("#feed-cap").contains("last 500"),
+        "{}",
+        page.text("#feed-cap")
+    );
+
+    // carol opens the topic's detail from the list: partitions with their high watermark,
+    // erin's position, the grants, the audit history.
+    page.sign_in(service.token("carol"));
+    page.tab("topics");
+    let link = format!("#topics button[data-open-topic='{topic}']");
+    page.wait_for(
+        "topic name is a button",
+        &format!("document.querySelector(\"{link}\")"),
+        STEP_TIMEOUT,
+    );
+    // A real button: focusable, and Enter or Space opens the detail.
+    page.eval(&format!("document.querySelector(\"{link}\").focus()"));
+    assert_eq!(
+        page.eval(&format!(
+            "document.activeElement === document.querySelector(\"{link}\")"
+        )),
+        json!(true),
+        "the topic's name takes the focus"
+    );
+    page.call(
+        "Emulation.setFocusEmulationEnabled",
+        json!({"enabled": true}),
+    );
+    page.call(
+        "Input.dispatchKeyEvent",
+        json!({"type": "keyDown", "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13,
+               "text": "\r"}),
+    );
+    page.call(
+        "Input.dispatchKeyEvent",
+        json!({"type": "keyUp", "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13}),
+    );
+    page.wait_for(
+        "partitions with high watermarks",
+        "document.querySelectorAll('#topic-partitions tr[data-partition]').length === 2",
+        STEP_TIMEOUT,
+    );
+    let published = 6 + n;
+    page.wait_for(
+        "high watermarks add up",
+        &format!(
+            "[...document.querySelectorAll('#topic-partitions tr[data-partition]')]\
+             .reduce((s, r) => s + Number(r.dataset.high), 0) === {published}"
+        ),
+        STEP_TIMEOUT,
+    );
+    page.wait_for(
+        "erin's position",
+        "document.querySelector(\"#topic-positions tr[data-user='erin']\")",
+        STEP_TIMEOUT,
+    );
+    page.wait_for(
+        "audit history",
+        "document.querySelector('#topic-audit details.event')",
+        STEP_TIMEOUT,
+    );
+    assert!(
+        page.text("#topic-access").contains("alice (owner)"),
+        "{}",
+        page.text("#topic-access")
+    );
+    page.screenshot(&shots, "14-topic-detail");
+
+    // Phone width: the detail and the Messages screen fit 375 px.
+    page.viewport(375, 800, true);
+    page.wait_for(
+        "topic detail fits 375 px",
+        "document.documentElement.scrollWidth <= 376",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "15-topic-detail-375");
+    page.click("#topic-browse");
+    page.wait_for(
+        "messages from the detail",
+        "document.querySelectorAll('#browse-records li.record').length > 0",
+        STEP_TIMEOUT,
+    );
+    page.wait_for(
+        "messages fit 375 px",
+        "document.documentElement.scrollWidth <= 376",
+        STEP_TIMEOUT,
+    );
+    page.screenshot(&shots, "16-messages-375");
 }

@@ -6,6 +6,8 @@
 const API = "/api/v1";
 const TOKEN_KEY = "kafflow.token";
 const REFRESH_MS = 2000;
+// Frames the Consume page keeps; a busy topic would otherwise fill the browser's memory.
+const FEED_CAP = 500;
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
@@ -279,6 +281,8 @@ const TABS = {
   dashboard: { load: loadDashboard, refresh: true },
   requests: { load: loadRequests, refresh: true },
   topics: { load: loadTopics, refresh: true },
+  topic: { load: loadTopicDetail },
+  messages: { load: loadMessages },
   audit: { load: () => loadAudit(false) },
   produce: { load: loadPolicy },
   consume: { load: loadConsume },
@@ -370,7 +374,7 @@ async function loadTopics() {
   if (box.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return;
   box.replaceChildren(table(
     ["Name", "Status", "Visibility", "Partitions", "Owner", "Held", "Published", ""],
-    topics.map((t) => [t.name, el("span", { class: `status ${t.status}` }, t.status), t.visibility || "open",
+    topics.map((t) => [topicLink(t.name), el("span", { class: `status ${t.status}` }, t.status), t.visibility || "open",
       t.partitions, t.owner, t.held, t.published, t.status === "active" ? topicControls(t) : ""]),
     (r, i) => ({ "data-topic": topics[i].name, "data-status": topics[i].status, "data-visibility": topics[i].visibility || "open" })),
   pager("topics", loadTopics) || "");
@@ -538,14 +542,18 @@ function setFeedState(text) {
 function openFeed() {
   if (state.feed || !state.roles.has("consumer")) return;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${scheme}//${location.host}${API}/me/feed`, [`bearer.${state.token}`]);
+  const from = encodeURIComponent($("feed-start").value || "latest");
+  const ws = new WebSocket(`${scheme}//${location.host}${API}/me/feed?from=${from}`, [`bearer.${state.token}`]);
   state.feed = ws;
   setFeedState("connecting");
   ws.onopen = () => setFeedState(state.paused ? "paused" : "live");
   ws.onmessage = (m) => {
     const frame = JSON.parse(m.data);
-    if (state.paused) state.pausedFrames.push(frame);
-    else showFrame(frame);
+    if (state.paused) {
+      state.pausedFrames.push(frame);
+      // What waits while paused is capped like the page: the oldest go first.
+      if (state.pausedFrames.length > FEED_CAP) state.pausedFrames.splice(0, state.pausedFrames.length - FEED_CAP);
+    } else showFrame(frame);
   };
   ws.onclose = (c) => {
     if (state.feed !== ws) return;
@@ -579,7 +587,12 @@ function showFrame(frame) {
       el("code", {}, value));
   }
   list.prepend(item);
-  while (list.children.length > 500) list.lastChild.remove();
+  let dropped = false;
+  while (list.children.length > FEED_CAP) {
+    list.lastChild.remove();
+    dropped = true;
+  }
+  if (dropped) $("feed-cap").textContent = `Showing the last ${FEED_CAP} messages; older ones were dropped from this page.`;
 }
 
 function togglePause() {
@@ -589,6 +602,213 @@ function togglePause() {
   if (!state.paused) {
     state.pausedFrames.splice(0).forEach(showFrame);
   }
+}
+
+// ------------------------------------------------------------------ consume: where the feed starts
+
+// A new start applies to a new feed: the open one is closed and the page starts over.
+// The new feed waits for the old one's close: a feed opened while another is open joins its
+// stream and the server ignores its start.
+async function restartFeed() {
+  const old = state.feed;
+  closeFeed();
+  $("messages").replaceChildren();
+  $("feed-cap").textContent = "";
+  state.pausedFrames = [];
+  if (old && old.readyState !== WebSocket.CLOSED) {
+    await new Promise((done) => {
+      old.addEventListener("close", done, { once: true });
+      setTimeout(done, 2000);
+    });
+  }
+  if (state.tab === "consume") openFeed();
+}
+
+// ------------------------------------------------------------------ topic detail
+
+const detail = { topic: null };
+
+function openTopic(name) {
+  detail.topic = name;
+  selectTab("topic");
+}
+
+// A topic's name in a list: a real button, so the keyboard reaches it.
+function topicLink(name) {
+  return el("button", { type: "button", class: "link topic-link", "data-open-topic": name, onclick: () => openTopic(name) }, name);
+}
+
+function dl(pairs) {
+  return el("dl", {}, pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+// One part of the detail screen; its failure is shown in its place and spares the others.
+async function detailPart(box, load) {
+  try {
+    $(box).replaceChildren(...[].concat(await load()));
+  } catch (e) {
+    $(box).replaceChildren(el("p", { class: "empty" }, e.message));
+  }
+}
+
+async function loadTopicDetail() {
+  const name = detail.topic;
+  if (!name) {
+    selectTab("topics");
+    return;
+  }
+  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === "topics");
+  $("topic-title").textContent = `Topic ${name}`;
+  for (const box of ["topic-config", "topic-partitions", "topic-access", "topic-positions", "topic-held", "topic-audit"]) {
+    $(box).replaceChildren(el("p", { class: "empty" }, "Loading…"));
+  }
+  $("topic-browse").hidden = !(state.roles.has("consumer") || state.roles.has("admin"));
+  const path = `/topics/${encodeURIComponent(name)}`;
+  const topic = await api("GET", path).catch((e) => {
+    $("topic-config").replaceChildren(el("p", { class: "empty" }, e.message));
+    return null;
+  });
+  if (!topic) return;
+  const cfg = Object.entries(topic.config || {});
+  $("topic-config").replaceChildren(el("div", { class: "card" }, dl([
+    ["Status", el("span", { class: `status ${topic.status}` }, topic.status)],
+    ["Owner", topic.owner],
+    ["Visibility", topic.visibility || "open"],
+    ["Partitions", String(topic.partitions)],
+    ["Replication factor", String(topic.replication_factor)],
+    ["Configuration", cfg.length ? el("ul", { class: "plain" }, cfg.map(([k, v]) => el("li", {}, `${k} = ${v}`))) : "broker defaults"],
+    ["Created", topic.created_at ? when(topic.created_at) : "not yet"],
+    ["Records", `${topic.published} published, ${topic.held} held, ${topic.dead} dead-lettered`],
+  ])));
+  await Promise.all([
+    detailPart("topic-partitions", async () => {
+      const p = await api("GET", `${path}/partitions`);
+      const positions = p.positions === null
+        ? el("p", { class: "empty" }, "Only admins see each subscriber's position.")
+        : table(["User", "Committed next offsets", "Lag"],
+          p.positions.map((u) => [u.user,
+            Object.entries(u.committed).map(([part, o]) => `p${part}: ${o}`).join(", ") || "nothing committed yet",
+            String(u.lag)]),
+          (r, i) => ({ "data-user": p.positions[i].user }));
+      $("topic-positions").replaceChildren(positions);
+      return table(["Partition", "Leader", "Replicas", "In sync", "Low watermark", "High watermark"],
+        p.partitions.map((x) => [String(x.partition), String(x.leader), x.replicas.join(", "), x.isr.join(", "),
+          String(x.low_watermark), String(x.high_watermark)]),
+        (r, i) => ({ "data-partition": p.partitions[i].partition, "data-high": p.partitions[i].high_watermark }));
+    }).then(() => {
+      // Without partitions there are no positions either; say so rather than leave it blank.
+      if (!$("topic-positions").childNodes.length) $("topic-positions").textContent = "—";
+    }),
+    detailPart("topic-access", async () => {
+      const grants = await fetchAll("/grants", "grants", { topic: name }).catch(() => []);
+      const holders = (access) => grants.filter((g) => g.access === access).map((g) => g.user);
+      const produce = [`${topic.owner} (owner)`, "admins", ...holders("produce")];
+      const consume = (topic.visibility || "open") === "open"
+        ? ["any consumer (open topic)"]
+        : ["admins", ...holders("consume")];
+      return [el("div", { class: "card" }, dl([["Produce", produce.join(", ")], ["Consume", consume.join(", ")]])),
+        el("p", { class: "hint" }, "Grants listed are those you may see: all for admins and the owner, your own otherwise.")];
+    }),
+    detailPart("topic-held", async () => {
+      const [held, dead] = await Promise.all(["held", "dead"].map((s) =>
+        api("GET", `/held?${new URLSearchParams({ topic: name, state: s, limit: "20" })}`)));
+      const rows = [...held.records, ...dead.records];
+      return [el("p", { class: "hint" }, `${topic.held} held, ${topic.dead} dead-lettered; the first 20 of each you may see:`),
+        table(["Id", "State", "Producer", "Accepted", "Key", "Value"],
+          rows.map((r) => [String(r.id), r.state, r.producer, when(r.accepted_at), r.key ?? "—", JSON.stringify(r.value)]))];
+    }),
+    detailPart("topic-audit", async () => {
+      const page = await api("GET", `/audit?${new URLSearchParams({ topic: name, limit: "100" })}`);
+      const events = [...page.events].sort((a, b) => b.seq - a.seq);
+      if (!events.length) return el("p", { class: "empty" }, "No events you may read.");
+      return events.map((e) => el("details", { class: "event", "data-seq": e.seq },
+        el("summary", {}, `#${e.seq} ${when(e.at)} · ${e.kind} · ${e.actor}`),
+        el("pre", {}, JSON.stringify(e, null, 2))));
+    }),
+  ]);
+}
+
+// ------------------------------------------------------------------ messages (browse a topic)
+
+// The page on screen: its topic and query, the cursor it was read at and the next one.
+const browse = { topic: null, query: null, after: null, next: null };
+
+async function loadMessages() {
+  const topics = await fetchAll("/topics", "topics");
+  const names = topics.filter((t) => t.status === "active").map((t) => t.name).sort();
+  const select = document.querySelector("#browse-form [name=topic]");
+  const chosen = browse.topic || select.value;
+  select.replaceChildren(...names.map((n) => el("option", { value: n, selected: n === chosen }, n)));
+  if (!names.length) {
+    $("browse-summary").textContent = "No active topics to browse.";
+    return;
+  }
+  if (browse.topic && names.includes(browse.topic)) await showRecords(browse.after);
+}
+
+// The form's choice as the route's query: an offset wins over a time; neither is the newest.
+function browseQuery() {
+  const form = new FormData($("browse-form"));
+  const q = new URLSearchParams({ limit: String(form.get("limit") || "20") });
+  const partition = String(form.get("partition") || "").trim();
+  const offset = String(form.get("offset") || "").trim();
+  const time = String(form.get("time") || "").trim();
+  if (partition) q.set("partition", partition);
+  if (offset) q.set("offset", offset);
+  else if (time) q.set("timestamp", new Date(time).toISOString());
+  return q;
+}
+
+async function showRecords(after) {
+  const q = new URLSearchParams(browse.query || { limit: "20" });
+  if (after) q.set("after", after);
+  const page = await api("GET", `/topics/${encodeURIComponent(browse.topic)}/messages?${q}`);
+  browse.after = after;
+  browse.next = page.next;
+  $("browse-records").replaceChildren(...page.records.map(recordItem));
+  const where = q.get("partition") !== null ? `partition ${q.get("partition")}` : "all partitions";
+  $("browse-summary").textContent = page.records.length
+    ? `${browse.topic}, ${where}: ${page.records.length} records, newest first${page.next ? "" : "; the oldest are shown"}.`
+    : `${browse.topic}, ${where}: no records here.`;
+  $("browse-older").hidden = !page.next;
+  $("browse-newest").hidden = !after;
+}
+
+function encoded(text, encoding) {
+  if (text === null || text === undefined) return "null";
+  return encoding === "base64" ? `${text} (base64)` : text;
+}
+
+function recordItem(r) {
+  const value = r.value_encoding === "json" ? JSON.stringify(r.value, null, 2) : encoded(r.value, r.value_encoding);
+  const headers = r.headers.length
+    ? el("ul", { class: "plain" }, r.headers.map((h) => el("li", {}, `${h.name}: ${encoded(h.value, h.encoding)}`)))
+    : "none";
+  return el("li", { class: "record card", "data-partition": r.partition, "data-offset": r.offset },
+    el("span", { class: "meta" },
+      `partition ${r.partition} · offset ${r.offset} · ${r.timestamp === null ? "no timestamp" : when(r.timestamp)} · ${r.size} bytes`),
+    dl([
+      ["Key", el("span", { class: "key" }, encoded(r.key, r.key_encoding))],
+      ["Headers", headers],
+      [`Value (${r.value_encoding})`, el("pre", { class: "value" }, value)],
+    ]));
+}
+
+function browseTopic(name) {
+  browse.topic = name;
+  browse.query = new URLSearchParams({ limit: "20" });
+  browse.after = null;
+  $("browse-form").reset();
+  selectTab("messages");
+}
+
+async function submitBrowse(ev) {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  browse.topic = String(form.get("topic") || "");
+  if (!browse.topic) return;
+  browse.query = browseQuery();
+  await guarded(() => showRecords(null));
 }
 
 // ------------------------------------------------------------------ drift
@@ -1143,5 +1363,13 @@ $("feed-clear").addEventListener("click", () => $("messages").replaceChildren())
 $("access-form").addEventListener("submit", askAccess);
 $("token-form").addEventListener("submit", issueToken);
 $("new-token-done").addEventListener("click", hideNewToken);
+
+// Topic detail, Messages, and where the live feed starts.
+$("topic-back").addEventListener("click", () => selectTab("topics"));
+$("topic-browse").addEventListener("click", () => browseTopic(detail.topic));
+$("browse-form").addEventListener("submit", submitBrowse);
+$("browse-older").addEventListener("click", () => guarded(() => showRecords(browse.next)));
+$("browse-newest").addEventListener("click", () => guarded(() => showRecords(null)));
+$("feed-start").addEventListener("change", restartFeed);
 
 if (state.token) signIn(state.token);

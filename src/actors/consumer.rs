@@ -381,6 +381,9 @@ pub struct Consumer {
     to_commit: HashMap<(String, i32), i64>,
     /// Where to restart partitions whose records were dropped when the last feed left.
     resume_at: HashMap<(String, i32), i64>,
+    /// Where the feed that started reading asked to start; topics added while connected start
+    /// there too, so a feed opened at `latest` is not flooded with a new topic's history.
+    start: FeedStart,
     /// Since when the reader has been told to stop handing over records.
     holding: Option<Instant>,
     paused: bool,
@@ -447,6 +450,7 @@ impl Consumer {
             committed: HashMap::new(),
             to_commit: HashMap::new(),
             resume_at: HashMap::new(),
+            start: FeedStart::Committed,
             holding: None,
             paused: false,
         })
@@ -937,6 +941,7 @@ impl Handler<Attach> for Consumer {
             },
         );
         if first {
+            self.start = msg.from;
             let topics = self.topics.iter().cloned().collect();
             self.assign(topics, msg.from);
         }
@@ -1073,8 +1078,8 @@ impl Handler<SetTopics> for Consumer {
         self.resume_at.retain(|(t, _), _| !removed.contains(t));
         if !self.feeds.is_empty() {
             self.unassign(removed);
-            // A topic added while connected starts where this user last committed on it.
-            self.assign(added, FeedStart::Committed);
+            // A topic added while connected starts where the connected feed asked to start.
+            self.assign(added, self.start);
         }
         tracing::info!(user = %self.user, topics = ?self.topics, "Subscriptions changed in place.");
         self.broadcast(&self.subscriptions_notice());

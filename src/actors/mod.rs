@@ -14,6 +14,8 @@
 //! - `listener`: record ingest over HTTP and the TCP line protocol.
 //! - `publisher`: routes records to Kafka, holding in the durable spool what cannot go yet
 //!   (`held_counts`: its accounting of what the spool holds).
+//! - `record_browser`: reads an active topic's records and partitions from Kafka for the
+//!   console (newest first, paged), off the actors' thread.
 //! - `watcher`: tells the publisher of route changes as they commit; reconciles with Kafka.
 //! - `tokens`: the bearer tokens KafFlow issues (the single writer of their events), published
 //!   to sign-in after every commit.
@@ -28,6 +30,7 @@ pub mod journal;
 pub mod listener;
 pub mod provisioner;
 pub mod publisher;
+pub mod record_browser;
 pub mod registry;
 pub mod subscriptions;
 pub mod tokens;

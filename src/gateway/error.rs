@@ -58,6 +58,7 @@ pub(crate) fn kafka_code(error: &Error) -> i16 {
         Error::Internal(_)
         | Error::Store(_)
         | Error::Unavailable
-        | Error::ConsumerUnavailable(_) => UNKNOWN_SERVER_ERROR,
+        | Error::ConsumerUnavailable(_)
+        | Error::KafkaRead(_) => UNKNOWN_SERVER_ERROR,
     }
 }

@@ -39,7 +39,9 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::NameTaken(_)
         | Error::AlreadyRevoked(_) => StatusCode::CONFLICT,
         Error::Store(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        Error::Unavailable | Error::ConsumerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable | Error::ConsumerUnavailable(_) | Error::KafkaRead(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
         Error::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -7,6 +7,7 @@ mod browser;
 mod error;
 mod feed;
 mod me;
+mod messages;
 mod paging;
 mod records;
 pub mod server;
@@ -73,6 +74,7 @@ pub struct AppState {
     /// `GET /topics/{name}` is the most frequent read.
     pub topics: crate::actors::governed_view::GovernedView,
     pub counts: crate::actors::publisher::CountsView,
+    pub record_browser: Addr<crate::actors::record_browser::RecordBrowser>,
     /// Open feeds close with 1001 when it fires, and hold a guard until they have.
     pub shutdown: crate::shutdown::Shutdown,
     pub feeds_done: crate::shutdown::Guard,
@@ -210,7 +212,7 @@ pub(crate) enum AuditOrder {
     Desc,
 }
 
-fn parse_time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>> {
+pub(super) fn parse_time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>> {
     value
         .map(|v| {
             DateTime::parse_from_rfc3339(&v)
@@ -697,6 +699,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .or(audit::routes(app.clone()))
         .unify()
         .or(me::routes(app.clone()))
+        .unify()
+        .or(messages::routes(app.clone()))
         .unify()
         .or(ui::routes())
         .unify()

@@ -33,6 +33,11 @@ pub(super) fn page_of<K: DeserializeOwned>(
     Ok(PageOf { after, limit })
 }
 
+/// The cursor of a route that pages by something else than `limit` (its own limits).
+pub(super) fn cursor<K: DeserializeOwned>(after: Option<String>) -> Result<Option<K>> {
+    after.map(|c| decode(&c)).transpose()
+}
+
 fn decode<K: DeserializeOwned>(cursor: &str) -> Result<K> {
     let bad = || Error::InvalidQuery(format!("after {cursor:?} is not a cursor of this list"));
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
