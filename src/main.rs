@@ -132,6 +132,17 @@ enum Cmd {
         /// PEM certificates to trust for tls:// and https:// (default: the public web's roots).
         #[arg(long, env = "KAFFLOW_CA_CERT")]
         ca_cert: Option<PathBuf>,
+        /// raw: each line's bytes are the value, as they are. json: each line is one JSON
+        /// value, sent as written.
+        #[arg(long, value_enum, default_value = "raw")]
+        format: kafflow::client::produce::Format,
+        /// With --format json: the key is this field of each line's object.
+        #[arg(long, conflicts_with = "key_separator")]
+        key_field: Option<String>,
+        /// The key is the part of each line before SEP, the value the rest (kcat's -K); a
+        /// line without SEP has no key.
+        #[arg(long, value_name = "SEP")]
+        key_separator: Option<String>,
     },
     /// Issue, list and revoke bearer tokens (needs an admin's token).
     Token {
@@ -187,6 +198,13 @@ enum TokenCmd {
     List,
     /// Revoke a token by its id; it is refused from then on.
     Revoke { id: String },
+}
+
+fn produce(options: kafflow::client::produce::Options) -> ExitCode {
+    match kafflow::client::produce::run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
 }
 
 fn main() -> ExitCode {
@@ -248,17 +266,32 @@ fn main() -> ExitCode {
             request,
             token,
             ca_cert,
-        } => match kafflow::client::produce::run(kafflow::client::produce::Options {
-            ingest,
-            server,
-            token,
-            topic,
-            request,
-            ca_cert,
-        }) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        },
+            format,
+            key_field,
+            key_separator,
+        } => {
+            if key_field.is_some() && format != kafflow::client::produce::Format::Json {
+                <Cli as clap::CommandFactory>::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--key-field reads a field of a JSON object: it needs --format json",
+                    )
+                    .exit();
+            }
+            produce(kafflow::client::produce::Options {
+                ingest,
+                server,
+                token,
+                topic,
+                request,
+                ca_cert,
+                shape: kafflow::client::produce::Shape {
+                    format,
+                    key_field,
+                    key_separator,
+                },
+            })
+        }
         Cmd::Token {
             server,
             token,

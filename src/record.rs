@@ -70,8 +70,48 @@ impl From<&crate::config::Limits> for RecordLimits {
     }
 }
 
+/// The header that says how a value's bytes read, named as the CloudEvents Kafka binding names
+/// it. KafFlow reads it when it shows a value, and sets it on one kind of record (`mark_text`).
+pub const CONTENT_TYPE: &str = "content-type";
+
+/// The `content-type` of a value that a producer sent as a JSON string.
+pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Marks a value sent as a JSON string as text when its text would also read as JSON (`"1"`,
+/// `"true"`, `"{}"`): Kafka gets the text either way, and without the mark the feeds and
+/// `/held`, which show JSON as JSON, would turn the string `"1"` into the number 1. Other
+/// strings need no mark (they do not parse as JSON), so most records carry no extra header. A
+/// producer's own `content-type` header wins.
+pub fn mark_text(record: &mut Record) {
+    let reads_as_json = record
+        .value
+        .as_deref()
+        .is_some_and(|v| serde_json::from_slice::<serde::de::IgnoredAny>(v).is_ok());
+    let declared = record
+        .headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case(CONTENT_TYPE));
+    if reads_as_json && !declared {
+        record.headers.push((
+            CONTENT_TYPE.to_string(),
+            Some(TEXT_PLAIN.as_bytes().to_vec()),
+        ));
+    }
+}
+
+/// Whether a record's headers declare its value text (a `content-type` of `text/...`; of a
+/// repeated name, the last): such a value is shown as a string even when it parses as JSON.
+pub fn declared_text<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> bool {
+    headers
+        .into_iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(CONTENT_TYPE))
+        .last()
+        .and_then(|(_, value)| value)
+        .is_some_and(|v| v.len() >= 5 && v[..5].eq_ignore_ascii_case(b"text/"))
+}
+
 /// A record as producers write it in JSON.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordIn {
     /// Only the TCP listener's lines carry the topic; HTTP takes it from the path.
@@ -85,20 +125,25 @@ pub struct RecordIn {
 }
 
 impl RecordIn {
-    /// A JSON string is sent as its text; any other JSON value as its JSON encoding.
+    /// A JSON string is sent as its text (marked as text when it would read as JSON); any
+    /// other JSON value as its JSON encoding.
     pub fn into_record(self, limits: RecordLimits) -> Result<Record> {
-        let value = match self.value {
-            serde_json::Value::String(s) => s.into_bytes(),
-            other => other.to_string().into_bytes(),
+        let (value, text) = match self.value {
+            serde_json::Value::String(s) => (s.into_bytes(), true),
+            other => (other.to_string().into_bytes(), false),
         };
-        let record = Record {
+        let mut record = Record {
             key: self.key.map(String::into_bytes),
             value: Some(value),
             headers: json_headers(self.headers),
             partition: None,
             timestamp: None,
         };
+        // The limits apply to what the producer sent; the mark is KafFlow's own.
         record.check(limits)?;
+        if text {
+            mark_text(&mut record);
+        }
         Ok(record)
     }
 }
@@ -112,7 +157,7 @@ pub fn json_headers(headers: BTreeMap<String, String>) -> Vec<(String, Option<Ve
 }
 
 /// How a record is shown back (held-record listings and exports).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecordOut {
     pub key: Option<String>,
     pub value: serde_json::Value,
@@ -123,12 +168,19 @@ impl From<&Record> for RecordOut {
     /// For display, the JSON shape of the API: bytes that are not UTF-8 show lossily, a null
     /// value as `null`, a null header value as `""`, and of a repeated header name the last.
     fn from(record: &Record) -> Self {
+        let text = declared_text(
+            record
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_deref())),
+        );
         RecordOut {
             key: record.key.as_deref().map(lossy),
-            value: record
-                .value
-                .as_deref()
-                .map_or(serde_json::Value::Null, value_json),
+            value: match record.value.as_deref() {
+                None => serde_json::Value::Null,
+                Some(value) if text => serde_json::Value::String(lossy(value)),
+                Some(value) => value_json(value),
+            },
             headers: headers_out(&record.headers),
         }
     }
@@ -151,7 +203,8 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A value as JSON when it parses as JSON, else as a string.
+/// A value as JSON when it parses as JSON, else as a string (see `declared_text` for the
+/// values that are always strings).
 pub fn value_json(value: &[u8]) -> serde_json::Value {
     serde_json::from_slice(value)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(value).into_owned()))
@@ -205,6 +258,44 @@ mod tests {
             Err(Error::InvalidRecord(_))
         ));
         assert!(serde_json::from_str::<RecordIn>(r#"{"value":1,"extra":2}"#).is_err());
+    }
+
+    #[test]
+    fn a_string_that_reads_as_json_is_marked_text_and_shown_as_a_string() {
+        let one: RecordIn = serde_json::from_str(r#"{"value":"1"}"#).expect("parse");
+        let record = one.into_record(limits(100)).expect("ok");
+        assert_eq!(
+            record.value.as_deref(),
+            Some(&b"1"[..]),
+            "Kafka gets the text"
+        );
+        assert_eq!(
+            record.headers,
+            vec![(
+                CONTENT_TYPE.to_string(),
+                Some(TEXT_PLAIN.as_bytes().to_vec())
+            )]
+        );
+        assert_eq!(RecordOut::from(&record).value, serde_json::json!("1"));
+        // A number stays a number; plain text needs no mark.
+        let number: RecordIn = serde_json::from_str(r#"{"value":1}"#).expect("parse");
+        let record = number.into_record(limits(100)).expect("ok");
+        assert!(record.headers.is_empty());
+        assert_eq!(RecordOut::from(&record).value, serde_json::json!(1));
+        let plain: RecordIn = serde_json::from_str(r#"{"value":"hello"}"#).expect("parse");
+        assert!(plain
+            .into_record(limits(100))
+            .expect("ok")
+            .headers
+            .is_empty());
+        // The producer's own content-type is kept, and read.
+        let own: RecordIn = serde_json::from_str(
+            r#"{"value":"{\"a\":1}","headers":{"Content-Type":"application/json"}}"#,
+        )
+        .expect("parse");
+        let record = own.into_record(limits(100)).expect("ok");
+        assert_eq!(record.headers.len(), 1);
+        assert_eq!(RecordOut::from(&record).value, serde_json::json!({"a": 1}));
     }
 
     #[test]

@@ -36,7 +36,7 @@ const DB_FILE: &str = "spool.db";
 const DISCARDED_SEQ: &str = "discarded_seq";
 const PROBE: &str = "probe";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HeldState {
     /// Waiting for its topic to become active (or for the broker to come back).
@@ -104,7 +104,7 @@ impl HeldRecord {
 }
 
 /// How a held record is listed and exported.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HeldRecordOut {
     pub id: i64,
     pub topic: String,

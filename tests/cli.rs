@@ -1,13 +1,14 @@
 //! The operator commands (`kafflow topics|requests|access|grants|held|audit|drift|completions`)
 //! through the real binary against a running KafFlow and the real broker: tables for people,
 //! `-o json` for scripts, exit codes 0 (done), 1 (refused, the API's code on stderr), 2 (usage).
+//! And `kafflow produce`: the bytes of each line reach Kafka, the feeds and `/held` as sent.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -228,4 +229,168 @@ fn usage_errors_exit_2_and_completions_are_printed() {
             "{shell}: {out}"
         );
     }
+}
+
+/// `kafflow produce --topic TOPIC ARGS` with `input` on stdin, as alice: (exit code, stderr).
+fn produce(svc: &Service, topic: &str, args: &[&str], input: &str) -> (Option<i32>, String) {
+    let ingest = format!("tcp://{}", svc.ingest_addr());
+    let mut all = vec![
+        "produce",
+        "--topic",
+        topic,
+        "--ingest",
+        &ingest,
+        "--server",
+        svc.base_url(),
+        "--token",
+        svc.token("alice"),
+    ];
+    all.extend_from_slice(args);
+    let (status, _, err) = run_kafflow_with_stdin(&all, input.as_bytes().to_vec(), WAIT);
+    (status.and_then(|s| s.code()), err)
+}
+
+#[test]
+fn produce_keeps_the_bytes_of_each_line_and_sets_keys() {
+    let svc = Service::start();
+    let topic = unique_topic("cli-bytes");
+    svc.provision(&topic, 1);
+
+    // Raw (the default): each line's bytes, whatever they look like, no key.
+    let raw = ["1", "\"1\"", " {\"a\": 1}\t", "h\u{e9}llo \\n", ""];
+    let input: String = raw.iter().map(|l| format!("{l}\n")).collect();
+    let (code, err) = produce(&svc, &topic, &[], &input);
+    assert_eq!(code, Some(0), "{err}");
+    // JSON: each line is a JSON value, sent as written; a string as its text.
+    let lines = ["{\"b\": 2,  \"a\": [1, 2]}", "7", "\"text\""];
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let (code, err) = produce(&svc, &topic, &["--format", "json"], &input);
+    assert_eq!(code, Some(0), "{err}");
+    // Keys: before the separator (kcat -K), or from a field of the JSON object.
+    let (code, err) = produce(
+        &svc,
+        &topic,
+        &["--key-separator", "::"],
+        "k1::v1::x\nno key here\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = produce(
+        &svc,
+        &topic,
+        &["--format", "json", "--key-field", "id"],
+        "{\"id\":\"o-1\",\"n\":1}\n{\"id\":42}\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    let records = kafka_read_until(&topic, WAIT, |r| r.len() >= 12);
+    let got: Vec<(Option<&str>, &str)> = records
+        .iter()
+        .map(|r| (r.key.as_deref(), r.value.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (None, "1"),
+            (None, "\"1\""),
+            (None, " {\"a\": 1}\t"),
+            (None, "h\u{e9}llo \\n"),
+            (None, ""),
+            (None, "{\"b\": 2,  \"a\": [1, 2]}"),
+            (None, "7"),
+            (None, "text"),
+            (Some("k1"), "v1::x"),
+            (None, "no key here"),
+            (Some("o-1"), "{\"id\":\"o-1\",\"n\":1}"),
+            (Some("42"), "{\"id\":42}"),
+        ],
+        "Kafka has exactly the bytes of each line"
+    );
+    // The line "1" sent raw is text, and says so; the JSON 7 needs no word.
+    assert_eq!(
+        records[0].headers.get("content-type").map(String::as_str),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(records[6].headers.is_empty(), "{:?}", records[6].headers);
+
+    // The feed shows the text "1" as the string it was, and the JSON 7 as a number.
+    let (status, body) = svc.post(
+        "erin",
+        &format!("/api/v1/me/subscriptions/{topic}"),
+        &json!({}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut feed = svc.feed(svc.token("erin"), "from=earliest");
+    let frames = feed.records(12, WAIT);
+    let values: Vec<&Value> = frames.iter().map(|f| &f["value"]).collect();
+    assert_eq!(values[0], &json!("1"), "raw 1 stays a string: {frames:?}");
+    assert_eq!(
+        values[1],
+        &json!("\"1\""),
+        "a raw line is text, quotes and all"
+    );
+    assert_eq!(values[2], &json!(" {\"a\": 1}\t"));
+    assert_eq!(values[5], &json!({"b": 2, "a": [1, 2]}));
+    assert_eq!(values[6], &json!(7));
+    assert_eq!(values[7], &json!("text"));
+    feed.close();
+
+    // /held: the same for records waiting for their topic.
+    let pending = unique_topic("cli-bytes-held");
+    let (code, err) = produce(&svc, &pending, &["--request"], "1\n");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = produce(&svc, &pending, &["--format", "json"], "1\n");
+    assert_eq!(code, Some(0), "{err}");
+    let (status, held) = svc.get("alice", &format!("/api/v1/held?topic={pending}"));
+    assert_eq!(status, 200, "{held}");
+    let values: Vec<&Value> = held["records"]
+        .as_array()
+        .map(|r| r.iter().map(|r| &r["value"]).collect())
+        .unwrap_or_default();
+    assert_eq!(values, vec![&json!("1"), &json!(1)], "{held}");
+}
+
+#[test]
+fn produce_refuses_what_cannot_be_a_record() {
+    let svc = Service::start();
+    let topic = unique_topic("cli-bad-lines");
+    svc.provision(&topic, 1);
+    // Usage errors: exit 2, before anything is sent.
+    let (code, err) = produce(&svc, &topic, &["--format", "yaml"], "1\n");
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = produce(&svc, &topic, &["--key-field", "id"], "1\n");
+    assert_eq!(code, Some(2), "--key-field needs --format json: {err}");
+    assert!(err.contains("--format json"), "{err}");
+    let (code, err) = produce(
+        &svc,
+        &topic,
+        &[
+            "--format",
+            "json",
+            "--key-field",
+            "id",
+            "--key-separator",
+            ":",
+        ],
+        "1\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+
+    // A line that is not JSON, or lacks the key field, is refused here; the others go, and the
+    // line numbers are the connection's (stdin's plus the AUTH line).
+    let (code, err) = produce(
+        &svc,
+        &topic,
+        &["--format", "json", "--key-field", "id"],
+        "{\"id\":\"a\"}\nnot json\n{\"n\":1}\n{\"id\":\"b\"}\n",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("ERR 3 invalid_record it is not JSON"), "{err}");
+    assert!(
+        err.contains("ERR 4 invalid_record it has no field \"id\""),
+        "{err}"
+    );
+    assert!(err.contains("2 of 4 records were refused"), "{err}");
+    let records = kafka_read_until(&topic, WAIT, |r| r.len() >= 2);
+    let keys: Vec<Option<&str>> = records.iter().map(|r| r.key.as_deref()).collect();
+    assert_eq!(keys, vec![Some("a"), Some("b")]);
 }

@@ -30,7 +30,7 @@ use crate::events::{Access, AuditScope, EventKind, NewEvent, Visibility};
 use crate::identity::{Principal, Role};
 use crate::paging::{Page, PageOf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessStatus {
     Pending,
@@ -51,7 +51,7 @@ impl AccessStatus {
 }
 
 /// An access or ownership request, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccessRequest {
     pub id: Uuid,
     pub topic: String,
@@ -71,7 +71,7 @@ pub struct AccessRequest {
 pub type GrantKey = (String, String, Access);
 
 /// A right to send to (`produce`) or read (`consume`) a topic; its id is its request's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Grant {
     pub id: Uuid,
     pub topic: String,

@@ -298,7 +298,7 @@ impl Handler<Withdraw> for Approval {
 }
 
 /// The limits a topic request must keep, for forms that show them.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PolicyView {
     pub topic_name_pattern: String,
     pub default_partitions: i32,

@@ -1116,7 +1116,8 @@ impl Handler<Stop> for Consumer {
     }
 }
 
-/// The feed frame of one record: `value` is the payload's JSON when it parses, else a string.
+/// The feed frame of one record: `value` is the payload's JSON when it parses, else a string;
+/// always a string when a `content-type` header says the payload is text.
 fn render(message: &BorrowedMessage<'_>) -> String {
     let mut out = String::with_capacity(96 + message.payload_len());
     out.push_str("{\"topic\":");
@@ -1132,7 +1133,13 @@ fn render(message: &BorrowedMessage<'_>) -> String {
         None => out.push_str("null"),
     }
     out.push_str(",\"value\":");
-    push_value(&mut out, message.payload());
+    let text = message.headers().is_some_and(|headers| {
+        crate::record::declared_text(headers.iter().map(|h| (h.key, h.value)))
+    });
+    match message.payload() {
+        Some(payload) if text => push_json_str(&mut out, &String::from_utf8_lossy(payload)),
+        payload => push_value(&mut out, payload),
+    }
     out.push_str(",\"headers\":{");
     if let Some(headers) = message.headers() {
         let all: Vec<_> = headers.iter().collect();

@@ -167,7 +167,7 @@ impl Handler<QueryAudit> for EventStore {
 }
 
 /// The state of the hash chain, as `kafflow audit verify` reports it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ChainCheck {
     pub ok: bool,
     /// Events checked (all of them when `ok`).

@@ -64,7 +64,7 @@ pub struct IngestRecords {
     pub request: bool,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub accepted: u64,
     pub published: u64,
@@ -754,14 +754,15 @@ pub(crate) fn parse_line(line: &[u8], limits: RecordLimits) -> Result<Option<(St
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::InvalidRecord("missing \"topic\"".into()))?;
     let raw = parsed.value.get();
-    let value = if raw.starts_with('"') {
+    let text = raw.starts_with('"');
+    let value = if text {
         serde_json::from_str::<String>(raw)
             .map_err(|e| Error::InvalidRecord(e.to_string()))?
             .into_bytes()
     } else {
         raw.as_bytes().to_vec()
     };
-    let record = Record {
+    let mut record = Record {
         key: parsed.key.map(String::into_bytes),
         value: Some(value),
         headers: crate::record::json_headers(parsed.headers),
@@ -769,6 +770,9 @@ pub(crate) fn parse_line(line: &[u8], limits: RecordLimits) -> Result<Option<(St
         timestamp: None,
     };
     record.check(limits)?;
+    if text {
+        crate::record::mark_text(&mut record);
+    }
     Ok(Some((topic.into_owned(), record)))
 }
 

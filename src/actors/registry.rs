@@ -29,14 +29,14 @@ use crate::paging::{Page, PageOf};
 /// The principal name on events that KafFlow itself caused.
 pub const SYSTEM: &str = "system";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestKind {
     Create,
     Delete,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestStatus {
     /// Waiting for an administrator.
@@ -68,7 +68,7 @@ impl RequestStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TopicStatus {
     /// Asked for and not yet approved: shown by `GET /topics/{name}` only, so that held
@@ -103,7 +103,7 @@ impl TopicStatus {
 }
 
 /// A create or delete request, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TopicRequest {
     pub id: Uuid,
     pub kind: RequestKind,
@@ -133,7 +133,7 @@ impl TopicRequest {
 }
 
 /// A governed topic, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Topic {
     pub name: String,
     pub status: TopicStatus,

@@ -45,7 +45,7 @@ pub const REASON_TOPIC_DELETED: &str = "topic_deleted";
 pub const REASON_GRANT_REVOKED: &str = "grant_revoked";
 
 /// One user-topic mapping, as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Subscription {
     pub user: String,
     pub topic: String,

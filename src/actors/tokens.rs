@@ -43,7 +43,7 @@ pub struct IssuedToken {
 }
 
 /// Where a token stands now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenStatus {
     Active,
@@ -78,7 +78,7 @@ impl IssuedToken {
 }
 
 /// A token as the API shows it: never its secret or its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenView {
     pub id: Uuid,
     pub name: String,
@@ -92,7 +92,7 @@ pub struct TokenView {
 }
 
 /// A token just issued: the view, and the secret, shown this once.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Issued {
     #[serde(flatten)]
     pub view: TokenView,

@@ -29,7 +29,7 @@ use crate::kafka;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The drift the last reconciliation found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DriftReport {
     /// Managed topics (active or deleting) that Kafka does not have.
     pub missing_in_kafka: Vec<String>,
@@ -41,7 +41,7 @@ pub struct DriftReport {
     pub checked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ConfigDiff {
     pub topic: String,
     pub key: String,

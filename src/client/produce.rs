@@ -6,7 +6,13 @@
 //! `host:port` speaks it in the clear. `--server` is the HTTP API, as for every other command:
 //! it shows the held count and, with `--request`, files the topic's create request first.
 //!
-//! Each line becomes one record whose value is the line's text. On a terminal a progress line
+//! Each line becomes one record. With `--format raw` (the default) its value is the line's
+//! bytes as they are (sent as a JSON string, which the server turns back into exactly those
+//! bytes); with `--format json` the line is a JSON value, sent as written. `--key-separator`
+//! takes the key from the start of the line (kcat's `-K`), `--key-field` from a field of a JSON
+//! object. A line that cannot be a record (not UTF-8, not JSON, no key field) is refused here,
+//! and sent as a blank line so that the server's line numbers still match stdin's (line k of
+//! stdin is line k + 1 of the connection, after `AUTH`). On a terminal a progress line
 //! (records/s, acknowledged, held) is kept up to date on stderr; at the end a summary line is
 //! printed. A refusal that would repeat for every record (unknown or closed topic, no access)
 //! stops the sending at once. The exit status is non-zero when a record was refused or the
@@ -16,6 +22,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
@@ -34,6 +41,116 @@ pub struct Options {
     pub request: bool,
     /// The PEM certificates to trust for `tls://` (and an `https://` API).
     pub ca_cert: Option<PathBuf>,
+    /// How a line becomes a record.
+    pub shape: Shape,
+}
+
+/// How each stdin line becomes a record.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    pub format: Format,
+    /// The JSON object field that holds the key (`--format json` only).
+    pub key_field: Option<String>,
+    /// What separates the key from the value (kcat's `-K`); a line without it has no key.
+    pub key_separator: Option<String>,
+}
+
+/// What a stdin line is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The line's bytes are the value, as they are.
+    #[default]
+    Raw,
+    /// The line is one JSON value, sent as written.
+    Json,
+}
+
+/// What one stdin line turned into.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A record line of the TCP protocol, without its newline.
+    Record(Vec<u8>),
+    /// Nothing to send (a blank line of JSON input).
+    Blank,
+}
+
+impl Shape {
+    /// One stdin line (without its line end) as a record line for `topic`, or why it cannot
+    /// be one.
+    fn record_line(&self, topic: &str, line: &[u8]) -> Result<Line, String> {
+        let (key, rest) = match self.key_separator.as_deref().map(str::as_bytes) {
+            Some(sep) if !sep.is_empty() => match find(line, sep) {
+                Some(at) => (Some(&line[..at]), &line[at + sep.len()..]),
+                None => (None, line),
+            },
+            _ => (None, line),
+        };
+        let mut key = key
+            .map(|k| {
+                std::str::from_utf8(k)
+                    .map(str::to_string)
+                    .map_err(|_| "its key is not UTF-8 text".to_string())
+            })
+            .transpose()?;
+        let value = match self.format {
+            Format::Raw => {
+                let text = std::str::from_utf8(rest).map_err(|_| {
+                    "it is not UTF-8 text, and the ingest protocol carries text".to_string()
+                })?;
+                serde_json::to_string(text).map_err(|e| e.to_string())?
+            }
+            Format::Json => {
+                let text = std::str::from_utf8(rest)
+                    .map_err(|_| "it is not JSON (not UTF-8)".to_string())?;
+                if text.trim().is_empty() && key.is_none() {
+                    return Ok(Line::Blank);
+                }
+                let raw: &RawValue =
+                    serde_json::from_str(text).map_err(|e| format!("it is not JSON: {e}"))?;
+                if let Some(field) = &self.key_field {
+                    key = key_of(text, field)?;
+                }
+                // As written, so Kafka gets the line's JSON byte for byte.
+                raw.get().to_string()
+            }
+        };
+        let mut out = Vec::with_capacity(value.len() + topic.len() + 32);
+        out.extend_from_slice(b"{\"topic\":");
+        out.extend_from_slice(
+            serde_json::to_string(topic)
+                .map_err(|e| e.to_string())?
+                .as_bytes(),
+        );
+        if let Some(key) = key {
+            out.extend_from_slice(b",\"key\":");
+            out.extend_from_slice(
+                serde_json::to_string(&key)
+                    .map_err(|e| e.to_string())?
+                    .as_bytes(),
+            );
+        }
+        out.extend_from_slice(b",\"value\":");
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'}');
+        Ok(Line::Record(out))
+    }
+}
+
+/// The key in `field` of a JSON object line: a string as its text, another value as its JSON,
+/// `null` as no key.
+fn key_of(text: &str, field: &str) -> Result<Option<String>, String> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|_| format!("it is not a JSON object, so it has no field {field:?}"))?;
+    match object.get(field) {
+        None => Err(format!("it has no field {field:?} for the key")),
+        Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Ok(Some(other.to_string())),
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,20 +377,41 @@ async fn produce_over(
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_report = Instant::now();
-    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin = BufReader::new(tokio::io::stdin());
     let mut sent = 0u64;
-    let mut line_out = Vec::with_capacity(256);
-    while let Some(value) = stdin.next_line().await? {
+    // Lines refused here, before the server saw them.
+    let mut refused_here = 0u64;
+    let mut line_no = 0u64;
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        if stdin.read_until(b'\n', &mut line).await? == 0 {
+            break;
+        }
+        line_no += 1;
         if progress_rx.borrow().stop.is_some() {
             // Every further record would be refused the same way.
             break;
         }
-        line_out.clear();
-        let record = serde_json::json!({ "topic": options.topic, "value": value });
-        serde_json::to_writer(&mut line_out, &record).map_err(std::io::Error::other)?;
-        line_out.push(b'\n');
-        out.write_all(&line_out).await?;
-        sent += 1;
+        // The line end is not part of the value: `\n`, or `\r\n` as the server reads it.
+        let end =
+            line.len() - usize::from(line.ends_with(b"\n")) - usize::from(line.ends_with(b"\r\n"));
+        match options.shape.record_line(&options.topic, &line[..end]) {
+            Ok(Line::Record(record)) => {
+                out.write_all(&record).await?;
+                sent += 1;
+            }
+            Ok(Line::Blank) => {}
+            Err(why) => {
+                refused_here += 1;
+                if refused_here <= ERR_LINES_SHOWN {
+                    // As the server would word it; +1 for the AUTH line.
+                    eprintln!("ERR {} invalid_record {why}", line_no + 1);
+                }
+            }
+        }
+        // Every line goes out, blank when it is no record, so the server counts lines as stdin does.
+        out.write_all(b"\n").await?;
         if terminal && last_report.elapsed() >= Duration::from_millis(500) {
             last_report = Instant::now();
             let progress = progress_rx.borrow().clone();
@@ -282,13 +420,14 @@ async fn produce_over(
     }
     out.flush().await?;
     out.shutdown().await?;
-    let progress = reader.await.unwrap_or_default();
+    let mut progress = reader.await.unwrap_or_default();
+    progress.refused += refused_here;
     let refused = progress.refused;
     let reason = progress.stop.clone();
-    report(&options, sent, &progress, started, true).await;
+    report(&options, sent + refused_here, &progress, started, true).await;
     if refused > 0 {
         return Err(ProduceError::RecordsRefused {
-            sent,
+            sent: sent + refused_here,
             refused,
             reason,
         });
@@ -361,6 +500,71 @@ mod tests {
             Err(ProduceError::BadServer(_))
         ));
         assert!(matches!(api_url("h:1"), Err(ProduceError::BadServer(_))));
+    }
+
+    fn line(shape: &Shape, text: &str) -> Result<String, String> {
+        match shape.record_line("t", text.as_bytes())? {
+            Line::Record(r) => Ok(String::from_utf8(r).expect("utf-8")),
+            Line::Blank => Ok(String::new()),
+        }
+    }
+
+    #[test]
+    fn a_raw_line_is_a_string_of_its_bytes() {
+        let raw = Shape::default();
+        assert_eq!(
+            line(&raw, "1").as_deref(),
+            Ok(r#"{"topic":"t","value":"1"}"#)
+        );
+        assert_eq!(
+            line(&raw, r#" {"a": 1} "#).as_deref(),
+            Ok(r#"{"topic":"t","value":" {\"a\": 1} "}"#)
+        );
+        assert_eq!(line(&raw, "").as_deref(), Ok(r#"{"topic":"t","value":""}"#));
+        assert!(raw.record_line("t", b"\xff").is_err());
+        let keyed = Shape {
+            key_separator: Some("::".into()),
+            ..Shape::default()
+        };
+        assert_eq!(
+            line(&keyed, "k1::v::w").as_deref(),
+            Ok(r#"{"topic":"t","key":"k1","value":"v::w"}"#)
+        );
+        assert_eq!(
+            line(&keyed, "v").as_deref(),
+            Ok(r#"{"topic":"t","value":"v"}"#)
+        );
+    }
+
+    #[test]
+    fn a_json_line_is_sent_as_written() {
+        let json = Shape {
+            format: Format::Json,
+            ..Shape::default()
+        };
+        assert_eq!(
+            line(&json, r#"{"b": 2,  "a": [1, 2]}"#).as_deref(),
+            Ok(r#"{"topic":"t","value":{"b": 2,  "a": [1, 2]}}"#)
+        );
+        assert_eq!(line(&json, "  ").as_deref(), Ok(""));
+        assert!(line(&json, "not json").is_err());
+        // No injection of fields through a line that is more than one value.
+        assert!(line(&json, r#"1,"key":"x""#).is_err());
+        let by_field = Shape {
+            format: Format::Json,
+            key_field: Some("id".into()),
+            ..Shape::default()
+        };
+        assert_eq!(
+            line(&by_field, r#"{"id":"o-1","n":1}"#).as_deref(),
+            Ok(r#"{"topic":"t","key":"o-1","value":{"id":"o-1","n":1}}"#)
+        );
+        assert_eq!(
+            line(&by_field, r#"{"id":7}"#).as_deref(),
+            Ok(r#"{"topic":"t","key":"7","value":{"id":7}}"#)
+        );
+        assert!(line(&by_field, r#"{"n":1}"#).is_err());
+        assert!(line(&by_field, "[1]").is_err());
     }
 
     #[test]

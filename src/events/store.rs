@@ -996,7 +996,7 @@ pub struct AuditScope {
     pub actor: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: u64,
     pub id: String,
@@ -1008,7 +1008,7 @@ pub struct AuditEntry {
     pub data: serde_json::Value,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub events: Vec<AuditEntry>,
     /// The `after` value for the next page, when there may be one.

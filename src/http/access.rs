@@ -20,7 +20,7 @@ use crate::actors::registry::Decision;
 use crate::error::{Error, Result};
 use crate::events::Access;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AccessBody {
     topic: String,
@@ -28,14 +28,15 @@ struct AccessBody {
     reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OwnershipBody {
     to: String,
     reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct GrantParams {
     topic: Option<String>,
@@ -50,6 +51,17 @@ fn text(value: Option<String>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Ask for a `produce` or `consume` grant on a topic.
+#[utoipa::path(post, path = "/api/v1/access-requests", tag = "access",
+    request_body = AccessBody,
+    responses(
+        (status = 201, description = "The access request, `pending`.", body = crate::actors::access::AccessRequest),
+        (status = 400, description = "`invalid_json`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody),
+        (status = 409, description = "`topic_not_active`, `already_granted`, `request_pending`.", body = super::openapi::ErrorBody),
+    ))]
 async fn file_access(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let b: AccessBody = parse_body(&body?)?;
@@ -65,6 +77,18 @@ async fn file_access(app: App, auth: Option<String>, body: Result<Bytes>) -> Res
     Ok(json(StatusCode::CREATED, &request))
 }
 
+/// Hand a topic over to another principal (its owner or an admin).
+#[utoipa::path(post, path = "/api/v1/topics/{name}/ownership-requests", tag = "access",
+    params(("name" = String, Path, description = "The topic.")),
+    request_body = OwnershipBody,
+    responses(
+        (status = 201, description = "An `ownership` access request, `pending`.", body = crate::actors::access::AccessRequest),
+        (status = 400, description = "`invalid_json`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`not_owner`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody),
+        (status = 409, description = "`topic_not_active`, `already_granted`, `request_pending`.", body = super::openapi::ErrorBody),
+    ))]
 async fn file_ownership(
     app: App,
     topic: String,
@@ -85,7 +109,8 @@ async fn file_ownership(
     Ok(json(StatusCode::CREATED, &request))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AccessListParams {
     status: Option<AccessStatus>,
@@ -96,6 +121,14 @@ struct AccessListParams {
     limit: Option<usize>,
 }
 
+/// List access requests, oldest first, one page at a time.
+#[utoipa::path(get, path = "/api/v1/access-requests", tag = "access",
+    params(AccessListParams),
+    responses(
+        (status = 200, description = "A page of access requests.", body = super::openapi::AccessRequestsPage),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+    ))]
 async fn list_access(app: App, auth: Option<String>, query: String) -> Result<Response> {
     app.authenticate(auth).await?;
     let params: AccessListParams = parse_query(&query)?;
@@ -110,6 +143,15 @@ async fn list_access(app: App, auth: Option<String>, query: String) -> Result<Re
     paging::page_body("requests", requests)
 }
 
+/// One access request.
+#[utoipa::path(get, path = "/api/v1/access-requests/{id}", tag = "access",
+    params(("id" = uuid::Uuid, Path, description = "The access request's id.")),
+    responses(
+        (status = 200, description = "The access request.", body = crate::actors::access::AccessRequest),
+        (status = 400, description = "`invalid_id`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody),
+    ))]
 async fn get_access(app: App, id: String, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth).await?;
     let request = app
@@ -119,6 +161,22 @@ async fn get_access(app: App, id: String, auth: Option<String>) -> Result<Respon
     Ok(json(StatusCode::OK, &request))
 }
 
+/// Decide an access request (`approve`, `reject`: the topic's owner or an admin, never the
+/// requester) or `withdraw` it (its requester).
+#[utoipa::path(post, path = "/api/v1/access-requests/{id}/{action}", tag = "access",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The access request's id."),
+        ("action" = String, Path, description = "`approve`, `reject` or `withdraw`; another name is 404 `not_found`."),
+    ),
+    request_body(content = super::ReasonBody, description = "`approve`: `{\"note\"?}`; `reject`: `{\"reason\"}`; `withdraw`: empty or `{}`."),
+    responses(
+        (status = 200, description = "The access request, decided or withdrawn.", body = crate::actors::access::AccessRequest),
+        (status = 400, description = "`invalid_id`, `invalid_json`, `reason_required`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`self_approval`, `not_owner`, `not_requester`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody),
+        (status = 409, description = "`not_pending`.", body = super::openapi::ErrorBody),
+    ))]
 async fn act_on_access(
     app: App,
     id: String,
@@ -157,6 +215,14 @@ async fn act_on_access(
     Ok(json(StatusCode::OK, &request))
 }
 
+/// Who holds which grant: an admin sees all, an owner its topics', anyone else their own.
+#[utoipa::path(get, path = "/api/v1/grants", tag = "access",
+    params(GrantParams),
+    responses(
+        (status = 200, description = "A page of grants.", body = super::openapi::GrantsPage),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+    ))]
 async fn list_grants(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: GrantParams = parse_query(&query)?;
@@ -172,6 +238,17 @@ async fn list_grants(app: App, auth: Option<String>, query: String) -> Result<Re
     paging::page_body("grants", grants)
 }
 
+/// Revoke a grant (the topic's owner or an admin).
+#[utoipa::path(delete, path = "/api/v1/grants/{id}", tag = "access",
+    params(("id" = uuid::Uuid, Path, description = "The grant's id.")),
+    request_body(content = Option<super::ReasonBody>, description = "Optional `{\"reason\"?}`."),
+    responses(
+        (status = 200, description = "The revoked grant.", body = crate::actors::access::Grant),
+        (status = 400, description = "`invalid_id`, `invalid_json`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`not_owner`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody),
+    ))]
 async fn revoke_grant(
     app: App,
     id: String,

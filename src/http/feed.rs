@@ -100,18 +100,19 @@ impl Drop for FeedSlot {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TopicsBody {
     topics: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplaceBody {
     topics: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
     topic: Option<String>,
@@ -119,14 +120,16 @@ struct ListParams {
     limit: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct MineParams {
     after: Option<String>,
     limit: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct FeedParams {
     from: Option<String>,
@@ -136,6 +139,15 @@ fn topics(topics: Vec<String>) -> Response {
     json(StatusCode::OK, &TopicsBody { topics })
 }
 
+/// The caller's subscribed topics, in name order (consumer).
+#[utoipa::path(get, path = "/api/v1/me/subscriptions", tag = "consumers",
+    params(MineParams),
+    responses(
+        (status = 200, description = "A page of topic names.", body = super::openapi::TopicNames),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+    ))]
 async fn mine(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: MineParams = parse_query(&query)?;
@@ -147,6 +159,15 @@ async fn mine(app: App, auth: Option<String>, query: String) -> Result<Response>
     paging::page_body("topics", mine)
 }
 
+/// Replace the caller's topics, all or nothing.
+#[utoipa::path(put, path = "/api/v1/me/subscriptions", tag = "consumers",
+    request_body = ReplaceBody,
+    responses(
+        (status = 200, description = "The new set.", body = TopicsBody),
+        (status = 400, description = "`invalid_json`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`, `no_access`.", body = super::openapi::ErrorBody), (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody), (status = 409, description = "`topic_not_active`.", body = super::openapi::ErrorBody),
+    ))]
 async fn replace(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let body: ReplaceBody = parse_body(&body?)?;
@@ -160,6 +181,14 @@ async fn replace(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<
     Ok(topics(set))
 }
 
+/// Add a topic to the caller's set.
+#[utoipa::path(post, path = "/api/v1/me/subscriptions/{topic}", tag = "consumers",
+    params(("topic" = String, Path, description = "The topic.")),
+    responses(
+        (status = 200, description = "The new set.", body = TopicsBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`, `no_access`.", body = super::openapi::ErrorBody), (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody), (status = 409, description = "`topic_not_active`.", body = super::openapi::ErrorBody),
+    ))]
 async fn subscribe(app: App, topic: String, auth: Option<String>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let set = app
@@ -169,6 +198,15 @@ async fn subscribe(app: App, topic: String, auth: Option<String>) -> Result<Resp
     Ok(topics(set))
 }
 
+/// Remove a topic from the caller's set.
+#[utoipa::path(delete, path = "/api/v1/me/subscriptions/{topic}", tag = "consumers",
+    params(("topic" = String, Path, description = "The topic.")),
+    responses(
+        (status = 200, description = "The new set.", body = TopicsBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody),
+    ))]
 async fn unsubscribe(app: App, topic: String, auth: Option<String>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let set = app
@@ -178,6 +216,15 @@ async fn unsubscribe(app: App, topic: String, auth: Option<String>) -> Result<Re
     Ok(topics(set))
 }
 
+/// Who reads what (admin), by user then topic.
+#[utoipa::path(get, path = "/api/v1/subscriptions", tag = "consumers",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of subscriptions.", body = super::openapi::SubscriptionsPage),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+    ))]
 async fn list(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: ListParams = parse_query(&query)?;
@@ -212,6 +259,19 @@ fn parse_start(from: Option<&str>) -> Result<FeedStart> {
     }
 }
 
+/// The websocket feed of the caller's subscribed topics (`Upgrade: websocket`; the token may
+/// come as the subprotocol `bearer.<token>`). One JSON text frame per record or notice.
+#[utoipa::path(get, path = "/api/v1/me/feed", tag = "consumers",
+    params(FeedParams),
+    responses(
+        (status = 101, description = "Switching to the websocket protocol."),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+        (status = 426, description = "`upgrade_required`.", body = super::openapi::ErrorBody),
+        (status = 429, description = "`too_many_requests`.", body = super::openapi::ErrorBody),
+        (status = 503, description = "`consumer_unavailable`.", body = super::openapi::ErrorBody),
+    ))]
 async fn open_feed(
     app: App,
     feeds: Feeds,

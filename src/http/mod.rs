@@ -8,6 +8,7 @@ mod error;
 mod feed;
 mod me;
 mod messages;
+mod openapi;
 mod paging;
 mod records;
 pub mod server;
@@ -162,7 +163,7 @@ pub(super) fn auth() -> impl Filter<Extract = (Option<String>,), Error = warp::R
     warp::header::optional::<String>("authorization")
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRequestBody {
     topic: String,
@@ -174,23 +175,24 @@ struct CreateRequestBody {
     visibility: Option<crate::events::Visibility>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ApproveBody {
     pub(super) note: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReasonBody {
     pub(super) reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EmptyBody {}
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditParams {
     topic: Option<String>,
@@ -252,6 +254,17 @@ impl AuditParams {
     }
 }
 
+/// Ask for a topic.
+#[utoipa::path(post, path = "/api/v1/topic-requests", tag = "topic requests",
+    request_body = CreateRequestBody,
+    responses(
+        (status = 201, description = "The request, `pending`.", body = crate::actors::registry::TopicRequest),
+        (status = 400, description = "`invalid_json`, `invalid_topic_name`, `invalid_partitions`, `invalid_replication_factor`, `invalid_config`.", body = openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = openapi::ErrorBody),
+        (status = 409, description = "`topic_exists`, `request_pending`.", body = openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`.", body = openapi::ErrorBody),
+    ))]
 async fn create_request(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let body: CreateRequestBody = parse_body(&body?)?;
@@ -271,7 +284,8 @@ async fn create_request(app: App, auth: Option<String>, body: Result<Bytes>) -> 
     Ok(json(StatusCode::CREATED, &request))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RequestListParams {
     status: Option<RequestStatus>,
@@ -282,6 +296,14 @@ struct RequestListParams {
     limit: Option<usize>,
 }
 
+/// List requests, oldest first, one page at a time.
+#[utoipa::path(get, path = "/api/v1/topic-requests", tag = "topic requests",
+    params(RequestListParams),
+    responses(
+        (status = 200, description = "A page of requests.", body = openapi::RequestsPage),
+        (status = 400, description = "`invalid_query`.", body = openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+    ))]
 async fn list_requests(app: App, auth: Option<String>, query: String) -> Result<Response> {
     app.authenticate(auth).await?;
     let params: RequestListParams = parse_query(&query)?;
@@ -296,12 +318,37 @@ async fn list_requests(app: App, auth: Option<String>, query: String) -> Result<
     paging::page_body("requests", requests)
 }
 
+/// One request.
+#[utoipa::path(get, path = "/api/v1/topic-requests/{id}", tag = "topic requests",
+    params(("id" = uuid::Uuid, Path, description = "The request's id.")),
+    responses(
+        (status = 200, description = "The request.", body = crate::actors::registry::TopicRequest),
+        (status = 400, description = "`invalid_id`.", body = openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = openapi::ErrorBody),
+    ))]
 async fn get_request(app: App, id: String, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth).await?;
     let request = app.registry.send(GetRequest(parse_id(&id)?)).await??;
     Ok(json(StatusCode::OK, &request))
 }
 
+/// Decide a request (`approve` with an optional note, `reject` with a reason; admins, not the
+/// requester) or `withdraw` it (its requester).
+#[utoipa::path(post, path = "/api/v1/topic-requests/{id}/{action}", tag = "topic requests",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The request's id."),
+        ("action" = String, Path, description = "`approve`, `reject` or `withdraw`; another name is 404 `not_found`."),
+    ),
+    request_body(content = ReasonBody, description = "`approve`: `{\"note\"?}`; `reject`: `{\"reason\"}`; `withdraw`: empty or `{}`."),
+    responses(
+        (status = 200, description = "The request, now `approved`, `rejected` or `withdrawn`.", body = crate::actors::registry::TopicRequest),
+        (status = 400, description = "`invalid_id`, `invalid_json`, `reason_required`.", body = openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+        (status = 403, description = "`forbidden`, `self_approval`, `not_requester`.", body = openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = openapi::ErrorBody),
+        (status = 409, description = "`not_pending`.", body = openapi::ErrorBody),
+    ))]
 async fn act_on_request(
     app: App,
     id: String,
@@ -343,7 +390,7 @@ async fn act_on_request(
 }
 
 /// A topic as the registry knows it, with the publisher's counts of its records.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TopicView {
     #[serde(flatten)]
     topic: Topic,
@@ -363,13 +410,22 @@ fn topic_view(app: &App, topic: Topic) -> TopicView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PageParams {
     after: Option<String>,
     limit: Option<usize>,
 }
 
+/// List topics in name order, one page at a time.
+#[utoipa::path(get, path = "/api/v1/topics", tag = "topics",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of topics.", body = openapi::TopicsPage),
+        (status = 400, description = "`invalid_query`.", body = openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+    ))]
 async fn list_topics(app: App, auth: Option<String>, query: String) -> Result<Response> {
     app.authenticate(auth).await?;
     let params: PageParams = parse_query(&query)?;
@@ -379,12 +435,32 @@ async fn list_topics(app: App, auth: Option<String>, query: String) -> Result<Re
     paging::page_body("topics", topics.map(|t| topic_view(&app, t)))
 }
 
+/// One topic, with its held, dead and published counts.
+#[utoipa::path(get, path = "/api/v1/topics/{name}", tag = "topics",
+    params(("name" = String, Path, description = "The topic.")),
+    responses(
+        (status = 200, description = "The topic.", body = TopicView),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = openapi::ErrorBody),
+    ))]
 async fn get_topic(app: App, name: String, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth).await?;
     let topic = app.topics.topic(&name)?;
     Ok(json(StatusCode::OK, &topic_view(&app, topic)))
 }
 
+/// Ask for a topic's deletion (its owner or an admin).
+#[utoipa::path(post, path = "/api/v1/topics/{name}/deletion-requests", tag = "topics",
+    params(("name" = String, Path, description = "The topic.")),
+    request_body = ReasonBody,
+    responses(
+        (status = 201, description = "A `delete` request, `pending`.", body = crate::actors::registry::TopicRequest),
+        (status = 400, description = "`invalid_json`, `reason_required`.", body = openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+        (status = 403, description = "`not_owner`.", body = openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = openapi::ErrorBody),
+        (status = 409, description = "`topic_not_active`, `request_pending`.", body = openapi::ErrorBody),
+    ))]
 async fn request_deletion(
     app: App,
     name: String,
@@ -405,6 +481,15 @@ async fn request_deletion(
     Ok(json(StatusCode::CREATED, &request))
 }
 
+/// The audit trail in `seq` order, within the caller's scope.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of events.", body = crate::events::AuditPage),
+        (status = 400, description = "`invalid_query`.", body = openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+        (status = 500, description = "`store_error`.", body = openapi::ErrorBody),
+    ))]
 async fn audit(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: AuditParams = parse_query(&query)?;
@@ -414,18 +499,45 @@ async fn audit(app: App, auth: Option<String>, query: String) -> Result<Response
     Ok(json(StatusCode::OK, &page))
 }
 
+/// The state of the hash chain (admin).
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    responses(
+        (status = 200, description = "The check; a broken chain is `ok: false`, not an error.", body = crate::actors::event_store::ChainCheck),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = openapi::ErrorBody),
+        (status = 500, description = "`store_error`.", body = openapi::ErrorBody),
+    ))]
 async fn verify_chain(app: App, auth: Option<String>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let check = app.event_store.send(VerifyChain(principal)).await??;
     Ok(json(StatusCode::OK, &check))
 }
 
+/// The limits a topic request must keep.
+#[utoipa::path(get, path = "/api/v1/policy", tag = "topic requests",
+    responses(
+        (status = 200, description = "The policy.", body = crate::actors::approval::PolicyView),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = openapi::ErrorBody),
+    ))]
 async fn policy(app: App, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth).await?;
     let policy = app.approval.send(GetPolicy).await?;
     Ok(json(StatusCode::OK, &policy))
 }
 
+/// The process serves HTTP. No token.
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
+    responses((status = 200, description = "`{\"status\": \"up\"}`.", body = openapi::Health)))]
+fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "up" }))
+}
+
+/// Whether the broker is reachable and the spool and the event log can write. No token.
+#[utoipa::path(get, path = "/readyz", tag = "meta", security(()),
+    responses(
+        (status = 200, description = "Ready.", body = openapi::Readiness),
+        (status = 503, description = "Not ready; its reasons say why.", body = openapi::Readiness),
+    ))]
 async fn ready(app: App) -> Result<Response> {
     let broker = app.provisioner.send(BrokerReachable).await?;
     let reachable = broker.is_ok();
@@ -556,9 +668,12 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
     let with_app = with_app(app.clone());
     let api = warp::path("api").and(warp::path("v1"));
 
-    let healthz = warp::path!("healthz")
+    let healthz = warp::path!("healthz").and(warp::get()).map(healthz);
+    // The API's description needs no token, like the probes.
+    let openapi = warp::path!("api" / "v1" / "openapi.json")
         .and(warp::get())
-        .map(|| json(StatusCode::OK, &serde_json::json!({ "status": "up" })));
+        .map(openapi::document)
+        .boxed();
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with_app.clone())
@@ -725,6 +840,8 @@ pub fn routes(app: App, cors: Cors) -> BoxedFilter<(Response,)> {
         .and(
             healthz
                 .or(readyz)
+                .unify()
+                .or(openapi)
                 .unify()
                 .or(browser::preflight(cors.clone()).boxed())
                 .unify()

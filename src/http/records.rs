@@ -20,14 +20,16 @@ use crate::spool::HeldState;
 const DEFAULT_HELD_LIMIT: usize = 1000;
 const MAX_HELD_LIMIT: usize = 100_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct IngestParams {
     #[serde(default)]
     request: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HeldParams {
     topic: String,
@@ -90,6 +92,23 @@ pub(crate) fn parse_records(
         .collect()
 }
 
+/// Send records to a topic: a JSON array, or NDJSON with `Content-Type: application/x-ndjson`.
+/// A JSON string value goes to Kafka as its text; any other value as its JSON.
+#[utoipa::path(post, path = "/api/v1/topics/{name}/records", tag = "records",
+    params(("name" = String, Path, description = "The topic."), IngestParams),
+    request_body = Vec<crate::record::RecordIn>,
+    responses(
+        (status = 202, description = "Every record is durable: in Kafka or in the spool.", body = crate::actors::listener::Accepted),
+        (status = 400, description = "`invalid_query`, `invalid_json`, `invalid_record`, `invalid_topic_name`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`, `no_access`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`unknown_topic`.", body = super::openapi::ErrorBody),
+        (status = 409, description = "`topic_closed`, `request_pending`, `topic_exists`.", body = super::openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`.", body = super::openapi::ErrorBody),
+        (status = 429, description = "`spool_full`.", body = super::openapi::ErrorBody),
+        (status = 500, description = "`spool_error`.", body = super::openapi::ErrorBody),
+        (status = 507, description = "`storage_full`.", body = super::openapi::ErrorBody),
+    ))]
 async fn ingest(
     app: App,
     topic: String,
@@ -117,6 +136,16 @@ async fn ingest(
     Ok(json(StatusCode::ACCEPTED, &accepted))
 }
 
+/// List or export (`format=ndjson`) held or dead records of a topic, oldest first.
+#[utoipa::path(get, path = "/api/v1/held", tag = "records",
+    params(HeldParams),
+    responses(
+        (status = 200, description = "A page of records, or NDJSON lines with `format=ndjson`.", body = super::openapi::HeldPage),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+        (status = 500, description = "`spool_error`.", body = super::openapi::ErrorBody),
+    ))]
 async fn list_held(
     app: App,
     auth: Option<String>,
@@ -165,6 +194,17 @@ async fn list_held(
     Ok(warp::reply::with_header(out, "content-type", "application/x-ndjson").into_response())
 }
 
+/// Discard a topic's dead records (admin; `state=dead`).
+#[utoipa::path(delete, path = "/api/v1/held", tag = "records",
+    params(HeldParams),
+    responses(
+        (status = 200, description = "How many were discarded.", body = super::openapi::Discarded),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+        (status = 500, description = "`spool_error`, `store_error`.", body = super::openapi::ErrorBody),
+        (status = 507, description = "`storage_full`.", body = super::openapi::ErrorBody),
+    ))]
 async fn discard_held(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: HeldParams = parse_query(&query)?;
@@ -182,10 +222,28 @@ async fn discard_held(app: App, auth: Option<String>, query: String) -> Result<R
     ))
 }
 
+/// What Kafka has that KafFlow does not, and the other way round.
+#[utoipa::path(get, path = "/api/v1/drift", tag = "records",
+    responses(
+        (status = 200, description = "The last comparison with Kafka.", body = crate::actors::watcher::DriftReport),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+    ))]
 async fn drift(app: App, auth: Option<String>) -> Result<Response> {
     app.authenticate(auth).await?;
     let report: crate::actors::watcher::DriftReport = app.watcher.send(GetDrift).await?;
     Ok(json(StatusCode::OK, &report))
+}
+
+/// The Prometheus metrics. No token.
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(()),
+    responses((status = 200, description = "The Prometheus text format.", content_type = "text/plain")))]
+fn metrics() -> Response {
+    warp::reply::with_header(
+        METRICS.render(),
+        "content-type",
+        "text/plain; version=0.0.4",
+    )
+    .into_response()
 }
 
 pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
@@ -236,14 +294,7 @@ pub(super) fn routes(app: App) -> BoxedFilter<(Response,)> {
         .then(drift)
         .map(respond)
         .boxed();
-    let metrics = warp::path!("metrics").and(warp::get()).map(|| {
-        warp::reply::with_header(
-            METRICS.render(),
-            "content-type",
-            "text/plain; version=0.0.4",
-        )
-        .into_response()
-    });
+    let metrics = warp::path!("metrics").and(warp::get()).map(metrics);
     ingest
         .or(list)
         .unify()

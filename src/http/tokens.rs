@@ -14,7 +14,7 @@ use crate::actors::tokens::{IssueToken, ListTokens, RevokeToken};
 use crate::error::Result;
 use crate::identity::Role;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueBody {
     name: String,
@@ -22,6 +22,18 @@ struct IssueBody {
     expires_in_days: Option<i64>,
 }
 
+/// Issue a token (admin); its secret is shown this once.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens",
+    request_body = IssueBody,
+    responses(
+        (status = 201, description = "The token, with its secret `token`.", body = crate::actors::tokens::Issued),
+        (status = 400, description = "`invalid_json`, `invalid_token_request`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+        (status = 409, description = "`name_taken`.", body = super::openapi::ErrorBody),
+        (status = 500, description = "`internal_error`, `store_error`.", body = super::openapi::ErrorBody),
+        (status = 507, description = "`storage_full`.", body = super::openapi::ErrorBody),
+    ))]
 async fn issue(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let body: IssueBody = parse_body(&body?)?;
@@ -37,13 +49,23 @@ async fn issue(app: App, auth: Option<String>, body: Result<Bytes>) -> Result<Re
     Ok(json(StatusCode::CREATED, &issued))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
     after: Option<String>,
     limit: Option<usize>,
 }
 
+/// The issued tokens, oldest first, without their secrets (admin).
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of tokens.", body = super::openapi::TokensPage),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+    ))]
 async fn list(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: ListParams = parse_query(&query)?;
@@ -52,6 +74,17 @@ async fn list(app: App, auth: Option<String>, query: String) -> Result<Response>
     paging::page_body("tokens", tokens)
 }
 
+/// Revoke a token (admin): refused from then on, its feeds and TCP connections closed.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+    params(("id" = uuid::Uuid, Path, description = "The token's id.")),
+    responses(
+        (status = 200, description = "The token, now `revoked`.", body = crate::actors::tokens::TokenView),
+        (status = 400, description = "`invalid_id`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody),
+        (status = 409, description = "`already_revoked`.", body = super::openapi::ErrorBody),
+    ))]
 async fn revoke(app: App, id: String, auth: Option<String>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let id = parse_id(&id)?;
