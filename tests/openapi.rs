@@ -104,6 +104,16 @@ fn the_openapi_document_names_every_route_and_only_real_error_codes() {
         assert!(schemas.contains_key(shape), "schema {shape}");
     }
     let paths = doc["paths"].as_object().expect("paths");
+    let ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| {
+            METHODS
+                .iter()
+                .filter_map(|m| item[*m]["operationId"].as_str())
+        })
+        .collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "operationIds are unique: {ids:?}");
 
     // Every documented route is in the document.
     let documented = documented_routes();

@@ -168,7 +168,7 @@ async fn get_access(app: App, id: String, auth: Option<String>) -> Result<Respon
         ("id" = uuid::Uuid, Path, description = "The access request's id."),
         ("action" = String, Path, description = "`approve`, `reject` or `withdraw`; another name is 404 `not_found`."),
     ),
-    request_body(content = super::ReasonBody, description = "`approve`: `{\"note\"?}`; `reject`: `{\"reason\"}`; `withdraw`: empty or `{}`."),
+    request_body(content = Option<super::ReasonBody>, description = "`approve`: `{\"note\"?}`; `reject`: `{\"reason\"}`; `withdraw`: empty or `{}`."),
     responses(
         (status = 200, description = "The access request, decided or withdrawn.", body = crate::actors::access::AccessRequest),
         (status = 400, description = "`invalid_id`, `invalid_json`, `reason_required`.", body = super::openapi::ErrorBody),

@@ -140,7 +140,7 @@ fn topics(topics: Vec<String>) -> Response {
 }
 
 /// The caller's subscribed topics, in name order (consumer).
-#[utoipa::path(get, path = "/api/v1/me/subscriptions", tag = "consumers",
+#[utoipa::path(get, path = "/api/v1/me/subscriptions", operation_id = "my_subscriptions", tag = "consumers",
     params(MineParams),
     responses(
         (status = 200, description = "A page of topic names.", body = super::openapi::TopicNames),
@@ -160,7 +160,7 @@ async fn mine(app: App, auth: Option<String>, query: String) -> Result<Response>
 }
 
 /// Replace the caller's topics, all or nothing.
-#[utoipa::path(put, path = "/api/v1/me/subscriptions", tag = "consumers",
+#[utoipa::path(put, path = "/api/v1/me/subscriptions", operation_id = "replace_subscriptions", tag = "consumers",
     request_body = ReplaceBody,
     responses(
         (status = 200, description = "The new set.", body = TopicsBody),
@@ -217,7 +217,7 @@ async fn unsubscribe(app: App, topic: String, auth: Option<String>) -> Result<Re
 }
 
 /// Who reads what (admin), by user then topic.
-#[utoipa::path(get, path = "/api/v1/subscriptions", tag = "consumers",
+#[utoipa::path(get, path = "/api/v1/subscriptions", operation_id = "list_subscriptions", tag = "consumers",
     params(ListParams),
     responses(
         (status = 200, description = "A page of subscriptions.", body = super::openapi::SubscriptionsPage),

@@ -340,7 +340,7 @@ async fn get_request(app: App, id: String, auth: Option<String>) -> Result<Respo
         ("id" = uuid::Uuid, Path, description = "The request's id."),
         ("action" = String, Path, description = "`approve`, `reject` or `withdraw`; another name is 404 `not_found`."),
     ),
-    request_body(content = ReasonBody, description = "`approve`: `{\"note\"?}`; `reject`: `{\"reason\"}`; `withdraw`: empty or `{}`."),
+    request_body(content = Option<ReasonBody>, description = "`approve`: `{\"note\"?}`; `reject`: `{\"reason\"}`; `withdraw`: empty or `{}`."),
     responses(
         (status = 200, description = "The request, now `approved`, `rejected` or `withdrawn`.", body = crate::actors::registry::TopicRequest),
         (status = 400, description = "`invalid_id`, `invalid_json`, `reason_required`.", body = openapi::ErrorBody),

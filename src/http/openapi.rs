@@ -190,6 +190,7 @@ pub fn document_json() -> &'static str {
 #[utoipa::path(
     get,
     path = "/api/v1/openapi.json",
+    operation_id = "openapi",
     tag = "meta",
     security(()),
     responses((status = 200, description = "The OpenAPI 3.1 document of this API. No token needed."))

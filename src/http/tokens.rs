@@ -23,7 +23,7 @@ struct IssueBody {
 }
 
 /// Issue a token (admin); its secret is shown this once.
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens",
+#[utoipa::path(post, path = "/api/v1/tokens", operation_id = "issue_token", tag = "tokens",
     request_body = IssueBody,
     responses(
         (status = 201, description = "The token, with its secret `token`.", body = crate::actors::tokens::Issued),
@@ -58,7 +58,7 @@ struct ListParams {
 }
 
 /// The issued tokens, oldest first, without their secrets (admin).
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+#[utoipa::path(get, path = "/api/v1/tokens", operation_id = "list_tokens", tag = "tokens",
     params(ListParams),
     responses(
         (status = 200, description = "A page of tokens.", body = super::openapi::TokensPage),
@@ -75,7 +75,7 @@ async fn list(app: App, auth: Option<String>, query: String) -> Result<Response>
 }
 
 /// Revoke a token (admin): refused from then on, its feeds and TCP connections closed.
-#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", operation_id = "revoke_token", tag = "tokens",
     params(("id" = uuid::Uuid, Path, description = "The token's id.")),
     responses(
         (status = 200, description = "The token, now `revoked`.", body = crate::actors::tokens::TokenView),
