@@ -416,6 +416,7 @@ fn subject(w: &World, shared: &Shared, route: &str, persona: &str, fresh: bool) 
             http("DELETE", format!("/tokens/{id}"), None)
         }
         "GET /me/feed" => Call::Feed,
+        "GET /openapi.json" => http("GET", "/openapi.json".into(), None),
         "GET /healthz" => http("GET", "/healthz".into(), None),
         "GET /readyz" => http("GET", "/readyz".into(), None),
         "GET /metrics" => http("GET", "/metrics".into(), None),

@@ -9,7 +9,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{
-    auth, body_up_to, json, paging, parse_body, parse_id, parse_query, query, respond, App,
+    auth, body_up_to, json, paging, parse_body, parse_id, parse_query, query, respond, Action, App,
     ApproveBody, EmptyBody, ReasonBody,
 };
 use crate::actors::access::{
@@ -166,7 +166,7 @@ async fn get_access(app: App, id: String, auth: Option<String>) -> Result<Respon
 #[utoipa::path(post, path = "/api/v1/access-requests/{id}/{action}", tag = "access",
     params(
         ("id" = uuid::Uuid, Path, description = "The access request's id."),
-        ("action" = String, Path, description = "`approve`, `reject` or `withdraw`; another name is 404 `not_found`."),
+        ("action" = super::Action, Path, description = "Another name is 404 `not_found`."),
     ),
     request_body(content = Option<super::ReasonBody>, description = "`approve`: `{\"note\"?}`; `reject`: `{\"reason\"}`; `withdraw`: empty or `{}`."),
     responses(
@@ -187,8 +187,8 @@ async fn act_on_access(
     let principal = app.authenticate(auth).await?;
     let id = parse_id(&id)?;
     let body = body?;
-    let command = match action.as_str() {
-        "approve" => {
+    let command = match Action::parse(&action)? {
+        Action::Approve => {
             let b: ApproveBody = parse_body(&body)?;
             AccessCommand::Decide {
                 principal,
@@ -196,7 +196,7 @@ async fn act_on_access(
                 decision: Decision::Approve { note: text(b.note) },
             }
         }
-        "reject" => {
+        Action::Reject => {
             let b: ReasonBody = parse_body(&body)?;
             let reason = text(b.reason).ok_or(Error::ReasonRequired)?;
             AccessCommand::Decide {
@@ -205,11 +205,10 @@ async fn act_on_access(
                 decision: Decision::Reject { reason },
             }
         }
-        "withdraw" => {
+        Action::Withdraw => {
             let _: EmptyBody = parse_body(&body)?;
             AccessCommand::Withdraw { principal, id }
         }
-        other => return Err(Error::NotFound(format!("action {other}"))),
     };
     let request = app.registry.send(command).await??;
     Ok(json(StatusCode::OK, &request))

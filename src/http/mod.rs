@@ -333,12 +333,33 @@ async fn get_request(app: App, id: String, auth: Option<String>) -> Result<Respo
     Ok(json(StatusCode::OK, &request))
 }
 
+/// The actions of `POST /topic-requests/{id}/{action}` and `/access-requests/{id}/{action}`.
+#[derive(Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Action {
+    Approve,
+    Reject,
+    Withdraw,
+}
+
+impl Action {
+    /// Any other name is an unknown route, after the caller is authenticated.
+    pub(super) fn parse(name: &str) -> Result<Action> {
+        match name {
+            "approve" => Ok(Action::Approve),
+            "reject" => Ok(Action::Reject),
+            "withdraw" => Ok(Action::Withdraw),
+            other => Err(Error::NotFound(format!("action {other}"))),
+        }
+    }
+}
+
 /// Decide a request (`approve` with an optional note, `reject` with a reason; admins, not the
 /// requester) or `withdraw` it (its requester).
 #[utoipa::path(post, path = "/api/v1/topic-requests/{id}/{action}", tag = "topic requests",
     params(
         ("id" = uuid::Uuid, Path, description = "The request's id."),
-        ("action" = String, Path, description = "`approve`, `reject` or `withdraw`; another name is 404 `not_found`."),
+        ("action" = Action, Path, description = "Another name is 404 `not_found`."),
     ),
     request_body(content = Option<ReasonBody>, description = "`approve`: `{\"note\"?}`; `reject`: `{\"reason\"}`; `withdraw`: empty or `{}`."),
     responses(
@@ -359,8 +380,8 @@ async fn act_on_request(
     let principal = app.authenticate(auth).await?;
     let id = parse_id(&id)?;
     let body = body?;
-    let request = match action.as_str() {
-        "approve" => {
+    let request = match Action::parse(&action)? {
+        Action::Approve => {
             let b: ApproveBody = parse_body(&body)?;
             app.approval
                 .send(Approve {
@@ -370,7 +391,7 @@ async fn act_on_request(
                 })
                 .await??
         }
-        "reject" => {
+        Action::Reject => {
             let b: ReasonBody = parse_body(&body)?;
             app.approval
                 .send(Reject {
@@ -380,11 +401,10 @@ async fn act_on_request(
                 })
                 .await??
         }
-        "withdraw" => {
+        Action::Withdraw => {
             let _: EmptyBody = parse_body(&body)?;
             app.approval.send(Withdraw { principal, id }).await??
         }
-        other => return Err(Error::NotFound(format!("action {other}"))),
     };
     Ok(json(StatusCode::OK, &request))
 }
@@ -527,16 +547,16 @@ async fn policy(app: App, auth: Option<String>) -> Result<Response> {
 
 /// The process serves HTTP. No token.
 #[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
-    responses((status = 200, description = "`{\"status\": \"up\"}`.", body = openapi::Health)))]
+    responses((status = 200, description = "`{\"status\": \"up\"}`.", body = Health)))]
 fn healthz() -> Response {
-    json(StatusCode::OK, &serde_json::json!({ "status": "up" }))
+    json(StatusCode::OK, &Health { status: "up" })
 }
 
 /// Whether the broker is reachable and the spool and the event log can write. No token.
 #[utoipa::path(get, path = "/readyz", tag = "meta", security(()),
     responses(
-        (status = 200, description = "Ready.", body = openapi::Readiness),
-        (status = 503, description = "Not ready; its reasons say why.", body = openapi::Readiness),
+        (status = 200, description = "Ready.", body = Readiness),
+        (status = 503, description = "Not ready; its reasons say why.", body = Readiness),
     ))]
 async fn ready(app: App) -> Result<Response> {
     let broker = app.provisioner.send(BrokerReachable).await?;
@@ -561,16 +581,35 @@ async fn ready(app: App) -> Result<Response> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({
-        "ready": ready,
-        "reasons": reasons,
-        "replayed": true,
-        "broker_reachable": reachable,
-        "broker_error": broker_error,
-        "storage_full": storage_full,
-        "storage_error": spool.error,
-    });
+    let body = Readiness {
+        ready,
+        reasons,
+        replayed: true,
+        broker_reachable: reachable,
+        broker_error,
+        storage_full,
+        storage_error: spool.error,
+    };
     Ok(json(status, &body))
+}
+
+/// What `/readyz` answers, ready or not.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Readiness {
+    ready: bool,
+    /// `broker_unreachable`, `spool_storage_full`, `log_storage_full`.
+    reasons: Vec<&'static str>,
+    replayed: bool,
+    broker_reachable: bool,
+    broker_error: Option<String>,
+    storage_full: bool,
+    storage_error: Option<String>,
+}
+
+/// What `/healthz` answers.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    status: &'static str,
 }
 
 /// Refuses a request whose headers are larger than `limit` bytes (names and values).

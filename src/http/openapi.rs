@@ -18,7 +18,6 @@ use crate::actors::access::{AccessRequest, Grant};
 use crate::actors::registry::TopicRequest;
 use crate::actors::subscriptions::Subscription;
 use crate::actors::tokens::TokenView;
-use crate::spool::HeldRecordOut;
 
 /// Every error reply: `{"error": {"code", "message"}}`.
 #[derive(Serialize, ToSchema)]
@@ -34,7 +33,10 @@ struct ErrorDetail {
     message: String,
 }
 
-/// A page of `GET /topic-requests` or `GET /access-requests`: pass `next` as `after`.
+// The pages of the list routes, as `paging::page_body` writes them (the list under its own
+// name, and `next`): that function names the list at run time, so its shapes are spelled out.
+
+/// A page of `GET /topic-requests`: pass `next` as `after`.
 #[derive(Serialize, ToSchema)]
 pub(super) struct RequestsPage {
     requests: Vec<TopicRequest>,
@@ -76,38 +78,6 @@ pub(super) struct SubscriptionsPage {
 pub(super) struct TopicNames {
     topics: Vec<String>,
     next: Option<String>,
-}
-
-/// A page of held records; `next` is the id to pass as `after`.
-#[derive(Serialize, ToSchema)]
-pub(super) struct HeldPage {
-    records: Vec<HeldRecordOut>,
-    next: Option<i64>,
-}
-
-/// `DELETE /held`.
-#[derive(Serialize, ToSchema)]
-pub(super) struct Discarded {
-    discarded: u64,
-}
-
-/// What `/healthz` answers.
-#[derive(Serialize, ToSchema)]
-pub(super) struct Health {
-    status: String,
-}
-
-/// What `/readyz` answers, ready or not.
-#[derive(Serialize, ToSchema)]
-pub(super) struct Readiness {
-    ready: bool,
-    /// `broker_unreachable`, `spool_storage_full`, `log_storage_full`.
-    reasons: Vec<String>,
-    replayed: bool,
-    broker_reachable: bool,
-    broker_error: Option<String>,
-    storage_full: bool,
-    storage_error: Option<String>,
 }
 
 /// The bearer scheme of every route that needs a token.

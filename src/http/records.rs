@@ -1,7 +1,7 @@
 //! Routes of the producer pipeline: record ingest, held records, drift and metrics.
 
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -140,7 +140,7 @@ async fn ingest(
 #[utoipa::path(get, path = "/api/v1/held", tag = "records",
     params(HeldParams),
     responses(
-        (status = 200, description = "A page of records, or NDJSON lines with `format=ndjson`.", body = super::openapi::HeldPage),
+        (status = 200, description = "A page of records, or NDJSON lines with `format=ndjson`.", body = HeldPage),
         (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
         (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
@@ -181,7 +181,10 @@ async fn list_held(
     let ndjson = params.format.as_deref() == Some("ndjson") || is_ndjson(accept.as_deref());
     if !ndjson {
         let next = (records.len() == limit).then(|| records.last().map(|r| r.id));
-        let page = serde_json::json!({ "records": records, "next": next.flatten() });
+        let page = HeldPage {
+            records,
+            next: next.flatten(),
+        };
         return Ok(json(StatusCode::OK, &page));
     }
     let mut out = String::new();
@@ -198,7 +201,7 @@ async fn list_held(
 #[utoipa::path(delete, path = "/api/v1/held", tag = "records",
     params(HeldParams),
     responses(
-        (status = 200, description = "How many were discarded.", body = super::openapi::Discarded),
+        (status = 200, description = "How many were discarded.", body = Discarded),
         (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
         (status = 403, description = "`forbidden`.", body = super::openapi::ErrorBody),
@@ -216,10 +219,20 @@ async fn discard_held(app: App, auth: Option<String>, query: String) -> Result<R
             state: params.state,
         })
         .await??;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "discarded": discarded }),
-    ))
+    Ok(json(StatusCode::OK, &Discarded { discarded }))
+}
+
+/// A page of held records; `next` is the id to pass as `after`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct HeldPage {
+    records: Vec<crate::spool::HeldRecordOut>,
+    next: Option<i64>,
+}
+
+/// `DELETE /held`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Discarded {
+    discarded: u64,
 }
 
 /// What Kafka has that KafFlow does not, and the other way round.
