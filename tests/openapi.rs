@@ -1,6 +1,7 @@
 //! `GET /api/v1/openapi.json` from the real binary: an OpenAPI 3.1 document that names every
-//! route the server answers (each route of docs/api.md, each method the server takes on each
-//! path) and no route it does not, and whose error codes are all codes the server can return.
+//! route the server answers (each route of docs/api.md, each file the console's page loads,
+//! each method the server takes on each path) and no route it does not, and whose error codes
+//! are all codes the server can return.
 
 mod common;
 
@@ -68,6 +69,7 @@ fn concrete(template: &str) -> String {
         .map(|s| match s {
             "{id}" => "0190aa4e-7f2a-7b5e-9f00-000000000000",
             "{action}" => "approve",
+            "{file}" => "LICENSE",
             s if s.starts_with('{') => "openapi-no-such-topic",
             s => s,
         })
@@ -126,6 +128,19 @@ fn the_openapi_document_names_every_route_and_only_real_error_codes() {
             found,
             "{method} {path} is documented but not in openapi.json"
         );
+    }
+
+    // Every file the console's page loads is in the document, and served.
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ui/index.html"))
+        .expect("ui/index.html");
+    let link = regex::Regex::new(r#"(?:src|href)="(/[^"]*)""#).unwrap();
+    for file in link.captures_iter(&page).map(|c| c[1].to_string()) {
+        let found = paths
+            .iter()
+            .any(|(template, item)| matches(template, &file) && item["get"].is_object());
+        assert!(found, "the console loads {file}, which openapi.json lacks");
+        let (status, _) = svc.get_anon(&file);
+        assert_eq!(status, 200, "{file}");
     }
 
     // Every operation of the document is answered by the server (no routing 404 or 405), and

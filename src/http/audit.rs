@@ -21,7 +21,16 @@ const PAGES_AHEAD: usize = 2;
 
 type Chunk = std::result::Result<Bytes, std::io::Error>;
 
-async fn export(app: App, auth: Option<String>, query: String) -> Result<Response> {
+/// The whole matching trail as NDJSON, one audit entry a line, in the chosen order.
+#[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "One audit entry per line (`application/x-ndjson`).", body = crate::events::AuditEntry, content_type = "application/x-ndjson"),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 500, description = "`store_error`.", body = super::openapi::ErrorBody),
+    ))]
+pub(super) async fn export(app: App, auth: Option<String>, query: String) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: AuditParams = parse_query(&query)?;
     if params.limit.is_some() {

@@ -12,13 +12,19 @@ use super::{auth, json, respond, App};
 use crate::error::Result;
 use crate::identity::Role;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Me {
     name: String,
     roles: Vec<Role>,
 }
 
-async fn me(app: App, auth: Option<String>) -> Result<Response> {
+/// Who the token signs in as: the principal's name and roles.
+#[utoipa::path(get, path = "/api/v1/me", tag = "consumers",
+    responses(
+        (status = 200, description = "The caller.", body = Me),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+    ))]
+pub(super) async fn me(app: App, auth: Option<String>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let me = Me {
         name: principal.name,

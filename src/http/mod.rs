@@ -207,7 +207,7 @@ pub(crate) struct AuditParams {
 }
 
 /// The listing order of the audit trail: by `seq`, oldest (`asc`, the default) or newest first.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum AuditOrder {
     Asc,

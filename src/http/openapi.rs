@@ -113,6 +113,7 @@ impl Modify for Bearer {
         super::get_topic,
         super::request_deletion,
         super::audit,
+        super::audit::export,
         super::verify_chain,
         super::policy,
         super::healthz,
@@ -132,6 +133,7 @@ impl Modify for Bearer {
         super::tokens::issue,
         super::tokens::list,
         super::tokens::revoke,
+        super::me::me,
         super::feed::mine,
         super::feed::replace,
         super::feed::subscribe,
@@ -141,6 +143,7 @@ impl Modify for Bearer {
         super::ui::index,
         super::ui::script,
         super::ui::style,
+        super::ui::vendor,
         document,
     )
 )]
