@@ -79,7 +79,7 @@ pub struct Browse {
 }
 
 /// How a key, value or header value is given: JSON as it parsed, text, or base64 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
     Json,
@@ -89,7 +89,7 @@ pub enum Encoding {
     Null,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BrowsedHeader {
     pub name: String,
     pub value: Option<String>,
@@ -97,7 +97,7 @@ pub struct BrowsedHeader {
 }
 
 /// One record as the browser shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BrowsedRecord {
     pub partition: i32,
     pub offset: i64,
@@ -107,6 +107,7 @@ pub struct BrowsedRecord {
     pub key_encoding: Encoding,
     pub headers: Vec<BrowsedHeader>,
     /// JSON as Kafka holds it (members in their order), or the text or base64 as a string.
+    #[schema(value_type = serde_json::Value)]
     pub value: Box<RawValue>,
     pub value_encoding: Encoding,
     /// Bytes of key, value, header names and header values.
@@ -128,7 +129,7 @@ pub struct DescribePartitions {
     pub topic: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PartitionView {
     pub partition: i32,
     pub leader: i32,
@@ -141,7 +142,7 @@ pub struct PartitionView {
 }
 
 /// One subscriber's committed next offsets, and how far behind the high watermarks they are.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PositionView {
     pub user: String,
     /// Next offset per partition; a partition without a commit is left out.
@@ -151,7 +152,7 @@ pub struct PositionView {
     pub lag: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TopicPartitions {
     pub topic: String,
     pub partitions: Vec<PartitionView>,
@@ -535,8 +536,9 @@ fn text_or_base64(bytes: Option<&[u8]>) -> (Option<String>, Encoding) {
     }
 }
 
-/// The value as JSON when it parses (kept as it is), else as text, else as base64.
-fn value_of(payload: Option<&[u8]>) -> (Box<RawValue>, Encoding) {
+/// The value as JSON when it parses (kept as it is), else as text, else as base64. A value
+/// whose `content-type` header says text (`declared_text`) is never read as JSON.
+fn value_of(payload: Option<&[u8]>, declared_text: bool) -> (Box<RawValue>, Encoding) {
     let json = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "null".to_string());
     let raw =
         |text: String| RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned());
@@ -544,7 +546,7 @@ fn value_of(payload: Option<&[u8]>) -> (Box<RawValue>, Encoding) {
         return (RawValue::NULL.to_owned(), Encoding::Null);
     };
     if let Ok(text) = std::str::from_utf8(bytes) {
-        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        if !declared_text && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
             // Outer whitespace and line breaks are not part of the value.
             return (raw(text.trim().to_string()), Encoding::Json);
         }
@@ -557,7 +559,10 @@ fn value_of(payload: Option<&[u8]>) -> (Box<RawValue>, Encoding) {
 
 fn browsed(m: &BorrowedMessage<'_>) -> BrowsedRecord {
     let (key, key_encoding) = text_or_base64(m.key());
-    let (value, value_encoding) = value_of(m.payload());
+    let text = m
+        .headers()
+        .is_some_and(|all| crate::record::declared_text(all.iter().map(|h| (h.key, h.value))));
+    let (value, value_encoding) = value_of(m.payload(), text);
     let mut size = m.key_len() + m.payload_len();
     let mut headers = Vec::new();
     if let Some(all) = m.headers() {
@@ -661,12 +666,18 @@ mod tests {
     #[test]
     fn a_value_is_json_as_it_was_text_or_base64() {
         let shown = |payload: Option<&[u8]>| {
-            let (raw, encoding) = value_of(payload);
+            let (raw, encoding) = value_of(payload, false);
             (raw.get().to_string(), encoding)
         };
         assert_eq!(
             shown(Some(b" {\"b\":1,\n\"a\":2} ")),
             ("{\"b\":1,\n\"a\":2}".to_string(), Encoding::Json)
+        );
+        let (raw, encoding) = value_of(Some(b"1"), true);
+        assert_eq!(
+            (raw.get(), encoding),
+            ("\"1\"", Encoding::String),
+            "declared text stays text"
         );
         assert_eq!(
             shown(Some(b"plain words")),

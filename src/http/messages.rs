@@ -15,7 +15,8 @@ use crate::paging::Page;
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 500;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct BrowseParams {
     partition: Option<i32>,
@@ -51,7 +52,27 @@ fn start_from(params: &BrowseParams) -> Result<StartFrom> {
     }
 }
 
-async fn browse(app: App, topic: String, auth: Option<String>, query: String) -> Result<Response> {
+/// A topic's records from Kafka, newest first, one page at a time (consumer or admin, with the
+/// right to read the topic).
+#[utoipa::path(get, path = "/api/v1/topics/{name}/messages", tag = "topics",
+    params(("name" = String, Path, description = "The topic."), BrowseParams),
+    responses(
+        (status = 200, description = "A page of records.", body = super::openapi::MessagesPage),
+        (status = 400, description = "`invalid_query`.", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`, `no_access`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody),
+        (status = 409, description = "`topic_not_active`.", body = super::openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`.", body = super::openapi::ErrorBody),
+        (status = 429, description = "`too_many_requests`.", body = super::openapi::ErrorBody),
+        (status = 503, description = "`kafka_unavailable`.", body = super::openapi::ErrorBody),
+    ))]
+pub(super) async fn browse(
+    app: App,
+    topic: String,
+    auth: Option<String>,
+    query: String,
+) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let params: BrowseParams = parse_query(&query)?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
@@ -85,7 +106,19 @@ async fn browse(app: App, topic: String, auth: Option<String>, query: String) ->
     )
 }
 
-async fn partitions(app: App, topic: String, auth: Option<String>) -> Result<Response> {
+/// A topic's partitions (leader, replicas, in-sync replicas, watermarks) and, for an admin,
+/// its subscribers' positions and lag.
+#[utoipa::path(get, path = "/api/v1/topics/{name}/partitions", tag = "topics",
+    params(("name" = String, Path, description = "The topic.")),
+    responses(
+        (status = 200, description = "The partitions.", body = crate::actors::record_browser::TopicPartitions),
+        (status = 401, description = "No valid token: `unauthorized`, `token_revoked`, `token_expired`, `token_not_yet_valid`, `invalid_signature`, `invalid_issuer`, `invalid_audience`, `invalid_token`.", body = super::openapi::ErrorBody),
+        (status = 404, description = "`not_found`.", body = super::openapi::ErrorBody),
+        (status = 409, description = "`topic_not_active`.", body = super::openapi::ErrorBody),
+        (status = 429, description = "`too_many_requests`.", body = super::openapi::ErrorBody),
+        (status = 503, description = "`kafka_unavailable`.", body = super::openapi::ErrorBody),
+    ))]
+pub(super) async fn partitions(app: App, topic: String, auth: Option<String>) -> Result<Response> {
     let principal = app.authenticate(auth).await?;
     let described = app
         .record_browser

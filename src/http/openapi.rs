@@ -56,6 +56,12 @@ pub(super) struct TopicsPage {
 }
 
 #[derive(Serialize, ToSchema)]
+pub(super) struct MessagesPage {
+    records: Vec<crate::actors::record_browser::BrowsedRecord>,
+    next: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
 pub(super) struct GrantsPage {
     grants: Vec<Grant>,
     next: Option<String>,
@@ -112,6 +118,8 @@ impl Modify for Bearer {
         super::list_topics,
         super::get_topic,
         super::request_deletion,
+        super::messages::browse,
+        super::messages::partitions,
         super::audit,
         super::audit::export,
         super::verify_chain,
