@@ -50,6 +50,18 @@ struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // SIGTERM first: nginx's master then stops its workers (a SIGKILL would leave them
+        // running, orphaned, holding the port); KafFlow shuts down as it does for an operator.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
