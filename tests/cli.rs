@@ -182,6 +182,23 @@ fn every_governance_action_from_the_command_line() {
     ] {
         assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
     }
+    // Newest first is the same trail the other way round.
+    let newest_first = json_of(
+        &svc,
+        "carol",
+        &[
+            "audit", "list", "--topic", &topic, "--order", "desc", "-o", "json",
+        ],
+    );
+    let seqs = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .map(|e| e.iter().filter_map(|e| e["seq"].as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let mut reversed = seqs(&events);
+    reversed.reverse();
+    assert!(reversed.len() >= 5, "{events}");
+    assert_eq!(seqs(&newest_first), reversed);
     let verified = json_of(&svc, "carol", &["audit", "verify", "-o", "json"]);
     assert!(verified.is_object(), "{verified}");
 

@@ -89,9 +89,8 @@ pub enum RequestsCmd {
         #[arg(long)]
         requested_by: Option<String>,
     },
-    Get {
-        id: String,
-    },
+    /// One create or delete request, with its decision.
+    Get { id: String },
     /// Approve (admin, not one's own request).
     Approve {
         id: String,
@@ -105,9 +104,7 @@ pub enum RequestsCmd {
         reason: String,
     },
     /// Withdraw one's own pending request.
-    Withdraw {
-        id: String,
-    },
+    Withdraw { id: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -128,23 +125,22 @@ pub enum AccessCmd {
         #[arg(long)]
         topic: Option<String>,
     },
-    Get {
-        id: String,
-    },
+    /// One access request, with its decision.
+    Get { id: String },
     /// Approve (the topic's owner or an admin).
     Approve {
         id: String,
         #[arg(long)]
         note: Option<String>,
     },
+    /// Reject with a reason (the topic's owner or an admin).
     Reject {
         id: String,
         #[arg(long)]
         reason: String,
     },
-    Withdraw {
-        id: String,
-    },
+    /// Withdraw one's own pending access request.
+    Withdraw { id: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -183,7 +179,7 @@ pub enum HeldCmd {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum AuditCmd {
-    /// The audit trail, oldest first, every page.
+    /// The audit trail, every page: oldest first, or newest first with --order desc.
     List {
         #[arg(long)]
         topic: Option<String>,
@@ -194,6 +190,12 @@ pub enum AuditCmd {
         /// RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// asc (oldest first, the default) or desc (newest first).
+        #[arg(long, value_parser = ["asc", "desc"])]
+        order: Option<String>,
     },
     /// Check the hash chain: against a server, or offline with --data-dir.
     Verify {
@@ -686,6 +688,8 @@ async fn audit(api: &Api, out: Output, cmd: AuditCmd) -> Result<(), OpsError> {
             actor,
             kind,
             since,
+            until,
+            order,
         } => {
             let list = api
                 .list(
@@ -695,6 +699,8 @@ async fn audit(api: &Api, out: Output, cmd: AuditCmd) -> Result<(), OpsError> {
                         ("actor", actor.as_deref()),
                         ("kind", kind.as_deref()),
                         ("since", since.as_deref()),
+                        ("until", until.as_deref()),
+                        ("order", order.as_deref()),
                         ("limit", Some("1000")),
                     ],
                     "events",
