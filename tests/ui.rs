@@ -384,7 +384,7 @@ fn console_walkthrough() {
     // carol approves the first request from the queue, which shows who asked and why.
     page.sign_in(service.token("carol"));
     assert!(
-        page.text("#who").ends_with("roles: admin"),
+        page.text("#who") == "Signed in as carol · roles: admin",
         "{}",
         page.text("#who")
     );

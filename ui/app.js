@@ -239,7 +239,8 @@ async function signIn(token) {
   $("sign-in").hidden = true;
   $("app").hidden = false;
   $("sign-out").hidden = false;
-  $("who").textContent = `Signed in · roles: ${[...state.roles].join(", ") || "read-only"}`;
+  const name = state.me ? `as ${state.me.name} ` : "";
+  $("who").textContent = `Signed in ${name}· roles: ${[...state.roles].join(", ") || "read-only"}`;
   // Everyone may read; the tabs that act show only for the roles the API would allow.
   for (const b of document.querySelectorAll("#tabs button[data-roles]")) {
     b.hidden = !b.dataset.roles.split(" ").some((r) => state.roles.has(r));
