@@ -266,6 +266,11 @@ pub async fn serve(
         Approval::new(config.policy.clone(), registry.clone(), provisioner.clone()).start();
 
     let (spool, contents) = Spool::open(&config.data_dir, config.durability)?;
+    let held: Vec<String> = contents
+        .iter()
+        .filter(|(_, c)| c.held > 0)
+        .map(|(topic, _)| topic.clone())
+        .collect();
     let producer = BatchProducer::new(&kafka::producer_config(
         &config.kafka,
         config.publisher.delivery_timeout_ms,
@@ -276,13 +281,16 @@ pub async fn serve(
         contents,
         config.spool.clone(),
         event_store.clone(),
-    );
+    )
+    .consulting(governed_view.clone());
     let direct_topics = publisher.direct_topics();
     let counts_view = publisher.counts_view();
     let publisher = publisher.start();
-    // Routes as the log left them; from here on the watcher keeps them in step. Nothing is
-    // appended before the watcher follows the log: the provisioner resumes only below.
-    for (topic, route) in registry.send(AllRoutes).await? {
+    // Routes as the log left them, of the topics that may still take records or have records
+    // held (a topic closed for good is looked up when asked for); from here on the watcher
+    // keeps them in step. Nothing is appended before the watcher follows the log: the
+    // provisioner resumes only below.
+    for (topic, route) in registry.send(AllRoutes(held)).await? {
         publisher.do_send(SetRoute { topic, route });
     }
     let watcher = Watcher::new(
@@ -563,8 +571,8 @@ mod tests {
         assert_eq!(
             (events::SNAPSHOT_VERSION, digest.as_str()),
             (
-                2,
-                "8d2d987b6b20f0a2d7473f293a435ccf9b3428f06b49158c108878fcc34997fe"
+                3,
+                "a13e00ea106ef28eae79b66256c4f893f14ccc0043cbac9b31259813551f6ce9"
             ),
             "the snapshot layout changed: bump SNAPSHOT_VERSION and pin the new digest"
         );

@@ -130,7 +130,7 @@ impl AccessBook {
     }
 
     /// Every (user, access) granted on `topic`.
-    fn grants_on(&self, topic: &str) -> BTreeSet<(String, Access)> {
+    pub(super) fn grants_on(&self, topic: &str) -> BTreeSet<(String, Access)> {
         // Keys sort by topic first; "" and `Produce` are the least user and access, so the
         // range starts at the topic's first grant.
         let from = (topic.to_string(), String::new(), Access::Produce);
@@ -265,10 +265,10 @@ impl Governance {
         for t in self.topics.values().filter(|t| t.owner == me) {
             topics.insert(t.name.clone());
         }
-        for r in self.requests.values().filter(|r| r.requested_by == me) {
-            request_ids.insert(r.id);
-            if r.kind == super::registry::RequestKind::Create {
-                topics.insert(r.topic.clone());
+        for r in self.every_request().filter(|r| r.requested_by() == me) {
+            request_ids.insert(r.id());
+            if r.kind() == super::registry::RequestKind::Create {
+                topics.insert(r.topic().to_string());
             }
         }
         for g in self.access.grants.values().filter(|g| g.user == me) {
@@ -959,7 +959,7 @@ mod tests {
         let event = state.event_for(&done).expect("done");
         step(state, event);
         assert_eq!(
-            state.request(id).expect("req").status,
+            state.kept(id).expect("req").status(),
             RequestStatus::Completed
         );
     }

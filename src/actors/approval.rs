@@ -502,6 +502,7 @@ mod tests {
                 .send(ListRequests(Default::default(), PageOf::all()))
                 .await
                 .expect("alive")
+                .expect("listed")
                 .items;
             assert!(listed.is_empty(), "nothing is filed");
 
@@ -587,6 +588,7 @@ mod tests {
                 .send(ListRequests(Default::default(), PageOf::all()))
                 .await
                 .expect("alive")
+                .expect("listed")
                 .items;
             assert!(
                 open.iter().all(|r| r.kind == RequestKind::Create),

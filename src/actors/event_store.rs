@@ -166,6 +166,26 @@ impl Handler<QueryAudit> for EventStore {
     }
 }
 
+/// The events of some requests, in seq order (the details of decided requests, which the
+/// registry does not keep in memory).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<NewEvent>>")]
+pub struct RequestEvents(pub Vec<uuid::Uuid>);
+
+impl Handler<RequestEvents> for EventStore {
+    type Result = ResponseFuture<Result<Vec<NewEvent>>>;
+
+    fn handle(&mut self, msg: RequestEvents, _: &mut Context<Self>) -> Self::Result {
+        let db = self.writer.path().to_path_buf();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || crate::events::request_events(&db, &msg.0))
+                .await
+                .map_err(|_| Error::Unavailable)?
+                .map_err(Error::from)
+        })
+    }
+}
+
 /// The state of the hash chain, as `kafflow audit verify` reports it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ChainCheck {

@@ -10,6 +10,7 @@
 //! The rules are those of the registry's own handlers (`access::produce_rule`,
 //! `access::consume_rule`); the view adds the role checks their callers make.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -46,25 +47,61 @@ pub enum VisibleStatus {
 /// Read-only; cheap to clone. See the module's comment.
 #[derive(Debug, Clone, Default)]
 pub struct GovernedView {
-    topics: Arc<RwLock<BTreeMap<String, TopicFacts>>>,
+    topics: Arc<RwLock<Known>>,
     /// What `GET /topics/{name}` shows of each topic approved once or asked for and pending
     /// (`Governance::topic_or_pending`), so that a topic read costs no message to the registry.
     shown: Arc<RwLock<HashMap<String, Topic>>>,
 }
 
+/// The facts of every topic KafFlow has heard of.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Known {
+    /// Topics that are live, asked for, or closed with something left to show (a topic in
+    /// Kafka's past, a grant).
+    topics: BTreeMap<String, TopicFacts>,
+    /// Topics whose create request was decided without a topic, and why they are closed
+    /// (`Governance::closed_bare`): all there is to know of them, kept as the registry's
+    /// interned name and a static reason. A long history is mostly these.
+    closed: HashMap<Arc<str>, &'static str>,
+}
+
+impl Known {
+    fn get(&self, topic: &str) -> Option<Cow<'_, TopicFacts>> {
+        if let Some(facts) = self.topics.get(topic) {
+            return Some(Cow::Borrowed(facts));
+        }
+        let why = self.closed.get(topic)?;
+        Some(Cow::Owned(TopicFacts {
+            route: TopicRoute::Closed((*why).to_string()),
+            owner: None,
+            shown: None,
+            grants: Default::default(),
+        }))
+    }
+}
+
 impl GovernedView {
     /// The view of a state replay rebuilt.
     pub(super) fn of(state: &Governance) -> Self {
-        let topics = state
-            .topic_names()
-            .filter_map(|name| Some((name.to_string(), state.facts(name)?)))
-            .collect();
-        let shown = state
-            .topic_names()
-            .filter_map(|name| Some((name.to_string(), state.topic_or_pending(name).ok()?)))
-            .collect();
+        let mut known = Known::default();
+        let mut shown = HashMap::new();
+        for name in state.topic_names_shared() {
+            match state.closed_bare(name) {
+                Some(why) => {
+                    known.closed.insert(Arc::clone(name), why);
+                }
+                None => {
+                    if let Some(facts) = state.facts(name) {
+                        known.topics.insert(name.to_string(), facts);
+                    }
+                    if let Ok(topic) = state.topic_or_pending(name) {
+                        shown.insert(name.to_string(), topic);
+                    }
+                }
+            }
+        }
         GovernedView {
-            topics: Arc::new(RwLock::new(topics)),
+            topics: Arc::new(RwLock::new(known)),
             shown: Arc::new(RwLock::new(shown)),
         }
     }
@@ -72,17 +109,33 @@ impl GovernedView {
     /// Brings `topic` up to `state`, the committed state that has just applied an event of it.
     pub(super) fn refresh(&self, state: &Governance, topic: &str) {
         // Built before the lock is taken: readers wait only for the insert.
-        let facts = state.facts(topic);
+        let bare = state
+            .closed_bare(topic)
+            .and_then(|why| Some((state.shared_name(topic)?, why)));
+        let facts = match bare {
+            Some(_) => None,
+            None => state.facts(topic),
+        };
         let shown = state.topic_or_pending(topic).ok();
         {
-            let mut topics = self
+            let mut known = self
                 .topics
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match facts {
-                Some(facts) => topics.insert(topic.to_string(), facts),
-                None => topics.remove(topic),
-            };
+            match (bare, facts) {
+                (Some((name, why)), _) => {
+                    known.topics.remove(topic);
+                    known.closed.insert(name, why);
+                }
+                (None, Some(facts)) => {
+                    known.closed.remove(topic);
+                    known.topics.insert(topic.to_string(), facts);
+                }
+                (None, None) => {
+                    known.closed.remove(topic);
+                    known.topics.remove(topic);
+                }
+            }
         }
         let mut all = self
             .shown
@@ -105,10 +158,18 @@ impl GovernedView {
             .ok_or_else(|| Error::NotFound(format!("topic {name}")))
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, TopicFacts>> {
+    fn read(&self) -> RwLockReadGuard<'_, Known> {
         self.topics
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where records for `topic` go, as the committed state says: for the publisher, which is
+    /// told the route of a topic closed for good only when it asks.
+    pub fn route(&self, topic: &str) -> TopicRoute {
+        self.read()
+            .get(topic)
+            .map_or(TopicRoute::Unknown, |facts| facts.route.clone())
     }
 
     /// Where `principal`'s records for `topic` go, or why they may not be sent: the role
@@ -117,7 +178,7 @@ impl GovernedView {
     /// deleted one `topic_closed` (the publisher's answers, given here at once).
     pub fn may_produce(&self, principal: &Principal, topic: &str) -> Result<ProduceRoute> {
         principal.require_any(&[Role::Producer])?;
-        produce_rule(self.read().get(topic), principal, topic)
+        produce_rule(self.read().get(topic).as_deref(), principal, topic)
     }
 
     /// Whether `principal` may read `topic` now: the role (`forbidden`, as a subscription
@@ -125,14 +186,16 @@ impl GovernedView {
     /// `topic_not_active`, `no_access`).
     pub fn may_consume(&self, principal: &Principal, topic: &str) -> Result<()> {
         principal.require_any(&[Role::Consumer])?;
-        consume_rule(self.read().get(topic), principal, topic)
+        consume_rule(self.read().get(topic).as_deref(), principal, topic)
     }
 
     /// What `principal` sees in Kafka's metadata, in name order: the live topics it may send
     /// to or read, and the pending ones (create request pending or approved, or provisioning)
     /// it asked for or holds a grant on.
     pub fn visible(&self, principal: &Principal) -> Vec<VisibleTopic> {
+        // A topic closed for good is never visible: only the others are walked.
         self.read()
+            .topics
             .iter()
             .filter_map(|(name, facts)| visible_to(facts, principal, name))
             .collect()
@@ -140,7 +203,7 @@ impl GovernedView {
 
     /// `topic`'s entry for `principal`, if it sees it (see `visible`).
     pub fn visible_topic(&self, principal: &Principal, topic: &str) -> Option<VisibleTopic> {
-        visible_to(self.read().get(topic)?, principal, topic)
+        visible_to(&*self.read().get(topic)?, principal, topic)
     }
 }
 

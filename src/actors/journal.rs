@@ -21,8 +21,19 @@ use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent, StoreError, Stream};
 
 /// State rebuilt from the log. `apply` cannot fail: an owner only writes events that fit.
-pub trait Journaled: Clone {
+///
+/// A state whose bulk is shared between its copies (behind an `Arc`, with a small part of
+/// recent changes on top) says when that part is due to be folded in; the journal folds it
+/// when the committed and staged states are equal and it can drop the staged copy first, so
+/// the fold writes the shared part in place and the staged copy is a cheap clone again.
+pub trait Journaled: Clone + Default {
     fn apply(&mut self, event: &NewEvent);
+
+    fn wants_fold(&self) -> bool {
+        false
+    }
+
+    fn fold(&mut self) {}
 }
 
 /// The actors whose state is made of events. Each event kind has exactly one owner.
@@ -121,7 +132,8 @@ pub trait Journaling: Actor<Context = Context<Self>> {
 
 impl<S: Journaled + 'static> Journal<S> {
     /// Starts from the state replay rebuilt (all of it committed).
-    pub fn new(owner: Owner, state: S, store: Addr<EventStore>) -> Self {
+    pub fn new(owner: Owner, mut state: S, store: Addr<EventStore>) -> Self {
+        state.fold();
         Journal {
             owner,
             staged: state.clone(),
@@ -144,6 +156,11 @@ impl<S: Journaled + 'static> Journal<S> {
     /// What readers see: only what the log has.
     pub fn committed(&self) -> &S {
         &self.committed
+    }
+
+    /// The event store the journal persists to (for reads of the log beside the state).
+    pub fn store(&self) -> &Addr<EventStore> {
+        &self.store
     }
 
     /// What commands are checked against: committed plus in flight. Errors while a failed
@@ -210,10 +227,20 @@ impl<S: Journaled + 'static> Journal<S> {
             }
         }
         if self.in_flight.is_empty() && self.broken.is_some() {
-            self.staged = self.committed.clone();
+            self.restage();
             self.broken = None;
             tracing::info!(owner = ?self.owner, "Staged state rebuilt from the log; taking commands again.");
+        } else if self.in_flight.is_empty() && self.committed.wants_fold() {
+            self.restage();
         }
+    }
+
+    /// The staged state made the committed one again, once nothing is in flight. The staged
+    /// copy is dropped before the fold, so that what the two shared is folded in place.
+    fn restage(&mut self) {
+        self.staged = S::default();
+        self.committed.fold();
+        self.staged = self.committed.clone();
     }
 }
 

@@ -26,6 +26,7 @@ pub mod consumer;
 pub mod event_store;
 pub mod governed_view;
 mod held_counts;
+pub mod history;
 pub mod journal;
 pub mod listener;
 pub mod provisioner;

@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::event_store::{Append, EventStore, QueryAudit};
+use super::governed_view::GovernedView;
 use super::held_counts::HeldCounts;
 use super::registry::TopicRoute;
 use crate::config::SpoolLimits;
@@ -256,6 +257,9 @@ pub struct Publisher {
     discards: Arc<tokio::sync::Mutex<()>>,
     /// A committed discard whose rows are not deleted yet: retried until done.
     discard_owed: bool,
+    /// Asked for the route of a topic never given one: at start the publisher is told the
+    /// routes of the topics that may still take records, not of every name ever refused.
+    governed: Option<GovernedView>,
 }
 
 impl Publisher {
@@ -278,7 +282,15 @@ impl Publisher {
             discards: Arc::default(),
             // The last run may have stopped between a discard's commit and its deletion.
             discard_owed: true,
+            governed: None,
         }
+    }
+
+    /// Has the publisher ask `view` for the route of a topic it was never told of (a topic
+    /// closed for good), so that its records are refused as `topic_closed`.
+    pub fn consulting(mut self, view: GovernedView) -> Self {
+        self.governed = Some(view);
+        self
     }
 
     /// The topics whose records go straight to Kafka, as the publisher keeps them; take it
@@ -552,7 +564,17 @@ impl Publisher {
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Result<Receipt>> {
         let topic = msg.topic;
+        let asked = match (&self.governed, self.topics.contains_key(&topic)) {
+            (Some(view), false) => match view.route(&topic) {
+                closed @ TopicRoute::Closed(_) => Some(closed),
+                _ => None,
+            },
+            _ => None,
+        };
         let state = self.topics.entry(topic.clone()).or_default();
+        if asked.is_some() {
+            state.route = asked;
+        }
         if msg.requested && matches!(state.route, None | Some(TopicRoute::Unknown)) {
             // Not direct before (no route), not direct now: `DirectTopics` stays as it is.
             state.route = Some(TopicRoute::Pending);

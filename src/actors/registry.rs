@@ -11,6 +11,7 @@
 //! needs the topic's owner); their types, commands and handlers are in `access`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -18,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::access::AccessBook;
-use super::event_store::EventStore;
+use super::event_store::{EventStore, RequestEvents};
 pub use super::governed_view::{GovernedView, ProduceRoute, VisibleStatus, VisibleTopic};
+use super::history::{Decided, History};
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, NewEvent, TopicSpec, Visibility};
@@ -148,20 +150,77 @@ pub struct Topic {
     pub request_id: Uuid,
 }
 
-/// The state rebuilt from the log: every request and every topic KafFlow governs.
+/// The state rebuilt from the log: what every decision needs of the requests and topics
+/// KafFlow governs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Governance {
+    /// The requests kept whole: the open ones, and the decided deletion requests (one per
+    /// topic ever deleted; their shape is the topic's at filing time, which the log alone does
+    /// not give back).
     pub(super) requests: BTreeMap<Uuid, TopicRequest>,
+    /// Every topic name's latest request, and the decided create requests, reduced (see
+    /// `history`).
+    pub(super) history: History,
     pub(super) topics: BTreeMap<String, Topic>,
     /// Topic name to its open (pending or approved) request.
     pub(super) open: HashMap<String, Uuid>,
     /// The ids of `open`, in id order: a page of pending or approved requests walks these,
     /// not every request ever filed.
     pub(super) open_ids: BTreeSet<Uuid>,
-    /// Topic name to its latest request, open or not.
-    pub(super) latest: HashMap<String, Uuid>,
     /// Access requests, ownership requests and grants.
     pub(super) access: AccessBook,
+    /// Set on a state that folds a few requests' events to show them whole (a reply, a read
+    /// of a decided request): it reduces nothing.
+    #[serde(skip)]
+    keep_whole: bool,
+}
+
+/// A request as the registry keeps it: whole, or reduced once decided.
+#[derive(Debug, Clone, Copy)]
+pub enum Kept<'a> {
+    Whole(&'a TopicRequest),
+    Decided(Uuid, &'a Decided),
+}
+
+impl Kept<'_> {
+    pub fn id(&self) -> Uuid {
+        match self {
+            Kept::Whole(r) => r.id,
+            Kept::Decided(id, _) => *id,
+        }
+    }
+    pub fn topic(&self) -> &str {
+        match self {
+            Kept::Whole(r) => &r.topic,
+            Kept::Decided(_, d) => &d.topic,
+        }
+    }
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Kept::Whole(r) => r.kind,
+            Kept::Decided(_, d) => d.kind,
+        }
+    }
+    pub fn status(&self) -> RequestStatus {
+        match self {
+            Kept::Whole(r) => r.status,
+            Kept::Decided(_, d) => d.status,
+        }
+    }
+    pub fn requested_by(&self) -> &str {
+        match self {
+            Kept::Whole(r) => &r.requested_by,
+            Kept::Decided(_, d) => &d.requested_by,
+        }
+    }
+}
+
+/// An item of a page of requests: whole, or the id of a decided request whose details are read
+/// from the log (`RequestDetails`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    Whole(TopicRequest),
+    InLog(Uuid),
 }
 
 /// Where records for a topic go, as the governance state says.
@@ -222,8 +281,9 @@ impl Governance {
                 }
             }
             EventKind::RequestWithdrawn {} => {
+                let kind = self.requests.get(&id).map(|r| r.kind);
                 self.finish(id, RequestStatus::Withdrawn, None);
-                if self.requests.get(&id).map(|r| r.kind) == Some(RequestKind::Create) {
+                if kind == Some(RequestKind::Create) {
                     self.access.end_grants(topic);
                 }
             }
@@ -332,8 +392,62 @@ impl Governance {
     fn file(&mut self, request: TopicRequest) {
         self.open.insert(request.topic.clone(), request.id);
         self.open_ids.insert(request.id);
-        self.latest.insert(request.topic.clone(), request.id);
+        self.history.set_latest(&request.topic, request.id);
         self.requests.insert(request.id, request);
+    }
+
+    /// A create request that is decided for good keeps only what decisions need; the rest is
+    /// in the log. A deletion request stays whole (see `requests`).
+    fn reduce(&mut self, id: Uuid) {
+        if self.keep_whole {
+            return;
+        }
+        let Some(r) = self.requests.get(&id) else {
+            return;
+        };
+        if r.kind != RequestKind::Create || r.status.is_open() {
+            return;
+        }
+        if let Some(r) = self.requests.remove(&id) {
+            self.history
+                .decide(id, &r.topic, &r.requested_by, r.kind, r.status);
+        }
+    }
+
+    /// The request `event` leaves, `before` being the request before it (the staged one, when
+    /// the command was checked): how a command's reply is built from the event just committed,
+    /// whether or not the committed state then keeps the request whole.
+    pub(super) fn after(before: &TopicRequest, event: &NewEvent) -> TopicRequest {
+        if matches!(
+            event.kind,
+            EventKind::TopicRequested { .. } | EventKind::DeletionRequested { .. }
+        ) {
+            return before.clone();
+        }
+        let mut scratch = Governance {
+            keep_whole: true,
+            ..Default::default()
+        };
+        scratch.requests.insert(before.id, before.clone());
+        scratch.apply(event);
+        scratch
+            .requests
+            .remove(&before.id)
+            .unwrap_or_else(|| before.clone())
+    }
+
+    /// The requests the events of the log give, whole: each request's events, in seq order
+    /// (other requests' events between them change nothing). Only for create requests: a
+    /// deletion request's shape is the topic's at filing time, and those are kept whole.
+    pub(super) fn fold(events: impl IntoIterator<Item = NewEvent>) -> BTreeMap<Uuid, TopicRequest> {
+        let mut scratch = Governance {
+            keep_whole: true,
+            ..Default::default()
+        };
+        for event in events {
+            scratch.apply(&event);
+        }
+        scratch.requests
     }
 
     /// Runs every check `command` (a filing) runs against this state and answers with the
@@ -361,6 +475,7 @@ impl Governance {
         if !status.is_open() {
             self.open.remove(&request.topic);
             self.open_ids.remove(&id);
+            self.reduce(id);
         }
         Some(request)
     }
@@ -374,6 +489,7 @@ impl Governance {
             }
             if !status.is_open() {
                 self.open_ids.remove(&id);
+                self.reduce(id);
             }
         }
     }
@@ -384,10 +500,21 @@ impl Governance {
         }
     }
 
-    pub fn request(&self, id: Uuid) -> Result<&TopicRequest> {
-        self.requests
+    /// The request, whole or reduced.
+    pub fn kept(&self, id: Uuid) -> Result<Kept<'_>> {
+        if let Some(r) = self.requests.get(&id) {
+            return Ok(Kept::Whole(r));
+        }
+        self.history
             .get(&id)
+            .map(|d| Kept::Decided(id, d))
             .ok_or_else(|| Error::NotFound(format!("request {id}")))
+    }
+
+    /// The request, when it is kept whole (open, or a deletion); a decided create request is
+    /// read from the log (`RequestDetails`).
+    pub fn whole(&self, id: Uuid) -> Option<&TopicRequest> {
+        self.requests.get(&id)
     }
 
     pub fn topic(&self, name: &str) -> Result<&Topic> {
@@ -396,10 +523,10 @@ impl Governance {
             .ok_or_else(|| Error::NotFound(format!("topic {name}")))
     }
 
-    fn pending(&self, id: Uuid) -> Result<&TopicRequest> {
-        let request = self.request(id)?;
-        if request.status != RequestStatus::Pending {
-            return Err(Error::NotPending(request.status.name().to_string()));
+    fn pending(&self, id: Uuid) -> Result<Kept<'_>> {
+        let request = self.kept(id)?;
+        if request.status() != RequestStatus::Pending {
+            return Err(Error::NotPending(request.status().name().to_string()));
         }
         Ok(request)
     }
@@ -474,8 +601,8 @@ impl Governance {
                 decision,
             } => {
                 principal.require_any(&[Role::Admin])?;
-                let request = self.request(*id)?;
-                if request.requested_by == principal.name {
+                let request = self.kept(*id)?;
+                if request.requested_by() == principal.name {
                     return Err(Error::SelfApproval);
                 }
                 let request = self.pending(*id)?;
@@ -487,28 +614,28 @@ impl Governance {
                 };
                 Ok(NewEvent::now(
                     &principal.name,
-                    Some(&request.topic),
+                    Some(request.topic()),
                     Some(*id),
                     kind,
                 ))
             }
             Command::Withdraw { principal, id } => {
-                if self.request(*id)?.requested_by != principal.name {
+                if self.kept(*id)?.requested_by() != principal.name {
                     return Err(Error::NotRequester);
                 }
                 let request = self.pending(*id)?;
                 let kind = EventKind::RequestWithdrawn {};
                 Ok(NewEvent::now(
                     &principal.name,
-                    Some(&request.topic),
+                    Some(request.topic()),
                     Some(*id),
                     kind,
                 ))
             }
             Command::RecordOutcome { id, outcome } => {
-                let request = self.request(*id)?;
-                if request.status != RequestStatus::Approved {
-                    return Err(Error::NotPending(request.status.name().to_string()));
+                let request = self.kept(*id)?;
+                if request.status() != RequestStatus::Approved {
+                    return Err(Error::NotPending(request.status().name().to_string()));
                 }
                 let kind = match outcome.clone() {
                     Outcome::Provisioned {
@@ -526,7 +653,12 @@ impl Governance {
                     }
                     Outcome::DeletionFailed { error } => EventKind::DeletionFailed { error },
                 };
-                Ok(NewEvent::now(SYSTEM, Some(&request.topic), Some(*id), kind))
+                Ok(NewEvent::now(
+                    SYSTEM,
+                    Some(request.topic()),
+                    Some(*id),
+                    kind,
+                ))
             }
         }
     }
@@ -562,23 +694,43 @@ impl Governance {
             Some(TopicStatus::Provisioning) => return TopicRoute::Pending,
             _ => {}
         }
-        let Some(latest) = self.latest.get(topic).and_then(|id| self.requests.get(id)) else {
+        let Some(latest) = self.history.latest(topic).and_then(|id| self.kept(id).ok()) else {
             return TopicRoute::Unknown;
         };
-        match (latest.kind, latest.status) {
+        match (latest.kind(), latest.status()) {
             (RequestKind::Create, RequestStatus::Pending | RequestStatus::Approved) => {
                 TopicRoute::Pending
             }
-            (RequestKind::Create, status) => {
-                TopicRoute::Closed(format!("its request was {}", status.name()))
-            }
+            (RequestKind::Create, status) => TopicRoute::Closed(closed_why(status).into()),
             (RequestKind::Delete, _) => TopicRoute::Closed("it was deleted".into()),
         }
     }
 
-    /// The name of every topic KafFlow has had a request for.
-    pub(super) fn topic_names(&self) -> impl Iterator<Item = &str> {
-        self.latest.keys().map(String::as_str)
+    /// Why `topic` is closed, when that is all there is to know of it: its latest request is a
+    /// decided create request that left no topic and no grant behind. Most names a long history
+    /// leaves are these; the governed view and the start-up wiring keep them apart, compactly.
+    pub(super) fn closed_bare(&self, topic: &str) -> Option<&'static str> {
+        if self.topics.contains_key(topic) || self.open.contains_key(topic) {
+            return None;
+        }
+        let decided = self.history.get(&self.history.latest(topic)?)?;
+        if decided.kind != RequestKind::Create || decided.status.is_open() {
+            return None;
+        }
+        self.access
+            .grants_on(topic)
+            .is_empty()
+            .then(|| closed_why(decided.status))
+    }
+
+    /// The interned `topic`, if KafFlow has had a request for it.
+    pub(super) fn shared_name(&self, topic: &str) -> Option<Arc<str>> {
+        self.history.shared_name(topic)
+    }
+
+    /// The interned name of every topic KafFlow has had a request for.
+    pub(super) fn topic_names_shared(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.history.topics().map(|(name, _)| name)
     }
 
     /// Every topic, in name order.
@@ -592,39 +744,85 @@ impl Governance {
         Page::take(rest, page.limit, |t| t.name.clone()).map(Topic::clone)
     }
 
-    /// The requests that pass `filter`, oldest first (ids are UUID v7).
-    pub fn requests(&self, filter: &RequestFilter) -> Vec<TopicRequest> {
-        self.requests_page(filter, &PageOf::all()).items
+    /// The open requests that pass `filter`, oldest first (ids are UUID v7).
+    pub fn open_requests(&self, filter: &RequestFilter) -> Vec<TopicRequest> {
+        let mut open = filter.clone();
+        open.status = None;
+        self.requests_page(&open, &PageOf::all())
+            .items
+            .into_iter()
+            .filter_map(|item| match item {
+                Listed::Whole(r) => Some(r),
+                Listed::InLog(_) => None,
+            })
+            .filter(|r| r.status.is_open() && filter.status.is_none_or(|s| r.status == s))
+            .collect()
+    }
+
+    /// Every request, whole or reduced, in id order.
+    pub fn every_request(&self) -> impl Iterator<Item = Kept<'_>> {
+        self.kept_after(&PageOf::all())
+    }
+
+    fn kept_after<'a>(&'a self, page: &PageOf<Uuid>) -> impl Iterator<Item = Kept<'a>> + 'a {
+        let mut whole = self.requests.range(page.range()).peekable();
+        let mut decided = self.history.range(page).peekable();
+        std::iter::from_fn(move || {
+            let take_whole = match (whole.peek(), decided.peek()) {
+                (Some((a, _)), Some((b, _))) => a < b,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return None,
+            };
+            if take_whole {
+                whole.next().map(|(_, r)| Kept::Whole(r))
+            } else {
+                decided.next().map(|(id, d)| Kept::Decided(*id, d))
+            }
+        })
     }
 
     /// One page of the requests that pass `filter`, oldest first: the page's ids follow the
-    /// cursor's, so a request filed meanwhile comes at the end.
-    pub fn requests_page(
-        &self,
-        filter: &RequestFilter,
-        page: &PageOf<Uuid>,
-    ) -> Page<Uuid, TopicRequest> {
+    /// cursor's, so a request filed meanwhile comes at the end. A decided create request is
+    /// listed by id; its details are in the log (`RequestDetails`).
+    pub fn requests_page(&self, filter: &RequestFilter, page: &PageOf<Uuid>) -> Page<Uuid, Listed> {
         // Open requests are few beside the decided ones a long history leaves: a page of them
         // walks the open ids only.
-        let ids: Box<dyn Iterator<Item = &TopicRequest>> = match filter.status {
+        let ids: Box<dyn Iterator<Item = Kept<'_>>> = match filter.status {
             Some(s) if s.is_open() => Box::new(
                 self.open_ids
                     .range(page.range())
-                    .filter_map(|id| self.requests.get(id)),
+                    .filter_map(|id| self.requests.get(id))
+                    .map(Kept::Whole),
             ),
-            _ => Box::new(self.requests.range(page.range()).map(|(_, r)| r)),
+            _ => Box::new(self.kept_after(page)),
         };
         let rest = ids
-            .filter(|r| filter.status.is_none_or(|s| r.status == s))
-            .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
-            .filter(|r| filter.topic.as_ref().is_none_or(|t| &r.topic == t))
+            .filter(|r| filter.status.is_none_or(|s| r.status() == s))
+            .filter(|r| filter.kind.is_none_or(|k| r.kind() == k))
+            .filter(|r| filter.topic.as_ref().is_none_or(|t| r.topic() == t))
             .filter(|r| {
                 filter
                     .requested_by
                     .as_ref()
-                    .is_none_or(|p| &r.requested_by == p)
+                    .is_none_or(|p| r.requested_by() == p)
             });
-        Page::take(rest, page.limit, |r| r.id).map(TopicRequest::clone)
+        Page::take(rest, page.limit, Kept::id).map(|r| match r {
+            Kept::Whole(r) => Listed::Whole(r.clone()),
+            Kept::Decided(id, _) => Listed::InLog(id),
+        })
+    }
+}
+
+/// Why a topic whose create request was decided without a topic takes no records.
+fn closed_why(status: RequestStatus) -> &'static str {
+    match status {
+        RequestStatus::Pending => "its request was pending",
+        RequestStatus::Approved => "its request was approved",
+        RequestStatus::Rejected => "its request was rejected",
+        RequestStatus::Withdrawn => "its request was withdrawn",
+        RequestStatus::Completed => "its request was completed",
+        RequestStatus::Failed => "its request was failed",
     }
 }
 
@@ -706,7 +904,7 @@ pub struct GetRequest(pub Uuid);
 
 /// One page of the requests that pass the filter.
 #[derive(Message)]
-#[rtype(result = "Page<Uuid, TopicRequest>")]
+#[rtype(result = "Result<Page<Uuid, TopicRequest>>")]
 pub struct ListRequests(pub RequestFilter, pub PageOf<Uuid>);
 
 #[derive(Message)]
@@ -728,10 +926,12 @@ pub struct TopicsPage(pub PageOf<String>);
 #[rtype(result = "TopicRoute")]
 pub struct RouteOf(pub String);
 
-/// The route of every topic KafFlow has heard of.
+/// The route of every topic KafFlow has heard of that may still take records (a topic closed
+/// for good is answered by the governed view when asked), and of the topics named (those with
+/// records held, whatever their route).
 #[derive(Message)]
 #[rtype(result = "Vec<(String, TopicRoute)>")]
-pub struct AllRoutes;
+pub struct AllRoutes(pub Vec<String>);
 
 /// Checks a filing (`Command::FileCreate` or `Command::FileDeletion`) exactly as sending it
 /// would, against the same state, and answers with the request it would file. Nothing is
@@ -782,6 +982,14 @@ impl Journaled for Governance {
     fn apply(&mut self, event: &NewEvent) {
         Governance::apply(self, event);
     }
+
+    fn wants_fold(&self) -> bool {
+        self.history.wants_fold()
+    }
+
+    fn fold(&mut self) {
+        self.history.fold();
+    }
 }
 
 impl Journaling for Registry {
@@ -804,10 +1012,21 @@ impl Handler<Command> for Registry {
             Ok(event) => event,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let id = event.request_id.unwrap_or_default();
+        // The request as the event will leave it, built from the staged request it changes
+        // (or files): the committed state may keep only its reduced form.
+        let before = match self.journal.staged() {
+            Ok(staged) => staged
+                .filed(&event)
+                .or_else(|| event.request_id.and_then(|id| staged.whole(id)).cloned()),
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let Some(before) = before else {
+            return Box::pin(async { Err(Error::Internal("a command on no open request".into())) });
+        };
+        let reply_event = event.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        journal::persist(self, ctx, vec![event], move |committed, result| {
-            let _ = reply.send(result.and_then(|()| committed.request(id).cloned()));
+        journal::persist(self, ctx, vec![event], move |_, result| {
+            let _ = reply.send(result.map(|()| Governance::after(&before, &reply_event)));
         });
         Box::pin(async move { answer.await.unwrap_or(Err(Error::Unavailable)) })
     }
@@ -822,19 +1041,72 @@ impl Handler<ValidateOnly> for Registry {
     }
 }
 
+impl Registry {
+    /// Fills in the decided requests of `page` from the log: one read for the whole page, off
+    /// the registry's thread.
+    fn from_log(
+        &self,
+        page: Page<Uuid, Listed>,
+    ) -> ResponseFuture<Result<Page<Uuid, TopicRequest>>> {
+        let ids: Vec<Uuid> = page
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                Listed::InLog(id) => Some(*id),
+                Listed::Whole(_) => None,
+            })
+            .collect();
+        let read = (!ids.is_empty()).then(|| self.journal.store().send(RequestEvents(ids)));
+        Box::pin(async move {
+            let mut folded = match read {
+                Some(read) => Governance::fold(read.await.map_err(|_| Error::Unavailable)??),
+                None => BTreeMap::new(),
+            };
+            let mut items = Vec::with_capacity(page.items.len());
+            for item in page.items {
+                items.push(match item {
+                    Listed::Whole(r) => r,
+                    Listed::InLog(id) => folded.remove(&id).ok_or_else(|| {
+                        Error::Internal(format!("request {id} is decided but not in the log"))
+                    })?,
+                });
+            }
+            Ok(Page {
+                items,
+                next: page.next,
+            })
+        })
+    }
+}
+
 impl Handler<GetRequest> for Registry {
-    type Result = Result<TopicRequest>;
+    type Result = ResponseFuture<Result<TopicRequest>>;
 
     fn handle(&mut self, msg: GetRequest, _: &mut Context<Self>) -> Self::Result {
-        self.state().request(msg.0).cloned()
+        let item = match self.state().kept(msg.0) {
+            Ok(Kept::Whole(r)) => Listed::Whole(r.clone()),
+            Ok(Kept::Decided(id, _)) => Listed::InLog(id),
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let page = self.from_log(Page {
+            items: vec![item],
+            next: None,
+        });
+        Box::pin(async move {
+            page.await?
+                .items
+                .pop()
+                .ok_or_else(|| Error::NotFound(format!("request {}", msg.0)))
+        })
     }
 }
 
 impl Handler<ListRequests> for Registry {
-    type Result = MessageResult<ListRequests>;
+    type Result = ResponseFuture<Result<Page<Uuid, TopicRequest>>>;
 
     fn handle(&mut self, msg: ListRequests, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state().requests_page(&msg.0, &msg.1))
+        let page = self.state().requests_page(&msg.0, &msg.1);
+        self.from_log(page)
     }
 }
 
@@ -878,12 +1150,16 @@ impl Handler<RouteOf> for Registry {
 impl Handler<AllRoutes> for Registry {
     type Result = MessageResult<AllRoutes>;
 
-    fn handle(&mut self, _: AllRoutes, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AllRoutes, _: &mut Context<Self>) -> Self::Result {
         let state = self.state();
-        let routes = state
-            .latest
-            .keys()
-            .map(|topic| (topic.clone(), state.route_of(topic)))
+        // Live and pending topics are few: they are the topics map and the open requests.
+        let mut names: BTreeSet<&str> = state.topics.keys().map(String::as_str).collect();
+        names.extend(state.open.keys().map(String::as_str));
+        names.extend(msg.0.iter().map(String::as_str));
+        let routes = names
+            .into_iter()
+            .map(|topic| (topic.to_string(), state.route_of(topic)))
+            .filter(|(_, route)| *route != TopicRoute::Unknown)
             .collect();
         MessageResult(routes)
     }
@@ -893,7 +1169,7 @@ impl Handler<UnfinishedWork> for Registry {
     type Result = MessageResult<UnfinishedWork>;
 
     fn handle(&mut self, _: UnfinishedWork, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state().requests(&RequestFilter {
+        MessageResult(self.state().open_requests(&RequestFilter {
             status: Some(RequestStatus::Approved),
             ..Default::default()
         }))
@@ -926,11 +1202,23 @@ mod tests {
         }
     }
 
+    /// As the registry answers a command: the request as the event leaves it, built from the
+    /// request before it.
     fn run(state: &mut Governance, command: Command) -> Result<TopicRequest> {
         let event = state.event_for(&command)?;
-        let id = event.request_id.unwrap_or_default();
+        let before = state
+            .filed(&event)
+            .or_else(|| event.request_id.and_then(|id| state.whole(id)).cloned())
+            .expect("a request");
         state.apply(&event);
-        state.request(id).cloned()
+        Ok(Governance::after(&before, &event))
+    }
+
+    fn id_of(item: &Listed) -> Uuid {
+        match item {
+            Listed::Whole(r) => r.id,
+            Listed::InLog(id) => *id,
+        }
     }
 
     fn create(state: &mut Governance, topic: &str) -> Result<TopicRequest> {
@@ -984,7 +1272,7 @@ mod tests {
         let mut seen = Vec::new();
         loop {
             let got = s.requests_page(&pending, &page);
-            seen.extend(got.items.iter().map(|r| r.id));
+            seen.extend(got.items.iter().map(id_of));
             match got.next {
                 Some(next) => page.after = Some(next),
                 None => break,
@@ -1006,7 +1294,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            s.requests_page(&rejected, &PageOf::all()).items[0].id,
+            id_of(&s.requests_page(&rejected, &PageOf::all()).items[0]),
             ids[1]
         );
     }
@@ -1234,13 +1522,14 @@ mod actor_tests {
             "a commit that does not fit is storage_full"
         );
         assert!(
-            during.expect("alive").items.is_empty(),
+            during.expect("alive").expect("listed").items.is_empty(),
             "in-flight change seen"
         );
         assert!(registry
             .send(ListRequests(RequestFilter::default(), PageOf::all()))
             .await
             .expect("alive")
+            .expect("listed")
             .items
             .is_empty());
         assert_eq!(
@@ -1258,6 +1547,7 @@ mod actor_tests {
             .send(ListRequests(RequestFilter::default(), PageOf::all()))
             .await
             .expect("alive")
+            .expect("listed")
             .items;
         assert_eq!(listed, vec![again]);
         assert_eq!(crate::events::verify(dir.path()).expect("chain").seq, 1);

@@ -15,6 +15,6 @@ pub use event::{Access, Event, EventKind, NewEvent, TopicSpec, Visibility, EVENT
 pub(crate) use snapshot::{decode as snapshot_state, encode as snapshot_bytes};
 pub use snapshot::{SnapshotError, Snapshotted, SNAPSHOT_VERSION};
 pub use store::{
-    verify, AuditEntry, AuditPage, AuditQuery, AuditScope, ChainHead, Durability, Recovery, Store,
-    StoreError, Stream, Writer, WriterThread,
+    request_events, verify, AuditEntry, AuditPage, AuditQuery, AuditScope, ChainHead, Durability,
+    Recovery, Store, StoreError, Stream, Writer, WriterThread,
 };

@@ -314,7 +314,7 @@ async fn list_requests(app: App, auth: Option<String>, query: String) -> Result<
         topic: params.topic,
         requested_by: params.requested_by,
     };
-    let requests = app.registry.send(ListRequests(filter, page)).await?;
+    let requests = app.registry.send(ListRequests(filter, page)).await??;
     paging::page_body("requests", requests)
 }
 
