@@ -1,6 +1,7 @@
 //! Snapshots through the real binary: a restart from a snapshot answers as a full replay does,
 //! a snapshot that does not match the chain is ignored (and the log replayed), and a kill -9
-//! between snapshots loses nothing.
+//! between snapshots loses nothing. Decided requests, whose details the registry reads from the
+//! log, read the same after a restart from a snapshot and after a full replay.
 
 mod common;
 
@@ -216,4 +217,106 @@ fn kill_9_between_snapshots_loses_nothing() {
         assert_eq!(service.request(id)["status"], "pending", "{id}");
     }
     assert_eq!(answers(&service), before);
+}
+
+/// Decided requests of every kind the registry reduces (rejected, withdrawn, completed), with
+/// a config, reasons and notes; returns their ids and the replies their last command got.
+fn decide_some(service: &Service) -> Vec<(String, Value)> {
+    let mut decided = Vec::new();
+    for n in 0..5 {
+        let filed = service.create_request(
+            "bob",
+            json!({
+                "topic": unique_topic("decided-rejected"),
+                "partitions": 1 + n,
+                "config": {"retention.ms": format!("{}", 3_600_000 + n)},
+                "reason": format!("test {n}"),
+            }),
+        );
+        let id = filed["id"].as_str().expect("id").to_string();
+        let (status, reply) = service.post(
+            "carol",
+            &format!("/api/v1/topic-requests/{id}/reject"),
+            &json!({"reason": format!("not now ({n})")}),
+        );
+        assert_eq!(status, 200, "reject: {reply}");
+        decided.push((id, reply));
+    }
+    let id = service.request_topic("alice", &unique_topic("decided-withdrawn"), 2);
+    let (status, reply) = service.post(
+        "alice",
+        &format!("/api/v1/topic-requests/{id}/withdraw"),
+        &json!({}),
+    );
+    assert_eq!(status, 200, "withdraw: {reply}");
+    decided.push((id, reply));
+    let id = service.provision(&unique_topic("decided-completed"), 1);
+    let reply = service.request(&id);
+    assert_eq!(reply["status"], "completed", "{reply}");
+    decided.push((id, reply));
+    decided
+}
+
+/// Every rejected request, walked two at a time.
+fn rejected_pages(service: &Service) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/topic-requests?status=rejected&limit=2&after={a}"),
+            None => "/api/v1/topic-requests?status=rejected&limit=2".to_string(),
+        };
+        let (status, page) = service.get("carol", &path);
+        assert_eq!(status, 200, "{path}: {page}");
+        after = page["next"].as_str().map(str::to_string);
+        pages.push(page);
+        if after.is_none() {
+            return pages;
+        }
+    }
+}
+
+#[test]
+fn decided_requests_read_from_the_log_are_the_same_after_a_restart() {
+    let mut service = start(1_000_000);
+    let decided = decide_some(&service);
+    // Read back now (from the log: the registry keeps only what decisions need of them), they
+    // are what the command that decided them answered, field by field.
+    let before: Vec<Value> = decided
+        .iter()
+        .map(|(id, reply)| {
+            let read = service.request(id);
+            assert_eq!(&read, reply, "request {id} read back");
+            read
+        })
+        .collect();
+    let rejected = before.iter().filter(|r| r["status"] == "rejected").count();
+    assert_eq!(rejected, 5);
+    assert_eq!(before[0]["config"], json!({"retention.ms": "3600000"}));
+    assert_eq!(before[0]["decision_note"], "not now (0)");
+    assert!(before[0]["decided_at"].is_string(), "{}", before[0]);
+    let pages = rejected_pages(&service);
+    assert_eq!(pages.len(), 3, "five rejected requests, two a page");
+
+    let check = |service: &Service, from: &str| {
+        for ((id, _), was) in decided.iter().zip(&before) {
+            assert_eq!(&service.request(id), was, "{from}: request {id}");
+        }
+        assert_eq!(
+            rejected_pages(service),
+            pages,
+            "{from}: the pages of rejected requests"
+        );
+    };
+    assert!(service.terminate(Duration::from_secs(30)).is_some());
+    let seq = snapshot_seq(service.data_dir()).expect("a snapshot after a clean stop");
+    service.start_again();
+    assert_eq!(started_from(&service), seq, "started from the snapshot");
+    check(&service, "from the snapshot");
+
+    service.kill9();
+    std::fs::remove_file(service.data_dir().join(SNAPSHOT)).expect("remove snapshot");
+    service.start_again();
+    assert_eq!(started_from(&service), 0, "a full replay");
+    check(&service, "from the whole log");
 }
