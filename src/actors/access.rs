@@ -129,6 +129,14 @@ impl AccessBook {
         lost.into_iter().collect()
     }
 
+    /// Every topic with a grant on it.
+    pub(super) fn granted_topics(&self) -> std::collections::HashSet<&str> {
+        self.held
+            .keys()
+            .map(|(topic, _, _)| topic.as_str())
+            .collect()
+    }
+
     /// Every (user, access) granted on `topic`.
     pub(super) fn grants_on(&self, topic: &str) -> BTreeSet<(String, Access)> {
         // Keys sort by topic first; "" and `Produce` are the least user and access, so the

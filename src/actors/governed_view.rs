@@ -85,8 +85,8 @@ impl GovernedView {
     pub(super) fn of(state: &Governance) -> Self {
         let mut known = Known::default();
         let mut shown = HashMap::new();
-        for name in state.topic_names_shared() {
-            match state.closed_bare(name) {
+        for (name, closed) in state.topic_names_closed() {
+            match closed {
                 Some(why) => {
                     known.closed.insert(Arc::clone(name), why);
                 }

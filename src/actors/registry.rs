@@ -219,7 +219,7 @@ impl Kept<'_> {
 /// from the log (`RequestDetails`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listed {
-    Whole(TopicRequest),
+    Whole(Box<TopicRequest>),
     InLog(Uuid),
 }
 
@@ -728,9 +728,23 @@ impl Governance {
         self.history.shared_name(topic)
     }
 
-    /// The interned name of every topic KafFlow has had a request for.
-    pub(super) fn topic_names_shared(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.history.topics().map(|(name, _)| name)
+    /// Every topic name KafFlow has had a request for, interned, with why it is closed when
+    /// that is all there is to know of it (`closed_bare`, for all names in one pass).
+    pub(super) fn topic_names_closed(
+        &self,
+    ) -> impl Iterator<Item = (&Arc<str>, Option<&'static str>)> {
+        let granted = self.access.granted_topics();
+        self.history.topics().map(move |(name, latest)| {
+            let bare = !self.topics.contains_key(&**name)
+                && !self.open.contains_key(&**name)
+                && !granted.contains(&**name);
+            let why = bare
+                .then(|| self.history.get(&latest))
+                .flatten()
+                .filter(|d| d.kind == RequestKind::Create && !d.status.is_open())
+                .map(|d| closed_why(d.status));
+            (name, why)
+        })
     }
 
     /// Every topic, in name order.
@@ -746,16 +760,20 @@ impl Governance {
 
     /// The open requests that pass `filter`, oldest first (ids are UUID v7).
     pub fn open_requests(&self, filter: &RequestFilter) -> Vec<TopicRequest> {
-        let mut open = filter.clone();
-        open.status = None;
-        self.requests_page(&open, &PageOf::all())
-            .items
-            .into_iter()
-            .filter_map(|item| match item {
-                Listed::Whole(r) => Some(r),
-                Listed::InLog(_) => None,
+        // The open ids only: decided requests are never unfinished work.
+        self.open_ids
+            .iter()
+            .filter_map(|id| self.requests.get(id))
+            .filter(|r| filter.status.is_none_or(|s| r.status == s))
+            .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
+            .filter(|r| filter.topic.as_ref().is_none_or(|t| &r.topic == t))
+            .filter(|r| {
+                filter
+                    .requested_by
+                    .as_ref()
+                    .is_none_or(|p| &r.requested_by == p)
             })
-            .filter(|r| r.status.is_open() && filter.status.is_none_or(|s| r.status == s))
+            .cloned()
             .collect()
     }
 
@@ -808,7 +826,7 @@ impl Governance {
                     .is_none_or(|p| r.requested_by() == p)
             });
         Page::take(rest, page.limit, Kept::id).map(|r| match r {
-            Kept::Whole(r) => Listed::Whole(r.clone()),
+            Kept::Whole(r) => Listed::Whole(Box::new(r.clone())),
             Kept::Decided(id, _) => Listed::InLog(id),
         })
     }
@@ -1044,7 +1062,7 @@ impl Handler<ValidateOnly> for Registry {
 impl Registry {
     /// Fills in the decided requests of `page` from the log: one read for the whole page, off
     /// the registry's thread.
-    fn from_log(
+    fn fill_from_log(
         &self,
         page: Page<Uuid, Listed>,
     ) -> ResponseFuture<Result<Page<Uuid, TopicRequest>>> {
@@ -1065,7 +1083,7 @@ impl Registry {
             let mut items = Vec::with_capacity(page.items.len());
             for item in page.items {
                 items.push(match item {
-                    Listed::Whole(r) => r,
+                    Listed::Whole(r) => *r,
                     Listed::InLog(id) => folded.remove(&id).ok_or_else(|| {
                         Error::Internal(format!("request {id} is decided but not in the log"))
                     })?,
@@ -1084,11 +1102,11 @@ impl Handler<GetRequest> for Registry {
 
     fn handle(&mut self, msg: GetRequest, _: &mut Context<Self>) -> Self::Result {
         let item = match self.state().kept(msg.0) {
-            Ok(Kept::Whole(r)) => Listed::Whole(r.clone()),
+            Ok(Kept::Whole(r)) => Listed::Whole(Box::new(r.clone())),
             Ok(Kept::Decided(id, _)) => Listed::InLog(id),
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let page = self.from_log(Page {
+        let page = self.fill_from_log(Page {
             items: vec![item],
             next: None,
         });
@@ -1106,7 +1124,7 @@ impl Handler<ListRequests> for Registry {
 
     fn handle(&mut self, msg: ListRequests, _: &mut Context<Self>) -> Self::Result {
         let page = self.state().requests_page(&msg.0, &msg.1);
-        self.from_log(page)
+        self.fill_from_log(page)
     }
 }
 
