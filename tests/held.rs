@@ -654,3 +654,40 @@ fn kafka_high_watermarks(topic: &str) -> Vec<i64> {
         })
         .collect()
 }
+
+/// At start the publisher is told the routes of live and pending topics only; a topic closed
+/// for good is looked up the first time records come for it, and refused as before.
+#[test]
+fn a_topic_closed_before_a_restart_is_still_closed_after_it() {
+    let mut svc = Service::start();
+    let topic = unique_topic("closed-restart");
+    let id = svc.request_topic("alice", &topic, 1);
+    let (status, reply) = svc.post(
+        "carol",
+        &format!("/api/v1/topic-requests/{id}/reject"),
+        &json!({"reason": "no"}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    svc.restart();
+    let closed = svc.produce("alice", &topic, "", &numbered_records(0..1, 1));
+    assert_error(
+        &closed,
+        409,
+        "topic_closed",
+        "produce to a rejected topic after a restart",
+    );
+    let closed = svc.produce("alice", &topic, "?request=true", &numbered_records(0..1, 1));
+    assert_error(
+        &closed,
+        409,
+        "topic_closed",
+        "asked again by producing, after a restart",
+    );
+    let unknown = svc.produce(
+        "alice",
+        &unique_topic("never-asked"),
+        "",
+        &numbered_records(0..1, 1),
+    );
+    assert_error(&unknown, 404, "unknown_topic", "a name never asked for");
+}
