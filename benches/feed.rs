@@ -9,6 +9,9 @@
 //! Knobs: `FEED_BENCH_RATE` (5000), `FEED_BENCH_SECS` (10), `FEED_BENCH_BACKLOG` (300000),
 //! `FEED_BENCH_SHAPES` (`10x100,100x100,500x1000`: users x feeds).
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -584,6 +587,34 @@ fn main() {
         println!(
             "| resident memory per open feed, {} feeds | {:.0} KiB | reported | - |",
             shape.clients, shape.kib_per_feed
+        );
+        let label = format!(
+            "{} feeds over {} users at {rate}/s",
+            shape.clients, shape.users
+        );
+        report::row(
+            "feed",
+            &format!("ack->frame p99, {label}"),
+            shape.p99_ms,
+            "ms",
+            None,
+            report::Target::AtMost(target),
+        );
+        report::row(
+            "feed",
+            &format!("feeds that got every record, {label}"),
+            shape.complete as f64,
+            "feeds",
+            None,
+            report::Target::AtLeast(shape.clients as f64),
+        );
+        report::row(
+            "feed",
+            &format!("resident memory per open feed, {label}"),
+            shape.kib_per_feed,
+            "KiB",
+            None,
+            report::Target::None,
         );
     }
 }
