@@ -212,6 +212,154 @@ fn every_governance_action_from_the_command_line() {
     assert_eq!(held, Value::Array(Vec::new()), "{held}");
 }
 
+/// The subcommands the walk above does not take: reading one request, withdrawing and
+/// rejecting (topic and access requests), and dead letters exported and discarded.
+#[test]
+fn withdrawals_rejections_and_dead_letters_from_the_command_line() {
+    let svc = Service::start();
+    let status_of = |who: &str, args: &[&str]| -> String {
+        json_of(&svc, who, args)["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // A topic request read back, then withdrawn by its requester.
+    let withdrawn = unique_topic("cli-withdrawn");
+    let request = json_of(
+        &svc,
+        "alice",
+        &["topics", "request", &withdrawn, "-o", "json"],
+    );
+    let id = id_of(&request);
+    assert_eq!(
+        status_of("carol", &["requests", "get", &id, "-o", "json"]),
+        "pending"
+    );
+    let (code, _, err) = kafflow(&svc, "bob", &["requests", "withdraw", &id]);
+    assert_eq!(code, Some(1), "only the requester withdraws: {err}");
+    let (code, _, err) = kafflow(&svc, "alice", &["requests", "withdraw", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        status_of("alice", &["requests", "get", &id, "-o", "json"]),
+        "withdrawn"
+    );
+
+    // A record held for a requested topic turns dead when carol rejects the request; carol
+    // exports the dead letter as NDJSON and discards it.
+    let rejected = unique_topic("cli-rejected");
+    let id = id_of(&json_of(
+        &svc,
+        "alice",
+        &["topics", "request", &rejected, "-o", "json"],
+    ));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, reply) = svc.produce("alice", &rejected, "", &json!([{"value": "late"}]));
+        if status == 202 && reply["held"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never held: {reply}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _, err) = kafflow(
+        &svc,
+        "carol",
+        &["requests", "reject", &id, "--reason", "use orders"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let decided = json_of(&svc, "alice", &["requests", "get", &id, "-o", "json"]);
+    assert_eq!(
+        (
+            decided["status"].as_str(),
+            decided["decision_note"].as_str()
+        ),
+        (Some("rejected"), Some("use orders")),
+        "{decided}"
+    );
+    let dead = |svc: &Service| {
+        json_of(
+            svc,
+            "carol",
+            &["held", "list", "--topic", &rejected, "--dead", "-o", "json"],
+        )
+        .as_array()
+        .map_or(0, Vec::len)
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while dead(&svc) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held record never turned dead"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, err) = kafflow(
+        &svc,
+        "carol",
+        &["held", "export", "--topic", &rejected, "--dead"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["value"], "late", "{out}");
+    assert_eq!(dead(&svc), 1, "an export leaves the records where they are");
+    let (code, _, err) = kafflow(&svc, "alice", &["held", "discard", "--topic", &rejected]);
+    assert_eq!(code, Some(1), "only an admin discards: {err}");
+    let (code, _, err) = kafflow(&svc, "carol", &["held", "discard", "--topic", &rejected]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(dead(&svc), 0, "discarded");
+
+    // Access requests: listed, read, withdrawn by erin, and one rejected by the owner.
+    let topic = unique_topic("cli-access");
+    svc.provision(&topic, 1);
+    let ask = |svc: &Service| {
+        id_of(&json_of(
+            svc,
+            "erin",
+            &[
+                "access", "request", "--topic", &topic, "--access", "consume", "-o", "json",
+            ],
+        ))
+    };
+    let first = ask(&svc);
+    let listed = json_of(
+        &svc,
+        "alice",
+        &["access", "list", "--topic", &topic, "-o", "json"],
+    );
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|r| r["id"] == first.as_str())),
+        "{listed}"
+    );
+    assert_eq!(
+        status_of("erin", &["access", "get", &first, "-o", "json"]),
+        "pending"
+    );
+    let (code, _, err) = kafflow(&svc, "erin", &["access", "withdraw", &first]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        status_of("erin", &["access", "get", &first, "-o", "json"]),
+        "withdrawn"
+    );
+    let second = ask(&svc);
+    let (code, _, err) = kafflow(
+        &svc,
+        "alice",
+        &["access", "reject", &second, "--reason", "not this quarter"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        status_of("erin", &["access", "get", &second, "-o", "json"]),
+        "rejected"
+    );
+}
+
 #[test]
 fn usage_errors_exit_2_and_completions_are_printed() {
     let (status, _, err) = run_kafflow(&["topics", "frobnicate"], WAIT);
