@@ -70,6 +70,7 @@ pub(crate) enum Fault {
 struct Queued {
     reply: Reply,
     api: &'static str,
+    correlation: i32,
     started: Instant,
     /// Close the connection once this answer is written (a failed SASL authentication).
     close_after: bool,
@@ -182,6 +183,8 @@ where
             Err(e) => break e.to_string(),
         };
         let api = request.api.map_or("unknown", api_name);
+        let correlation = request.header.correlation_id;
+        tracing::trace!(%peer, api, version = request.version(), correlation, "Gateway request.");
         let (reply, close_after) = match connection.handle(&mut auth, request).await {
             Ok(Step::Reply(reply)) => (reply, false),
             Ok(Step::ReplyAndClose(reply)) => (reply, true),
@@ -194,6 +197,7 @@ where
         let queued = Queued {
             reply,
             api,
+            correlation,
             started,
             close_after,
         };
@@ -231,6 +235,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 break;
             }
         };
+        tracing::trace!(
+            %peer,
+            api = queued.api,
+            correlation = queued.correlation,
+            bytes = payload.as_ref().map_or(0, Bytes::len),
+            "Gateway answer."
+        );
         if let Some(payload) = payload {
             METRICS.gateway_bytes_out.inc_by(payload.len() as u64 + 4);
             if write_frame(&mut writer, &payload).await.is_err() {
