@@ -754,6 +754,43 @@ impl Raw {
     }
 }
 
+/// SaslHandshake v0 (what clients before KIP-152 send, and what librdkafka 2.0 needs to see
+/// offered): the client's token follows bare, without a request header, and so does the
+/// answer. A wrong token closes the connection, as a broker does.
+#[test]
+fn sasl_handshake_v0_takes_a_bare_token() {
+    use kafka_protocol::messages::{ApiKey, MetadataRequest, SaslHandshakeRequest};
+    let service = Service::start_gateway();
+    let addr = service.gateway_addr().to_string();
+    let handshake = |raw: &mut Raw| {
+        let mut asked = SaslHandshakeRequest::default();
+        asked.mechanism = kafka_protocol::protocol::StrBytes::from_static_str("PLAIN");
+        raw.send(ApiKey::SaslHandshake, 0, &asked);
+        let answer = raw.answer().expect("handshake answer");
+        // Correlation id, then the error code.
+        assert_eq!(&answer[4..6], &[0, 0], "PLAIN accepted: {answer:?}");
+    };
+
+    let mut raw = Raw::connect(&addr);
+    handshake(&mut raw);
+    raw.send_payload(format!("\0alice\0{}", service.token("alice")).as_bytes());
+    assert_eq!(
+        raw.answer(),
+        Some(Vec::new()),
+        "an empty server token: signed in"
+    );
+    raw.send(ApiKey::Metadata, 12, &MetadataRequest::default());
+    let answer = raw.answer().expect("a Metadata answer once signed in");
+    assert_eq!(&answer[..4], &7i32.to_be_bytes(), "the request's correlation id");
+
+    let mut raw = Raw::connect(&addr);
+    handshake(&mut raw);
+    raw.send_payload(b"\0alice\0not-the-token");
+    assert_eq!(raw.answer(), None, "a wrong token closes the connection");
+    let failures = service.metric("kafflow_gateway_auth_failures_total");
+    assert!(failures >= 1.0, "the refusal is counted: {failures}");
+}
+
 #[test]
 fn hostile_frames_close_their_connection_and_nothing_else() {
     let service = Service::start_gateway();

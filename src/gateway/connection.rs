@@ -79,7 +79,12 @@ struct Queued {
 /// Who is on the other end, as SASL left it.
 enum Auth {
     Start,
+    /// A mechanism was chosen with SaslHandshake v1 or later: SaslAuthenticate requests follow.
     Mechanism(Mechanism),
+    /// A mechanism was chosen with SaslHandshake v0: the next frame is the client's bare SASL
+    /// token, without a Kafka request header (as Kafka before KIP-152), and the answer is the
+    /// bare server token.
+    Unframed(Mechanism),
     Done(Session),
 }
 
@@ -178,6 +183,31 @@ where
         };
         METRICS.gateway_bytes_in.inc_by(payload.len() as u64 + 4);
         let started = Instant::now();
+        if let Auth::Unframed(mechanism) = auth {
+            let (step, close_after) = match connection.sign_in(mechanism, &payload).await {
+                Ok(session) => {
+                    let credential = session.credential;
+                    auth = Auth::Done(session);
+                    revoked = shared.rules.revoked(credential);
+                    // PLAIN and OAUTHBEARER end with an empty server token.
+                    (Reply::Now(Bytes::new()), false)
+                }
+                // As a broker does after a v0 handshake: no error answer exists, the
+                // connection is closed.
+                Err(_) => (Reply::Nothing, true),
+            };
+            let queued = Queued {
+                reply: step,
+                api: "sasl_authenticate",
+                correlation: -1,
+                started,
+                close_after,
+            };
+            if queue.send(queued).await.is_err() || close_after {
+                break "closed".to_string();
+            }
+            continue;
+        }
         let request = match Request::parse(payload) {
             Ok(request) => request,
             Err(e) => break e.to_string(),
@@ -300,7 +330,11 @@ impl Connection {
                 ApiKey::SaslHandshake => {
                     let (reply, mechanism) = self.sasl_handshake(&request)?;
                     if let Some(mechanism) = mechanism {
-                        *auth = Auth::Mechanism(mechanism);
+                        *auth = if request.version() == 0 {
+                            Auth::Unframed(mechanism)
+                        } else {
+                            Auth::Mechanism(mechanism)
+                        };
                     }
                     Ok(Step::Reply(reply))
                 }
@@ -327,6 +361,8 @@ impl Connection {
                     api_name(api)
                 ))),
             },
+            // Read as a bare token by the loop, never parsed as a request.
+            Auth::Unframed(_) => Err(Fault::Refused("a request instead of a SASL token".into())),
             Auth::Done(session) => {
                 let principal = session.principal.clone();
                 self.dispatch(api, &principal, request)
@@ -435,10 +471,26 @@ impl Connection {
         mechanism: Mechanism,
     ) -> Result<Result<(Bytes, Session), Bytes>, Fault> {
         let asked: SaslAuthenticateRequest = request.decode("SaslAuthenticate")?;
+        let mut body = SaslAuthenticateResponse::default();
+        match self.sign_in(mechanism, &asked.auth_bytes).await {
+            Ok(session) => Ok(Ok((request.respond(&body)?, session))),
+            Err(why) => {
+                body.error_code = SASL_AUTHENTICATION_FAILED;
+                body.error_message = Some(StrBytes::from_string(format!(
+                    "Authentication failed: {why}"
+                )));
+                Ok(Err(request.respond(&body)?))
+            }
+        }
+    }
+
+    /// Checks a client's SASL token, whether it came in a SaslAuthenticate request or bare
+    /// after a v0 handshake: the session, or why not (counted and logged here).
+    async fn sign_in(&self, mechanism: Mechanism, token: &[u8]) -> Result<Session, String> {
         let failures = self.shared.rules.identity.failures();
         let outcome = match failures.admit(self.peer.ip(), Door::Kafka) {
             Err(e) => Err(e.to_string()),
-            Ok(()) => match credentials(mechanism, &asked.auth_bytes) {
+            Ok(()) => match credentials(mechanism, token) {
                 Err(why) => Err(why),
                 Ok((user, token)) => match self.shared.rules.identity.sign_in(&token).await {
                     Ok(signed) if user.as_deref().is_none_or(|u| u == signed.principal.name) => {
@@ -469,22 +521,16 @@ impl Connection {
                 },
             },
         };
-        let mut body = SaslAuthenticateResponse::default();
-        match outcome {
+        match &outcome {
             Ok(session) => {
                 tracing::debug!(peer = %self.peer, principal = %session.principal.name, "Gateway client signed in.");
-                Ok(Ok((request.respond(&body)?, session)))
             }
             Err(why) => {
                 METRICS.gateway_auth_failures.inc();
                 tracing::info!(peer = %self.peer, %why, "Gateway SASL authentication failed.");
-                body.error_code = SASL_AUTHENTICATION_FAILED;
-                body.error_message = Some(StrBytes::from_string(format!(
-                    "Authentication failed: {why}"
-                )));
-                Ok(Err(request.respond(&body)?))
             }
         }
+        outcome
     }
 
     /// The versions offered, asked of the brokers once.

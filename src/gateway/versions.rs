@@ -95,10 +95,6 @@ impl Versions {
                     None => continue,
                 }
             }
-            // SaslHandshake v0 is followed by raw SASL tokens without Kafka framing: not offered.
-            if api == ApiKey::SaslHandshake {
-                range.min = range.min.max(1);
-            }
             if !range.is_empty() {
                 ranges.insert(api as i16, range);
             }
@@ -196,7 +192,10 @@ mod tests {
         assert_eq!((produce.min, produce.max), (3, 7), "the broker's max wins");
         let fetch = versions.range(ApiKey::Fetch).expect("fetch offered");
         assert_eq!(fetch.max, 12, "the gateway's cap wins");
-        assert!(versions.range(ApiKey::SaslHandshake).is_some());
+        let handshake = versions.range(ApiKey::SaslHandshake).expect("handshake offered");
+        // librdkafka (2.0 among others) signs in with PLAIN only if v0 is in the range, as
+        // every broker offers it, though it then sends v1.
+        assert_eq!((handshake.min, handshake.max), (0, 1));
         assert!(versions.range(ApiKey::CreateTopics).is_some());
         assert!(
             versions.range(ApiKey::JoinGroup).is_none(),
