@@ -37,7 +37,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -119,24 +119,121 @@ impl FeedClose {
     }
 }
 
-/// One text frame for a feed. Record frames carry the consumer's sequence number `n`, which
-/// the feed reports back once written; notices (`subscriptions`, `topic_deleted`) do not.
-#[derive(Debug, Clone)]
+/// Most records in one `records` frame (`frames=batch`).
+pub const MAX_BATCH_RECORDS: usize = 512;
+/// Most bytes of record JSON in one `records` frame; a single larger record goes alone.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// How a feed carries records: the format is chosen per feed when it opens (`frames=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeedFormat {
+    /// One text frame per record (the original format).
+    #[default]
+    Record,
+    /// One `{"type":"records","records":[...]}` frame per batch of records.
+    Batch,
+}
+
+/// Records handed on together, and their `records` frame, rendered once by the first feed
+/// that writes it (on the facade runtime, not the actors' thread) and shared by every other
+/// feed, and with a shared reader's batch by every user, that writes the same batch.
+pub(crate) struct RecordBatch {
+    records: Vec<Arc<Fetched>>,
+    text: OnceLock<Arc<str>>,
+}
+
+impl RecordBatch {
+    pub(crate) fn new(records: Vec<Arc<Fetched>>) -> RecordBatch {
+        RecordBatch {
+            records,
+            text: OnceLock::new(),
+        }
+    }
+
+    fn text(&self) -> &str {
+        self.text.get_or_init(|| {
+            let size: usize = self.records.iter().map(|r| r.frame.len() + 1).sum();
+            let mut out = String::with_capacity(32 + size);
+            out.push_str("{\"type\":\"records\",\"records\":[");
+            for (i, record) in self.records.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&record.frame);
+            }
+            out.push_str("]}");
+            out.into()
+        })
+    }
+}
+
+/// How many of `records` (at least one, if any) fit in one `records` frame.
+pub(crate) fn batch_len<'a>(records: impl Iterator<Item = &'a Fetched>, most: usize) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for record in records.take(most.min(MAX_BATCH_RECORDS)) {
+        bytes += record.frame.len() + 1;
+        if n > 0 && bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Cuts fetched records into batches that each fit one `records` frame.
+pub(crate) fn into_batches(records: Vec<Arc<Fetched>>) -> Vec<Arc<RecordBatch>> {
+    let mut batches = Vec::new();
+    let mut rest = records.as_slice();
+    while !rest.is_empty() {
+        let n = batch_len(rest.iter().map(|r| &**r), rest.len());
+        batches.push(Arc::new(RecordBatch::new(rest[..n].to_vec())));
+        rest = &rest[n..];
+    }
+    batches
+}
+
+#[derive(Clone)]
+enum FrameBody {
+    Text(Arc<str>),
+    Batch(Arc<RecordBatch>),
+}
+
+/// One text frame for a feed. Frames that carry records carry the consumer's sequence number
+/// `n` of their last record, which the feed reports back once written; notices
+/// (`subscriptions`, `topic_deleted`) do not.
+#[derive(Clone)]
 pub struct Frame {
     n: Option<u64>,
-    text: Arc<str>,
+    /// How many records the frame carries.
+    records: usize,
+    body: FrameBody,
 }
 
 impl Frame {
+    /// The frame's JSON text; a batch's is rendered on the first call.
     pub fn text(&self) -> &str {
-        &self.text
+        match &self.body {
+            FrameBody::Text(text) => text,
+            FrameBody::Batch(batch) => batch.text(),
+        }
     }
 
     fn notice(value: serde_json::Value) -> Frame {
         Frame {
             n: None,
-            text: value.to_string().into(),
+            records: 0,
+            body: FrameBody::Text(value.to_string().into()),
         }
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("n", &self.n)
+            .field("records", &self.records)
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,7 +276,7 @@ impl FeedHandle {
 
     /// Tells the consumer that `frames` are written to the socket.
     pub fn written(&self, frames: &[Frame]) {
-        let records = frames.iter().filter(|f| f.n.is_some()).count();
+        let records = frames.iter().map(|f| f.records).sum::<usize>();
         METRICS.delivered.inc_by(records as u64);
         self.consumer.do_send(Written {
             feed: self.id,
@@ -200,6 +297,7 @@ impl Drop for FeedHandle {
 #[rtype(result = "FeedHandle")]
 pub struct Attach {
     pub from: FeedStart,
+    pub format: FeedFormat,
 }
 
 /// The user's subscribed topics changed: this is the whole new set.
@@ -300,6 +398,13 @@ enum KafkaOp {
     Commit(Vec<(String, i32, i64)>),
 }
 
+/// A record waiting for room in every feed, with the shared reader's batch it came in (and
+/// its place there), so that a whole batch goes out with the frame every user shares.
+struct Waiting {
+    record: Arc<Fetched>,
+    batch: Option<(Arc<RecordBatch>, usize)>,
+}
+
 /// A record handed to the feeds and not yet written by all of them.
 struct InFlight {
     n: u64,
@@ -334,9 +439,10 @@ impl Position {
 }
 
 struct FeedSlot {
+    format: FeedFormat,
     tx: mpsc::UnboundedSender<Frame>,
     close: Option<oneshot::Sender<FeedClose>>,
-    /// Record frames sent and not yet reported written.
+    /// Records sent (alone or in batches) and not yet reported written.
     queued: usize,
     /// Every record up to this sequence number is written (or was never meant for this feed).
     acked: u64,
@@ -371,7 +477,7 @@ pub struct Consumer {
     /// Sequence number of the last record handed to the feeds.
     last_n: u64,
     /// Fetched records waiting for room in every feed.
-    pending: VecDeque<Arc<Fetched>>,
+    pending: VecDeque<Waiting>,
     /// Since when at least `PULL_BELOW` records have been waiting.
     backlog_since: Option<Instant>,
     in_flight: VecDeque<InFlight>,
@@ -608,7 +714,7 @@ impl Consumer {
     }
 
     /// Takes one record from either source if it is the next one of its partition.
-    fn accept(&mut self, record: Arc<Fetched>) {
+    fn accept(&mut self, record: Arc<Fetched>, batch: Option<(&Arc<RecordBatch>, usize)>) {
         let Some(position) = self.positions.get_mut(&*record.topic) else {
             return;
         };
@@ -622,7 +728,10 @@ impl Consumer {
             return;
         }
         *next = record.offset + 1;
-        self.pending.push_back(record);
+        self.pending.push_back(Waiting {
+            record,
+            batch: batch.map(|(b, i)| (b.clone(), i)),
+        });
     }
 
     /// The feeds are too slow for the shared readers: leave them, drop the waiting records of
@@ -645,7 +754,7 @@ impl Consumer {
             return;
         }
         let mut first: HashMap<(Arc<str>, i32), i64> = HashMap::new();
-        self.pending.retain(|r| {
+        self.pending.retain(|Waiting { record: r, .. }| {
             if !shared.iter().any(|t| **t == *r.topic) {
                 return true;
             }
@@ -718,7 +827,7 @@ impl Consumer {
             }
         }
         self.pending
-            .retain(|r| !topics.iter().any(|t| **t == *r.topic));
+            .retain(|w| !topics.iter().any(|t| **t == *w.record.topic));
         self.stop_catch_up(topics);
     }
 
@@ -729,7 +838,7 @@ impl Consumer {
             .in_flight
             .iter()
             .map(|r| &r.record)
-            .chain(self.pending.iter());
+            .chain(self.pending.iter().map(|w| &w.record));
         for record in undelivered {
             self.resume_at
                 .entry((record.topic.to_string(), record.partition))
@@ -752,32 +861,63 @@ impl Consumer {
         tracing::debug!(user = %self.user, "Last feed closed; partitions released.");
     }
 
-    /// Hands waiting records to every feed while all have room; lets the reader hand over more
-    /// once few wait.
+    /// Hands waiting records to every feed while all have room (counted in records, whatever
+    /// the frames); lets the reader hand over more once few wait.
     fn dispatch(&mut self) {
         let limit = self.settings.buffer_frames;
-        while !self.feeds.is_empty() && self.feeds.values().all(|f| f.queued < limit) {
-            let Some(record) = self.pending.pop_front() else {
+        while !self.pending.is_empty() {
+            let Some(room) = self
+                .feeds
+                .values()
+                .map(|f| limit.saturating_sub(f.queued))
+                .min()
+                .filter(|&room| room > 0)
+            else {
                 break;
             };
-            self.last_n += 1;
-            let frame = Frame {
-                n: Some(self.last_n),
-                text: record.frame.clone(),
+            let batched = self.feeds.values().any(|f| f.format == FeedFormat::Batch);
+            let (take, shared) = if batched {
+                self.next_batch(room)
+            } else {
+                (room.min(self.pending.len()), None)
             };
+            let first = self.last_n + 1;
+            self.last_n += take as u64;
+            let chunk: Vec<Arc<Fetched>> = self.pending.drain(..take).map(|w| w.record).collect();
+            let batch = batched.then(|| Frame {
+                n: Some(self.last_n),
+                records: take,
+                body: FrameBody::Batch(
+                    shared.unwrap_or_else(|| Arc::new(RecordBatch::new(chunk.clone()))),
+                ),
+            });
             let now = Instant::now();
             for slot in self.feeds.values_mut() {
                 if slot.queued == 0 {
                     slot.progress = now;
                 }
-                slot.queued += 1;
+                slot.queued += take;
                 // A closed receiver means the feed is going; its `Detach` is on the way.
-                let _ = slot.tx.send(frame.clone());
+                match (slot.format, &batch) {
+                    (FeedFormat::Batch, Some(frame)) => {
+                        let _ = slot.tx.send(frame.clone());
+                    }
+                    _ => {
+                        for (n, record) in (first..).zip(&chunk) {
+                            let _ = slot.tx.send(Frame {
+                                n: Some(n),
+                                records: 1,
+                                body: FrameBody::Text(record.frame.clone()),
+                            });
+                        }
+                    }
+                }
             }
-            self.in_flight.push_back(InFlight {
-                n: self.last_n,
-                record,
-            });
+            self.in_flight.extend(
+                (first..)
+                    .zip(chunk)
+                    .map(|(n, record)| InFlight { n, record }),
+            );
         }
         if self.pending.len() < PULL_BELOW {
             self.backlog_since = None;
@@ -785,6 +925,32 @@ impl Consumer {
         } else {
             self.backlog_since.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// How many waiting records the next `records` frame takes (at most `room`), and the
+    /// shared reader's batch when they are exactly one whole such batch, whose rendered frame
+    /// every user reading that batch then shares.
+    fn next_batch(&self, room: usize) -> (usize, Option<Arc<RecordBatch>>) {
+        if let Some(Waiting {
+            batch: Some((batch, 0)),
+            ..
+        }) = self.pending.front()
+        {
+            let len = batch.records.len();
+            // Records of one batch are accepted in order and together, so the first and the
+            // last in place mean every one between is too.
+            let whole = len <= room
+                && self.pending.get(len - 1).is_some_and(|w| {
+                    w.batch
+                        .as_ref()
+                        .is_some_and(|(b, i)| Arc::ptr_eq(b, batch) && *i == len - 1)
+                });
+            if whole {
+                return (len, Some(batch.clone()));
+            }
+        }
+        let take = batch_len(self.pending.iter().map(|w| &*w.record), room);
+        (take, None)
     }
 
     /// Lets the reader hand over records again, resuming the partitions if they were paused.
@@ -933,6 +1099,7 @@ impl Handler<Attach> for Consumer {
         self.feeds.insert(
             id,
             FeedSlot {
+                format: msg.format,
                 tx,
                 close: Some(close_tx),
                 queued: 0,
@@ -945,7 +1112,7 @@ impl Handler<Attach> for Consumer {
             let topics = self.topics.iter().cloned().collect();
             self.assign(topics, msg.from);
         }
-        tracing::debug!(user = %self.user, feed = id, feeds = self.feeds.len(), "Feed opened.");
+        tracing::debug!(user = %self.user, feed = id, format = ?msg.format, feeds = self.feeds.len(), "Feed opened.");
         MessageResult(FeedHandle {
             id,
             frames,
@@ -994,7 +1161,7 @@ impl Handler<FetchedBatch> for Consumer {
         };
         let fresh: Vec<Fetched> = msg.records.into_iter().filter(current).collect();
         for record in fresh {
-            self.accept(Arc::new(record));
+            self.accept(Arc::new(record), None);
         }
         self.dispatch();
         if self.pending.len() < PULL_BELOW {
@@ -1052,9 +1219,11 @@ impl Handler<FromReader> for Consumer {
                 position.window_from = from;
                 self.catch_up(&msg.topic);
             }
-            ReaderEvent::Records(records) => {
-                for record in records.iter() {
-                    self.accept(record.clone());
+            ReaderEvent::Records(batches) => {
+                for batch in batches.iter() {
+                    for (i, record) in batch.records.iter().enumerate() {
+                        self.accept(record.clone(), Some((batch, i)));
+                    }
                 }
                 self.dispatch();
                 if self.pending.len() >= FALL_BACK_AT {
@@ -1504,6 +1673,47 @@ mod tests {
         push_value(&mut out, Some(b"{\n  \"a\": [1,\n 2]\n}"));
         assert_eq!(out, r#"{"a":[1,2]}"#, "pretty JSON is made one line");
         assert_eq!(value_of(&[0xff, b'x']), serde_json::json!("\u{fffd}x"));
+    }
+
+    fn record(offset: i64, value: &str) -> Arc<Fetched> {
+        Arc::new(Fetched {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            frame: format!("{{\"offset\":{offset},\"value\":{value:?}}}").into(),
+        })
+    }
+
+    #[test]
+    fn a_batch_frame_holds_the_record_frames_in_order() {
+        let batch = RecordBatch::new(vec![record(1, "a"), record(2, "b")]);
+        let frame: serde_json::Value = serde_json::from_str(batch.text()).expect("JSON");
+        assert_eq!(
+            frame,
+            serde_json::json!({"type": "records", "records": [
+                {"offset": 1, "value": "a"}, {"offset": 2, "value": "b"}
+            ]})
+        );
+    }
+
+    #[test]
+    fn batches_are_bounded_in_records_and_bytes() {
+        let many: Vec<_> = (0..1200).map(|i| record(i, "x")).collect();
+        let sizes: Vec<usize> = into_batches(many).iter().map(|b| b.records.len()).collect();
+        assert_eq!(sizes, [MAX_BATCH_RECORDS, MAX_BATCH_RECORDS, 176]);
+        let big = "y".repeat(MAX_BATCH_BYTES / 3);
+        let large: Vec<_> = (0..7).map(|i| record(i, &big)).collect();
+        let sizes: Vec<usize> = into_batches(large)
+            .iter()
+            .map(|b| b.records.len())
+            .collect();
+        assert_eq!(sizes, [2, 2, 2, 1]);
+        let huge = vec![record(0, &"z".repeat(2 * MAX_BATCH_BYTES))];
+        assert_eq!(
+            into_batches(huge).len(),
+            1,
+            "a record larger than a batch goes alone"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use super::access::{LostConsumeGrants, MayConsume};
 use super::consumer::{
-    Attach, Consumer, FeedClosed, FeedHandle, FeedStart, SetTopics, Stop, TopicGone,
+    Attach, Consumer, FeedClosed, FeedFormat, FeedHandle, FeedStart, SetTopics, Stop, TopicGone,
 };
 use super::event_store::{Committed, EventStore, Follow};
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
@@ -257,6 +257,7 @@ pub struct ListSubscriptions {
 pub struct OpenFeed {
     pub principal: Principal,
     pub from: FeedStart,
+    pub format: FeedFormat,
 }
 
 /// A change of one user's set.
@@ -662,7 +663,10 @@ impl Handler<OpenFeed> for Subscriptions {
         // Counted before the consumer can report the feed closed.
         live.feeds += 1;
         live.idle_since = None;
-        let attach = live.addr.send(Attach { from: msg.from });
+        let attach = live.addr.send(Attach {
+            from: msg.from,
+            format: msg.format,
+        });
         let me = ctx.address();
         Box::pin(async move {
             match attach.await {

@@ -23,7 +23,7 @@ use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use super::consumer::{fetched, Fetched};
+use super::consumer::{fetched, into_batches, Fetched, RecordBatch};
 use crate::config::{FeedConfig, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
@@ -93,8 +93,9 @@ pub(crate) enum ReaderEvent {
     Joined,
     /// A position is before the window; these are the window's first offsets per partition.
     Behind(HashMap<i32, i64>),
-    /// Records, in offset order per partition.
-    Records(Arc<[Arc<Fetched>]>),
+    /// Records, in offset order per partition, cut into batches that each fit one `records`
+    /// frame; the same batches go to every member, so their rendered frames are shared.
+    Records(Arc<[Arc<RecordBatch>]>),
 }
 
 /// A message from the reader of `topic` to the consumer that joined as `member`.
@@ -239,7 +240,7 @@ impl TopicReader {
             msg.to.do_send(FromReader {
                 topic: self.topic.clone(),
                 member: msg.member,
-                event: ReaderEvent::Records(backlog.into()),
+                event: ReaderEvent::Records(into_batches(backlog).into()),
             });
         }
         self.members.insert(msg.member, msg.to);
@@ -370,7 +371,7 @@ impl Handler<Tail> for TopicReader {
         if fresh.is_empty() || self.members.is_empty() {
             return;
         }
-        let records: Arc<[Arc<Fetched>]> = fresh.into();
+        let records: Arc<[Arc<RecordBatch>]> = into_batches(fresh).into();
         for (member, to) in &self.members {
             to.do_send(FromReader {
                 topic: self.topic.clone(),

@@ -18,7 +18,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{auth, body_up_to, json, paging, parse_body, parse_query, query, respond, App};
-use crate::actors::consumer::{FeedClose, FeedEvent, FeedHandle, FeedStart, Frame};
+use crate::actors::consumer::{FeedClose, FeedEvent, FeedFormat, FeedHandle, FeedStart, Frame};
 use crate::actors::subscriptions::{
     ListSubscriptions, MySubscriptions, OpenFeed, ReplaceSubscriptions, Subscribe, Unsubscribe,
 };
@@ -28,6 +28,9 @@ use crate::shutdown::Shutdown;
 
 /// Most frames written to the socket before one flush.
 const MAX_WRITE_BATCH: usize = 256;
+/// Bytes of frames after which the pump flushes even with fewer frames: batch frames are up
+/// to `MAX_BATCH_BYTES` each.
+const MAX_WRITE_BYTES: usize = 1024 * 1024;
 /// How long a close frame may take to go out before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The websocket close code for a server that is going away (RFC 6455).
@@ -132,7 +135,12 @@ struct MineParams {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct FeedParams {
+    /// Where to start: `committed` (default), `earliest` or `latest`.
     from: Option<String>,
+    /// How records are framed: `record` (default, one text frame per record) or `batch` (one
+    /// `{"type":"records","records":[...]}` frame per batch of at most 512 records and
+    /// 256 KiB of record JSON).
+    frames: Option<String>,
 }
 
 fn topics(topics: Vec<String>) -> Response {
@@ -259,8 +267,19 @@ fn parse_start(from: Option<&str>) -> Result<FeedStart> {
     }
 }
 
+fn parse_format(frames: Option<&str>) -> Result<FeedFormat> {
+    match frames {
+        None | Some("record") => Ok(FeedFormat::Record),
+        Some("batch") => Ok(FeedFormat::Batch),
+        Some(other) => Err(Error::InvalidQuery(format!(
+            "frames must be record or batch, not {other:?}"
+        ))),
+    }
+}
+
 /// The websocket feed of the caller's subscribed topics (`Upgrade: websocket`; the token may
-/// come as the subprotocol `bearer.<token>`). One JSON text frame per record or notice.
+/// come as the subprotocol `bearer.<token>`). One JSON text frame per record or notice, or with
+/// `frames=batch` one `records` frame per batch of records.
 #[utoipa::path(get, path = "/api/v1/me/feed", tag = "consumers",
     params(FeedParams),
     responses(
@@ -289,11 +308,16 @@ async fn open_feed(
     let principal = signed.principal;
     let params: FeedParams = parse_query(&query)?;
     let from = parse_start(params.from.as_deref())?;
+    let format = parse_format(params.frames.as_deref())?;
     let ws = ws.ok_or(Error::UpgradeRequired)?;
     let slot = feeds.claim(&principal.name)?;
     let feed = app
         .subscriptions
-        .send(OpenFeed { principal, from })
+        .send(OpenFeed {
+            principal,
+            from,
+            format,
+        })
         .await??;
     let ws = ws
         .max_message_size(MAX_CLIENT_MESSAGE)
@@ -346,10 +370,14 @@ async fn pump(
             event = feed.next() => match event {
                 FeedEvent::Closed(reason) => return close(sink, &reason).await,
                 FeedEvent::Frame(first) => {
+                    let mut bytes = first.text().len();
                     let mut batch = vec![first];
-                    while batch.len() < MAX_WRITE_BATCH {
+                    while batch.len() < MAX_WRITE_BATCH && bytes < MAX_WRITE_BYTES {
                         match feed.try_next() {
-                            Some(frame) => batch.push(frame),
+                            Some(frame) => {
+                                bytes += frame.text().len();
+                                batch.push(frame);
+                            }
                             None => break,
                         }
                     }
@@ -687,6 +715,17 @@ mod tests {
         assert_eq!(parse_start(Some("latest")).ok(), Some(FeedStart::Latest));
         assert!(matches!(
             parse_start(Some("yesterday")),
+            Err(Error::InvalidQuery(_))
+        ));
+    }
+
+    #[test]
+    fn frame_formats_are_named() {
+        assert_eq!(parse_format(None).ok(), Some(FeedFormat::Record));
+        assert_eq!(parse_format(Some("record")).ok(), Some(FeedFormat::Record));
+        assert_eq!(parse_format(Some("batch")).ok(), Some(FeedFormat::Batch));
+        assert!(matches!(
+            parse_format(Some("v2")),
             Err(Error::InvalidQuery(_))
         ));
     }
