@@ -491,7 +491,8 @@ fn default_reconcile_interval_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
-    /// Frames a feed may have waiting for its socket before the user's partitions pause.
+    /// Records a feed may have waiting for its socket before the user's partitions pause
+    /// (a `records` frame counts its records).
     #[serde(default = "default_buffer_frames")]
     pub buffer_frames: usize,
     /// A feed with frames waiting that writes nothing for this long is closed.

@@ -19,8 +19,12 @@
 //! not disturbed. Every record goes to every open feed of the user; its offset is committed only
 //! once each of those feeds has written its frame to the socket (at-least-once).
 //!
-//! Backpressure: each feed may hold `feeds.buffer_frames` frames not yet written. When a
-//! record cannot be handed to every feed, the actor keeps it. The shared reader never waits for
+//! Each feed has a frame format: one frame per record, or one `records` frame per batch
+//! (`frames=batch`), whose text is rendered once, off this thread, and shared by every feed
+//! (and, for a shared reader's batch, every user) that writes it. See `RecordBatch`.
+//!
+//! Backpressure: each feed may hold `feeds.buffer_frames` records not yet written, whatever
+//! the frames that carry them. When a record cannot be handed to every feed, the actor keeps it. The shared reader never waits for
 //! one user: when `FALL_BACK_AT` records wait, or `PULL_BELOW` have waited for `PAUSE_AFTER`,
 //! the user's shared topics leave it, their waiting records are dropped and the catch-up reader
 //! takes over at the first of them. The catch-up reader is held back as before: the actor stops
