@@ -141,15 +141,32 @@ pub enum FeedFormat {
 /// Records handed on together, and their `records` frame, rendered once by the first feed
 /// that writes it (on the facade runtime, not the actors' thread) and shared by every other
 /// feed, and with a shared reader's batch by every user, that writes the same batch.
+///
+/// A batch holds records of one topic. The consumer takes, queues and settles a batch as a
+/// whole (its `spans` say what it covers), so the actor's work per user is per batch, not per
+/// record: 500 users at 5,000 records/s are 2.5 million records a second on its one thread.
 pub(crate) struct RecordBatch {
+    topic: Arc<str>,
     records: Vec<Arc<Fetched>>,
+    /// Per partition in the batch: its first and last offset.
+    spans: Vec<(i32, i64, i64)>,
     text: OnceLock<Arc<str>>,
 }
 
 impl RecordBatch {
-    pub(crate) fn new(records: Vec<Arc<Fetched>>) -> RecordBatch {
+    /// `records` must be of one topic, in offset order per partition, and not empty.
+    fn new(topic: Arc<str>, records: Vec<Arc<Fetched>>) -> RecordBatch {
+        let mut spans: Vec<(i32, i64, i64)> = Vec::new();
+        for r in &records {
+            match spans.iter_mut().find(|(p, _, _)| *p == r.partition) {
+                Some(span) => span.2 = r.offset,
+                None => spans.push((r.partition, r.offset, r.offset)),
+            }
+        }
         RecordBatch {
+            topic,
             records,
+            spans,
             text: OnceLock::new(),
         }
     }
@@ -185,16 +202,113 @@ pub(crate) fn batch_len<'a>(records: impl Iterator<Item = &'a Fetched>, most: us
     n
 }
 
-/// Cuts fetched records into batches that each fit one `records` frame.
+/// Cuts fetched records into batches of one topic that each fit one `records` frame.
 pub(crate) fn into_batches(records: Vec<Arc<Fetched>>) -> Vec<Arc<RecordBatch>> {
     let mut batches = Vec::new();
     let mut rest = records.as_slice();
-    while !rest.is_empty() {
-        let n = batch_len(rest.iter().map(|r| &**r), rest.len());
-        batches.push(Arc::new(RecordBatch::new(rest[..n].to_vec())));
+    while let Some(first) = rest.first() {
+        let topic = first.topic.clone();
+        let same = rest.iter().take_while(|r| r.topic == topic).count();
+        let n = batch_len(rest[..same].iter().map(|r| &**r), same);
+        batches.push(Arc::new(RecordBatch::new(topic, rest[..n].to_vec())));
         rest = &rest[n..];
     }
     batches
+}
+
+/// Records of one batch from `from` on, waiting for room in every feed.
+struct Chunk {
+    batch: Arc<RecordBatch>,
+    from: usize,
+}
+
+/// Records `from..to` of a batch, handed to the feeds and not yet written by all of them;
+/// the last has the sequence number `last_n`.
+struct InFlight {
+    last_n: u64,
+    batch: Arc<RecordBatch>,
+    from: usize,
+    to: usize,
+}
+
+impl InFlight {
+    fn first_n(&self) -> u64 {
+        self.last_n + 1 - (self.to - self.from) as u64
+    }
+
+    fn records(&self) -> &[Arc<Fetched>] {
+        &self.batch.records[self.from..self.to]
+    }
+}
+
+/// Queues the records of `batch` (of `position`'s topic) that are the next ones of their
+/// partitions: the whole batch, shared, when it starts at or after every position (each source
+/// sends every record from the position it was given, in order, so a record below `next` was
+/// already handed on by the other source); otherwise the records that are.
+fn accept(position: &mut Position, pending: &mut Pending, batch: &Arc<RecordBatch>) {
+    let whole = batch
+        .spans
+        .iter()
+        .all(|(p, first, _)| position.next.get(p).is_none_or(|next| first >= next));
+    if whole {
+        for (p, _, last) in &batch.spans {
+            position.next.insert(*p, last + 1);
+        }
+        pending.push(batch.clone(), 0);
+        return;
+    }
+    let mut fresh = Vec::new();
+    for record in &batch.records {
+        let next = position
+            .next
+            .entry(record.partition)
+            .or_insert(record.offset);
+        if record.offset >= *next {
+            *next = record.offset + 1;
+            fresh.push(record.clone());
+        }
+    }
+    if !fresh.is_empty() {
+        let part = RecordBatch::new(batch.topic.clone(), fresh);
+        pending.push(Arc::new(part), 0);
+    }
+}
+
+/// The records waiting for the feeds, as chunks of batches, and how many there are.
+#[derive(Default)]
+struct Pending {
+    chunks: VecDeque<Chunk>,
+    records: usize,
+}
+
+impl Pending {
+    fn push(&mut self, batch: Arc<RecordBatch>, from: usize) {
+        self.records += batch.records.len() - from;
+        self.chunks.push_back(Chunk { batch, from });
+    }
+
+    fn len(&self) -> usize {
+        self.records
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.records = 0;
+    }
+
+    /// Keeps the chunks of the topics `keep` says yes to.
+    fn retain(&mut self, mut keep: impl FnMut(&Chunk) -> bool) {
+        self.chunks.retain(|c| keep(c));
+        self.records = self
+            .chunks
+            .iter()
+            .map(|c| c.batch.records.len() - c.from)
+            .sum();
+    }
+
+    fn records(&self) -> impl Iterator<Item = &Arc<Fetched>> {
+        self.chunks.iter().flat_map(|c| &c.batch.records[c.from..])
+    }
 }
 
 #[derive(Clone)]
@@ -402,19 +516,6 @@ enum KafkaOp {
     Commit(Vec<(String, i32, i64)>),
 }
 
-/// A record waiting for room in every feed, with the shared reader's batch it came in (and
-/// its place there), so that a whole batch goes out with the frame every user shares.
-struct Waiting {
-    record: Arc<Fetched>,
-    batch: Option<(Arc<RecordBatch>, usize)>,
-}
-
-/// A record handed to the feeds and not yet written by all of them.
-struct InFlight {
-    n: u64,
-    record: Arc<Fetched>,
-}
-
 /// The shared reader of a topic, once asked to let this consumer join.
 struct Membership {
     id: u64,
@@ -481,7 +582,7 @@ pub struct Consumer {
     /// Sequence number of the last record handed to the feeds.
     last_n: u64,
     /// Fetched records waiting for room in every feed.
-    pending: VecDeque<Waiting>,
+    pending: Pending,
     /// Since when at least `PULL_BELOW` records have been waiting.
     backlog_since: Option<Instant>,
     in_flight: VecDeque<InFlight>,
@@ -554,7 +655,7 @@ impl Consumer {
             feeds: HashMap::new(),
             next_feed: 0,
             last_n: 0,
-            pending: VecDeque::new(),
+            pending: Pending::default(),
             backlog_since: None,
             in_flight: VecDeque::new(),
             committed: HashMap::new(),
@@ -717,25 +818,12 @@ impl Consumer {
         }
     }
 
-    /// Takes one record from either source if it is the next one of its partition.
-    fn accept(&mut self, record: Arc<Fetched>, batch: Option<(&Arc<RecordBatch>, usize)>) {
-        let Some(position) = self.positions.get_mut(&*record.topic) else {
+    /// Takes the records of a batch from either source that are the next of their partitions.
+    fn accept(&mut self, batch: &Arc<RecordBatch>) {
+        let Some(position) = self.positions.get_mut(&*batch.topic) else {
             return;
         };
-        let next = position
-            .next
-            .entry(record.partition)
-            .or_insert(record.offset);
-        // Each source sends every record from the position it was given, in order, so a
-        // record below `next` was already handed on by the other source.
-        if record.offset < *next {
-            return;
-        }
-        *next = record.offset + 1;
-        self.pending.push_back(Waiting {
-            record,
-            batch: batch.map(|(b, i)| (b.clone(), i)),
-        });
+        accept(position, &mut self.pending, batch);
     }
 
     /// The feeds are too slow for the shared readers: leave them, drop the waiting records of
@@ -758,14 +846,16 @@ impl Consumer {
             return;
         }
         let mut first: HashMap<(Arc<str>, i32), i64> = HashMap::new();
-        self.pending.retain(|Waiting { record: r, .. }| {
-            if !shared.iter().any(|t| **t == *r.topic) {
+        self.pending.retain(|chunk| {
+            if !shared.iter().any(|t| **t == *chunk.batch.topic) {
                 return true;
             }
-            first
-                .entry((r.topic.clone(), r.partition))
-                .and_modify(|o| *o = (*o).min(r.offset))
-                .or_insert(r.offset);
+            for r in &chunk.batch.records[chunk.from..] {
+                first
+                    .entry((r.topic.clone(), r.partition))
+                    .and_modify(|o| *o = (*o).min(r.offset))
+                    .or_insert(r.offset);
+            }
             false
         });
         for ((topic, partition), offset) in first {
@@ -831,7 +921,7 @@ impl Consumer {
             }
         }
         self.pending
-            .retain(|w| !topics.iter().any(|t| **t == *w.record.topic));
+            .retain(|c| !topics.iter().any(|t| **t == *c.batch.topic));
         self.stop_catch_up(topics);
     }
 
@@ -841,8 +931,8 @@ impl Consumer {
         let undelivered = self
             .in_flight
             .iter()
-            .map(|r| &r.record)
-            .chain(self.pending.iter().map(|w| &w.record));
+            .flat_map(InFlight::records)
+            .chain(self.pending.records());
         for record in undelivered {
             self.resume_at
                 .entry((record.topic.to_string(), record.partition))
@@ -869,7 +959,7 @@ impl Consumer {
     /// the frames); lets the reader hand over more once few wait.
     fn dispatch(&mut self) {
         let limit = self.settings.buffer_frames;
-        while !self.pending.is_empty() {
+        while let Some(chunk) = self.pending.chunks.front_mut() {
             let Some(room) = self
                 .feeds
                 .values()
@@ -879,21 +969,31 @@ impl Consumer {
             else {
                 break;
             };
-            let batched = self.feeds.values().any(|f| f.format == FeedFormat::Batch);
-            let (take, shared) = if batched {
-                self.next_batch(room)
+            let batch = chunk.batch.clone();
+            let from = chunk.from;
+            let take = room.min(batch.records.len() - from);
+            let to = from + take;
+            if to == batch.records.len() {
+                self.pending.chunks.pop_front();
             } else {
-                (room.min(self.pending.len()), None)
-            };
+                chunk.from = to;
+            }
+            self.pending.records -= take;
             let first = self.last_n + 1;
             self.last_n += take as u64;
-            let chunk: Vec<Arc<Fetched>> = self.pending.drain(..take).map(|w| w.record).collect();
-            let batch = batched.then(|| Frame {
+            let batched = self.feeds.values().any(|f| f.format == FeedFormat::Batch);
+            // A whole batch is its own frame, shared with every user that takes it whole.
+            let frame = batched.then(|| Frame {
                 n: Some(self.last_n),
                 records: take,
-                body: FrameBody::Batch(
-                    shared.unwrap_or_else(|| Arc::new(RecordBatch::new(chunk.clone()))),
-                ),
+                body: FrameBody::Batch(if from == 0 && to == batch.records.len() {
+                    batch.clone()
+                } else {
+                    Arc::new(RecordBatch::new(
+                        batch.topic.clone(),
+                        batch.records[from..to].to_vec(),
+                    ))
+                }),
             });
             let now = Instant::now();
             for slot in self.feeds.values_mut() {
@@ -902,12 +1002,12 @@ impl Consumer {
                 }
                 slot.queued += take;
                 // A closed receiver means the feed is going; its `Detach` is on the way.
-                match (slot.format, &batch) {
+                match (slot.format, &frame) {
                     (FeedFormat::Batch, Some(frame)) => {
                         let _ = slot.tx.send(frame.clone());
                     }
                     _ => {
-                        for (n, record) in (first..).zip(&chunk) {
+                        for (n, record) in (first..).zip(&batch.records[from..to]) {
                             let _ = slot.tx.send(Frame {
                                 n: Some(n),
                                 records: 1,
@@ -917,11 +1017,12 @@ impl Consumer {
                     }
                 }
             }
-            self.in_flight.extend(
-                (first..)
-                    .zip(chunk)
-                    .map(|(n, record)| InFlight { n, record }),
-            );
+            self.in_flight.push_back(InFlight {
+                last_n: self.last_n,
+                batch,
+                from,
+                to,
+            });
         }
         if self.pending.len() < PULL_BELOW {
             self.backlog_since = None;
@@ -929,32 +1030,6 @@ impl Consumer {
         } else {
             self.backlog_since.get_or_insert_with(Instant::now);
         }
-    }
-
-    /// How many waiting records the next `records` frame takes (at most `room`), and the
-    /// shared reader's batch when they are exactly one whole such batch, whose rendered frame
-    /// every user reading that batch then shares.
-    fn next_batch(&self, room: usize) -> (usize, Option<Arc<RecordBatch>>) {
-        if let Some(Waiting {
-            batch: Some((batch, 0)),
-            ..
-        }) = self.pending.front()
-        {
-            let len = batch.records.len();
-            // Records of one batch are accepted in order and together, so the first and the
-            // last in place mean every one between is too.
-            let whole = len <= room
-                && self.pending.get(len - 1).is_some_and(|w| {
-                    w.batch
-                        .as_ref()
-                        .is_some_and(|(b, i)| Arc::ptr_eq(b, batch) && *i == len - 1)
-                });
-            if whole {
-                return (len, Some(batch.clone()));
-            }
-        }
-        let take = batch_len(self.pending.iter().map(|w| &*w.record), room);
-        (take, None)
     }
 
     /// Lets the reader hand over records again, resuming the partitions if they were paused.
@@ -987,17 +1062,45 @@ impl Consumer {
         let Some(done) = self.feeds.values().map(|f| f.acked).min() else {
             return;
         };
-        let mut next: HashMap<(Arc<str>, i32), i64> = HashMap::new();
-        while self.in_flight.front().is_some_and(|r| r.n <= done) {
-            let Some(InFlight { record: r, .. }) = self.in_flight.pop_front() else {
-                break;
+        // A few partitions at most: a list searched by pointer is cheaper than hashing each
+        // record's topic name.
+        let mut next: Vec<(Arc<str>, i32, i64)> = Vec::new();
+        let mut note = |topic: &Arc<str>, partition: i32, offset: i64| {
+            let same = |(t, p, _): &&mut (Arc<str>, i32, i64)| {
+                *p == partition && (Arc::ptr_eq(t, topic) || **t == **topic)
             };
-            let slot = next
-                .entry((r.topic.clone(), r.partition))
-                .or_insert(r.offset + 1);
-            *slot = (*slot).max(r.offset + 1);
+            match next.iter_mut().find(same) {
+                Some(slot) => slot.2 = slot.2.max(offset + 1),
+                None => next.push((topic.clone(), partition, offset + 1)),
+            }
+        };
+        while let Some(front) = self.in_flight.front_mut() {
+            let first = front.first_n();
+            if first > done {
+                break;
+            }
+            let upto = if front.last_n <= done {
+                front.to
+            } else {
+                front.from + (done + 1 - first) as usize
+            };
+            let batch = &front.batch;
+            if front.from == 0 && upto == batch.records.len() {
+                for (partition, _, last) in &batch.spans {
+                    note(&batch.topic, *partition, *last);
+                }
+            } else {
+                for r in &batch.records[front.from..upto] {
+                    note(&batch.topic, r.partition, r.offset);
+                }
+            }
+            if upto == front.to {
+                self.in_flight.pop_front();
+            } else {
+                front.from = upto;
+            }
         }
-        for ((topic, partition), offset) in next {
+        for (topic, partition, offset) in next {
             let key = (topic.to_string(), partition);
             self.committed.insert(key.clone(), offset);
             self.to_commit.insert(key, offset);
@@ -1163,9 +1266,14 @@ impl Handler<FetchedBatch> for Consumer {
                 .get(&*r.topic)
                 .is_some_and(|&since| msg.epoch >= since)
         };
-        let fresh: Vec<Fetched> = msg.records.into_iter().filter(current).collect();
-        for record in fresh {
-            self.accept(Arc::new(record), None);
+        let fresh: Vec<Arc<Fetched>> = msg
+            .records
+            .into_iter()
+            .filter(current)
+            .map(Arc::new)
+            .collect();
+        for batch in into_batches(fresh) {
+            self.accept(&batch);
         }
         self.dispatch();
         if self.pending.len() < PULL_BELOW {
@@ -1224,10 +1332,9 @@ impl Handler<FromReader> for Consumer {
                 self.catch_up(&msg.topic);
             }
             ReaderEvent::Records(batches) => {
+                // One topic per message: its position is looked up once, not per record.
                 for batch in batches.iter() {
-                    for (i, record) in batch.records.iter().enumerate() {
-                        self.accept(record.clone(), Some((batch, i)));
-                    }
+                    accept(position, &mut self.pending, batch);
                 }
                 self.dispatch();
                 if self.pending.len() >= FALL_BACK_AT {
@@ -1266,7 +1373,7 @@ impl Handler<TopicGone> for Consumer {
     fn handle(&mut self, msg: TopicGone, _: &mut Context<Self>) {
         let topic = msg.0;
         self.unassign(vec![topic.clone()]);
-        self.in_flight.retain(|r| *r.record.topic != *topic);
+        self.in_flight.retain(|r| *r.batch.topic != *topic);
         self.committed.retain(|(t, _), _| *t != topic);
         self.to_commit.retain(|(t, _), _| *t != topic);
         self.resume_at.retain(|(t, _), _| *t != topic);
@@ -1690,7 +1797,7 @@ mod tests {
 
     #[test]
     fn a_batch_frame_holds_the_record_frames_in_order() {
-        let batch = RecordBatch::new(vec![record(1, "a"), record(2, "b")]);
+        let batch = RecordBatch::new("t".into(), vec![record(1, "a"), record(2, "b")]);
         let frame: serde_json::Value = serde_json::from_str(batch.text()).expect("JSON");
         assert_eq!(
             frame,
