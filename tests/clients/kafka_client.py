@@ -30,6 +30,7 @@ import os
 import socket
 import struct
 import sys
+import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
@@ -52,6 +53,14 @@ LOGGED = Errors()
 logging.getLogger("kafka").addHandler(LOGGED)
 logging.getLogger("kafka").setLevel(logging.ERROR)
 logging.getLogger("kafka").propagate = False
+# With KAFFLOW_TEST_LOG_DIR set, kafka-python's whole debug log goes to <dir>/py-<pid>.log.
+if os.environ.get("KAFFLOW_TEST_LOG_DIR"):
+    KEPT = logging.FileHandler(
+        os.path.join(os.environ["KAFFLOW_TEST_LOG_DIR"], f"py-{os.getpid()}.log")
+    )
+    KEPT.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("kafka").addHandler(KEPT)
+    logging.getLogger("kafka").setLevel(logging.DEBUG)
 
 
 def security(args):
@@ -142,22 +151,25 @@ def produce(args):
 
 
 def consume(args):
-    # Short group timeouts: a member that stalls (seen once on a freshly formatted broker: no
-    # heartbeat after the second generation's assignment, evicted after the 45 s default) is
-    # evicted, notices and rejoins within the loop instead of sitting out the whole timeout.
     consumer = KafkaConsumer(
         group_id=args.group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        session_timeout_ms=10000,
-        heartbeat_interval_ms=1000,
         **security(args),
     )
+    # kafka-python 3.0 can leave a member half-joined for good: when the leader joins before it
+    # has the topic's metadata, it assigns nothing and re-joins once the metadata arrives; if
+    # that second join outlives the poll() that started it, the assignment it did makes
+    # need_rejoin() false, so no later poll() finishes the join: no assignment, no heartbeat,
+    # evicted after the session timeout (the broker and the gateway answered everything, in
+    # order). A metadata update after subscribe() (topics() always asks the cluster) gives the
+    # first join the topic's partitions, and a poll() of a second leaves a join room to finish.
     consumer.subscribe([args.topic])
+    consumer.topics()
     records = []
-    deadline_polls = int(args.timeout * 10)
-    for _ in range(deadline_polls):
-        batch = consumer.poll(timeout_ms=100)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=1000)
         for messages in batch.values():
             for m in messages:
                 records.append(
@@ -216,7 +228,7 @@ def main():
     c.add_argument("--topic", required=True)
     c.add_argument("--group", required=True)
     c.add_argument("--count", type=int, required=True)
-    c.add_argument("--timeout", type=float, default=90)
+    c.add_argument("--timeout", type=float, default=60)
     d = commands.add_parser("describe")
     d.add_argument("--topic", required=True)
     commands.add_parser("check-auth")

@@ -263,9 +263,23 @@ impl Service {
 
         let stderr = child.stderr.take().expect("stderr piped");
         let sink = Arc::clone(&self.stderr);
+        // With KAFFLOW_TEST_LOG_DIR set, every line also goes to <dir>/kafflow-<pid>.log, whole
+        // (the failure message shows only the tail); set RUST_LOG too, for the level.
+        let mut keep = std::env::var_os("KAFFLOW_TEST_LOG_DIR").map(|dir| {
+            let path = Path::new(&dir).join(format!("kafflow-{}.log", child.id()));
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        });
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(file) = keep.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{}", strip_ansi(&line));
+                }
                 let mut lines = sink.lock().expect("stderr lock");
                 if lines.len() == STDERR_KEEP {
                     lines.pop_front();
