@@ -781,7 +781,11 @@ fn sasl_handshake_v0_takes_a_bare_token() {
     );
     raw.send(ApiKey::Metadata, 12, &MetadataRequest::default());
     let answer = raw.answer().expect("a Metadata answer once signed in");
-    assert_eq!(&answer[..4], &7i32.to_be_bytes(), "the request's correlation id");
+    assert_eq!(
+        &answer[..4],
+        &7i32.to_be_bytes(),
+        "the request's correlation id"
+    );
 
     let mut raw = Raw::connect(&addr);
     handshake(&mut raw);

@@ -686,7 +686,10 @@ fn kcat_produces_and_consumes_and_sees_only_the_gateway() {
     // (ApiVersions, SASL handshake) with a client that knows less.
     let theirs = kcat_librdkafka();
     let bundled = rdkafka::util::get_rdkafka_version().1;
-    assert_ne!(theirs, bundled, "kcat runs with its own librdkafka, not the bundled one");
+    assert_ne!(
+        theirs, bundled,
+        "kcat runs with its own librdkafka, not the bundled one"
+    );
     let svc = Service::start_gateway();
     let gateway = svc.gateway_addr().to_string();
     let topic = unique_topic("gw-kcat");

@@ -192,7 +192,9 @@ mod tests {
         assert_eq!((produce.min, produce.max), (3, 7), "the broker's max wins");
         let fetch = versions.range(ApiKey::Fetch).expect("fetch offered");
         assert_eq!(fetch.max, 12, "the gateway's cap wins");
-        let handshake = versions.range(ApiKey::SaslHandshake).expect("handshake offered");
+        let handshake = versions
+            .range(ApiKey::SaslHandshake)
+            .expect("handshake offered");
         // librdkafka (2.0 among others) signs in with PLAIN only if v0 is in the range, as
         // every broker offers it, though it then sends v1.
         assert_eq!((handshake.min, handshake.max), (0, 1));
