@@ -571,8 +571,8 @@ mod tests {
         assert_eq!(
             (events::SNAPSHOT_VERSION, digest.as_str()),
             (
-                3,
-                "a13e00ea106ef28eae79b66256c4f893f14ccc0043cbac9b31259813551f6ce9"
+                4,
+                "c64beb98ca7a9d90baa59b668be3a91205e6ec0b429d7a7e9e2bed201387c957"
             ),
             "the snapshot layout changed: bump SNAPSHOT_VERSION and pin the new digest"
         );

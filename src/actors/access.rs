@@ -130,7 +130,7 @@ impl AccessBook {
     }
 
     /// Every topic with a grant on it.
-    pub(super) fn granted_topics(&self) -> std::collections::HashSet<&str> {
+    pub(super) fn granted_topics(&self) -> rustc_hash::FxHashSet<&str> {
         self.held
             .keys()
             .map(|(topic, _, _)| topic.as_str())

@@ -14,8 +14,10 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use rustc_hash::FxHashMap;
+
 use super::access::{consume_rule, produce_rule, TopicFacts};
-use super::registry::{Governance, Topic, TopicRoute};
+use super::registry::{closed_why, Governance, RequestStatus, Topic, TopicRoute};
 use crate::error::{Error, Result};
 use crate::identity::{Principal, Role};
 
@@ -59,10 +61,8 @@ struct Known {
     /// Topics that are live, asked for, or closed with something left to show (a topic in
     /// Kafka's past, a grant).
     topics: BTreeMap<String, TopicFacts>,
-    /// Topics whose create request was decided without a topic, and why they are closed
-    /// (`Governance::closed_bare`): all there is to know of them, kept as the registry's
-    /// interned name and a static reason. A long history is mostly these.
-    closed: HashMap<Arc<str>, &'static str>,
+    /// Topics whose create request was decided without a topic (`Governance::closed_bare`).
+    closed: ClosedNames,
 }
 
 impl Known {
@@ -70,9 +70,9 @@ impl Known {
         if let Some(facts) = self.topics.get(topic) {
             return Some(Cow::Borrowed(facts));
         }
-        let why = self.closed.get(topic)?;
+        let status = self.closed.get(topic)?;
         Some(Cow::Owned(TopicFacts {
-            route: TopicRoute::Closed((*why).to_string()),
+            route: TopicRoute::Closed(closed_why(status).to_string()),
             owner: None,
             shown: None,
             grants: Default::default(),
@@ -80,19 +80,129 @@ impl Known {
     }
 }
 
+/// The names closed for good, each with the status of the create request that closed it: all
+/// there is to know of them. A long history is mostly these, so they are kept as the registry's
+/// interned names in a `Vec` in name order (24 bytes a name, built at start in one pass and
+/// looked up by binary search), with the changes since in a small map that is merged in once
+/// it holds `MERGE_AT` names.
+#[derive(Debug, Default)]
+struct ClosedNames {
+    sorted: Vec<(Arc<str>, RequestStatus)>,
+    /// Since the last merge: closed (`Some`), or no longer closed (`None`).
+    changed: FxHashMap<Arc<str>, Option<RequestStatus>>,
+}
+
+/// A merge costs a pass over every closed name, under the view's write lock: rare enough that
+/// it is nothing per change, and the map it empties stays small.
+const MERGE_AT: usize = 4096;
+
+impl ClosedNames {
+    fn new(mut names: Vec<(Arc<str>, RequestStatus)>) -> Self {
+        // In name order when they come from a snapshot's history; in hash order after a replay.
+        if !names.windows(2).all(|w| w[0].0 < w[1].0) {
+            names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            names.dedup_by(|a, b| a.0 == b.0);
+        }
+        names.shrink_to_fit();
+        ClosedNames {
+            sorted: names,
+            changed: FxHashMap::default(),
+        }
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.sorted.binary_search_by(|(k, _)| (**k).cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<RequestStatus> {
+        match self.changed.get(name) {
+            Some(change) => *change,
+            None => self.find(name).ok().map(|i| self.sorted[i].1),
+        }
+    }
+
+    fn insert(&mut self, name: Arc<str>, status: RequestStatus) {
+        self.changed.insert(name, Some(status));
+        self.merge_if_due();
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(change) = self.changed.get_mut(name) {
+            *change = None;
+        } else if let Ok(i) = self.find(name) {
+            let name = Arc::clone(&self.sorted[i].0);
+            self.changed.insert(name, None);
+            self.merge_if_due();
+        }
+    }
+
+    fn merge_if_due(&mut self) {
+        if self.changed.len() < MERGE_AT {
+            return;
+        }
+        let mut added = Vec::new();
+        let mut gone = Vec::new();
+        for (name, change) in std::mem::take(&mut self.changed) {
+            match (self.find(&name), change) {
+                (Ok(i), Some(status)) => self.sorted[i].1 = status,
+                (Ok(i), None) => gone.push(i),
+                (Err(_), Some(status)) => added.push((name, status)),
+                (Err(_), None) => {}
+            }
+        }
+        if !gone.is_empty() {
+            gone.sort_unstable();
+            let mut gone = gone.into_iter().peekable();
+            let mut at = 0;
+            self.sorted.retain(|_| {
+                let keep = gone.next_if_eq(&at).is_none();
+                at += 1;
+                keep
+            });
+        }
+        if !added.is_empty() {
+            added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            // Two sorted runs: the stable sort merges them in one pass.
+            self.sorted.reserve_exact(added.len());
+            self.sorted.extend(added);
+            self.sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+    }
+
+    /// Every closed name with its status, in name order.
+    fn all(&self) -> BTreeMap<&str, RequestStatus> {
+        let mut all: BTreeMap<&str, RequestStatus> =
+            self.sorted.iter().map(|(k, s)| (&**k, *s)).collect();
+        for (name, change) in &self.changed {
+            match change {
+                Some(status) => all.insert(name, *status),
+                None => all.remove(&**name),
+            };
+        }
+        all
+    }
+}
+
+impl PartialEq for ClosedNames {
+    fn eq(&self, other: &Self) -> bool {
+        self.all() == other.all()
+    }
+}
+
+impl Eq for ClosedNames {}
+
 impl GovernedView {
     /// The view of a state replay rebuilt.
     pub(super) fn of(state: &Governance) -> Self {
-        let mut known = Known::default();
+        let mut topics = BTreeMap::new();
+        let mut closed = Vec::with_capacity(state.topic_name_count());
         let mut shown = HashMap::new();
-        for (name, closed) in state.topic_names_closed() {
-            match closed {
-                Some(why) => {
-                    known.closed.insert(Arc::clone(name), why);
-                }
+        for (name, status) in state.topic_names_closed() {
+            match status {
+                Some(status) => closed.push((Arc::clone(name), status)),
                 None => {
                     if let Some(facts) = state.facts(name) {
-                        known.topics.insert(name.to_string(), facts);
+                        topics.insert(name.to_string(), facts);
                     }
                     if let Ok(topic) = state.topic_or_pending(name) {
                         shown.insert(name.to_string(), topic);
@@ -100,6 +210,10 @@ impl GovernedView {
                 }
             }
         }
+        let known = Known {
+            topics,
+            closed: ClosedNames::new(closed),
+        };
         GovernedView {
             topics: Arc::new(RwLock::new(known)),
             shown: Arc::new(RwLock::new(shown)),
@@ -123,9 +237,9 @@ impl GovernedView {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match (bare, facts) {
-                (Some((name, why)), _) => {
+                (Some((name, status)), _) => {
                     known.topics.remove(topic);
-                    known.closed.insert(name, why);
+                    known.closed.insert(name, status);
                 }
                 (None, Some(facts)) => {
                     known.closed.remove(topic);
@@ -246,6 +360,46 @@ mod tests {
     use crate::error::Error;
     use crate::events::{Access, Durability, Store, TopicSpec, Visibility};
     use crate::shutdown::Fatal;
+
+    /// The closed names answer as a plain map does through closes, reopenings and merges,
+    /// whichever order they were built in.
+    #[test]
+    fn closed_names_merge_their_changes_and_answer_as_a_map() {
+        let name = |n: usize| -> Arc<str> { Arc::from(format!("t-{:06}", n * 7919 % 100_000)) };
+        let status = |n: usize| match n % 3 {
+            0 => RequestStatus::Rejected,
+            1 => RequestStatus::Withdrawn,
+            _ => RequestStatus::Failed,
+        };
+        // In hash order, as after a full replay.
+        let start: Vec<(Arc<str>, RequestStatus)> =
+            (0..3 * MERGE_AT).map(|n| (name(n), status(n))).collect();
+        let mut model: BTreeMap<String, RequestStatus> =
+            start.iter().map(|(k, s)| (k.to_string(), *s)).collect();
+        let mut closed = ClosedNames::new(start);
+        for n in 0..5 * MERGE_AT {
+            let k = name(n * 3 + 1);
+            if n % 4 == 0 {
+                closed.remove(&k);
+                model.remove(&*k);
+            } else {
+                closed.insert(Arc::clone(&k), status(n + 1));
+                model.insert(k.to_string(), status(n + 1));
+            }
+        }
+        assert!(closed.changed.len() < MERGE_AT, "merged along the way");
+        for n in 0..20 * MERGE_AT {
+            let k = name(n);
+            assert_eq!(closed.get(&k), model.get(&*k).copied(), "{k}");
+        }
+        let all: BTreeMap<String, RequestStatus> = closed
+            .all()
+            .into_iter()
+            .map(|(k, s)| (k.to_string(), s))
+            .collect();
+        assert_eq!(all, model);
+        assert!(closed.sorted.windows(2).all(|w| w[0].0 < w[1].0));
+    }
 
     fn who(name: &str, roles: &[Role]) -> Principal {
         Principal {

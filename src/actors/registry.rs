@@ -709,18 +709,12 @@ impl Governance {
     /// Why `topic` is closed, when that is all there is to know of it: its latest request is a
     /// decided create request that left no topic and no grant behind. Most names a long history
     /// leaves are these; the governed view and the start-up wiring keep them apart, compactly.
-    pub(super) fn closed_bare(&self, topic: &str) -> Option<&'static str> {
+    pub(super) fn closed_bare(&self, topic: &str) -> Option<RequestStatus> {
         if self.topics.contains_key(topic) || self.open.contains_key(topic) {
             return None;
         }
-        let decided = self.history.get(&self.history.latest(topic)?)?;
-        if decided.kind != RequestKind::Create || decided.status.is_open() {
-            return None;
-        }
-        self.access
-            .grants_on(topic)
-            .is_empty()
-            .then(|| closed_why(decided.status))
+        let status = self.history.latest_of(topic)?.decided?;
+        self.access.grants_on(topic).is_empty().then_some(status)
     }
 
     /// The interned `topic`, if KafFlow has had a request for it.
@@ -728,23 +722,25 @@ impl Governance {
         self.history.shared_name(topic)
     }
 
-    /// Every topic name KafFlow has had a request for, interned, with why it is closed when
-    /// that is all there is to know of it (`closed_bare`, for all names in one pass).
+    /// Every topic name KafFlow has had a request for, interned, with the status of its latest
+    /// request when the name is closed for good and that is all there is to know of it
+    /// (`closed_bare`, for all names in one pass). The names with a topic, an open request or
+    /// a grant are few; each of the others costs a look-up in a set of those.
     pub(super) fn topic_names_closed(
         &self,
-    ) -> impl Iterator<Item = (&Arc<str>, Option<&'static str>)> {
-        let granted = self.access.granted_topics();
+    ) -> impl Iterator<Item = (&Arc<str>, Option<RequestStatus>)> {
+        let mut kept = self.access.granted_topics();
+        kept.extend(self.topics.keys().map(String::as_str));
+        kept.extend(self.open.keys().map(String::as_str));
         self.history.topics().map(move |(name, latest)| {
-            let bare = !self.topics.contains_key(&**name)
-                && !self.open.contains_key(&**name)
-                && !granted.contains(&**name);
-            let why = bare
-                .then(|| self.history.get(&latest))
-                .flatten()
-                .filter(|d| d.kind == RequestKind::Create && !d.status.is_open())
-                .map(|d| closed_why(d.status));
+            let why = latest.decided.filter(|_| !kept.contains(&**name));
             (name, why)
         })
+    }
+
+    /// How many topic names KafFlow has had a request for (an upper bound).
+    pub(super) fn topic_name_count(&self) -> usize {
+        self.history.topic_count()
     }
 
     /// Every topic, in name order.
@@ -833,7 +829,7 @@ impl Governance {
 }
 
 /// Why a topic whose create request was decided without a topic takes no records.
-fn closed_why(status: RequestStatus) -> &'static str {
+pub(super) fn closed_why(status: RequestStatus) -> &'static str {
     match status {
         RequestStatus::Pending => "its request was pending",
         RequestStatus::Approved => "its request was approved",

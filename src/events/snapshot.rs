@@ -32,7 +32,7 @@ use super::store::ChainHead;
 /// The layout of the file and of every state type in it. postcard is not self-describing: a
 /// changed state type decodes as garbage or not at all, so any change to a type reachable from
 /// the snapshotted state must bump this (the `layout_is_pinned` test fails until it is).
-pub const SNAPSHOT_VERSION: u32 = 3;
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 const MAGIC: &[u8; 8] = b"KAFSNAP\0";
 const HEADER: usize = 8 + 4 + 8 + 32 + 8 + 32;
