@@ -302,7 +302,7 @@ impl Eq for History {}
 
 /// How a snapshot holds the history: every name once, and each decided request by the index
 /// of its names.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Wire<S> {
     /// Topic names, each with its latest request and that request's status once decided
     /// (`Latest`).
@@ -356,41 +356,72 @@ impl History {
     }
 }
 
+/// What a snapshot's history decodes from: `Wire`, with the names straight in the base's form.
+#[derive(Deserialize)]
+struct WireIn<'a> {
+    topics: InOrder,
+    #[serde(borrow)]
+    people: Vec<&'a str>,
+    decided: Vec<(Uuid, u32, u32, RequestKind, RequestStatus)>,
+}
+
+/// The topic names of a snapshot, decoded into the base's `Vec`: each name borrowed from the
+/// snapshot's bytes and interned from there (one allocation, no list of them first), and
+/// checked to be in strict name order, the base's order, rather than trusted.
+struct InOrder(Vec<(Arc<str>, Latest)>);
+
+impl<'de> Deserialize<'de> for InOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = InOrder;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("topic names in order, each with its latest request")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<InOrder, A::Error> {
+                // The length is the file's word, read before its checksum is known: what is
+                // reserved for it is capped, and the rest grows as the names come.
+                let mut names: Vec<(Arc<str>, Latest)> =
+                    Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some((name, id, decided)) =
+                    seq.next_element::<(&'de str, Uuid, Option<RequestStatus>)>()?
+                {
+                    if names.last().is_some_and(|(last, _)| **last >= *name) {
+                        return Err(serde::de::Error::custom("topic names out of order"));
+                    }
+                    names.push((Arc::from(name), Latest { id, decided }));
+                }
+                Ok(InOrder(names))
+            }
+        }
+        deserializer.deserialize_seq(Names)
+    }
+}
+
 impl<'de> Deserialize<'de> for History {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // The names are borrowed from the snapshot's bytes and interned straight from there:
-        // one allocation per name, none for a decoded `String` first.
-        let wire = Wire::<&'de str>::deserialize(deserializer)?;
-        let names: Vec<Arc<str>> = wire.topics.iter().map(|(k, _, _)| Arc::from(*k)).collect();
+        let wire = WireIn::deserialize(deserializer)?;
         let people: Vec<Arc<str>> = wire.people.iter().map(|k| Arc::from(*k)).collect();
-        // Written in name order, each name once: the base's order, checked rather than trusted.
-        if !wire.topics.windows(2).all(|w| w[0].0 < w[1].0) {
-            return Err(serde::de::Error::custom("topic names out of order"));
-        }
-        let latest = names
-            .iter()
-            .zip(&wire.topics)
-            .map(|(k, (_, id, decided))| {
-                let latest = Latest {
-                    id: *id,
-                    decided: *decided,
-                };
-                (Arc::clone(k), latest)
-            })
-            .collect();
         let mut layer = Base {
-            latest,
+            latest: wire.topics.0,
             people: people.iter().cloned().collect(),
             decided: BTreeMap::new(),
         };
         // Collected, not inserted one by one: from ids in order (as they are written) the map
-        // is built with full nodes, about half the memory of one grown by inserts.
-        layer.decided = wire
+        // is built with full nodes, about half the memory of one grown by inserts. A request's
+        // topic is its index in the names.
+        let names = &layer.latest;
+        let decided = wire
             .decided
             .into_iter()
             .map(
                 |(id, t, p, kind, status)| match (names.get(t as usize), people.get(p as usize)) {
-                    (Some(topic), Some(requested_by)) => Ok((
+                    (Some((topic, _)), Some(requested_by)) => Ok((
                         id,
                         Decided {
                             topic: Arc::clone(topic),
@@ -403,6 +434,7 @@ impl<'de> Deserialize<'de> for History {
                 },
             )
             .collect::<Result<_, D::Error>>()?;
+        layer.decided = decided;
         Ok(History {
             base: Arc::new(layer),
             top: Layer::default(),
