@@ -4,7 +4,8 @@
 //! to the last of 100,000 held records being acknowledged by Kafka.
 //!
 //! Each codec of `KAFFLOW_BENCH_COMPRESSION` (default `none,lz4`) is measured on both sides:
-//! KafFlow's publisher and the baseline get the same `compression.type`.
+//! KafFlow's publisher and the baseline get the same `[publisher] compression` (and
+//! `linger_ms` from `KAFFLOW_BENCH_LINGER_MS`, when set), through `kafka::publisher_config`.
 //!
 //! Runs the release binary against the local broker (`make kafka-up`). `KAFFLOW_BENCH_RECORDS`
 //! and `KAFFLOW_BENCH_HELD` shrink the runs for a quick look.
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafflow::config::KafkaConfig;
+use kafflow::config::{KafkaConfig, PublisherConfig};
 use kafflow::identity::token_sha256;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -58,18 +59,24 @@ impl Drop for Service {
     }
 }
 
-/// The producer properties of a codec, for KafFlow's publisher and the baseline alike.
-fn codec_properties(codec: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([("compression.type".to_string(), codec.to_string())])
+/// The `[publisher]` section of a codec (and `KAFFLOW_BENCH_LINGER_MS`, when set), for
+/// KafFlow's publisher and the baseline alike.
+fn publisher_section(codec: &str) -> String {
+    let mut section = format!("[publisher]\ncompression = \"{codec}\"\n");
+    if let Ok(linger) = std::env::var("KAFFLOW_BENCH_LINGER_MS") {
+        section.push_str(&format!("linger_ms = {linger}\n"));
+    }
+    section
 }
 
 fn start_service(codec: &str) -> Service {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n[kafka.properties]\n\"compression.type\" = \"{codec}\"\n[policy]\nmax_partitions = 12\n[spool]\nmax_records_per_topic = 2000000\n[watcher]\nreconcile_interval_ms = 3600000\n\
+        "[kafka]\nbootstrap_servers = \"{}\"\n{}[policy]\nmax_partitions = 12\n[spool]\nmax_records_per_topic = 2000000\n[watcher]\nreconcile_interval_ms = 3600000\n\
          [[principals]]\nname = \"producer\"\nroles = [\"producer\"]\ntoken_sha256 = \"{}\"\n\
          [[principals]]\nname = \"admin\"\nroles = [\"admin\"]\ntoken_sha256 = \"{}\"\n",
         bootstrap(),
+        publisher_section(codec),
         token_sha256(PRODUCER_TOKEN),
         token_sha256(ADMIN_TOKEN)
     );
@@ -293,11 +300,20 @@ impl ProducerContext for Counting {
 fn raw(topic: &str, records: u64, codec: &str) -> f64 {
     let kafka = KafkaConfig {
         bootstrap_servers: bootstrap(),
-        properties: codec_properties(codec),
+        properties: BTreeMap::new(),
+    };
+    #[derive(serde::Deserialize)]
+    struct Section {
+        publisher: PublisherConfig,
+    }
+    let section: Section = toml::from_str(&publisher_section(codec)).expect("publisher section");
+    let publisher = PublisherConfig {
+        delivery_timeout_ms: 30_000,
+        ..section.publisher
     };
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let producer: ThreadedProducer<Counting> = kafflow::kafka::producer_config(&kafka, 30_000)
+    let producer: ThreadedProducer<Counting> = kafflow::kafka::publisher_config(&kafka, &publisher)
         .create_with_context(Counting(acked.clone(), failed.clone()))
         .expect("producer");
     let started = Instant::now();
@@ -353,7 +369,7 @@ fn main() {
         .build()
         .expect("runtime");
     // `KAFFLOW_BENCH_COMPRESSION`: the codecs to compare, each on both sides (KafFlow's
-    // publisher and the baseline) through `compression.type`.
+    // publisher and the baseline) through `[publisher] compression`.
     let codecs = std::env::var("KAFFLOW_BENCH_COMPRESSION").unwrap_or_else(|_| "none,lz4".into());
     let mb = |rate: f64| rate * VALUE_BYTES as f64 / 1e6;
     println!("ingest benchmark: {records} records of {VALUE_BYTES} bytes, 3 partitions, acks=all, idempotent");

@@ -444,6 +444,12 @@ pub struct PublisherConfig {
     /// How long Kafka may take to acknowledge a record before it goes to the spool instead.
     #[serde(default = "default_delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
+    /// The codec of the record batches sent to Kafka (librdkafka's `compression.type`).
+    #[serde(default)]
+    pub compression: Compression,
+    /// How long the producer waits for more records before it sends a batch (`linger.ms`).
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
     /// The older name of `limits.max_record_bytes`, still read.
     #[serde(default)]
     pub max_record_bytes: Option<usize>,
@@ -453,10 +459,46 @@ impl Default for PublisherConfig {
     fn default() -> Self {
         PublisherConfig {
             delivery_timeout_ms: default_delivery_timeout_ms(),
+            compression: Compression::default(),
+            linger_ms: default_linger_ms(),
             max_record_bytes: None,
         }
     }
 }
+
+/// A codec Kafka's record batches may be compressed with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    /// Cheap to compress and to read back: 100-byte records of a stream sent as one batch
+    /// shrink a lot, and the broker has less to write.
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The value of librdkafka's `compression.type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+fn default_linger_ms() -> u64 {
+    5
+}
+
+/// librdkafka's ceiling for `linger.ms`.
+const MAX_LINGER_MS: u64 = 900_000;
 
 fn default_delivery_timeout_ms() -> u64 {
     10_000
@@ -728,6 +770,11 @@ impl Config {
                 "publisher.delivery_timeout_ms must be positive".into(),
             ));
         }
+        if file.publisher.linger_ms > MAX_LINGER_MS {
+            return Err(ConfigError::Invalid(format!(
+                "publisher.linger_ms must be at most {MAX_LINGER_MS}"
+            )));
+        }
         let mut limits = file.limits;
         limits.max_record_bytes = match (
             limits.max_record_bytes_given,
@@ -900,6 +947,8 @@ mod tests {
         ("spool", "max_records_per_topic"),
         ("spool", "max_bytes_total"),
         ("publisher", "delivery_timeout_ms"),
+        ("publisher", "compression"),
+        ("publisher", "linger_ms"),
         ("publisher", "max_record_bytes"),
         ("watcher", "reconcile_interval_ms"),
         ("feeds", "buffer_frames"),
@@ -949,6 +998,7 @@ mod tests {
             Just("\"(\"".to_string()),
             Just("\"127.0.0.1:0\"".to_string()),
             Just("\"normal\"".to_string()),
+            Just("\"zstd\"".to_string()),
         ]
     }
 
@@ -1093,9 +1143,25 @@ mod tests {
             "[server]\ncors_origins = [\"https://a.example/console\"]",
             "[server]\ncors_origins = [\"a.example\"]",
             "[server]\nworker_threads = 0",
+            "[publisher]\ncompression = \"brotli\"",
+            "[publisher]\nlinger_ms = 900001",
         ] {
             assert!(Config::parse(bad, Overrides::default()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_publisher_codec_and_linger() {
+        let default = Config::parse("", Overrides::default()).expect("valid");
+        assert_eq!(default.publisher.compression, Compression::Lz4);
+        assert_eq!(default.publisher.linger_ms, 5);
+        let set = Config::parse(
+            "[publisher]\ncompression = \"zstd\"\nlinger_ms = 20\n",
+            Overrides::default(),
+        )
+        .expect("valid");
+        assert_eq!(set.publisher.compression.name(), "zstd");
+        assert_eq!(set.publisher.linger_ms, 20);
     }
 
     #[test]

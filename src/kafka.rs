@@ -16,7 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::oneshot;
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, PublisherConfig};
 use crate::record::Record;
 
 /// The client config every KafFlow client starts from: the bootstrap servers and the
@@ -142,16 +142,21 @@ pub fn broker_reachable(probe: &ProbeClient, timeout: Duration) -> Result<(), St
     }
 }
 
-/// The settings of KafFlow's shared producer: idempotent, `acks=all`, never creating topics.
-/// The ingest benchmark's raw-rdkafka baseline uses the same.
-pub fn producer_config(kafka: &KafkaConfig, delivery_timeout_ms: u64) -> ClientConfig {
+/// The settings of KafFlow's shared producer: idempotent, `acks=all`, never creating topics,
+/// with the `[publisher]` codec and linger. The ingest benchmark's raw-rdkafka baseline uses
+/// the same.
+pub fn publisher_config(kafka: &KafkaConfig, publisher: &PublisherConfig) -> ClientConfig {
     let mut config = client_config(kafka);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("allow.auto.create.topics", "false")
-        .set("message.timeout.ms", delivery_timeout_ms.to_string())
-        .set("linger.ms", "5")
+        .set(
+            "message.timeout.ms",
+            publisher.delivery_timeout_ms.to_string(),
+        )
+        .set("compression.type", publisher.compression.name())
+        .set("linger.ms", publisher.linger_ms.to_string())
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576");
     // The user's properties win over ours.
@@ -159,6 +164,17 @@ pub fn producer_config(kafka: &KafkaConfig, delivery_timeout_ms: u64) -> ClientC
         config.set(key, value);
     }
     config
+}
+
+/// `publisher_config` with the default codec and linger and the given delivery timeout.
+pub fn producer_config(kafka: &KafkaConfig, delivery_timeout_ms: u64) -> ClientConfig {
+    publisher_config(
+        kafka,
+        &PublisherConfig {
+            delivery_timeout_ms,
+            ..PublisherConfig::default()
+        },
+    )
 }
 
 /// A record of a batch that Kafka did not acknowledge.

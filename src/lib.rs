@@ -271,10 +271,7 @@ pub async fn serve(
         .filter(|(_, c)| c.held > 0)
         .map(|(topic, _)| topic.clone())
         .collect();
-    let producer = BatchProducer::new(&kafka::producer_config(
-        &config.kafka,
-        config.publisher.delivery_timeout_ms,
-    ))?;
+    let producer = BatchProducer::new(&kafka::publisher_config(&config.kafka, &config.publisher))?;
     let publisher = Publisher::new(
         producer,
         spool,
@@ -349,7 +346,7 @@ pub async fn serve(
         publisher.clone(),
         approval.clone(),
         identity.clone(),
-        registry.clone(),
+        governed_view.clone(),
         config.limits.clone(),
         actors::listener::IngestSocket {
             tcp: ingest,

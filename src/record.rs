@@ -83,10 +83,7 @@ pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// strings need no mark (they do not parse as JSON), so most records carry no extra header. A
 /// producer's own `content-type` header wins.
 pub fn mark_text(record: &mut Record) {
-    let reads_as_json = record
-        .value
-        .as_deref()
-        .is_some_and(|v| serde_json::from_slice::<serde::de::IgnoredAny>(v).is_ok());
+    let reads_as_json = record.value.as_deref().is_some_and(reads_as_json);
     let declared = record
         .headers
         .iter()
@@ -97,6 +94,25 @@ pub fn mark_text(record: &mut Record) {
             Some(TEXT_PLAIN.as_bytes().to_vec()),
         ));
     }
+}
+
+/// Whether `value` is one JSON value. Runs for every text record, and most text is not JSON:
+/// what its first byte (or, after a digit, a byte no number has) rules out is not parsed, since
+/// a failed parse costs an allocated error.
+fn reads_as_json(value: &[u8]) -> bool {
+    // A superset of JSON's whitespace: the parse below has the last word.
+    let trimmed = value.trim_ascii();
+    let may_be = match trimmed.first() {
+        Some(b'{' | b'[' | b'"') => true,
+        Some(b't') => trimmed == b"true",
+        Some(b'f') => trimmed == b"false",
+        Some(b'n') => trimmed == b"null",
+        Some(b'-' | b'0'..=b'9') => trimmed
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')),
+        _ => false,
+    };
+    may_be && serde_json::from_slice::<serde::de::IgnoredAny>(value).is_ok()
 }
 
 /// Whether a record's headers declare its value text (a `content-type` of `text/...`; of a
@@ -296,6 +312,21 @@ mod tests {
         let record = own.into_record(limits(100)).expect("ok");
         assert_eq!(record.headers.len(), 1);
         assert_eq!(RecordOut::from(&record).value, serde_json::json!({"a": 1}));
+    }
+
+    proptest::proptest! {
+        /// The quick test says what the parser says: text made of JSON's own bytes, and any
+        /// bytes at all.
+        #[test]
+        fn the_quick_json_test_agrees_with_the_parser(
+            text in "[ \t\r\n\x0c]{0,2}[-+.eE0-9tfrunlsa\"{}\\[\\]:,x ]{0,12}[ \t\n]{0,2}",
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+        ) {
+            for value in [text.as_bytes(), &bytes[..]] {
+                let parsed = serde_json::from_slice::<serde::de::IgnoredAny>(value).is_ok();
+                proptest::prop_assert_eq!(reads_as_json(value), parsed, "{:?}", value);
+            }
+        }
     }
 
     #[test]

@@ -30,10 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
-use super::access::MayProduce;
 use super::approval::{Approval, RequestTopic};
+use super::governed_view::GovernedView;
 use super::publisher::{Publish, Publisher, Receipt};
-use super::registry::Registry;
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::identity::{Door, Identity, Principal, Refusal, Role, SignedIn};
@@ -53,13 +52,14 @@ const REPLY_QUEUE: usize = 4096;
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Records posted over HTTP for one topic.
+/// Records posted over HTTP for one topic, already checked (`checked_records`): the
+/// per-record work is done by the caller, off the actors' thread.
 #[derive(Message)]
 #[rtype(result = "Result<Accepted>")]
 pub struct IngestRecords {
     pub principal: Principal,
     pub topic: String,
-    pub records: Vec<RecordIn>,
+    pub records: Vec<Record>,
     /// File a create request (policy defaults) when the topic is unknown.
     pub request: bool,
 }
@@ -81,7 +81,8 @@ pub struct Listener {
     publisher: Addr<Publisher>,
     approval: Addr<Approval>,
     identity: Identity,
-    registry: Addr<Registry>,
+    /// Asked whether a producer may send to a topic, without a message to the registry.
+    topics: GovernedView,
     limits: Limits,
     tcp: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
@@ -95,7 +96,7 @@ impl Listener {
         publisher: Addr<Publisher>,
         approval: Addr<Approval>,
         identity: Identity,
-        registry: Addr<Registry>,
+        topics: GovernedView,
         limits: Limits,
         socket: IngestSocket,
         shutdown: Shutdown,
@@ -105,7 +106,7 @@ impl Listener {
             publisher,
             approval,
             identity,
-            registry,
+            topics,
             limits,
             tcp: Some(socket.tcp),
             tls: socket.tls,
@@ -125,7 +126,7 @@ impl Actor for Listener {
         let ingest = Ingest {
             publisher: self.publisher.clone(),
             identity: self.identity.clone(),
-            registry: self.registry.clone(),
+            topics: self.topics.clone(),
             record_limits: RecordLimits::from(&self.limits),
             connections: Arc::new(Connections::new(&self.limits)),
             tls: self.tls.clone(),
@@ -164,50 +165,65 @@ fn require_producer(principal: &Principal) -> Result<()> {
     principal.require_any(&[Role::Producer])
 }
 
+/// The records of an HTTP call as the publisher takes them, or why the call is refused: the
+/// role, the number of records, then each record (its topic, its size). CPU work per record:
+/// the HTTP facade runs it on its own threads before it sends `IngestRecords`.
+pub fn checked_records(
+    principal: &Principal,
+    topic: &str,
+    records: Vec<RecordIn>,
+    limits: &Limits,
+) -> Result<Vec<Record>> {
+    require_producer(principal)?;
+    if records.is_empty() {
+        return Err(Error::InvalidRecord("the call has no records".into()));
+    }
+    if records.len() > limits.max_records_per_call {
+        return Err(Error::TooLarge {
+            what: "records per call",
+            limit: limits.max_records_per_call as u64,
+        });
+    }
+    let record_limits = RecordLimits::from(limits);
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| {
+            if r.topic.as_ref().is_some_and(|t| t != topic) {
+                return Err(Error::BadRecord {
+                    index,
+                    reason: "its topic differs from the topic in the path".into(),
+                });
+            }
+            r.into_record(record_limits).map_err(|e| Error::BadRecord {
+                index,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Whether `principal` may send records to `topic` now: the answer of the registry's
+/// `MayProduce` (committed state, so a revocation that was answered is seen), read from the
+/// governed view without a message. A topic that takes no records (unknown, closed) passes:
+/// the publisher gives the reason, after `?request=true` has had its chance.
+fn may_produce(topics: &GovernedView, principal: &Principal, topic: &str) -> Result<()> {
+    match topics.may_produce(principal, topic) {
+        Ok(_) | Err(Error::UnknownTopic(_) | Error::TopicClosed { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Handler<IngestRecords> for Listener {
     type Result = ResponseFuture<Result<Accepted>>;
 
     fn handle(&mut self, msg: IngestRecords, _: &mut Context<Self>) -> Self::Result {
-        let limits = RecordLimits::from(&self.limits);
-        let max_records = self.limits.max_records_per_call;
-        let checked = require_producer(&msg.principal).and_then(|_| {
-            if msg.records.is_empty() {
-                return Err(Error::InvalidRecord("the call has no records".into()));
-            }
-            if msg.records.len() > max_records {
-                return Err(Error::TooLarge {
-                    what: "records per call",
-                    limit: max_records as u64,
-                });
-            }
-            msg.records
-                .into_iter()
-                .enumerate()
-                .map(|(index, r)| {
-                    if r.topic.as_ref().is_some_and(|t| t != &msg.topic) {
-                        return Err(Error::BadRecord {
-                            index,
-                            reason: "its topic differs from the topic in the path".into(),
-                        });
-                    }
-                    r.into_record(limits).map_err(|e| Error::BadRecord {
-                        index,
-                        reason: e.to_string(),
-                    })
-                })
-                .collect::<Result<Vec<Record>>>()
-        });
+        let allowed = may_produce(&self.topics, &msg.principal, &msg.topic);
         let publisher = self.publisher.clone();
         let approval = self.approval.clone();
-        let registry = self.registry.clone();
         Box::pin(async move {
-            let records = checked?;
-            registry
-                .send(MayProduce {
-                    principal: msg.principal.clone(),
-                    topic: msg.topic.clone(),
-                })
-                .await??;
+            allowed?;
+            let records = msg.records;
             let accepted = records.len() as u64;
             let publish = |records, requested| Publish {
                 producer: msg.principal.name.clone(),
@@ -250,7 +266,7 @@ struct Ingest {
     publisher: Addr<Publisher>,
     identity: Identity,
     /// Asked for every batch whether its producer may send to the topic.
-    registry: Addr<Registry>,
+    topics: GovernedView,
     record_limits: RecordLimits,
     connections: Arc<Connections>,
     tls: Option<TlsAcceptor>,
@@ -616,16 +632,17 @@ impl Ingest {
                         .await;
                 }
             }
-            // Hand on what we have when the batch is full or the socket has nothing more now.
-            if batch.len >= TCP_BATCH || (!batch.is_empty() && reader.buffer().is_empty()) {
-                let groups = self.hand_on(&principal, std::mem::take(&mut batch)).await;
+            // Hand on what we have when the batch is full or the socket has nothing more now:
+            // a busy connection gives the publisher whole batches, a quiet one every line at once.
+            if batch.len >= TCP_BATCH || (!batch.is_empty() && !more_now(&mut reader)) {
+                let groups = self.hand_on(&principal, std::mem::take(&mut batch));
                 if batch_tx.send(groups).await.is_err() {
                     break;
                 }
             }
         }
         if !batch.is_empty() {
-            let groups = self.hand_on(&principal, batch).await;
+            let groups = self.hand_on(&principal, batch);
             let _ = batch_tx.send(groups).await;
         }
         drop(batch_tx);
@@ -682,34 +699,35 @@ impl Ingest {
         Ok(())
     }
 
-    /// Sends the batch to the publisher, one message per topic, in order, once the registry
-    /// says the producer may send to the topic (asked per batch, so a revoked grant refuses
-    /// the lines read after it). Only the sends are awaited here, not durability.
-    async fn hand_on(&self, principal: &Principal, batch: Batch) -> Vec<Group> {
-        let mut groups = Vec::with_capacity(batch.by_topic.len());
-        for (topic, lines, records) in batch.by_topic {
-            let allowed = self
-                .registry
-                .send(MayProduce {
-                    principal: principal.clone(),
-                    topic: topic.clone(),
-                })
-                .await
-                .map_err(Error::from)
-                .and_then(|r| r);
-            let reply = match allowed {
-                Ok(()) => Handed::Sent(self.publisher.send(Publish {
-                    producer: principal.name.clone(),
-                    topic,
-                    records,
-                    requested: false,
-                })),
-                Err(e) => Handed::Refused(e),
-            };
-            groups.push(Group { lines, reply });
-        }
-        groups
+    /// Sends the batch to the publisher, one message per topic, in order, once the governed
+    /// view says the producer may send to the topic (asked per batch, so a revoked grant
+    /// refuses the lines read after it). Nothing is awaited here: the reader goes on parsing
+    /// while the publisher works, and `acknowledge` waits for durability.
+    fn hand_on(&self, principal: &Principal, batch: Batch) -> Vec<Group> {
+        batch
+            .by_topic
+            .into_iter()
+            .map(|(topic, lines, records)| {
+                let reply = match may_produce(&self.topics, principal, &topic) {
+                    Ok(()) => Handed::Sent(self.publisher.send(Publish {
+                        producer: principal.name.clone(),
+                        topic,
+                        records,
+                        requested: false,
+                    })),
+                    Err(e) => Handed::Refused(e),
+                };
+                Group { lines, reply }
+            })
+            .collect()
     }
+}
+
+/// Whether the connection has more input at once: buffered, or readable from the socket
+/// without waiting (looked at once, never awaited). An error is left to the next read.
+fn more_now(reader: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> bool {
+    use futures_util::FutureExt;
+    matches!(reader.fill_buf().now_or_never(), Some(Ok(buf)) if !buf.is_empty())
 }
 
 /// Reads and drops what the client sends, for at most `REFUSAL_LINGER` or until it closes.
@@ -740,8 +758,12 @@ fn max_line(limits: RecordLimits) -> usize {
     limits.max_bytes.saturating_mul(2).saturating_add(64 * 1024)
 }
 
-/// A record line as (topic, record); None for a blank line.
-pub(crate) fn parse_line(line: &[u8], limits: RecordLimits) -> Result<Option<(String, Record)>> {
+/// A record line as (topic, record); None for a blank line. The topic is borrowed from the
+/// line: a batch names each topic once, not once per record.
+pub(crate) fn parse_line(
+    line: &[u8],
+    limits: RecordLimits,
+) -> Result<Option<(std::borrow::Cow<'_, str>, Record)>> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -773,7 +795,7 @@ pub(crate) fn parse_line(line: &[u8], limits: RecordLimits) -> Result<Option<(St
     if text {
         crate::record::mark_text(&mut record);
     }
-    Ok(Some((topic.into_owned(), record)))
+    Ok(Some((topic, record)))
 }
 
 /// A TCP record line, parsed without copying what it need not.

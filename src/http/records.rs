@@ -8,7 +8,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{auth, body_up_to, json, parse_query, query, respond, App};
-use crate::actors::listener::IngestRecords;
+use crate::actors::listener::{checked_records, IngestRecords};
 use crate::actors::publisher::{DiscardHeld, ListHeld};
 use crate::actors::registry::GetTopic;
 use crate::actors::watcher::GetDrift;
@@ -124,6 +124,7 @@ async fn ingest(
         is_ndjson(content_type.as_deref()),
         app.limits.max_records_per_call,
     )?;
+    let records = checked_records(&principal, &topic, records, &app.limits)?;
     let accepted = app
         .listener
         .send(IngestRecords {
