@@ -354,6 +354,7 @@ pub async fn serve(
         },
         coordinator.shutdown(),
         coordinator.guard(),
+        facades.handle(),
     )
     .start();
 

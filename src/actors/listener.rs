@@ -88,6 +88,8 @@ pub struct Listener {
     tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
     guard: Option<Guard>,
+    /// The facade runtime, where the TCP connections are served.
+    tasks: tokio::runtime::Handle,
 }
 
 impl Listener {
@@ -101,6 +103,7 @@ impl Listener {
         socket: IngestSocket,
         shutdown: Shutdown,
         guard: Guard,
+        tasks: tokio::runtime::Handle,
     ) -> Self {
         Listener {
             publisher,
@@ -112,6 +115,7 @@ impl Listener {
             tls: socket.tls,
             shutdown,
             guard: Some(guard),
+            tasks,
         }
     }
 }
@@ -133,8 +137,10 @@ impl Actor for Listener {
             shutdown: self.shutdown.clone(),
             _guard: guard,
         };
-        // Parsing lines is the CPU-heavy part of ingest: it runs on a thread of its own, beside
-        // the actors, and hands whole batches to the publisher.
+        // Parsing lines is the CPU-heavy part of ingest: it runs on the facade runtime's
+        // workers, beside the actors, and hands whole batches to the publisher. A connection's
+        // reader, its acknowledging task and its reply writer are tasks of their own, so they
+        // run on different workers while the reader parses.
         let listener = match tcp.into_std() {
             Ok(listener) => listener,
             Err(e) => {
@@ -142,22 +148,7 @@ impl Actor for Listener {
                 return;
             }
         };
-        let started = std::thread::Builder::new()
-            .name("tcp-ingest".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                match runtime {
-                    Ok(runtime) => runtime.block_on(ingest.accept_loop(listener)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "TCP ingest runtime failed; TCP ingest is off.")
-                    }
-                }
-            });
-        if let Err(e) = started {
-            tracing::error!(error = %e, "TCP ingest thread failed; TCP ingest is off.");
-        }
+        self.tasks.spawn(ingest.accept_loop(listener));
     }
 }
 
@@ -466,7 +457,7 @@ impl Reply {
 
 impl Ingest {
     /// Accepts connections until shutdown, then waits for every connection to finish (the
-    /// runtime that runs this ends when it returns).
+    /// shutdown guard it holds is given back when it returns).
     async fn accept_loop(self, listener: std::net::TcpListener) {
         let tcp = match TcpListener::from_std(listener) {
             Ok(tcp) => tcp,
