@@ -470,12 +470,13 @@ impl Default for PublisherConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// The default: every Kafka client reads it, also those built without a codec library.
+    #[default]
     None,
     Gzip,
     Snappy,
-    /// Cheap to compress and to read back: 100-byte records of a stream sent as one batch
-    /// shrink a lot, and the broker has less to write.
-    #[default]
+    /// Cheap to compress and to read back: small records of a stream, sent as one batch,
+    /// shrink a lot, and the broker has less to write and send.
     Lz4,
     Zstd,
 }
@@ -1153,7 +1154,7 @@ mod tests {
     #[test]
     fn the_publisher_codec_and_linger() {
         let default = Config::parse("", Overrides::default()).expect("valid");
-        assert_eq!(default.publisher.compression, Compression::Lz4);
+        assert_eq!(default.publisher.compression, Compression::None);
         assert_eq!(default.publisher.linger_ms, 5);
         let set = Config::parse(
             "[publisher]\ncompression = \"zstd\"\nlinger_ms = 20\n",

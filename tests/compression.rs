@@ -98,16 +98,16 @@ fn send_records(svc: &Service, topic: &str) {
 
 #[test]
 fn the_publisher_sends_record_batches_with_the_configured_codec() {
-    // Without a setting: lz4.
+    // Without a setting: none.
     let svc = Service::start();
     let topic = unique_topic("codec-default");
     send_records(&svc, &topic);
     let codecs = batch_codecs(&topic);
     assert!(!codecs.is_empty(), "no batch read back");
-    assert!(codecs.iter().all(|&c| c == 3), "lz4 expected: {codecs:?}");
+    assert!(codecs.iter().all(|&c| c == 0), "none expected: {codecs:?}");
     drop(svc);
 
-    for (codec, id) in [("zstd", 4), ("none", 0)] {
+    for (codec, id) in [("lz4", 3), ("zstd", 4)] {
         let svc = Service::start_with_config(|c| {
             format!("{c}\n[publisher]\ncompression = \"{codec}\"\n")
         });
