@@ -258,7 +258,8 @@ pub struct Publisher {
     /// A committed discard whose rows are not deleted yet: retried until done.
     discard_owed: bool,
     /// Asked for the route of a topic never given one: at start the publisher is told the
-    /// routes of the topics that may still take records, not of every name ever refused.
+    /// routes of the topics that may still take records, not of every name ever refused, and
+    /// a topic asked for a moment ago may not have its `SetRoute` yet.
     governed: Option<GovernedView>,
 }
 
@@ -564,15 +565,21 @@ impl Publisher {
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Result<Receipt>> {
         let topic = msg.topic;
+        // A topic never given a route takes the committed one. Closed: at start the publisher
+        // is told only the routes of topics that may still take records. Pending or active:
+        // the listener checks a batch against the same committed state and sends it at once,
+        // so records of a topic asked for a moment ago can come before the watcher's
+        // `SetRoute`; they are not refused as unknown for that.
         let asked = match (&self.governed, self.topics.contains_key(&topic)) {
             (Some(view), false) => match view.route(&topic) {
-                closed @ TopicRoute::Closed(_) => Some(closed),
-                _ => None,
+                TopicRoute::Unknown => None,
+                known => Some(known),
             },
             _ => None,
         };
         let state = self.topics.entry(topic.clone()).or_default();
-        if asked.is_some() {
+        let learnt = asked.is_some();
+        if learnt {
             state.route = asked;
         }
         if msg.requested && matches!(state.route, None | Some(TopicRoute::Unknown)) {
@@ -587,6 +594,9 @@ impl Publisher {
             }),
             _ => None,
         };
+        if learnt {
+            self.sync_direct(&topic);
+        }
         if let Some(e) = refused {
             return Box::pin(async move { Err(e) });
         }
@@ -1414,5 +1424,72 @@ mod tests {
         assert_eq!((counts.held, counts.dead, counts.published), (0, 1, 0));
         assert_eq!(dead_of(&spool, "t").await.len(), 1);
         assert!(METRICS.undecodable_held.get() > before);
+    }
+
+    #[actix::test]
+    async fn records_of_a_topic_asked_for_a_moment_ago_are_held_before_its_route_arrives() {
+        use crate::actors::registry::{Command, Registry};
+        use crate::events::{TopicSpec, Visibility};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new(Default::default(), event_store(dir.path()));
+        let view = registry.view();
+        let registry = registry.start();
+        registry
+            .send(Command::FileCreate {
+                actor: "alice".into(),
+                topic: "t".into(),
+                spec: TopicSpec {
+                    partitions: 1,
+                    replication_factor: 1,
+                    config: Default::default(),
+                },
+                reason: None,
+                visibility: Visibility::Open,
+            })
+            .await
+            .expect("mailbox")
+            .expect("filed");
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        let (spool, contents) = Spool::open(spool_dir.path(), Durability::Normal).expect("spool");
+        // No `SetRoute` is sent: the watcher has not passed the request on yet.
+        let publisher = Publisher::new(
+            producer(),
+            spool.clone(),
+            contents,
+            SpoolLimits::default(),
+            event_store(spool_dir.path()),
+        )
+        .consulting(view)
+        .start();
+        let receipt = publisher
+            .send(Publish {
+                producer: "alice".into(),
+                topic: "t".into(),
+                records: vec![record(0)],
+                requested: false,
+            })
+            .await
+            .expect("mailbox")
+            .expect("held, not refused as unknown");
+        assert_eq!(
+            receipt,
+            Receipt {
+                published: 0,
+                held: 1
+            }
+        );
+        let unknown = publisher
+            .send(Publish {
+                producer: "alice".into(),
+                topic: "never-asked".into(),
+                records: vec![record(1)],
+                requested: false,
+            })
+            .await
+            .expect("mailbox");
+        assert!(
+            matches!(unknown, Err(Error::UnknownTopic(_))),
+            "{unknown:?}"
+        );
     }
 }
