@@ -2,7 +2,6 @@
 //! Drives the real registry and event store actors through the library entry points; no Kafka
 //! work is involved (outcomes are recorded as the provisioner would record them).
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use actix::{Actor, Addr};
@@ -33,7 +32,7 @@ fn spec() -> TopicSpec {
     TopicSpec {
         partitions: 3,
         replication_factor: 1,
-        config: BTreeMap::from([("retention.ms".to_string(), "60000".to_string())]),
+        config: [("retention.ms", "60000")].into(),
     }
 }
 

@@ -936,7 +936,7 @@ mod tests {
         let spec = TopicSpec {
             partitions: 1,
             replication_factor: 1,
-            config: BTreeMap::new(),
+            config: Default::default(),
         };
         let file = Command::FileCreate {
             actor: "alice".into(),
@@ -1129,7 +1129,7 @@ mod tests {
                 spec: TopicSpec {
                     partitions: 1,
                     replication_factor: 1,
-                    config: BTreeMap::new(),
+                    config: Default::default(),
                 },
                 already_existed: false,
             },

@@ -174,7 +174,7 @@ pub fn check_spec(policy: &Policy, request: &RequestTopic) -> Result<TopicSpec> 
     Ok(TopicSpec {
         partitions: partitions as i32,
         replication_factor: replication_factor as i32,
-        config,
+        config: config.into(),
     })
 }
 
@@ -402,7 +402,7 @@ mod tests {
             &request(Some(4), serde_json::json!({"retention.ms": "5"})),
         )
         .expect("valid");
-        assert_eq!(spec.config["retention.ms"], "5");
+        assert_eq!(&spec.config["retention.ms"], "5");
     }
 
     #[test]

@@ -18,20 +18,31 @@ use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::registry::{RequestKind, RequestStatus};
 use crate::paging::PageOf;
 
-/// A decided create request, reduced to what decisions, filters and paging need.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decided {
-    pub topic: Arc<str>,
-    pub requested_by: Arc<str>,
+/// A decided create request, as the history gives it: what decisions, filters and paging
+/// need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided<'a> {
+    pub topic: &'a str,
+    pub requested_by: &'a str,
     pub kind: RequestKind,
     pub status: RequestStatus,
+}
+
+/// A decided create request as it is kept: the interned topic name, and the requester as an
+/// index into the few people who file requests (`People`), 24 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reduced {
+    topic: Arc<str>,
+    requested_by: u32,
+    kind: RequestKind,
+    status: RequestStatus,
 }
 
 /// A topic name's latest request, open or not, and its status once it is a create request
@@ -50,28 +61,27 @@ pub struct Latest {
 // authenticated filing that is an event in the log.
 #[derive(Debug, Clone, Default)]
 struct Layer {
-    decided: BTreeMap<Uuid, Decided>,
+    decided: BTreeMap<Uuid, Reduced>,
     /// Topic name to its latest request. Its keys are the interned topic names.
     latest: FxHashMap<Arc<str>, Latest>,
-    /// Interned requester names (few: the people who file requests).
-    people: FxHashSet<Arc<str>>,
 }
 
 impl Layer {
     fn is_empty(&self) -> bool {
-        self.decided.is_empty() && self.latest.is_empty() && self.people.is_empty()
+        self.decided.is_empty() && self.latest.is_empty()
     }
 }
 
-/// The bulk, shared by both copies. A long history holds hundreds of thousands of names, so
-/// they are a `Vec` in name order, not a map: 40 bytes a name instead of a hash table's 80 at
-/// its usual load, and a snapshot (which holds them in this order) decodes straight into it
-/// with nothing hashed. A look-up is a binary search.
+/// The bulk, shared by both copies. A long history holds hundreds of thousands of names and
+/// decided requests, so both are a `Vec` in key order, not a map: 40 bytes a name instead of a
+/// hash table's 80 at its usual load, 40 bytes a decided request instead of a B-tree's 60 to
+/// 110 (its nodes are half full when grown by inserts in id order, as a replay does), and a
+/// snapshot (which holds both in this order) decodes straight into them with nothing hashed.
+/// A look-up is a binary search.
 #[derive(Debug, Clone, Default)]
 struct Base {
-    decided: BTreeMap<Uuid, Decided>,
+    decided: Vec<(Uuid, Reduced)>,
     latest: Vec<(Arc<str>, Latest)>,
-    people: FxHashSet<Arc<str>>,
 }
 
 impl Base {
@@ -81,6 +91,44 @@ impl Base {
             .ok()
             .map(|i| &self.latest[i])
     }
+
+    fn decided(&self, id: &Uuid) -> Option<&Reduced> {
+        self.decided
+            .binary_search_by(|(k, _)| k.cmp(id))
+            .ok()
+            .map(|i| &self.decided[i].1)
+    }
+
+    /// The decided requests after the page's cursor.
+    fn decided_after(&self, page: &PageOf<Uuid>) -> &[(Uuid, Reduced)] {
+        let from = match &page.after {
+            Some(after) => self.decided.partition_point(|(k, _)| k <= after),
+            None => 0,
+        };
+        &self.decided[from..]
+    }
+}
+
+/// The people who file requests, each with the index a decided request refers to them by.
+/// Few (people, not requests), so each copy of the history has its own behind an `Arc`,
+/// copied only when a copy meets someone new while it is shared; an index is that copy's.
+#[derive(Debug, Clone, Default)]
+struct People {
+    names: Vec<Arc<str>>,
+    ids: FxHashMap<Arc<str>, u32>,
+}
+
+impl People {
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |n| &**n)
+    }
+
+    fn add(&mut self, name: Arc<str>) -> u32 {
+        let id = self.names.len() as u32;
+        self.names.push(Arc::clone(&name));
+        self.ids.insert(name, id);
+        id
+    }
 }
 
 /// See the module's comment.
@@ -88,6 +136,7 @@ impl Base {
 pub struct History {
     base: Arc<Base>,
     top: Layer,
+    people: Arc<People>,
 }
 
 /// Folded at an idle moment once the top holds this many changes: small enough that two tops
@@ -116,16 +165,20 @@ impl History {
             .map(|(k, _)| Arc::clone(k))
     }
 
-    fn person(&mut self, name: &str) -> Arc<str> {
-        if let Some(k) = self.top.people.get(name) {
-            return Arc::clone(k);
+    fn person(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.people.ids.get(name) {
+            return id;
         }
-        if let Some(k) = self.base.people.get(name) {
-            return Arc::clone(k);
+        Arc::make_mut(&mut self.people).add(Arc::from(name))
+    }
+
+    fn shown<'a>(&'a self, d: &'a Reduced) -> Decided<'a> {
+        Decided {
+            topic: &d.topic,
+            requested_by: self.people.name(d.requested_by),
+            kind: d.kind,
+            status: d.status,
         }
-        let k: Arc<str> = Arc::from(name);
-        self.top.people.insert(Arc::clone(&k));
-        k
     }
 
     /// Records `id` as the latest request of `topic` (an open one: just filed).
@@ -157,7 +210,7 @@ impl History {
         kind: RequestKind,
         status: RequestStatus,
     ) {
-        let decided = Decided {
+        let decided = Reduced {
             topic: self.topic_name(topic),
             requested_by: self.person(requested_by),
             kind,
@@ -175,26 +228,33 @@ impl History {
         self.top.decided.insert(id, decided);
     }
 
-    pub fn get(&self, id: &Uuid) -> Option<&Decided> {
+    pub fn get(&self, id: &Uuid) -> Option<Decided<'_>> {
         self.top
             .decided
             .get(id)
-            .or_else(|| self.base.decided.get(id))
+            .or_else(|| self.base.decided(id))
+            .map(|d| self.shown(d))
     }
 
     /// The decided requests after the page's cursor, in id order.
     pub fn range<'a>(
         &'a self,
         page: &PageOf<Uuid>,
-    ) -> impl Iterator<Item = (&'a Uuid, &'a Decided)> + 'a {
+    ) -> impl Iterator<Item = (&'a Uuid, Decided<'a>)> + 'a {
         Merge {
             a: self.top.decided.range(page.range()).peekable(),
-            b: self.base.decided.range(page.range()).peekable(),
+            b: self
+                .base
+                .decided_after(page)
+                .iter()
+                .map(|(k, v)| (k, v))
+                .peekable(),
         }
+        .map(|(id, d)| (id, self.shown(d)))
     }
 
     /// Every decided request, in id order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &Decided)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Uuid, Decided<'_>)> {
         self.range(&PageOf::all())
     }
 
@@ -229,8 +289,11 @@ impl History {
         }
         let top = std::mem::take(&mut self.top);
         let base = Arc::make_mut(&mut self.base);
-        base.decided.extend(top.decided);
-        base.people.extend(top.people);
+        merge_in_order(
+            &mut base.decided,
+            top.decided.into_iter().collect(),
+            |a, b| a.0.cmp(&b.0),
+        );
         let mut added = Vec::new();
         for (name, latest) in top.latest {
             match base.latest.binary_search_by(|(k, _)| (**k).cmp(&*name)) {
@@ -238,38 +301,57 @@ impl History {
                 Err(_) => added.push((name, latest)),
             }
         }
-        if !added.is_empty() {
-            added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            // Two sorted runs: the stable sort merges them in one pass. Exact, so that a base
-            // of hundreds of thousands of names does not double its capacity.
-            base.latest.reserve_exact(added.len());
-            base.latest.extend(added);
-            base.latest.sort_by(|a, b| a.0.cmp(&b.0));
-        }
+        added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        merge_in_order(&mut base.latest, added, |a, b| a.0.cmp(&b.0));
     }
+}
 
-    fn people(&self) -> impl Iterator<Item = &Arc<str>> {
-        let top = &self.top.people;
-        top.iter().chain(
-            self.base
-                .people
-                .iter()
-                .filter(move |k| !top.contains(&***k)),
-        )
+/// Merges `added` (sorted, its keys new or replacing) into `sorted`. Exact in its capacity, so
+/// that a base of hundreds of thousands of entries does not double it; an append when every
+/// key added is past the last (decided requests' ids grow with time, so mostly).
+fn merge_in_order<T>(
+    sorted: &mut Vec<T>,
+    added: Vec<T>,
+    order: impl Fn(&T, &T) -> std::cmp::Ordering,
+) {
+    if added.is_empty() {
+        return;
+    }
+    let appended = match (sorted.last(), added.first()) {
+        (Some(last), Some(first)) => order(last, first) == std::cmp::Ordering::Less,
+        _ => true,
+    };
+    sorted.reserve_exact(added.len());
+    sorted.extend(added);
+    if !appended {
+        // Two sorted runs: the stable sort merges them in one pass, and keeps the added entry
+        // after the old one of the same key, so the dedup keeps the added one.
+        sorted.sort_by(&order);
+        let mut kept = 0;
+        for at in 0..sorted.len() {
+            if kept > 0 && order(&sorted[kept - 1], &sorted[at]) == std::cmp::Ordering::Equal {
+                sorted.swap(kept - 1, at);
+            } else {
+                sorted.swap(kept, at);
+                kept += 1;
+            }
+        }
+        sorted.truncate(kept);
     }
 }
 
 /// Two id-ordered ranges as one; the top wins where both hold an id.
-struct Merge<I: Iterator> {
-    a: Peekable<I>,
-    b: Peekable<I>,
+struct Merge<A: Iterator, B: Iterator> {
+    a: Peekable<A>,
+    b: Peekable<B>,
 }
 
-impl<'a, I> Iterator for Merge<I>
+impl<'a, A, B> Iterator for Merge<A, B>
 where
-    I: Iterator<Item = (&'a Uuid, &'a Decided)>,
+    A: Iterator<Item = (&'a Uuid, &'a Reduced)>,
+    B: Iterator<Item = (&'a Uuid, &'a Reduced)>,
 {
-    type Item = (&'a Uuid, &'a Decided);
+    type Item = (&'a Uuid, &'a Reduced);
 
     fn next(&mut self) -> Option<Self::Item> {
         let order = match (self.a.peek(), self.b.peek()) {
@@ -326,21 +408,30 @@ impl History {
             .map(|(k, v)| (&**k, v.id, v.decided))
             .collect();
         topics.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut people: Vec<&str> = self.people().map(|k| &**k).collect();
-        people.sort_unstable();
-        let index = |names: &[&'a str]| -> FxHashMap<&'a str, u32> {
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (*n, i as u32))
-                .collect()
-        };
-        let topic_ix = index(&topics.iter().map(|(k, _, _)| *k).collect::<Vec<_>>());
-        let people_ix = index(&people);
+        // People in name order too (a copy numbers them as it meets them): each index is
+        // renumbered.
+        let mut by_name: Vec<u32> = (0..self.people.names.len() as u32).collect();
+        by_name.sort_unstable_by_key(|&i| self.people.name(i));
+        let people: Vec<&str> = by_name.iter().map(|&i| self.people.name(i)).collect();
+        let mut renumbered = vec![0u32; by_name.len()];
+        for (new, &old) in by_name.iter().enumerate() {
+            renumbered[old as usize] = new as u32;
+        }
+        let topic_ix: FxHashMap<&'a str, u32> = topics
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _, _))| (*n, i as u32))
+            .collect();
         let mut decided = Vec::new();
-        for (id, d) in self.iter() {
-            let (Some(&t), Some(&p)) = (topic_ix.get(&*d.topic), people_ix.get(&*d.requested_by))
-            else {
+        let all = Merge {
+            a: self.top.decided.iter().peekable(),
+            b: self.base.decided.iter().map(|(k, v)| (k, v)).peekable(),
+        };
+        for (id, d) in all {
+            let (Some(&t), Some(&p)) = (
+                topic_ix.get(&*d.topic),
+                renumbered.get(d.requested_by as usize),
+            ) else {
                 return Err(serde::ser::Error::custom(
                     "a decided request's topic or requester has no name entry",
                 ));
@@ -406,38 +497,41 @@ impl<'de> Deserialize<'de> for InOrder {
 impl<'de> Deserialize<'de> for History {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = WireIn::deserialize(deserializer)?;
-        let people: Vec<Arc<str>> = wire.people.iter().map(|k| Arc::from(*k)).collect();
-        let mut layer = Base {
-            latest: wire.topics.0,
-            people: people.iter().cloned().collect(),
-            decided: BTreeMap::new(),
-        };
-        // Collected, not inserted one by one: from ids in order (as they are written) the map
-        // is built with full nodes, about half the memory of one grown by inserts. A request's
-        // topic is its index in the names.
-        let names = &layer.latest;
-        let decided = wire
-            .decided
-            .into_iter()
-            .map(
-                |(id, t, p, kind, status)| match (names.get(t as usize), people.get(p as usize)) {
-                    (Some((topic, _)), Some(requested_by)) => Ok((
-                        id,
-                        Decided {
-                            topic: Arc::clone(topic),
-                            requested_by: Arc::clone(requested_by),
-                            kind,
-                            status,
-                        },
-                    )),
-                    _ => Err(serde::de::Error::custom("a name index out of range")),
+        let mut people = People::default();
+        for name in wire.people {
+            people.add(Arc::from(name));
+        }
+        // A request's topic is its index in the names; the requests come in id order, the
+        // base's order, which is checked rather than trusted.
+        let names = &wire.topics.0;
+        let mut decided: Vec<(Uuid, Reduced)> = Vec::with_capacity(wire.decided.len());
+        for (id, t, p, kind, status) in wire.decided {
+            let Some((topic, _)) = names.get(t as usize) else {
+                return Err(serde::de::Error::custom("a name index out of range"));
+            };
+            if p as usize >= people.names.len() {
+                return Err(serde::de::Error::custom("a person index out of range"));
+            }
+            if decided.last().is_some_and(|(last, _)| *last >= id) {
+                return Err(serde::de::Error::custom("decided requests out of order"));
+            }
+            decided.push((
+                id,
+                Reduced {
+                    topic: Arc::clone(topic),
+                    requested_by: p,
+                    kind,
+                    status,
                 },
-            )
-            .collect::<Result<_, D::Error>>()?;
-        layer.decided = decided;
+            ));
+        }
         Ok(History {
-            base: Arc::new(layer),
+            base: Arc::new(Base {
+                decided,
+                latest: wire.topics.0,
+            }),
             top: Layer::default(),
+            people: Arc::new(people),
         })
     }
 }
@@ -478,9 +572,10 @@ mod tests {
         );
         let d = b.get(&second).expect("decided");
         assert!(
-            Arc::ptr_eq(&d.topic, &b.get(&first).expect("decided").topic),
+            std::ptr::eq(d.topic, b.get(&first).expect("decided").topic),
             "one allocation per name"
         );
+        assert_eq!(d.requested_by, "alice");
         drop(a);
         b.fold();
         assert_eq!(b.topics().count(), 1);

@@ -258,7 +258,7 @@ async fn create_once(admin: &Admin, topic: &str, spec: &TopicSpec) -> Attempt {
         spec.partitions,
         TopicReplication::Fixed(spec.replication_factor),
     );
-    for (key, value) in &spec.config {
+    for (key, value) in spec.config.iter() {
         new_topic = new_topic.set(key, value);
     }
     let result = admin.create_topics([&new_topic], &options()).await;

@@ -24,7 +24,7 @@ pub use super::governed_view::{GovernedView, ProduceRoute, VisibleStatus, Visibl
 use super::history::{Decided, History};
 use super::journal::{self, Journal, Journaled, Journaling, Owner};
 use crate::error::{Error, Result};
-use crate::events::{EventKind, NewEvent, TopicSpec, Visibility};
+use crate::events::{EventKind, NewEvent, TopicConfig, TopicSpec, Visibility};
 use crate::identity::{Principal, Role};
 use crate::paging::{Page, PageOf};
 
@@ -112,7 +112,8 @@ pub struct TopicRequest {
     pub topic: String,
     pub partitions: i32,
     pub replication_factor: i32,
-    pub config: BTreeMap<String, String>,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub config: TopicConfig,
     pub visibility: Visibility,
     pub reason: Option<String>,
     pub status: RequestStatus,
@@ -141,7 +142,8 @@ pub struct Topic {
     pub status: TopicStatus,
     pub partitions: i32,
     pub replication_factor: i32,
-    pub config: BTreeMap<String, String>,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub config: TopicConfig,
     pub visibility: Visibility,
     pub owner: String,
     /// When the topic was created in Kafka; absent while provisioning.
@@ -179,7 +181,7 @@ pub struct Governance {
 #[derive(Debug, Clone, Copy)]
 pub enum Kept<'a> {
     Whole(&'a TopicRequest),
-    Decided(Uuid, &'a Decided),
+    Decided(Uuid, Decided<'a>),
 }
 
 impl Kept<'_> {
@@ -192,7 +194,7 @@ impl Kept<'_> {
     pub fn topic(&self) -> &str {
         match self {
             Kept::Whole(r) => &r.topic,
-            Kept::Decided(_, d) => &d.topic,
+            Kept::Decided(_, d) => d.topic,
         }
     }
     pub fn kind(&self) -> RequestKind {
@@ -210,7 +212,7 @@ impl Kept<'_> {
     pub fn requested_by(&self) -> &str {
         match self {
             Kept::Whole(r) => &r.requested_by,
-            Kept::Decided(_, d) => &d.requested_by,
+            Kept::Decided(_, d) => d.requested_by,
         }
     }
 }
@@ -361,7 +363,7 @@ impl Governance {
                         TopicSpec {
                             partitions: 0,
                             replication_factor: 0,
-                            config: BTreeMap::new(),
+                            config: TopicConfig::default(),
                         },
                         Visibility::Open,
                     ),
@@ -1198,7 +1200,7 @@ mod tests {
         TopicSpec {
             partitions: 2,
             replication_factor: 1,
-            config: BTreeMap::new(),
+            config: TopicConfig::default(),
         }
     }
 
@@ -1515,7 +1517,7 @@ mod actor_tests {
             spec: TopicSpec {
                 partitions: 1,
                 replication_factor: 1,
-                config: BTreeMap::new(),
+                config: TopicConfig::default(),
             },
             reason: Some(reason),
             visibility: Visibility::Open,

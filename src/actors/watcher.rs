@@ -353,13 +353,13 @@ async fn compare(
             .map_err(|e| e.to_string())?;
         for (topic, result) in with_config.iter().zip(results) {
             let Ok(resource) = result else { continue };
-            for (key, expected) in &topic.config {
+            for (key, expected) in topic.config.iter() {
                 let actual = resource.get(key).and_then(|e| e.value.clone());
-                if actual.as_deref() != Some(expected.as_str()) {
+                if actual.as_deref() != Some(expected) {
                     report.config_differs.push(ConfigDiff {
                         topic: topic.name.clone(),
-                        key: key.clone(),
-                        expected: expected.clone(),
+                        key: key.to_string(),
+                        expected: expected.to_string(),
                         actual,
                     });
                 }

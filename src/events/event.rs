@@ -1,9 +1,10 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::TopicConfig;
 use crate::identity::Role;
 
 /// Version of the `data` layout written with each event. Replay reads every older version
@@ -45,7 +46,7 @@ pub struct TopicSpec {
     pub partitions: i32,
     pub replication_factor: i32,
     #[serde(default)]
-    pub config: BTreeMap<String, String>,
+    pub config: TopicConfig,
 }
 
 /// Who may read a topic: any consumer (`open`), or holders of a `consume` grant.
@@ -293,7 +294,7 @@ mod tests {
         let spec = TopicSpec {
             partitions: 3,
             replication_factor: 1,
-            config: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
+            config: [("retention.ms", "1000")].into(),
         };
         let kinds = vec![
             EventKind::TopicRequested {

@@ -9,6 +9,7 @@
 mod event;
 mod snapshot;
 mod store;
+mod topic_config;
 
 pub use event::{Access, Event, EventKind, NewEvent, TopicSpec, Visibility, EVENT_VERSION};
 #[cfg(test)]
@@ -18,3 +19,4 @@ pub use store::{
     request_events, verify, AuditEntry, AuditPage, AuditQuery, AuditScope, ChainHead, Durability,
     Recovery, Store, StoreError, Stream, Writer, WriterThread,
 };
+pub use topic_config::TopicConfig;
