@@ -35,6 +35,7 @@ pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod kafka;
+pub(crate) mod memory;
 pub mod metrics;
 pub mod paging;
 pub mod record;
@@ -390,6 +391,8 @@ pub async fn serve(
         feeds_done: coordinator.guard(),
         limits: config.limits.clone(),
     });
+    // The state is built and the replay's transient maps are gone: their pages go back.
+    memory::give_back();
     tracing::info!(%addr, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "KafFlow listening.");
     let tls_on = http_tls.is_some();
     on_listening(Bound {

@@ -372,3 +372,95 @@ fn decided_requests_read_from_the_log_are_the_same_after_a_restart() {
     assert_eq!(started_from(&service), 0, "a full replay");
     check(&service, "from the whole log");
 }
+
+/// Requests and topics with configs of several keys, filed by several people (the registry
+/// keeps a topic's config as one shared list of entries in key order, and a decided request's
+/// requester as an index into the people it has met): a restart from the snapshot and a full
+/// replay answer as the running service did, field by field, and the pages of each requester's
+/// requests are the same.
+#[test]
+fn configs_and_requesters_read_the_same_after_a_restart() {
+    let mut service = start(1_000_000);
+    let config = |n: u32| {
+        // Keys given out of order: every answer lists them in key order.
+        json!({
+            "segment.ms": format!("{}", 600_000 + n),
+            "cleanup.policy": "delete",
+            "retention.ms": format!("{}", 3_600_000 + n),
+        })
+    };
+    let mut ids = Vec::new();
+    for (n, who) in ["alice", "bob", "carol", "dave"].iter().enumerate() {
+        let n = n as u32;
+        let filed = service.create_request(
+            who,
+            json!({"topic": unique_topic("cfg-rejected"), "partitions": 1, "config": config(n)}),
+        );
+        let id = filed["id"].as_str().expect("id").to_string();
+        assert_eq!(filed["config"], config(n), "{filed}");
+        let (status, reply) = service.post(
+            if *who == "carol" { "dave" } else { "carol" },
+            &format!("/api/v1/topic-requests/{id}/reject"),
+            &json!({"reason": "not now"}),
+        );
+        assert_eq!(status, 200, "reject: {reply}");
+        ids.push(id);
+        let pending = service.create_request(
+            who,
+            json!({"topic": unique_topic("cfg-pending"), "partitions": 1, "config": config(n + 10)}),
+        );
+        ids.push(pending["id"].as_str().expect("id").to_string());
+    }
+    let active = unique_topic("cfg-active");
+    let filed = service.create_request(
+        "bob",
+        json!({"topic": active, "partitions": 1, "config": config(20)}),
+    );
+    let id = filed["id"].as_str().expect("id").to_string();
+    service.approve("carol", &id);
+    service.wait_topic_status(&active, "active", Duration::from_secs(60));
+    ids.push(id);
+
+    let answers = |service: &Service| {
+        let requests: Vec<Value> = ids.iter().map(|id| service.request(id)).collect();
+        let (status, topic) = service.topic(&active);
+        assert_eq!(status, 200, "{topic}");
+        let mine: Vec<Vec<Value>> = ["alice", "bob", "carol", "dave"]
+            .iter()
+            .map(|who| {
+                service.list_all(
+                    "carol",
+                    &format!("/api/v1/topic-requests?requested_by={who}"),
+                    "requests",
+                )
+            })
+            .collect();
+        (requests, topic, mine)
+    };
+    let before = answers(&service);
+    assert_eq!(before.1["config"], config(20), "{}", before.1);
+    for (n, r) in before.0.iter().enumerate().take(8) {
+        let n = (n / 2) as u32 + if n % 2 == 0 { 0 } else { 10 };
+        assert_eq!(r["config"], config(n), "{r}");
+    }
+    assert_eq!(
+        before.2[0].len(),
+        2,
+        "alice's two requests: {:?}",
+        before.2[0]
+    );
+    assert_eq!(before.2[1].len(), 3, "bob's three requests");
+    assert_eq!(before.2[1][0]["requested_by"], "bob");
+
+    assert!(service.terminate(Duration::from_secs(30)).is_some());
+    let seq = snapshot_seq(service.data_dir()).expect("a snapshot after a clean stop");
+    service.start_again();
+    assert_eq!(started_from(&service), seq, "started from the snapshot");
+    assert_eq!(answers(&service), before, "from the snapshot");
+
+    service.kill9();
+    std::fs::remove_file(service.data_dir().join(SNAPSHOT)).expect("remove snapshot");
+    service.start_again();
+    assert_eq!(started_from(&service), 0, "a full replay");
+    assert_eq!(answers(&service), before, "from the whole log");
+}

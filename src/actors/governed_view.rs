@@ -17,6 +17,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use rustc_hash::FxHashMap;
 
 use super::access::{consume_rule, produce_rule, TopicFacts};
+use super::history::NameBuf;
 use super::registry::{closed_why, Governance, RequestStatus, Topic, TopicRoute};
 use crate::error::{Error, Result};
 use crate::identity::{Principal, Role};
@@ -81,15 +82,17 @@ impl Known {
 }
 
 /// The names closed for good, each with the status of the create request that closed it: all
-/// there is to know of them. A long history is mostly these, so they are kept as the registry's
-/// interned names in a `Vec` in name order (24 bytes a name, built at start in one pass and
-/// looked up by binary search), with the changes since in a small map that is merged in once
-/// it holds `MERGE_AT` names.
+/// there is to know of them. A long history is mostly these, so they are kept compactly: the
+/// names in one buffer (`NameBuf`, no allocation per name) and their indexes with the status in
+/// a `Vec` in name order (8 bytes a name, built at start in one pass and looked up by binary
+/// search), with the changes since in a small map that is merged in once it holds `MERGE_AT`
+/// names.
 #[derive(Debug, Default)]
 struct ClosedNames {
-    sorted: Vec<(Arc<str>, RequestStatus)>,
+    names: NameBuf,
+    sorted: Vec<(u32, RequestStatus)>,
     /// Since the last merge: closed (`Some`), or no longer closed (`None`).
-    changed: FxHashMap<Arc<str>, Option<RequestStatus>>,
+    changed: FxHashMap<Box<str>, Option<RequestStatus>>,
 }
 
 /// A merge costs a pass over every closed name, under the view's write lock: rare enough that
@@ -97,21 +100,27 @@ struct ClosedNames {
 const MERGE_AT: usize = 4096;
 
 impl ClosedNames {
-    fn new(mut names: Vec<(Arc<str>, RequestStatus)>) -> Self {
-        // In name order when they come from a snapshot's history; in hash order after a replay.
-        if !names.windows(2).all(|w| w[0].0 < w[1].0) {
-            names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            names.dedup_by(|a, b| a.0 == b.0);
-        }
+    /// From names each given once.
+    fn new<'a>(closed: impl Iterator<Item = (&'a str, RequestStatus)>) -> Self {
+        let mut names = NameBuf::default();
+        let mut sorted: Vec<(u32, RequestStatus)> = closed
+            .map(|(name, status)| (names.push(name), status))
+            .collect();
+        // In name order when they come from the history's base; the names met since its last
+        // fold follow.
+        sorted.sort_by(|a, b| names.get(a.0).cmp(names.get(b.0)));
+        sorted.shrink_to_fit();
         names.shrink_to_fit();
         ClosedNames {
-            sorted: names,
+            names,
+            sorted,
             changed: FxHashMap::default(),
         }
     }
 
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.sorted.binary_search_by(|(k, _)| (**k).cmp(name))
+        self.sorted
+            .binary_search_by(|(k, _)| self.names.get(*k).cmp(name))
     }
 
     fn get(&self, name: &str) -> Option<RequestStatus> {
@@ -121,17 +130,16 @@ impl ClosedNames {
         }
     }
 
-    fn insert(&mut self, name: Arc<str>, status: RequestStatus) {
-        self.changed.insert(name, Some(status));
+    fn insert(&mut self, name: &str, status: RequestStatus) {
+        self.changed.insert(name.into(), Some(status));
         self.merge_if_due();
     }
 
     fn remove(&mut self, name: &str) {
         if let Some(change) = self.changed.get_mut(name) {
             *change = None;
-        } else if let Ok(i) = self.find(name) {
-            let name = Arc::clone(&self.sorted[i].0);
-            self.changed.insert(name, None);
+        } else if self.find(name).is_ok() {
+            self.changed.insert(name.into(), None);
             self.merge_if_due();
         }
     }
@@ -146,7 +154,9 @@ impl ClosedNames {
             match (self.find(&name), change) {
                 (Ok(i), Some(status)) => self.sorted[i].1 = status,
                 (Ok(i), None) => gone.push(i),
-                (Err(_), Some(status)) => added.push((name, status)),
+                // A name closed again after it was removed is stored again: the buffer only
+                // grows, by the few names that are reopened and closed.
+                (Err(_), Some(status)) => added.push((self.names.push(&name), status)),
                 (Err(_), None) => {}
             }
         }
@@ -161,18 +171,23 @@ impl ClosedNames {
             });
         }
         if !added.is_empty() {
-            added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let names = &self.names;
+            added.sort_unstable_by(|a, b| names.get(a.0).cmp(names.get(b.0)));
             // Two sorted runs: the stable sort merges them in one pass.
             self.sorted.reserve_exact(added.len());
             self.sorted.extend(added);
-            self.sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            self.sorted
+                .sort_by(|a, b| names.get(a.0).cmp(names.get(b.0)));
         }
     }
 
     /// Every closed name with its status, in name order.
     fn all(&self) -> BTreeMap<&str, RequestStatus> {
-        let mut all: BTreeMap<&str, RequestStatus> =
-            self.sorted.iter().map(|(k, s)| (&**k, *s)).collect();
+        let mut all: BTreeMap<&str, RequestStatus> = self
+            .sorted
+            .iter()
+            .map(|(k, s)| (self.names.get(*k), *s))
+            .collect();
         for (name, change) in &self.changed {
             match change {
                 Some(status) => all.insert(name, *status),
@@ -195,11 +210,11 @@ impl GovernedView {
     /// The view of a state replay rebuilt.
     pub(super) fn of(state: &Governance) -> Self {
         let mut topics = BTreeMap::new();
-        let mut closed = Vec::with_capacity(state.topic_name_count());
+        let mut closed = Vec::new();
         let mut shown = HashMap::new();
         for (name, status) in state.topic_names_closed() {
             match status {
-                Some(status) => closed.push((Arc::clone(name), status)),
+                Some(status) => closed.push((name, status)),
                 None => {
                     if let Some(facts) = state.facts(name) {
                         topics.insert(name.to_string(), facts);
@@ -212,7 +227,7 @@ impl GovernedView {
         }
         let known = Known {
             topics,
-            closed: ClosedNames::new(closed),
+            closed: ClosedNames::new(closed.into_iter()),
         };
         GovernedView {
             topics: Arc::new(RwLock::new(known)),
@@ -223,9 +238,7 @@ impl GovernedView {
     /// Brings `topic` up to `state`, the committed state that has just applied an event of it.
     pub(super) fn refresh(&self, state: &Governance, topic: &str) {
         // Built before the lock is taken: readers wait only for the insert.
-        let bare = state
-            .closed_bare(topic)
-            .and_then(|why| Some((state.shared_name(topic)?, why)));
+        let bare = state.closed_bare(topic);
         let facts = match bare {
             Some(_) => None,
             None => state.facts(topic),
@@ -237,9 +250,9 @@ impl GovernedView {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match (bare, facts) {
-                (Some((name, status)), _) => {
+                (Some(status), _) => {
                     known.topics.remove(topic);
-                    known.closed.insert(name, status);
+                    known.closed.insert(topic, status);
                 }
                 (None, Some(facts)) => {
                     known.closed.remove(topic);
@@ -376,14 +389,14 @@ mod tests {
             (0..3 * MERGE_AT).map(|n| (name(n), status(n))).collect();
         let mut model: BTreeMap<String, RequestStatus> =
             start.iter().map(|(k, s)| (k.to_string(), *s)).collect();
-        let mut closed = ClosedNames::new(start);
+        let mut closed = ClosedNames::new(start.iter().map(|(k, s)| (&**k, *s)));
         for n in 0..5 * MERGE_AT {
             let k = name(n * 3 + 1);
             if n % 4 == 0 {
                 closed.remove(&k);
                 model.remove(&*k);
             } else {
-                closed.insert(Arc::clone(&k), status(n + 1));
+                closed.insert(&k, status(n + 1));
                 model.insert(k.to_string(), status(n + 1));
             }
         }
@@ -398,7 +411,10 @@ mod tests {
             .map(|(k, s)| (k.to_string(), s))
             .collect();
         assert_eq!(all, model);
-        assert!(closed.sorted.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(closed
+            .sorted
+            .windows(2)
+            .all(|w| closed.names.get(w[0].0) < closed.names.get(w[1].0)));
     }
 
     fn who(name: &str, roles: &[Role]) -> Principal {

@@ -35,11 +35,11 @@ pub struct Decided<'a> {
     pub status: RequestStatus,
 }
 
-/// A decided create request as it is kept: the interned topic name, and the requester as an
-/// index into the few people who file requests (`People`), 24 bytes.
+/// A decided create request as it is kept: its topic as the name's index (`NameBuf`) and the
+/// requester as an index into the few people who file requests (`People`), 12 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Reduced {
-    topic: Arc<str>,
+    topic: u32,
     requested_by: u32,
     kind: RequestKind,
     status: RequestStatus,
@@ -56,40 +56,94 @@ pub struct Latest {
     pub decided: Option<RequestStatus>,
 }
 
+/// Names, each stored once in one buffer and known by its index: a long history holds
+/// hundreds of thousands of topic names, and an allocation of its own for each (with a
+/// reference count and malloc's header) cost about three times the name's bytes.
+#[derive(Debug, Clone, Default)]
+pub(super) struct NameBuf {
+    text: String,
+    /// Where each name ends in `text`.
+    ends: Vec<u32>,
+}
+
+impl NameBuf {
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(super) fn get(&self, id: u32) -> &str {
+        let i = id as usize;
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends.get(before).copied().unwrap_or(0),
+            None => 0,
+        } as usize;
+        let end = self.ends.get(i).copied().unwrap_or(0) as usize;
+        self.text.get(start..end).unwrap_or("")
+    }
+
+    pub(super) fn push(&mut self, name: &str) -> u32 {
+        let id = self.ends.len() as u32;
+        self.text.push_str(name);
+        self.ends.push(self.text.len() as u32);
+        id
+    }
+
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+    }
+
+    fn append(&mut self, other: &NameBuf) {
+        let offset = self.text.len() as u32;
+        self.text.reserve_exact(other.text.len());
+        self.text.push_str(&other.text);
+        self.ends.reserve_exact(other.ends.len());
+        self.ends.extend(other.ends.iter().map(|e| e + offset));
+    }
+}
+
 /// What each copy applied since the last fold. The top is small (`FOLD_AT`); its maps hash.
 // FxHash, not SipHash: speed over resistance to crafted collisions, as every key comes from an
 // authenticated filing that is an event in the log.
 #[derive(Debug, Clone, Default)]
 struct Layer {
     decided: BTreeMap<Uuid, Reduced>,
-    /// Topic name to its latest request. Its keys are the interned topic names.
-    latest: FxHashMap<Arc<str>, Latest>,
+    /// Name index to the name's latest request.
+    latest: FxHashMap<u32, Latest>,
+    /// The names first met since the fold, numbered after the base's.
+    names: NameBuf,
+    ids: FxHashMap<Box<str>, u32>,
 }
 
 impl Layer {
     fn is_empty(&self) -> bool {
-        self.decided.is_empty() && self.latest.is_empty()
+        self.decided.is_empty() && self.latest.is_empty() && self.names.len() == 0
     }
 }
 
 /// The bulk, shared by both copies. A long history holds hundreds of thousands of names and
-/// decided requests, so both are a `Vec` in key order, not a map: 40 bytes a name instead of a
-/// hash table's 80 at its usual load, 40 bytes a decided request instead of a B-tree's 60 to
-/// 110 (its nodes are half full when grown by inserts in id order, as a replay does), and a
-/// snapshot (which holds both in this order) decodes straight into them with nothing hashed.
-/// A look-up is a binary search.
+/// decided requests, so they are kept in `Vec`s, not maps: a name is its bytes in `names`, 4
+/// bytes of its end, 17 of its latest request (indexed by the name's index) and 4 in
+/// `by_name`; a decided request 28 bytes in id order, instead of a B-tree's 60 to 110 (its
+/// nodes are half full when grown by inserts in id order, as a replay does). A snapshot (which
+/// holds both in order) decodes straight into them with nothing hashed; a look-up is a binary
+/// search.
 #[derive(Debug, Clone, Default)]
 struct Base {
+    names: NameBuf,
+    /// By name index; `None` for a name met only as a decided request's topic.
+    latest: Vec<Option<Latest>>,
+    /// The name indexes in name order.
+    by_name: Vec<u32>,
     decided: Vec<(Uuid, Reduced)>,
-    latest: Vec<(Arc<str>, Latest)>,
 }
 
 impl Base {
-    fn latest(&self, name: &str) -> Option<&(Arc<str>, Latest)> {
-        self.latest
-            .binary_search_by(|(k, _)| (**k).cmp(name))
+    fn id_of(&self, name: &str) -> Option<u32> {
+        self.by_name
+            .binary_search_by(|&i| self.names.get(i).cmp(name))
             .ok()
-            .map(|i| &self.latest[i])
+            .map(|at| self.by_name[at])
     }
 
     fn decided(&self, id: &Uuid) -> Option<&Reduced> {
@@ -145,24 +199,42 @@ pub struct History {
 const FOLD_AT: usize = 1024;
 
 impl History {
-    /// `name`, interned: the same allocation for every use of one topic name.
-    fn topic_name(&self, name: &str) -> Arc<str> {
-        if let Some((k, _)) = self.top.latest.get_key_value(name) {
-            return Arc::clone(k);
-        }
-        if let Some((k, _)) = self.base.latest(name) {
-            return Arc::clone(k);
-        }
-        Arc::from(name)
+    fn base_names(&self) -> u32 {
+        self.base.names.len() as u32
     }
 
-    /// The interned `name`, if it is a topic name KafFlow has had a request for.
-    pub fn shared_name(&self, name: &str) -> Option<Arc<str>> {
+    /// The index of `name`, if it is a name this copy has met.
+    fn id_of(&self, name: &str) -> Option<u32> {
         self.top
-            .latest
-            .get_key_value(name)
-            .or_else(|| self.base.latest(name).map(|(k, v)| (k, v)))
-            .map(|(k, _)| Arc::clone(k))
+            .ids
+            .get(name)
+            .copied()
+            .or_else(|| self.base.id_of(name))
+    }
+
+    /// The name of index `id`.
+    fn name(&self, id: u32) -> &str {
+        match id.checked_sub(self.base_names()) {
+            Some(new) => self.top.names.get(new),
+            None => self.base.names.get(id),
+        }
+    }
+
+    /// The index of `name`, numbered now if it is new.
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.id_of(name) {
+            return id;
+        }
+        let id = self.base_names() + self.top.names.push(name);
+        self.top.ids.insert(name.into(), id);
+        id
+    }
+
+    fn latest_by_id(&self, id: u32) -> Option<Latest> {
+        match self.top.latest.get(&id) {
+            Some(latest) => Some(*latest),
+            None => self.base.latest.get(id as usize).copied().flatten(),
+        }
     }
 
     fn person(&mut self, name: &str) -> u32 {
@@ -174,7 +246,7 @@ impl History {
 
     fn shown<'a>(&'a self, d: &'a Reduced) -> Decided<'a> {
         Decided {
-            topic: &d.topic,
+            topic: self.name(d.topic),
             requested_by: self.people.name(d.requested_by),
             kind: d.kind,
             status: d.status,
@@ -183,7 +255,7 @@ impl History {
 
     /// Records `id` as the latest request of `topic` (an open one: just filed).
     pub fn set_latest(&mut self, topic: &str, id: Uuid) {
-        let name = self.topic_name(topic);
+        let name = self.intern(topic);
         self.top.latest.insert(name, Latest { id, decided: None });
     }
 
@@ -194,11 +266,7 @@ impl History {
 
     /// The latest request of `topic`, with its status once decided.
     pub fn latest_of(&self, topic: &str) -> Option<Latest> {
-        self.top
-            .latest
-            .get(topic)
-            .or_else(|| self.base.latest(topic).map(|(_, v)| v))
-            .copied()
+        self.latest_by_id(self.id_of(topic)?)
     }
 
     /// Keeps a decided create request, reduced.
@@ -211,14 +279,14 @@ impl History {
         status: RequestStatus,
     ) {
         let decided = Reduced {
-            topic: self.topic_name(topic),
+            topic: self.intern(topic),
             requested_by: self.person(requested_by),
             kind,
             status,
         };
         if kind == RequestKind::Create && self.latest(topic) == Some(id) {
             self.top.latest.insert(
-                Arc::clone(&decided.topic),
+                decided.topic,
                 Latest {
                     id,
                     decided: Some(status),
@@ -261,19 +329,19 @@ impl History {
     /// How many topic names KafFlow has had a request for (at most; a name in both layers is
     /// counted twice).
     pub fn topic_count(&self) -> usize {
-        self.top.latest.len() + self.base.latest.len()
+        self.base.names.len() + self.top.names.len()
     }
 
-    /// Every topic name KafFlow has had a request for, with its latest request.
-    pub fn topics(&self) -> impl Iterator<Item = (&Arc<str>, Latest)> {
-        let top = &self.top.latest;
-        top.iter().map(|(k, v)| (k, *v)).chain(
-            self.base
-                .latest
-                .iter()
-                .filter(move |(k, _)| !top.contains_key(&**k))
-                .map(|(k, v)| (k, *v)),
-        )
+    /// Every topic name KafFlow has had a request for, with its latest request; in name order
+    /// as far as the base goes (all of it after a fold).
+    pub fn topics(&self) -> impl Iterator<Item = (&str, Latest)> {
+        let new = self.base_names()..self.base_names() + self.top.names.len() as u32;
+        self.base
+            .by_name
+            .iter()
+            .copied()
+            .chain(new)
+            .filter_map(|id| Some((self.name(id), self.latest_by_id(id)?)))
     }
 
     /// Whether `fold` is due.
@@ -294,15 +362,19 @@ impl History {
             top.decided.into_iter().collect(),
             |a, b| a.0.cmp(&b.0),
         );
-        let mut added = Vec::new();
-        for (name, latest) in top.latest {
-            match base.latest.binary_search_by(|(k, _)| (**k).cmp(&*name)) {
-                Ok(i) => base.latest[i].1 = latest,
-                Err(_) => added.push((name, latest)),
+        // New names keep their index: they were numbered after the base's.
+        let first_new = base.names.len() as u32;
+        base.names.append(&top.names);
+        base.latest.resize(base.names.len(), None);
+        for (id, latest) in top.latest {
+            if let Some(slot) = base.latest.get_mut(id as usize) {
+                *slot = Some(latest);
             }
         }
-        added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        merge_in_order(&mut base.latest, added, |a, b| a.0.cmp(&b.0));
+        let Base { names, by_name, .. } = base;
+        let mut added: Vec<u32> = (first_new..names.len() as u32).collect();
+        added.sort_unstable_by(|&a, &b| names.get(a).cmp(names.get(b)));
+        merge_in_order(by_name, added, |&a, &b| names.get(a).cmp(names.get(b)));
     }
 }
 
@@ -401,13 +473,28 @@ impl Serialize for History {
 }
 
 impl History {
-    fn wire<'a, Z: serde::Serializer>(&'a self, serializer: Z) -> Result<Z::Ok, Z::Error> {
-        // In name order: the same state always gives the same bytes.
-        let mut topics: Vec<(&str, Uuid, Option<RequestStatus>)> = self
-            .topics()
-            .map(|(k, v)| (&**k, v.id, v.decided))
+    fn wire<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        // In name order: the same state always gives the same bytes. The base's names are in
+        // order and the top's few follow: the stable sort merges the two runs in one pass.
+        let mut ids: Vec<u32> = self
+            .base
+            .by_name
+            .iter()
+            .copied()
+            .chain(self.base_names()..self.base_names() + self.top.names.len() as u32)
+            .filter(|&id| self.latest_by_id(id).is_some())
             .collect();
-        topics.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        ids.sort_by(|&a, &b| self.name(a).cmp(self.name(b)));
+        let mut topic_ix = vec![u32::MAX; self.topic_count()];
+        let mut topics: Vec<(&str, Uuid, Option<RequestStatus>)> = Vec::with_capacity(ids.len());
+        for (at, &id) in ids.iter().enumerate() {
+            if let (Some(ix), Some(latest)) = (topic_ix.get_mut(id as usize), self.latest_by_id(id))
+            {
+                *ix = at as u32;
+                topics.push((self.name(id), latest.id, latest.decided));
+            }
+        }
+        drop(ids);
         // People in name order too (a copy numbers them as it meets them): each index is
         // renumbered.
         let mut by_name: Vec<u32> = (0..self.people.names.len() as u32).collect();
@@ -417,11 +504,6 @@ impl History {
         for (new, &old) in by_name.iter().enumerate() {
             renumbered[old as usize] = new as u32;
         }
-        let topic_ix: FxHashMap<&'a str, u32> = topics
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _, _))| (*n, i as u32))
-            .collect();
         let mut decided = Vec::new();
         let all = Merge {
             a: self.top.decided.iter().peekable(),
@@ -429,7 +511,7 @@ impl History {
         };
         for (id, d) in all {
             let (Some(&t), Some(&p)) = (
-                topic_ix.get(&*d.topic),
+                topic_ix.get(d.topic as usize).filter(|&&t| t != u32::MAX),
                 renumbered.get(d.requested_by as usize),
             ) else {
                 return Err(serde::ser::Error::custom(
@@ -456,10 +538,13 @@ struct WireIn<'a> {
     decided: Vec<(Uuid, u32, u32, RequestKind, RequestStatus)>,
 }
 
-/// The topic names of a snapshot, decoded into the base's `Vec`: each name borrowed from the
-/// snapshot's bytes and interned from there (one allocation, no list of them first), and
-/// checked to be in strict name order, the base's order, rather than trusted.
-struct InOrder(Vec<(Arc<str>, Latest)>);
+/// The topic names of a snapshot, decoded into the base's form: each name copied from the
+/// snapshot's bytes into the one buffer (no list of them first), and checked to be in strict
+/// name order, the base's order, rather than trusted. A name's index is its place.
+struct InOrder {
+    names: NameBuf,
+    latest: Vec<Option<Latest>>,
+}
 
 impl<'de> Deserialize<'de> for InOrder {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -477,17 +562,26 @@ impl<'de> Deserialize<'de> for InOrder {
             ) -> Result<InOrder, A::Error> {
                 // The length is the file's word, read before its checksum is known: what is
                 // reserved for it is capped, and the rest grows as the names come.
-                let mut names: Vec<(Arc<str>, Latest)> =
-                    Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                let hint = seq.size_hint().unwrap_or(0).min(1 << 20);
+                let mut names = NameBuf {
+                    text: String::with_capacity(hint * 16),
+                    ends: Vec::with_capacity(hint),
+                };
+                let mut latest = Vec::with_capacity(hint);
+                let mut last: Option<&'de str> = None;
                 while let Some((name, id, decided)) =
                     seq.next_element::<(&'de str, Uuid, Option<RequestStatus>)>()?
                 {
-                    if names.last().is_some_and(|(last, _)| **last >= *name) {
+                    if last.is_some_and(|last| last >= name) {
                         return Err(serde::de::Error::custom("topic names out of order"));
                     }
-                    names.push((Arc::from(name), Latest { id, decided }));
+                    last = Some(name);
+                    names.push(name);
+                    latest.push(Some(Latest { id, decided }));
                 }
-                Ok(InOrder(names))
+                names.shrink_to_fit();
+                latest.shrink_to_fit();
+                Ok(InOrder { names, latest })
             }
         }
         deserializer.deserialize_seq(Names)
@@ -501,14 +595,14 @@ impl<'de> Deserialize<'de> for History {
         for name in wire.people {
             people.add(Arc::from(name));
         }
-        // A request's topic is its index in the names; the requests come in id order, the
-        // base's order, which is checked rather than trusted.
-        let names = &wire.topics.0;
+        // A request's topic is its name's place, which is its index; the requests come in id
+        // order, the base's order, which is checked rather than trusted.
+        let count = wire.topics.names.len();
         let mut decided: Vec<(Uuid, Reduced)> = Vec::with_capacity(wire.decided.len());
         for (id, t, p, kind, status) in wire.decided {
-            let Some((topic, _)) = names.get(t as usize) else {
+            if t as usize >= count {
                 return Err(serde::de::Error::custom("a name index out of range"));
-            };
+            }
             if p as usize >= people.names.len() {
                 return Err(serde::de::Error::custom("a person index out of range"));
             }
@@ -518,7 +612,7 @@ impl<'de> Deserialize<'de> for History {
             decided.push((
                 id,
                 Reduced {
-                    topic: Arc::clone(topic),
+                    topic: t,
                     requested_by: p,
                     kind,
                     status,
@@ -527,8 +621,10 @@ impl<'de> Deserialize<'de> for History {
         }
         Ok(History {
             base: Arc::new(Base {
+                names: wire.topics.names,
+                latest: wire.topics.latest,
+                by_name: (0..count as u32).collect(),
                 decided,
-                latest: wire.topics.0,
             }),
             top: Layer::default(),
             people: Arc::new(people),
@@ -571,10 +667,8 @@ mod tests {
             vec![first, second]
         );
         let d = b.get(&second).expect("decided");
-        assert!(
-            std::ptr::eq(d.topic, b.get(&first).expect("decided").topic),
-            "one allocation per name"
-        );
+        assert_eq!(d.topic, "t");
+        assert_eq!(b.topic_count(), 1, "one name");
         assert_eq!(d.requested_by, "alice");
         drop(a);
         b.fold();
@@ -603,7 +697,12 @@ mod tests {
         h.decide(z, "z", "bob", RequestKind::Create, RequestStatus::Withdrawn);
         let again = file(&mut h, "m");
         h.fold();
-        let names: Vec<&str> = h.base.latest.iter().map(|(k, _)| &**k).collect();
+        let names: Vec<&str> = h
+            .base
+            .by_name
+            .iter()
+            .map(|&i| h.base.names.get(i))
+            .collect();
         assert_eq!(names, ["a", "c", "m", "z"]);
         assert_eq!(
             h.latest_of("m"),

@@ -11,7 +11,6 @@
 //! needs the topic's owner); their types, commands and handlers are in `access`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -719,30 +718,18 @@ impl Governance {
         self.access.grants_on(topic).is_empty().then_some(status)
     }
 
-    /// The interned `topic`, if KafFlow has had a request for it.
-    pub(super) fn shared_name(&self, topic: &str) -> Option<Arc<str>> {
-        self.history.shared_name(topic)
-    }
-
-    /// Every topic name KafFlow has had a request for, interned, with the status of its latest
+    /// Every topic name KafFlow has had a request for, with the status of its latest
     /// request when the name is closed for good and that is all there is to know of it
     /// (`closed_bare`, for all names in one pass). The names with a topic, an open request or
     /// a grant are few; each of the others costs a look-up in a set of those.
-    pub(super) fn topic_names_closed(
-        &self,
-    ) -> impl Iterator<Item = (&Arc<str>, Option<RequestStatus>)> {
+    pub(super) fn topic_names_closed(&self) -> impl Iterator<Item = (&str, Option<RequestStatus>)> {
         let mut kept = self.access.granted_topics();
         kept.extend(self.topics.keys().map(String::as_str));
         kept.extend(self.open.keys().map(String::as_str));
         self.history.topics().map(move |(name, latest)| {
-            let why = latest.decided.filter(|_| !kept.contains(&**name));
+            let why = latest.decided.filter(|_| !kept.contains(name));
             (name, why)
         })
-    }
-
-    /// How many topic names KafFlow has had a request for (an upper bound).
-    pub(super) fn topic_name_count(&self) -> usize {
-        self.history.topic_count()
     }
 
     /// Every topic, in name order.

@@ -754,10 +754,14 @@ fn take_snapshot<S: Snapshotted>(
     let bytes = snapshot::encode(&head, &state)?;
     drop(state);
     snapshot::write(dir, &bytes)?;
-    Ok(Some(Written {
+    let written = Written {
         seq: head.seq,
         bytes: bytes.len(),
-    }))
+    };
+    drop(bytes);
+    // The copy of the state this thread built is gone; so are its pages.
+    crate::memory::give_back();
+    Ok(Some(written))
 }
 
 /// The writer thread; joined at shutdown so the last commit is on disk before `serve` returns.

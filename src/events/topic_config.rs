@@ -16,9 +16,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// See the module's comment.
+/// See the module's comment. `None` when empty: no allocation for a topic without config.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct TopicConfig(Option<Arc<[(Box<str>, Box<str>)]>>);
+pub struct TopicConfig(Option<Entries>);
+
+/// Key and value pairs, in key order, each key once.
+type Entries = Arc<[(Box<str>, Box<str>)]>;
 
 impl TopicConfig {
     pub fn is_empty(&self) -> bool {
