@@ -118,6 +118,14 @@ impl State {
     }
 }
 
+impl State {
+    /// Folds what replay applied into the parts' shared bulk (`Journaled::fold`), as the
+    /// journals do when they start.
+    fn fold(&mut self) {
+        actors::journal::Journaled::fold(&mut self.governance);
+    }
+}
+
 impl events::Snapshotted for State {
     fn apply(&mut self, event: &events::NewEvent) {
         State::apply(self, event);
@@ -237,12 +245,19 @@ pub async fn serve(
     };
 
     let mut coordinator = shutdown::Coordinator::default();
-    let (store, state, head, recovery) = recover(&config)?;
+    let (store, mut state, head, recovery) = recover(&config)?;
     let (writer, writer_thread) = if config.snapshot_every > 0 {
-        store.into_writer_snapshotting::<State>(
+        // A start that replayed many events past the last snapshot takes one at once: of the
+        // state just rebuilt, folded first so that the copy shares the history's bulk.
+        let replayed = (head.seq >= recovery.snapshot_seq + config.snapshot_every).then(|| {
+            state.fold();
+            state.clone()
+        });
+        store.into_writer_snapshotting_from::<State>(
             head,
             config.snapshot_every,
             recovery.snapshot_seq,
+            replayed,
         )?
     } else {
         store.into_writer(head)?

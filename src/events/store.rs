@@ -425,13 +425,28 @@ impl Store {
         every: u64,
         snapshot_seq: u64,
     ) -> Result<(Writer, WriterThread), StoreError> {
+        self.into_writer_snapshotting_from::<S>(head, every, snapshot_seq, None)
+    }
+
+    /// Like `into_writer_snapshotting`, with the state at `head` that the start rebuilt (when it
+    /// replayed many events past the last snapshot): the thread writes it as the first snapshot
+    /// instead of replaying the whole log into a second copy of the state, which would double
+    /// the memory of a start from the whole log for as long as that replay takes.
+    pub fn into_writer_snapshotting_from<S: Snapshotted>(
+        self,
+        head: ChainHead,
+        every: u64,
+        snapshot_seq: u64,
+        replayed: Option<S>,
+    ) -> Result<(Writer, WriterThread), StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Nudge>(1);
         let taken = Arc::new(AtomicU64::new(snapshot_seq));
         let path = self.path.clone();
         let seen = taken.clone();
+        let first = replayed.map(|state| (head.clone(), state));
         let handle = thread::Builder::new()
             .name("event-snapshots".into())
-            .spawn(move || snapshot_loop::<S>(&path, rx, &seen))
+            .spawn(move || snapshot_loop::<S>(&path, rx, &seen, first))
             .map_err(StoreError::WriterStart)?;
         self.start_writer(
             head,
@@ -700,7 +715,12 @@ impl Snapshots {
 struct Nudge;
 
 /// The snapshot thread: one snapshot per nudge, and a last one when the writer has closed.
-fn snapshot_loop<S: Snapshotted>(db: &Path, rx: mpsc::Receiver<Nudge>, taken: &AtomicU64) {
+fn snapshot_loop<S: Snapshotted>(
+    db: &Path,
+    rx: mpsc::Receiver<Nudge>,
+    taken: &AtomicU64,
+    first: Option<(ChainHead, S)>,
+) {
     let conn = match read_only(db) {
         Ok(conn) => conn,
         Err(e) => {
@@ -726,6 +746,26 @@ fn snapshot_loop<S: Snapshotted>(db: &Path, rx: mpsc::Receiver<Nudge>, taken: &A
             Err(e) => tracing::warn!(error = %e, "Snapshot not written."),
         }
     };
+    if let Some((head, state)) = first {
+        let started = std::time::Instant::now();
+        let written = snapshot::encode(&head, &state).and_then(|bytes| {
+            drop(state);
+            snapshot::write(dir, &bytes).map(|()| bytes.len())
+        });
+        crate::memory::give_back();
+        match written {
+            Ok(bytes) => {
+                taken.store(head.seq, Ordering::Relaxed);
+                tracing::info!(
+                    seq = head.seq,
+                    bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "Snapshot written."
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "Snapshot not written."),
+        }
+    }
     while rx.recv().is_ok() {
         take();
     }
@@ -1219,7 +1259,7 @@ mod tests {
     }
 
     /// The topics of the events applied, in order: enough to tell two replays apart.
-    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
     struct Topics(Vec<String>);
 
     impl Snapshotted for Topics {
@@ -1333,6 +1373,34 @@ mod tests {
     fn verify_head(dir: &Path) -> ChainHead {
         let bytes = std::fs::read(dir.join(snapshot::FILE)).expect("snapshot");
         snapshot::decode::<Topics>(&bytes).expect("decode").0
+    }
+
+    /// A start that replayed the log hands its state to the snapshot thread, which writes it
+    /// as it is (no second replay into a copy of its own) and then skips the snapshot the
+    /// writer asks for at once.
+    #[tokio::test]
+    async fn the_state_a_start_replayed_is_the_first_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let head = log_of(dir.path(), 12).await;
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        // Not what the log rebuilds: the snapshot shows which state was written.
+        let handed = Topics(vec!["handed over".into()]);
+        let (writer, thread) = store
+            .into_writer_snapshotting_from::<Topics>(head.clone(), 10, 0, Some(handed.clone()))
+            .expect("writer");
+        assert_eq!(wait_for_snapshot(dir.path(), 12), 12);
+        let bytes = std::fs::read(dir.path().join(snapshot::FILE)).expect("snapshot");
+        let (at, state) = snapshot::decode::<Topics>(&bytes).expect("decode");
+        assert_eq!(at, head);
+        assert_eq!(
+            state, handed,
+            "the state handed over, not a replay of the log"
+        );
+        drop(writer);
+        thread.join();
+        let bytes = std::fs::read(dir.path().join(snapshot::FILE)).expect("snapshot");
+        let (_, state) = snapshot::decode::<Topics>(&bytes).expect("decode");
+        assert_eq!(state, handed, "nothing appended since: no other snapshot");
     }
 
     #[tokio::test]
