@@ -195,6 +195,7 @@ pub async fn serve(
     on_listening: impl FnOnce(Bound),
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    memory::fix_thresholds();
     // The TLS files first: an unusable certificate is a config error, reported before all.
     let (http_tls, ingest_tls) = match &config.tls {
         Some(files) => (

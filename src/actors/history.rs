@@ -4,7 +4,8 @@
 //! A long-lived installation has far more decided requests than open ones, and every decision
 //! needs only a few facts of them: the topic's latest request (for `route_of`), and of a decided
 //! request its topic, kind, status and requester (for the filters of a list, for paging and for
-//! the audit scope). Those are kept here, with every name interned once; the rest of a decided
+//! the audit scope). Those are kept here, with every name stored once (`NameBuf`) and known by
+//! its index, and every requester by an index into the people; the rest of a decided
 //! request (config, reason, notes, timestamps) is read from the log when asked for
 //! (`registry::RequestDetails`).
 //!
