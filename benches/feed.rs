@@ -344,6 +344,31 @@ fn rss_kib(service: &Service) -> u64 {
         .unwrap_or(0)
 }
 
+/// The feed counters of `/metrics`: (fallbacks, rejoins from the window, catch-ups from Kafka).
+fn switches(service: &Service) -> (u64, u64, u64) {
+    let text = reqwest::blocking::get(format!("{}/metrics", service.http))
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    (
+        sample("kafflow_feed_fallbacks_total "),
+        sample("kafflow_feed_rejoins_total "),
+        sample("kafflow_feed_catchups_total "),
+    )
+}
+
+/// The machine's 1-minute load average.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// What one latency shape measured.
 struct Shape {
     users: usize,
@@ -378,6 +403,8 @@ fn latency(
     }
     let warmup = 200;
     let total = warmup + rate * secs;
+    let switched = switches(service);
+    let load_before = load_average();
     let base = Instant::now();
     let deadline = base + Duration::from_secs(secs + 120);
     let before = rss_kib(service);
@@ -438,6 +465,7 @@ fn latency(
         while pending.next().await.is_some() {}
     });
     let produced_secs = started.elapsed().as_secs_f64();
+    let load_produced = load_average();
 
     let mut from_ack: Vec<i64> = Vec::new();
     let mut from_append: Vec<i64> = Vec::new();
@@ -494,6 +522,17 @@ fn latency(
         percentile(&from_append, 100.0, 1.0),
     );
     println!("  resident memory per open feed: {kib_per_feed:.0} KiB");
+    let now = switches(service);
+    println!(
+        "  users falling back: {} times; rejoined from the window: {}; read alone from Kafka: {}",
+        now.0 - switched.0,
+        now.1 - switched.1,
+        now.2 - switched.2
+    );
+    println!(
+        "  load average (1 min): {load_before:.1} before, {load_produced:.1} after producing, {:.1} at the end",
+        load_average()
+    );
     Shape {
         users,
         clients,

@@ -55,9 +55,13 @@ pub struct Metrics {
     pub feed_topic_readers: IntGauge,
     /// A user's topics read by the user's own catch-up reader, behind the shared window.
     pub feed_catchup_topics: IntGauge,
-    /// Times a user's topic joined its shared reader, and fell back to catching up.
+    /// Times a user's topic joined its shared reader, and left it because the feeds were slow.
     pub feed_joins: IntCounter,
     pub feed_fallbacks: IntCounter,
+    /// Times a topic that fell back joined its shared reader again from the reader's window.
+    pub feed_rejoins: IntCounter,
+    /// Times a user's topic started reading on its own from Kafka (behind the shared window).
+    pub feed_catchups: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -226,7 +230,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         feed_fallbacks: counter(
             &r,
             "kafflow_feed_fallbacks_total",
-            "Times a user's topic left the shared reader for catch-up (slow feeds).",
+            "Times a user's topic left the shared reader because its feeds were slow.",
+        ),
+        feed_rejoins: counter(
+            &r,
+            "kafflow_feed_rejoins_total",
+            "Times a topic that fell back rejoined its shared reader from the reader's window.",
+        ),
+        feed_catchups: counter(
+            &r,
+            "kafflow_feed_catchups_total",
+            "Times a user's topic started reading on its own from Kafka, behind the shared window.",
         ),
         registry: r,
     }

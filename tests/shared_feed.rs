@@ -1,7 +1,10 @@
 //! Feeds that share one Kafka fetch per topic: several users on one topic each get every
 //! record once and in order while one topic reader fetches; each user resumes at its own
 //! committed position after `kill -9`; a user starting from the beginning catches up alone
-//! and then joins the shared reader, with nothing lost or repeated across the switch.
+//! and then joins the shared reader, with nothing lost or repeated across the switch; a user
+//! whose client stops reading falls back and, once it reads again, rejoins the shared reader
+//! from its window without a Kafka fetch of its own (or, too far behind the window, catches up
+//! alone first), with nothing lost or repeated, while another user on the topic reads on.
 
 mod common;
 
@@ -220,4 +223,140 @@ fn a_user_from_earliest_catches_up_then_joins_the_shared_tail() {
         assert!(extra.is_empty(), "{who}: sent again: {extra:?}");
     }
     wait_committed("kafflow.user.lou", &topic, 2, 2600);
+}
+
+/// Records of about 8 KiB, so that a few hundred fill the sockets of a client that stops
+/// reading while all of them stay inside the shared reader's window (4,096 per partition).
+fn padded(range: std::ops::Range<u32>) -> Vec<Produce<'static>> {
+    let pad = "x".repeat(8 * 1024);
+    range
+        .map(|i| Produce::value(json!({ "i": i, "pad": pad }).to_string()))
+        .collect()
+}
+
+/// A service whose feeds hold few records, so that a client that stops reading makes its user
+/// fall back soon.
+fn small_buffers(users: &[&ExtraPrincipal]) -> Service {
+    let extra: String = users.iter().map(|u| u.config.clone()).collect();
+    Service::start_with_config(move |text| text + "\n[feeds]\nbuffer_frames = 50\n" + &extra)
+}
+
+/// Produces `records` (numbered from 0) while the other user's client reads nothing and
+/// `fast` reads them all on a thread of its own; returns `fast` once it has every record and
+/// the stalled user has fallen back.
+fn stall_while_producing(
+    svc: &Service,
+    topic: &str,
+    fast: FeedClient,
+    records: Vec<Produce<'static>>,
+    fallbacks: f64,
+) -> FeedClient {
+    let total = records.len() as u64;
+    let reader = std::thread::spawn(move || {
+        let mut fast = fast;
+        let records = fast.records(total as usize, Duration::from_secs(60));
+        (fast, records)
+    });
+    kafka_produce(topic, &records);
+    let (fast, records) = reader.join().expect("the fast reader");
+    assert_eq!(
+        in_order("the fast user", &records),
+        (0..total).collect::<Vec<_>>(),
+        "the fast user got everything while the other stalled"
+    );
+    let fell = wait_until(Duration::from_secs(20), || {
+        svc.metric("kafflow_feed_fallbacks_total") > fallbacks
+    });
+    assert!(fell, "the stalled user never fell back");
+    fast
+}
+
+#[test]
+fn a_stalled_user_rejoins_the_shared_reader_from_its_window() {
+    let max = ExtraPrincipal::new("max", &["consumer"]);
+    let ned = ExtraPrincipal::new("ned", &["consumer"]);
+    let svc = small_buffers(&[&max, &ned]);
+    let topic = unique_topic("rejoin");
+    svc.provision(&topic, 1);
+    subscribe(&svc, &max.token, &topic);
+    subscribe(&svc, &ned.token, &topic);
+    let mut slow = svc.feed(&max.token, "");
+    let mut fast = svc.feed(&ned.token, "");
+    slow.next(FRAME);
+    fast.next(FRAME);
+    wait_shared(&svc);
+    let (fallbacks, rejoins, catchups) = (
+        svc.metric("kafflow_feed_fallbacks_total"),
+        svc.metric("kafflow_feed_rejoins_total"),
+        svc.metric("kafflow_feed_catchups_total"),
+    );
+
+    // max reads nothing while 2,400 records (about 19 MiB) come: more than the sockets, the
+    // feed and the consumer hold, all inside the window.
+    let mut fast = stall_while_producing(&svc, &topic, fast, padded(0..2400), fallbacks);
+
+    // max reads again: every record once, in order, from the window.
+    expect("max", &mut slow, 0..2400);
+    let back = wait_until(Duration::from_secs(20), || {
+        svc.metric("kafflow_feed_rejoins_total") > rejoins
+    });
+    assert!(back, "max never rejoined the shared reader");
+    wait_shared(&svc);
+    assert_eq!(
+        svc.metric("kafflow_feed_catchups_total"),
+        catchups,
+        "max read from Kafka on its own instead of the window"
+    );
+
+    kafka_produce(&topic, &numbered(2400..2500));
+    expect("max", &mut slow, 2400..2500);
+    expect("ned", &mut fast, 2400..2500);
+    for (who, feed) in [("max", &mut slow), ("ned", &mut fast)] {
+        let extra = feed.drain(QUIET);
+        assert!(extra.is_empty(), "{who}: sent again: {extra:?}");
+    }
+    wait_committed("kafflow.user.max", &topic, 1, 2500);
+    wait_committed("kafflow.user.ned", &topic, 1, 2500);
+}
+
+#[test]
+fn a_user_stalled_past_the_window_catches_up_alone_then_rejoins() {
+    let oli = ExtraPrincipal::new("oli", &["consumer"]);
+    let pam = ExtraPrincipal::new("pam", &["consumer"]);
+    let svc = small_buffers(&[&oli, &pam]);
+    let topic = unique_topic("cut-loose");
+    svc.provision(&topic, 1);
+    subscribe(&svc, &oli.token, &topic);
+    subscribe(&svc, &pam.token, &topic);
+    let mut slow = svc.feed(&oli.token, "");
+    let mut fast = svc.feed(&pam.token, "");
+    slow.next(FRAME);
+    fast.next(FRAME);
+    wait_shared(&svc);
+    let (fallbacks, catchups) = (
+        svc.metric("kafflow_feed_fallbacks_total"),
+        svc.metric("kafflow_feed_catchups_total"),
+    );
+
+    // 1,500 large records fill oli's sockets and make it fall back; 5,500 small ones push
+    // where it stopped out of the window (the last 4,096 records).
+    let mut records = padded(0..1500);
+    records.extend(numbered(1500..7000));
+    let mut fast = stall_while_producing(&svc, &topic, fast, records, fallbacks);
+
+    // oli reads again: behind the window, it reads alone from Kafka, then joins again.
+    expect("oli", &mut slow, 0..7000);
+    assert!(
+        svc.metric("kafflow_feed_catchups_total") > catchups,
+        "oli was behind the window and yet never read alone"
+    );
+    wait_shared(&svc);
+    kafka_produce(&topic, &numbered(7000..7100));
+    expect("oli", &mut slow, 7000..7100);
+    expect("pam", &mut fast, 7000..7100);
+    for (who, feed) in [("oli", &mut slow), ("pam", &mut fast)] {
+        let extra = feed.drain(QUIET);
+        assert!(extra.is_empty(), "{who}: sent again: {extra:?}");
+    }
+    wait_committed("kafflow.user.oli", &topic, 1, 7100);
 }

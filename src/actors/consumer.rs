@@ -26,8 +26,12 @@
 //! Backpressure: each feed may hold `feeds.buffer_frames` records not yet written, whatever
 //! the frames that carry them. When a record cannot be handed to every feed, the actor keeps it. The shared reader never waits for
 //! one user: when `FALL_BACK_AT` records wait, or `PULL_BELOW` have waited for `PAUSE_AFTER`,
-//! the user's shared topics leave it, their waiting records are dropped and the catch-up reader
-//! takes over at the first of them. The catch-up reader is held back as before: the actor stops
+//! the user's shared topics leave it and their waiting records are dropped; once the feeds
+//! have room the topics join again at the first of them, from the reader's window, and only a
+//! user that has left the window meanwhile reads alone with its catch-up reader. What each feed
+//! has written is counted in atomics (`FeedAcks`) that the actor reads when it dispatches, not
+//! sent as a message per write, so a busy actor does not look like slow feeds. The catch-up
+//! reader is held back as before: the actor stops
 //! pulling records from it (librdkafka then stops fetching once its bounded prefetch is full); if the slow
 //! feed has not caught up within `PAUSE_AFTER`, the actor pauses its partitions, which also
 //! frees the prefetch. A feed that makes no progress for `feeds.stall_timeout_ms` is closed
@@ -41,6 +45,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -367,6 +372,21 @@ pub struct FeedHandle {
     frames: mpsc::UnboundedReceiver<Frame>,
     close: oneshot::Receiver<FeedClose>,
     consumer: Addr<Consumer>,
+    acks: Arc<FeedAcks>,
+    /// Set by the consumer while it holds records for want of room in a feed.
+    wake: Arc<AtomicBool>,
+}
+
+/// What a feed's pump has written, counted where the consumer reads it when it next
+/// dispatches, commits or checks for stalls, rather than told in a message per write: behind
+/// the shared readers' batches in a busy consumer's mailbox, such messages made the feeds look
+/// slow and the user fall back.
+#[derive(Default)]
+struct FeedAcks {
+    /// Records written to the socket, in all.
+    records: AtomicU64,
+    /// The highest record sequence number written.
+    upto: AtomicU64,
 }
 
 impl FeedHandle {
@@ -396,11 +416,17 @@ impl FeedHandle {
     pub fn written(&self, frames: &[Frame]) {
         let records = frames.iter().map(|f| f.records).sum::<usize>();
         METRICS.delivered.inc_by(records as u64);
-        self.consumer.do_send(Written {
-            feed: self.id,
-            upto: frames.iter().filter_map(|f| f.n).max(),
-            records,
-        });
+        self.acks
+            .records
+            .fetch_add(records as u64, Ordering::SeqCst);
+        if let Some(n) = frames.iter().filter_map(|f| f.n).max() {
+            self.acks.upto.fetch_max(n, Ordering::SeqCst);
+        }
+        // Only a consumer that holds records for want of room needs a message; the others
+        // read the counters when they next dispatch or commit.
+        if self.wake.swap(false, Ordering::SeqCst) {
+            self.consumer.do_send(Written);
+        }
     }
 }
 
@@ -446,14 +472,10 @@ struct Detach {
     feed: u64,
 }
 
+/// A feed wrote frames while the consumer was holding records for want of room.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Written {
-    feed: u64,
-    /// The highest record sequence number written, if the frames held records.
-    upto: Option<u64>,
-    records: usize,
-}
+struct Written;
 
 /// A record as a reader fetched it, its frame already rendered.
 pub(crate) struct Fetched {
@@ -530,6 +552,9 @@ struct Position {
     next: HashMap<i32, i64>,
     resolved: bool,
     shared: Option<Membership>,
+    /// The topic left its shared reader because the feeds were slow, and joins it again from
+    /// the reader's window once they have room (or catches up alone if it is behind it).
+    rejoin: bool,
     /// The window's first offsets when the shared reader last said this user was behind.
     window_from: HashMap<i32, i64>,
     last_join: Option<Instant>,
@@ -547,7 +572,12 @@ struct FeedSlot {
     format: FeedFormat,
     tx: mpsc::UnboundedSender<Frame>,
     close: Option<oneshot::Sender<FeedClose>>,
-    /// Records sent (alone or in batches) and not yet reported written.
+    acks: Arc<FeedAcks>,
+    /// Records sent (alone or in batches), in all.
+    sent: u64,
+    /// Records written, as last read from `acks`.
+    written: u64,
+    /// Records sent (alone or in batches) and not yet written, as last read.
     queued: usize,
     /// Every record up to this sequence number is written (or was never meant for this feed).
     acked: u64,
@@ -598,6 +628,12 @@ pub struct Consumer {
     /// Since when the reader has been told to stop handing over records.
     holding: Option<Instant>,
     paused: bool,
+    /// Shared with the feeds: set while records wait for room, so that the next write sends
+    /// a `Written`.
+    wake: Arc<AtomicBool>,
+    /// Records of join backlogs not yet handed on: they are a shared reader's window, not
+    /// copies, so they do not count towards falling back.
+    grace: usize,
 }
 
 impl Consumer {
@@ -664,6 +700,8 @@ impl Consumer {
             start: FeedStart::Committed,
             holding: None,
             paused: false,
+            wake: Arc::default(),
+            grace: 0,
         })
     }
 
@@ -702,6 +740,7 @@ impl Consumer {
                     next: HashMap::new(),
                     resolved: false,
                     shared: None,
+                    rejoin: false,
                     window_from: HashMap::new(),
                     last_join: None,
                 },
@@ -741,9 +780,13 @@ impl Consumer {
         if !position.resolved || position.shared.is_some() {
             return;
         }
-        position.last_join = Some(Instant::now());
         // With many records waiting the feeds are slow: joining would only fall back again.
-        let slow = self.pending.len() >= PULL_BELOW;
+        let slow = self.pending.len().saturating_sub(self.grace) >= PULL_BELOW;
+        if slow && position.rejoin {
+            // It waits for room (`rejoin_if_room`) rather than read alone from Kafka.
+            return;
+        }
+        position.last_join = Some(Instant::now());
         let reader = if slow {
             None
         } else {
@@ -774,9 +817,10 @@ impl Consumer {
         if self.assigned.contains_key(topic) {
             return;
         }
-        let Some(position) = self.positions.get(topic) else {
+        let Some(position) = self.positions.get_mut(topic) else {
             return;
         };
+        position.rejoin = false;
         let offsets: Vec<(String, i32, i64)> = position
             .next
             .iter()
@@ -785,6 +829,7 @@ impl Consumer {
         self.epoch += 1;
         self.assigned.insert(topic.to_string(), self.epoch);
         METRICS.feed_catchup_topics.inc();
+        METRICS.feed_catchups.inc();
         tracing::debug!(user = %self.user, %topic, "Catching up alone.");
         self.op(KafkaOp::Assign {
             epoch: self.epoch,
@@ -826,10 +871,18 @@ impl Consumer {
         accept(position, &mut self.pending, batch);
     }
 
-    /// The feeds are too slow for the shared readers: leave them, drop the waiting records of
-    /// their topics and catch up from the first of them.
+    /// Records waiting beyond the join backlogs still held (see `grace`).
+    fn excess(&self) -> usize {
+        self.pending.len().saturating_sub(self.grace)
+    }
+
+    /// The feeds are too slow for the shared readers: leave them and drop the waiting records
+    /// of their topics, whose positions go back to the first of them. They join again from the
+    /// reader's window once the feeds have room (`rejoin_if_room`); only a user by then behind
+    /// the window reads alone from Kafka. So a burst, or a busy thread, costs a user a rejoin
+    /// from memory, not a Kafka client of its own that fetches every record again.
     fn fall_back_if_slow(&mut self) {
-        let slow = self.pending.len() >= FALL_BACK_AT
+        let slow = self.excess() >= FALL_BACK_AT
             || self
                 .backlog_since
                 .is_some_and(|since| since.elapsed() >= PAUSE_AFTER);
@@ -858,22 +911,50 @@ impl Consumer {
             }
             false
         });
+        self.grace = self.grace.min(self.pending.len());
         for ((topic, partition), offset) in first {
             if let Some(position) = self.positions.get_mut(&*topic) {
                 position.next.insert(partition, offset);
             }
         }
+        // A topic still catching up while its join was on its way restarts from the reset
+        // positions too: its client had fetched past the dropped records.
+        self.stop_catch_up(shared.clone());
         for topic in &shared {
             if let Some(position) = self.positions.get_mut(topic) {
                 Self::leave_shared(position);
+                position.rejoin = true;
                 position.last_join = Some(Instant::now());
             }
             METRICS.feed_fallbacks.inc();
-            tracing::debug!(user = %self.user, %topic, "Feeds slow; leaving the shared reader.");
-            self.catch_up(topic);
+            tracing::debug!(user = %self.user, %topic, "Feeds slow; leaving the shared reader until they have room.");
         }
-        if self.pending.len() < PULL_BELOW {
+        if self.excess() < PULL_BELOW {
             self.backlog_since = None;
+        }
+    }
+
+    /// Topics that fell back join their shared reader again, at their positions, once few
+    /// records wait and every feed has written at least half its buffer: the reader hands
+    /// the window's records from there, or says the user is behind, which then reads alone.
+    fn rejoin_if_room(&mut self) {
+        if self.excess() >= PULL_BELOW || !self.positions.values().any(|p| p.rejoin) {
+            return;
+        }
+        let half = self.settings.buffer_frames / 2;
+        if self.feeds.values().any(|f| f.queued > half) {
+            // The next write tells; nothing else may come to make this actor look again.
+            self.wake.store(true, Ordering::SeqCst);
+            return;
+        }
+        let topics: Vec<String> = self
+            .positions
+            .iter()
+            .filter(|(t, p)| p.rejoin && p.shared.is_none() && !self.assigned.contains_key(*t))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in topics {
+            self.try_join(&topic);
         }
     }
 
@@ -891,6 +972,7 @@ impl Consumer {
                 }
                 Some(_) => {}
                 None if position.resolved
+                    && !position.rejoin
                     && (position.reached_window()
                         || position
                             .last_join
@@ -904,7 +986,8 @@ impl Consumer {
         for topic in lost {
             self.catch_up(&topic);
         }
-        if self.pending.len() >= PULL_BELOW {
+        self.rejoin_if_room();
+        if self.excess() >= PULL_BELOW {
             return;
         }
         for topic in to_join {
@@ -922,6 +1005,7 @@ impl Consumer {
         }
         self.pending
             .retain(|c| !topics.iter().any(|t| **t == *c.batch.topic));
+        self.grace = self.grace.min(self.pending.len());
         self.stop_catch_up(topics);
     }
 
@@ -941,6 +1025,7 @@ impl Consumer {
         }
         self.in_flight.clear();
         self.pending.clear();
+        self.grace = 0;
         self.commit();
         let topics: Vec<String> = self
             .positions
@@ -956,8 +1041,53 @@ impl Consumer {
     }
 
     /// Hands waiting records to every feed while all have room (counted in records, whatever
-    /// the frames); lets the reader hand over more once few wait.
+    /// the frames); lets the reader hand over more once few wait, and topics that fell back
+    /// join again once the feeds have room.
     fn dispatch(&mut self) {
+        self.sync_feeds();
+        loop {
+            self.hand_on();
+            if self.pending.chunks.is_empty() || self.feeds.is_empty() {
+                break;
+            }
+            // Held for want of room: the next write sends `Written`. Look once more, as a
+            // write may have landed before the flag was up.
+            self.wake.store(true, Ordering::SeqCst);
+            if !self.sync_feeds() {
+                break;
+            }
+        }
+        if self.excess() < PULL_BELOW {
+            self.backlog_since = None;
+            self.release_hold();
+            self.rejoin_if_room();
+        } else {
+            self.backlog_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Reads what each feed's pump has written and commits what all have; true if any feed
+    /// wrote since the last look.
+    fn sync_feeds(&mut self) -> bool {
+        let mut any = false;
+        for slot in self.feeds.values_mut() {
+            let written = slot.acks.records.load(Ordering::SeqCst);
+            if written != slot.written {
+                slot.written = written;
+                slot.queued = slot.sent.saturating_sub(written) as usize;
+                slot.progress = Instant::now();
+                any = true;
+            }
+            slot.acked = slot.acked.max(slot.acks.upto.load(Ordering::SeqCst));
+        }
+        if any {
+            self.advance();
+        }
+        any
+    }
+
+    /// Hands waiting records on while every feed has room.
+    fn hand_on(&mut self) {
         let limit = self.settings.buffer_frames;
         while let Some(chunk) = self.pending.chunks.front_mut() {
             let Some(room) = self
@@ -979,6 +1109,7 @@ impl Consumer {
                 chunk.from = to;
             }
             self.pending.records -= take;
+            self.grace = self.grace.saturating_sub(take);
             let first = self.last_n + 1;
             self.last_n += take as u64;
             let batched = self.feeds.values().any(|f| f.format == FeedFormat::Batch);
@@ -1001,6 +1132,7 @@ impl Consumer {
                     slot.progress = now;
                 }
                 slot.queued += take;
+                slot.sent += take as u64;
                 // A closed receiver means the feed is going; its `Detach` is on the way.
                 match (slot.format, &frame) {
                     (FeedFormat::Batch, Some(frame)) => {
@@ -1023,12 +1155,6 @@ impl Consumer {
                 from,
                 to,
             });
-        }
-        if self.pending.len() < PULL_BELOW {
-            self.backlog_since = None;
-            self.release_hold();
-        } else {
-            self.backlog_since.get_or_insert_with(Instant::now);
         }
     }
 
@@ -1121,6 +1247,8 @@ impl Consumer {
     }
 
     fn remove_feed(&mut self, id: u64, close: Option<FeedClose>) {
+        // What the feeds wrote is done: not sent again to the next feed.
+        self.sync_feeds();
         let Some(mut slot) = self.feeds.remove(&id) else {
             return;
         };
@@ -1139,6 +1267,7 @@ impl Consumer {
     }
 
     fn close_stalled(&mut self) {
+        self.sync_feeds();
         let limit = Duration::from_millis(self.settings.stall_timeout_ms);
         let stalled: Vec<u64> = self
             .feeds
@@ -1172,7 +1301,10 @@ impl Actor for Consumer {
             act.close_stalled();
             act.retry_joins();
         });
-        ctx.run_interval(COMMIT_EVERY, |act, _| act.commit());
+        ctx.run_interval(COMMIT_EVERY, |act, _| {
+            act.sync_feeds();
+            act.commit();
+        });
         tracing::info!(user = %self.user, "Consumer started.");
     }
 
@@ -1203,12 +1335,16 @@ impl Handler<Attach> for Consumer {
         let (tx, frames) = mpsc::unbounded_channel();
         let (close_tx, close) = oneshot::channel();
         let _ = tx.send(self.subscriptions_notice());
+        let acks = Arc::new(FeedAcks::default());
         self.feeds.insert(
             id,
             FeedSlot {
                 format: msg.format,
                 tx,
                 close: Some(close_tx),
+                acks: acks.clone(),
+                sent: 0,
+                written: 0,
                 queued: 0,
                 acked: self.last_n,
                 progress: Instant::now(),
@@ -1225,6 +1361,8 @@ impl Handler<Attach> for Consumer {
             frames,
             close,
             consumer: ctx.address(),
+            acks,
+            wake: self.wake.clone(),
         })
     }
 }
@@ -1240,16 +1378,7 @@ impl Handler<Detach> for Consumer {
 impl Handler<Written> for Consumer {
     type Result = ();
 
-    fn handle(&mut self, msg: Written, _: &mut Context<Self>) {
-        let Some(slot) = self.feeds.get_mut(&msg.feed) else {
-            return;
-        };
-        slot.queued = slot.queued.saturating_sub(msg.records);
-        if let Some(n) = msg.upto {
-            slot.acked = slot.acked.max(n);
-        }
-        slot.progress = Instant::now();
-        self.advance();
+    fn handle(&mut self, _: Written, _: &mut Context<Self>) {
         self.dispatch();
     }
 }
@@ -1276,7 +1405,7 @@ impl Handler<FetchedBatch> for Consumer {
             self.accept(&batch);
         }
         self.dispatch();
-        if self.pending.len() < PULL_BELOW {
+        if self.excess() < PULL_BELOW {
             let reached: Vec<String> = self
                 .positions
                 .iter()
@@ -1321,14 +1450,26 @@ impl Handler<FromReader> for Consumer {
             return;
         }
         match msg.event {
-            ReaderEvent::Joined => {
+            ReaderEvent::Joined(backlog) => {
                 METRICS.feed_joins.inc();
-                tracing::debug!(user = %self.user, topic = %msg.topic, "Joined the shared reader.");
+                if std::mem::take(&mut position.rejoin) {
+                    METRICS.feed_rejoins.inc();
+                }
+                let before = self.pending.len();
+                for batch in backlog.iter() {
+                    accept(position, &mut self.pending, batch);
+                }
+                self.grace += self.pending.len() - before;
+                tracing::debug!(user = %self.user, topic = %msg.topic, backlog = self.pending.len() - before, "Joined the shared reader.");
                 self.stop_catch_up(vec![msg.topic.to_string()]);
+                self.dispatch();
             }
             ReaderEvent::Behind(from) => {
                 position.shared = None;
                 position.window_from = from;
+                if position.rejoin {
+                    tracing::debug!(user = %self.user, topic = %msg.topic, "Behind the shared window; catching up alone.");
+                }
                 self.catch_up(&msg.topic);
             }
             ReaderEvent::Records(batches) => {
@@ -1337,7 +1478,7 @@ impl Handler<FromReader> for Consumer {
                     accept(position, &mut self.pending, batch);
                 }
                 self.dispatch();
-                if self.pending.len() >= FALL_BACK_AT {
+                if self.excess() >= FALL_BACK_AT {
                     self.fall_back_if_slow();
                 }
             }

@@ -89,8 +89,10 @@ impl TopicReaders {
 
 /// What a topic reader tells a member (or a consumer asking to join).
 pub(crate) enum ReaderEvent {
-    /// The join is accepted; the window's records after the member's positions follow.
-    Joined,
+    /// The join is accepted, with the window's records from the member's positions on (the
+    /// backlog, which the consumer may hold beyond its usual bound: they are the window's own
+    /// records, shared, not copies).
+    Joined(Arc<[Arc<RecordBatch>]>),
     /// A position is before the window; these are the window's first offsets per partition.
     Behind(HashMap<i32, i64>),
     /// Records, in offset order per partition, cut into batches that each fit one `records`
@@ -234,15 +236,8 @@ impl TopicReader {
         msg.to.do_send(FromReader {
             topic: self.topic.clone(),
             member: msg.member,
-            event: ReaderEvent::Joined,
+            event: ReaderEvent::Joined(into_batches(backlog).into()),
         });
-        if !backlog.is_empty() {
-            msg.to.do_send(FromReader {
-                topic: self.topic.clone(),
-                member: msg.member,
-                event: ReaderEvent::Records(into_batches(backlog).into()),
-            });
-        }
         self.members.insert(msg.member, msg.to);
         self.idle_since = None;
     }
