@@ -306,6 +306,10 @@ pub struct Subscriptions {
     /// itself when the shutdown begins.
     consumers_done: Option<Guard>,
     tasks: tokio::runtime::Handle,
+    /// The threads the consumers run on, one per core, started with the first feed. Consumers
+    /// are independent of each other (one per user, each owning its state), and at 500 users
+    /// their fan-out of the shared readers' batches took all of one thread.
+    arbiters: Vec<Arbiter>,
 }
 
 impl Subscriptions {
@@ -334,7 +338,18 @@ impl Subscriptions {
             shutdown,
             consumers_done: Some(consumers_done),
             tasks,
+            arbiters: Vec::new(),
         }
+    }
+
+    /// The thread the next consumer runs on: each in turn.
+    fn consumer_arbiter(&mut self) -> ArbiterHandle {
+        if self.arbiters.is_empty() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            self.arbiters = (0..cores).map(|_| Arbiter::new()).collect();
+        }
+        let turn = self.generations as usize % self.arbiters.len();
+        self.arbiters[turn].handle()
     }
 
     /// What reads see: the committed book.
@@ -649,8 +664,9 @@ impl Handler<OpenFeed> for Subscriptions {
                 Err(e) => return Box::pin(async move { Err(e) }),
             };
             self.generations += 1;
+            let arbiter = self.consumer_arbiter();
             let live = Live {
-                addr: consumer.start(),
+                addr: Consumer::start_in_arbiter(&arbiter, move |_| consumer),
                 feeds: 0,
                 generation: self.generations,
                 idle_since: None,
