@@ -226,7 +226,8 @@ fn a_user_from_earliest_catches_up_then_joins_the_shared_tail() {
 }
 
 /// Records of about 8 KiB, so that a few hundred fill the sockets of a client that stops
-/// reading while all of them stay inside the shared reader's window (4,096 per partition).
+/// reading while all of them stay inside the shared reader's window (32,768 records and
+/// 64 MiB per partition).
 fn padded(range: std::ops::Range<u32>) -> Vec<Produce<'static>> {
     let pad = "x".repeat(8 * 1024);
     range
@@ -338,25 +339,25 @@ fn a_user_stalled_past_the_window_catches_up_alone_then_rejoins() {
         svc.metric("kafflow_feed_catchups_total"),
     );
 
-    // 1,500 large records fill oli's sockets and make it fall back; 5,500 small ones push
-    // where it stopped out of the window (the last 4,096 records).
+    // 1,500 large records fill oli's sockets and make it fall back; 35,000 small ones push
+    // where it stopped out of the window (the last 32,768 records).
     let mut records = padded(0..1500);
-    records.extend(numbered(1500..7000));
+    records.extend(numbered(1500..36_500));
     let mut fast = stall_while_producing(&svc, &topic, fast, records, fallbacks);
 
     // oli reads again: behind the window, it reads alone from Kafka, then joins again.
-    expect("oli", &mut slow, 0..7000);
+    expect("oli", &mut slow, 0..36_500);
     assert!(
         svc.metric("kafflow_feed_catchups_total") > catchups,
         "oli was behind the window and yet never read alone"
     );
     wait_shared(&svc);
-    kafka_produce(&topic, &numbered(7000..7100));
-    expect("oli", &mut slow, 7000..7100);
-    expect("pam", &mut fast, 7000..7100);
+    kafka_produce(&topic, &numbered(36_500..36_600));
+    expect("oli", &mut slow, 36_500..36_600);
+    expect("pam", &mut fast, 36_500..36_600);
     for (who, feed) in [("oli", &mut slow), ("pam", &mut fast)] {
         let extra = feed.drain(QUIET);
         assert!(extra.is_empty(), "{who}: sent again: {extra:?}");
     }
-    wait_committed("kafflow.user.oli", &topic, 1, 7100);
+    wait_committed("kafflow.user.oli", &topic, 1, 36_600);
 }
