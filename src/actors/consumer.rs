@@ -213,7 +213,10 @@ pub(crate) fn into_batches(records: Vec<Arc<Fetched>>) -> Vec<Arc<RecordBatch>> 
     let mut rest = records.as_slice();
     while let Some(first) = rest.first() {
         let topic = first.topic.clone();
-        let same = rest.iter().take_while(|r| r.topic == topic).count();
+        let same = rest
+            .iter()
+            .take_while(|r| Arc::ptr_eq(&r.topic, &topic) || r.topic == topic)
+            .count();
         let n = batch_len(rest[..same].iter().map(|r| &**r), same);
         batches.push(Arc::new(RecordBatch::new(topic, rest[..n].to_vec())));
         rest = &rest[n..];

@@ -354,7 +354,7 @@ impl Handler<Tail> for TopicReader {
 
     fn handle(&mut self, msg: Tail, _: &mut Context<Self>) {
         let mut fresh = Vec::with_capacity(msg.0.len());
-        for record in msg.0 {
+        for mut record in msg.0 {
             let Some(window) = self.windows.get_mut(&record.partition) else {
                 continue;
             };
@@ -362,6 +362,9 @@ impl Handler<Tail> for TopicReader {
             if record.offset <= last {
                 continue;
             }
+            // One name for every record of the topic: cutting batches compares names, and a
+            // shared one compares by pointer (a join's backlog is up to the whole window).
+            record.topic = self.topic.clone();
             let record = Arc::new(record);
             window.bytes += record.frame.len();
             window.records.push_back(record.clone());
