@@ -1,10 +1,14 @@
 //! Kafka client settings and metadata reads shared by the actors that talk to the cluster.
 
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void, CString};
+use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::AdminClient;
+use rdkafka::bindings as rdsys;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -235,19 +239,36 @@ impl ProducerContext for AckContext {
 }
 
 /// A producer that reports per batch: which records Kafka did not take.
+///
+/// Records without headers or a timestamp of their own (every record of the JSON paths but
+/// those marked as text) are enqueued with one `rd_kafka_produce_batch` call per run of them,
+/// through a topic handle kept per topic: one topic lookup, one lock and one clock reading per
+/// run instead of per record, as `rd_kafka_producev` by name costs. The others go one call
+/// each. librdkafka copies each value into the allocation of its own message
+/// (`RD_KAFKA_MSG_F_COPY`: one `malloc` per record either way), and the caller keeps the
+/// records, which it needs to hold those Kafka does not acknowledge.
 pub struct BatchProducer {
     producer: ThreadedProducer<AckContext>,
+    /// librdkafka's handle of each topic sent to, kept until the producer is dropped.
+    topics: Mutex<HashMap<String, TopicHandle>>,
 }
+
+/// A topic handle of the producer's librdkafka client (`rd_kafka_topic_new`), holding one
+/// reference that `BatchProducer`'s drop gives back.
+struct TopicHandle(*mut rdsys::rd_kafka_topic_t);
+
+// SAFETY: librdkafka's topic handles may be used from any thread (its topic state has its own
+// lock); the pointer is only read, and freed once, in `BatchProducer`'s drop.
+unsafe impl Send for TopicHandle {}
 
 /// What became of a batch handed to `BatchProducer::send`.
 pub struct Sent {
-    /// Records `0..enqueued` went to librdkafka; the rest did not (queue full, or `refused`).
+    /// Records `0..enqueued` went to librdkafka, but for those it refused at once, which are
+    /// reported through `failed` like any record Kafka did not take; the rest did not go
+    /// (queue full, or another error that a retry may cure).
     pub enqueued: usize,
-    /// Record `enqueued` was refused by librdkafka for good (e.g. larger than
-    /// `message.max.bytes`, or sent to a partition the topic does not have), with the reason;
-    /// `None` when the queue was merely full.
-    pub refused: Option<String>,
-    /// Resolves with the enqueued records that Kafka did not acknowledge, in no set order.
+    /// Resolves with the enqueued records that Kafka did not acknowledge, and those librdkafka
+    /// refused for good as it enqueued them (`refused` says why), in no set order.
     pub failed: oneshot::Receiver<Vec<Undelivered>>,
 }
 
@@ -267,15 +288,41 @@ fn refusal(e: &KafkaError, topic: &str, partition: i32) -> Option<String> {
     }
 }
 
+/// How librdkafka took one record.
+enum Enqueued {
+    Yes,
+    /// Never, whatever the retry: the reason.
+    Refused(String),
+    /// Not now (queue full, a fatal producer state, ...).
+    NotNow,
+}
+
+/// librdkafka's `RD_KAFKA_PARTITION_UA`: the partitioner chooses (a C macro, not in the
+/// bindings).
+const PARTITION_UA: i32 = -1;
+
+/// Records past this many go to librdkafka in more than one call (its count is a C `int`).
+const MAX_PER_CALL: usize = 100_000;
+
+/// Whether `rd_kafka_produce_batch` can carry the record: it takes no headers and no
+/// timestamp (it stamps every record of a call with one clock reading).
+fn batchable(record: &Record) -> bool {
+    record.headers.is_empty() && record.timestamp.is_none()
+}
+
 impl BatchProducer {
     pub fn new(config: &ClientConfig) -> KafkaResult<Self> {
         Ok(BatchProducer {
             producer: config.create_with_context(AckContext)?,
+            topics: Mutex::new(HashMap::new()),
         })
     }
 
     /// Enqueues `records` for `topic` in order without blocking. Stops at the first record
-    /// that does not fit in the queue.
+    /// that librdkafka does not take now but might later (the queue is full): nothing after it
+    /// is enqueued, so a retry keeps their order. A record it refuses for good is passed over
+    /// (it never reaches Kafka, so the order of those that do is kept) and reported in
+    /// `failed`.
     pub fn send(&self, topic: &str, records: &[Record]) -> Sent {
         let (done, failed) = oneshot::channel();
         let batch = Arc::new(Batch {
@@ -284,55 +331,219 @@ impl BatchProducer {
             failed: Mutex::new(Vec::new()),
             done: Mutex::new(Some(done)),
         });
-        let mut enqueued = 0;
-        let mut refused = None;
-        for (index, record) in records.iter().enumerate() {
-            let ack = Box::new(Ack {
-                batch: batch.clone(),
-                index,
-            });
-            // No payload is Kafka's null value (a tombstone), not an empty one.
-            let mut base = BaseRecord::<[u8], [u8], Box<Ack>>::with_opaque_to(topic, ack);
-            if let Some(value) = &record.value {
-                base = base.payload(value.as_slice());
-            }
-            if let Some(key) = &record.key {
-                base = base.key(key.as_slice());
-            }
-            if let Some(partition) = record.partition {
-                base = base.partition(partition);
-            }
-            if let Some(timestamp) = record.timestamp {
-                base = base.timestamp(timestamp);
-            }
-            if !record.headers.is_empty() {
-                let headers = record
-                    .headers
+        let handle = self.topic_handle(topic);
+        let mut outcomes: Vec<Enqueued> = Vec::with_capacity(records.len());
+        while outcomes.len() < records.len() {
+            let next = outcomes.len();
+            let run = match handle {
+                Some(_) => records[next..]
                     .iter()
-                    .fold(OwnedHeaders::new(), |h, (k, v)| {
-                        h.insert(Header {
-                            key: k,
-                            value: v.as_deref(),
-                        })
-                    });
-                base = base.headers(headers);
+                    .take(MAX_PER_CALL)
+                    .take_while(|r| batchable(r))
+                    .count(),
+                None => 0,
+            };
+            let before = outcomes.len();
+            match handle {
+                Some(rkt) if run > 0 => self.enqueue_run(
+                    rkt,
+                    topic,
+                    &records[next..next + run],
+                    next,
+                    &batch,
+                    &mut outcomes,
+                ),
+                _ => outcomes.push(self.enqueue_one(topic, &records[next], next, &batch)),
             }
-            match self.producer.send(base) {
-                Ok(()) => enqueued += 1,
-                Err((e, _)) => {
-                    // Only what no retry can change counts as refused; anything else (queue
-                    // full, unknown topic for now, a fatal producer state) is retried.
-                    let partition = record.partition.unwrap_or(-1);
-                    refused = refusal(&e, topic, partition);
-                    break;
-                }
+            // A record not taken now ends the call: nothing after it may pass it.
+            if outcomes[before..]
+                .iter()
+                .any(|o| matches!(o, Enqueued::NotNow))
+            {
+                break;
             }
         }
-        batch.finish(records.len() - enqueued + 1);
-        Sent {
-            enqueued,
-            refused,
-            failed,
+        // Everything up to the last record librdkafka took or refused counts as handed over;
+        // a record before that which it did not take now (librdkafka ends a call at a full
+        // queue, so only an error of that one record can do this) is reported like a failed
+        // delivery, so that it is retried from the spool.
+        let enqueued = outcomes
+            .iter()
+            .rposition(|o| !matches!(o, Enqueued::NotNow))
+            .map_or(0, |last| last + 1);
+        let mut settled = 0;
+        {
+            let mut failed = lock(&batch.failed);
+            for (index, outcome) in outcomes.into_iter().enumerate().take(enqueued) {
+                let refused = match outcome {
+                    Enqueued::Yes => continue,
+                    Enqueued::Refused(reason) => Some(reason),
+                    Enqueued::NotNow => {
+                        tracing::warn!(%topic, index, "librdkafka skipped a record of a batch and took later ones; it is retried.");
+                        None
+                    }
+                };
+                failed.push(Undelivered { index, refused });
+                settled += 1;
+            }
+        }
+        batch.finish(records.len() - enqueued + settled + 1);
+        Sent { enqueued, failed }
+    }
+
+    /// The kept handle of `topic`, made on first use; `None` if librdkafka has none for that
+    /// name (the per-record path then gives the reason).
+    fn topic_handle(&self, topic: &str) -> Option<*mut rdsys::rd_kafka_topic_t> {
+        let mut topics = lock(&self.topics);
+        if let Some(handle) = topics.get(topic) {
+            return Some(handle.0);
+        }
+        let name = CString::new(topic).ok()?;
+        // SAFETY: the client pointer is valid while `self.producer` lives; `name` is a valid C
+        // string for the call; a null `conf` takes the producer's default topic config.
+        let rkt = unsafe {
+            rdsys::rd_kafka_topic_new(
+                self.producer.client().native_ptr(),
+                name.as_ptr(),
+                ptr::null_mut(),
+            )
+        };
+        if rkt.is_null() {
+            return None;
+        }
+        topics.insert(topic.to_string(), TopicHandle(rkt));
+        Some(rkt)
+    }
+
+    /// Enqueues a run of batchable records with one librdkafka call, pushing an outcome per
+    /// record. `first` is the index of `run[0]` in the caller's batch.
+    fn enqueue_run(
+        &self,
+        rkt: *mut rdsys::rd_kafka_topic_t,
+        topic: &str,
+        run: &[Record],
+        first: usize,
+        batch: &Arc<Batch>,
+        outcomes: &mut Vec<Enqueued>,
+    ) {
+        let bytes = |b: &Option<Vec<u8>>| match b {
+            // librdkafka only reads what it copies (`RD_KAFKA_MSG_F_COPY`); a null pointer is
+            // Kafka's null, not an empty value.
+            Some(b) => (b.as_ptr() as *mut c_void, b.len()),
+            None => (ptr::null_mut(), 0),
+        };
+        let mut messages: Vec<rdsys::rd_kafka_message_t> = run
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let (payload, len) = bytes(&record.value);
+                let (key, key_len) = bytes(&record.key);
+                let ack = Box::new(Ack {
+                    batch: batch.clone(),
+                    index: first + i,
+                });
+                rdsys::rd_kafka_message_t {
+                    err: rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                    rkt: ptr::null_mut(),
+                    partition: record.partition.unwrap_or(PARTITION_UA),
+                    payload,
+                    len,
+                    key,
+                    key_len,
+                    offset: 0,
+                    _private: Box::into_raw(ack) as *mut c_void,
+                }
+            })
+            .collect();
+        // SAFETY: `rkt` is a live handle of this producer's client (kept in `self.topics`
+        // until drop); `messages` is `run.len()` initialised entries (fewer than
+        // `MAX_PER_CALL`, so the count fits an int) whose payload and key point into `run`,
+        // alive and unchanged for the call, and librdkafka copies them
+        // (`RD_KAFKA_MSG_F_COPY`). `RD_KAFKA_MSG_F_PARTITION` makes it read each entry's
+        // partition, `RD_KAFKA_PARTITION_UA` leaving that record to the partitioner.
+        unsafe {
+            rdsys::rd_kafka_produce_batch(
+                rkt,
+                PARTITION_UA,
+                (rdsys::RD_KAFKA_MSG_F_COPY | rdsys::RD_KAFKA_MSG_F_PARTITION) as c_int,
+                messages.as_mut_ptr(),
+                messages.len() as c_int,
+            );
+        }
+        for (message, record) in messages.iter().zip(run) {
+            if message.err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                // librdkafka owns the `Ack` now and hands it to `AckContext::delivery`.
+                outcomes.push(Enqueued::Yes);
+                continue;
+            }
+            // SAFETY: a message librdkafka did not enqueue leaves `_private` to the caller: it
+            // is the `Box<Ack>` made above, not freed anywhere else, reclaimed once here.
+            drop(unsafe { Box::from_raw(message._private as *mut Ack) });
+            let e = KafkaError::MessageProduction(RDKafkaErrorCode::from(message.err));
+            outcomes.push(match refusal(&e, topic, record.partition.unwrap_or(-1)) {
+                Some(reason) => Enqueued::Refused(reason),
+                None => Enqueued::NotNow,
+            });
+        }
+    }
+
+    /// Enqueues one record of any kind (headers, a timestamp) with `rd_kafka_producev`.
+    fn enqueue_one(
+        &self,
+        topic: &str,
+        record: &Record,
+        index: usize,
+        batch: &Arc<Batch>,
+    ) -> Enqueued {
+        let ack = Box::new(Ack {
+            batch: batch.clone(),
+            index,
+        });
+        // No payload is Kafka's null value (a tombstone), not an empty one.
+        let mut base = BaseRecord::<[u8], [u8], Box<Ack>>::with_opaque_to(topic, ack);
+        if let Some(value) = &record.value {
+            base = base.payload(value.as_slice());
+        }
+        if let Some(key) = &record.key {
+            base = base.key(key.as_slice());
+        }
+        if let Some(partition) = record.partition {
+            base = base.partition(partition);
+        }
+        if let Some(timestamp) = record.timestamp {
+            base = base.timestamp(timestamp);
+        }
+        if !record.headers.is_empty() {
+            let headers = record
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |h, (k, v)| {
+                    h.insert(Header {
+                        key: k,
+                        value: v.as_deref(),
+                    })
+                });
+            base = base.headers(headers);
+        }
+        match self.producer.send(base) {
+            Ok(()) => Enqueued::Yes,
+            // Only what no retry can change counts as refused; anything else (queue full,
+            // unknown topic for now, a fatal producer state) is retried.
+            Err((e, _)) => match refusal(&e, topic, record.partition.unwrap_or(-1)) {
+                Some(reason) => Enqueued::Refused(reason),
+                None => Enqueued::NotNow,
+            },
+        }
+    }
+}
+
+impl Drop for BatchProducer {
+    fn drop(&mut self) {
+        for (_, handle) in lock(&self.topics).drain() {
+            // SAFETY: each handle holds one reference from `rd_kafka_topic_new` on the client
+            // that `self.producer` still owns here (fields drop after this); it is given back
+            // once. Records in flight hold references of their own.
+            unsafe { rdsys::rd_kafka_topic_destroy(handle.0) };
         }
     }
 }
@@ -349,4 +560,109 @@ pub fn list_topics(
         .filter(|t| !t.name().starts_with("__") && t.error().is_none())
         .map(|t| (t.name().to_string(), t.partitions().len() as i32))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer with no broker to reach: what it enqueues stays queued until
+    /// `message.timeout.ms`, then is reported undelivered.
+    fn unreachable(settings: &[(&str, &str)]) -> BatchProducer {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.timeout.ms", "300");
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        BatchProducer::new(&config).expect("producer")
+    }
+
+    fn plain(n: usize, bytes: usize) -> Record {
+        Record {
+            key: Some(format!("k{n}").into_bytes()),
+            value: Some(vec![b'v'; bytes]),
+            ..Record::default()
+        }
+    }
+
+    /// The reports of a batch, sorted by index; fails if they never all come.
+    fn reports(sent: Sent) -> Vec<Undelivered> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let mut failed = runtime
+            .block_on(tokio::time::timeout(Duration::from_secs(30), sent.failed))
+            .expect("every record reported in time")
+            .expect("reports");
+        failed.sort_by_key(|u| u.index);
+        failed
+    }
+
+    #[test]
+    fn a_full_queue_ends_the_batch_and_every_enqueued_record_is_reported_once() {
+        let producer = unreachable(&[("queue.buffering.max.messages", "10")]);
+        let records: Vec<Record> = (0..25).map(|n| plain(n, 10)).collect();
+        let sent = producer.send("t", &records);
+        assert_eq!(
+            sent.enqueued, 10,
+            "nothing after the first record refused for now"
+        );
+        let failed = reports(sent);
+        // Each enqueued record is reported once (a second report would have resolved the
+        // batch early, a missing one never), as a failure a retry may cure.
+        assert_eq!(
+            failed,
+            (0..10)
+                .map(|index| Undelivered {
+                    index,
+                    refused: None
+                })
+                .collect::<Vec<_>>()
+        );
+        // The handle kept for the topic serves the next batch as well.
+        let again = producer.send("t", &records[..3]);
+        assert!(again.enqueued <= 3);
+        drop(reports(again));
+    }
+
+    #[test]
+    fn a_record_refused_for_good_is_passed_over_and_reported_with_its_reason() {
+        let producer = unreachable(&[("message.max.bytes", "1000")]);
+        let mut records: Vec<Record> = (0..6).map(|n| plain(n, 10)).collect();
+        records[2] = plain(2, 5000);
+        // Headers take the per-record path; the batch goes on around it.
+        records[4].headers = vec![("h".into(), Some(b"x".to_vec()))];
+        records[5] = plain(5, 5000);
+        records[5].timestamp = Some(1);
+        let sent = producer.send("t", &records);
+        assert_eq!(
+            sent.enqueued, 6,
+            "a refusal for good does not stop the batch"
+        );
+        let failed = reports(sent);
+        let indices: Vec<usize> = failed.iter().map(|u| u.index).collect();
+        assert_eq!(indices, vec![0, 1, 2, 3, 4, 5], "each record reported once");
+        for u in &failed {
+            match u.index {
+                2 | 5 => assert!(
+                    u.refused
+                        .as_deref()
+                        .is_some_and(|r| r.contains("too large")),
+                    "{u:?}"
+                ),
+                _ => assert_eq!(u.refused, None, "{u:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_batch_resolves_at_once() {
+        let producer = unreachable(&[]);
+        let sent = producer.send("t", &[]);
+        assert_eq!(sent.enqueued, 0);
+        assert!(reports(sent).is_empty());
+    }
 }

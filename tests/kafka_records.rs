@@ -2,7 +2,9 @@
 //! direct path and through the spool: key bytes, a null value, repeated headers with binary or
 //! null values, the partition the client chose and its CreateTime. A record for a partition
 //! the topic does not have is dead-lettered, neither lost nor retried for ever, and the records
-//! around it still arrive.
+//! around it still arrive. Records enqueued a batch at a time keep each partition's order, and
+//! one that librdkafka refuses in the middle of a batch is dead-lettered alone, every other
+//! record acknowledged once.
 
 mod common;
 
@@ -103,9 +105,20 @@ fn expected(record: &Record, partition: i32) -> Read {
 }
 
 async fn publisher(dir: &std::path::Path) -> (Addr<Publisher>, Spool) {
+    publisher_with(dir, &[]).await
+}
+
+/// A publisher whose producer takes `properties` over the defaults.
+async fn publisher_with(
+    dir: &std::path::Path,
+    properties: &[(&str, &str)],
+) -> (Addr<Publisher>, Spool) {
     let kafka = KafkaConfig {
         bootstrap_servers: bootstrap(),
-        ..KafkaConfig::default()
+        properties: properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     };
     let producer = BatchProducer::new(&producer_config(&kafka, 10_000)).expect("producer");
     let (spool, contents) = Spool::open(dir, Durability::Normal).expect("spool");
@@ -259,4 +272,110 @@ async fn scenario(direct: &str, held: &str) {
         .expect("dead");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].record().expect("headers"), sent[1]);
+}
+
+#[test]
+fn a_batch_keeps_each_partitions_order_and_a_refused_record_is_dead_lettered_alone() {
+    let topic = unique_topic("kafka-records-batch");
+    kafka_create_topic(&topic, 2);
+    actix::System::new().block_on(batch_scenario(&topic));
+    kafka_delete_topic(&topic);
+}
+
+async fn batch_scenario(topic: &str) {
+    const N: usize = 600;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // librdkafka refuses a record past 1,000 bytes when it is enqueued.
+    let (publisher, spool) = publisher_with(dir.path(), &[("message.max.bytes", "1000")]).await;
+    publisher
+        .send(SetRoute {
+            topic: topic.into(),
+            route: TopicRoute::Active,
+        })
+        .await
+        .expect("route");
+    // Plain records (one `rd_kafka_produce_batch` call per run of them) over both partitions,
+    // with a record too large, one for a partition the topic does not have, and one with a
+    // header (enqueued on its own) in between.
+    let mut sent: Vec<Record> = (0..N)
+        .map(|n| Record {
+            key: Some(format!("k{}", n % 7).into_bytes()),
+            value: Some(format!("v{n}").into_bytes()),
+            partition: Some((n % 2) as i32),
+            ..Record::default()
+        })
+        .collect();
+    sent[100].value = Some(vec![b'x'; 5000]);
+    sent[300].partition = Some(7);
+    sent[200].headers = vec![("h".into(), Some(b"1".to_vec()))];
+    let receipt = publisher
+        .send(Publish {
+            producer: "alice".into(),
+            topic: topic.into(),
+            records: sent.clone(),
+            requested: false,
+        })
+        .await
+        .expect("mailbox")
+        .expect("accepted");
+    // The two refused records are held (then dead-lettered), every other one is in Kafka:
+    // each record is counted once.
+    assert_eq!((receipt.published, receipt.held), (N as u64 - 2, 2));
+    settled(&publisher, topic, 2).await;
+    let counts = publisher
+        .send(Counts(vec![topic.to_string()]))
+        .await
+        .expect("counts")[topic];
+    assert_eq!(counts.published, N as u64 - 2);
+    let mut dead: Vec<Record> = spool
+        .list(topic, HeldState::Dead, None, 0, 10)
+        .await
+        .expect("dead")
+        .iter()
+        .map(|h| h.record().expect("headers"))
+        .collect();
+    dead.sort_by_key(|r| r.partition);
+    assert_eq!(dead, vec![sent[100].clone(), sent[300].clone()]);
+
+    let arrived = read(topic, 2, N - 2);
+    for partition in 0..2 {
+        let got: Vec<&Read> = arrived
+            .iter()
+            .filter(|r| r.partition == partition)
+            .collect();
+        let want: Vec<Read> = sent
+            .iter()
+            .enumerate()
+            .filter(|(n, r)| *n != 100 && *n != 300 && r.partition == Some(partition))
+            .map(|(_, r)| Read {
+                create_time: None,
+                ..expected(r, partition)
+            })
+            .collect();
+        let got: Vec<Read> = got
+            .into_iter()
+            .map(|r| Read {
+                create_time: None,
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(
+            got, want,
+            "partition {partition}: in the order sent, each once"
+        );
+    }
+    // Nothing more than those: no record was written twice.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("consumer");
+    let written: i64 = (0..2)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            high - low
+        })
+        .sum();
+    assert_eq!(written, N as i64 - 2);
 }

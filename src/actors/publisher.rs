@@ -1012,14 +1012,6 @@ async fn drain(topic: String, spool: Spool, producer: Arc<BatchProducer>, me: Ad
         if delivered > 0 {
             release(&topic, &spool, batch[delivered - 1].id, &me).await;
         }
-        if let (Some(reason), true) = (&sent.refused, delivered == sent.enqueued) {
-            if let Some(bad) = batch.get(delivered) {
-                // Retrying cannot help, and would block every later record of the topic.
-                tracing::error!(%topic, id = bad.id, %reason, "Kafka refuses a held record; dead-lettering it.");
-                dead_letter_one(&topic, &spool, bad.id, &me).await;
-                continue;
-            }
-        }
         failing = delivered < records.len();
         if failing {
             me.do_send(OpenGate {
