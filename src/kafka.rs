@@ -594,7 +594,7 @@ mod tests {
             .build()
             .expect("runtime");
         let mut failed = runtime
-            .block_on(tokio::time::timeout(Duration::from_secs(30), sent.failed))
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), sent.failed).await })
             .expect("every record reported in time")
             .expect("reports");
         failed.sort_by_key(|u| u.index);
