@@ -494,8 +494,11 @@ impl Compression {
     }
 }
 
+/// An ingest call is answered once Kafka has acknowledged its records, so the linger is part
+/// of every answer's latency: an HTTP client with a few calls in flight waits it out on each,
+/// while a busy stream fills its batches without it (the ingest benchmark, docs/benchmarks.md).
 fn default_linger_ms() -> u64 {
-    5
+    1
 }
 
 /// librdkafka's ceiling for `linger.ms`.
@@ -1155,7 +1158,7 @@ mod tests {
     fn the_publisher_codec_and_linger() {
         let default = Config::parse("", Overrides::default()).expect("valid");
         assert_eq!(default.publisher.compression, Compression::None);
-        assert_eq!(default.publisher.linger_ms, 5);
+        assert_eq!(default.publisher.linger_ms, 1);
         let set = Config::parse(
             "[publisher]\ncompression = \"zstd\"\nlinger_ms = 20\n",
             Overrides::default(),
