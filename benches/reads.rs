@@ -5,7 +5,10 @@
 //! - time to ready (the `listening on` line) and resident memory once started, idle;
 //! - `GET /topics/{name}` p50 and p99 (one client, keep-alive, random active topics);
 //! - the first page of `GET /topics` and of `GET /topic-requests?status=pending`;
-//! - `GET /audit?topic=…` (one topic's events: the curve should stay flat).
+//! - `GET /audit?topic=…` (one topic's events: the curve should stay flat);
+//! - resident memory under ingest: a new topic is requested and approved, then 1,000,000 records
+//!   of 100 bytes are sent to it as HTTP batches of 1,000 (4 calls in flight) while the
+//!   resident set is sampled every 50 ms; its peak is the figure.
 //!
 //! `KAFFLOW_BENCH_READS_SIZES` (comma-separated event counts) and `KAFFLOW_BENCH_READS_CALLS`
 //! shrink the run for a quick look. Every figure is also a row of `make bench`'s table.
@@ -22,6 +25,11 @@ use std::time::{Duration, Instant};
 use kafflow::identity::token_sha256;
 
 const ADMIN_TOKEN: &str = "bench-admin-token";
+const PRODUCER_TOKEN: &str = "bench-producer-token";
+/// Records sent while the resident set is sampled under ingest.
+const INGEST_RECORDS: usize = 1_000_000;
+const INGEST_BATCH: usize = 1_000;
+const INGEST_IN_FLIGHT: usize = 4;
 /// Active topics at 1M events; smaller logs get one per 100 events.
 const ACTIVE_AT_1M: usize = 10_000;
 
@@ -55,8 +63,10 @@ fn start(dir: &std::path::Path) -> Service {
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let config = format!(
         "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[watcher]\nreconcile_interval_ms = 3600000\n\
-         [[principals]]\nname = \"admin\"\nroles = [\"admin\"]\ntoken_sha256 = \"{}\"\n",
-        token_sha256(ADMIN_TOKEN)
+         [[principals]]\nname = \"admin\"\nroles = [\"admin\"]\ntoken_sha256 = \"{}\"\n\
+         [[principals]]\nname = \"producer\"\nroles = [\"producer\"]\ntoken_sha256 = \"{}\"\n",
+        token_sha256(ADMIN_TOKEN),
+        token_sha256(PRODUCER_TOKEN)
     );
     let path = dir.join("kafflow.toml");
     std::fs::write(&path, config).expect("config");
@@ -119,11 +129,89 @@ fn latency(
     (at(0.50), at(0.99))
 }
 
+/// Requests and approves a topic of its own, then sends it `INGEST_RECORDS` records over HTTP
+/// while sampling the service's resident set; returns the peak in MB.
+fn peak_rss_under_ingest(service: &Service, client: &reqwest::blocking::Client) -> f64 {
+    let base = service.http.trim_end_matches('/');
+    let topic = format!("bench-reads-ingest-{:x}", std::process::id());
+    let filed: serde_json::Value = client
+        .post(format!("{base}/api/v1/topic-requests"))
+        .bearer_auth(PRODUCER_TOKEN)
+        .json(&serde_json::json!({ "topic": topic, "partitions": 3, "reason": "benchmark" }))
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .expect("request a topic");
+    let id = filed["id"].as_str().expect("request id");
+    client
+        .post(format!("{base}/api/v1/topic-requests/{id}/approve"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .and_then(|r| r.error_for_status())
+        .expect("approve");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view: serde_json::Value = client
+            .get(format!("{base}/api/v1/topics/{topic}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .and_then(|r| r.json())
+            .expect("topic view");
+        if view["status"] == "active" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} did not turn active: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let value = "x".repeat(100);
+    let body = serde_json::to_vec(&vec![serde_json::json!({ "value": value }); INGEST_BATCH])
+        .expect("json");
+    let url = format!("{base}/api/v1/topics/{topic}/records");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let sending = std::sync::atomic::AtomicBool::new(true);
+    let mut peak: f64 = service.rss_mb();
+    std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..INGEST_IN_FLIGHT)
+            .map(|_| {
+                scope.spawn(|| {
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        < INGEST_RECORDS / INGEST_BATCH
+                    {
+                        let reply = client
+                            .post(&url)
+                            .bearer_auth(PRODUCER_TOKEN)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .expect("post records");
+                        assert_eq!(reply.status().as_u16(), 202, "ingest refused");
+                    }
+                })
+            })
+            .collect();
+        scope.spawn(|| {
+            for sender in senders {
+                let _ = sender.join();
+            }
+            sending.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
+        while sending.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(service.rss_mb());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    peak.max(service.rss_mb())
+}
+
 struct Row {
     events: u64,
     active: usize,
     ready_s: f64,
     rss_mb: f64,
+    rss_ingest_mb: f64,
     topic: (f64, f64),
     topics_page: (f64, f64),
     pending_page: (f64, f64),
@@ -159,11 +247,13 @@ fn measure(events: u64, calls: usize) -> Row {
     let audit_topic = latency(&client, base, calls / 2, |i| {
         format!("/audit?topic={}", pick(i))
     });
+    let rss_ingest_mb = peak_rss_under_ingest(&service, &client);
     Row {
         events: filled.events,
         active,
         ready_s: service.ready_after.as_secs_f64(),
         rss_mb,
+        rss_ingest_mb,
         topic,
         topics_page,
         pending_page,
@@ -184,18 +274,19 @@ fn main() {
         .unwrap_or(2000);
     let rows: Vec<Row> = sizes.iter().map(|&n| measure(n, calls)).collect();
     println!();
-    println!("reads: p50 / p99 in ms, one client, keep-alive; RSS after start, idle");
+    println!("reads: p50 / p99 in ms, one client, keep-alive; RSS after start, idle, and its peak under ingest");
     println!(
-        "| events | active topics | ready s | RSS MB | GET /topics/{{name}} | GET /topics (page 1) | GET /topic-requests?status= (page 1) | GET /audit?topic= |"
+        "| events | active topics | ready s | RSS MB | RSS under ingest MB | GET /topics/{{name}} | GET /topics (page 1) | GET /topic-requests?status= (page 1) | GET /audit?topic= |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.2} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
             r.events,
             r.active,
             r.ready_s,
             r.rss_mb,
+            r.rss_ingest_mb,
             r.topic.0,
             r.topic.1,
             r.topics_page.0,
@@ -256,10 +347,12 @@ fn main() {
             None,
             report::Target::None,
         );
-        let memory_target = if r.events >= 1_000_000 {
-            report::Target::AtMost(150.0)
-        } else {
-            report::Target::None
+        let memory_target = || {
+            if r.events >= 1_000_000 {
+                report::Target::AtMost(150.0)
+            } else {
+                report::Target::None
+            }
         };
         report::row(
             "reads",
@@ -270,7 +363,18 @@ fn main() {
             r.rss_mb,
             "MB",
             None,
-            memory_target,
+            memory_target(),
+        );
+        report::row(
+            "reads",
+            &format!(
+                "peak RSS under ingest (HTTP, {} records), at {} events and {} active topics",
+                INGEST_RECORDS, r.events, r.active
+            ),
+            r.rss_ingest_mb,
+            "MB",
+            None,
+            memory_target(),
         );
     }
 }
