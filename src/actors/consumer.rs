@@ -56,6 +56,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::topic_reader::{
     new_member_id, FromReader, Join, Leave, ReaderEvent, TopicReader, TopicReaders,
@@ -155,7 +156,9 @@ pub(crate) struct RecordBatch {
     records: Vec<Arc<Fetched>>,
     /// Per partition in the batch: its first and last offset.
     spans: Vec<(i32, i64, i64)>,
-    text: OnceLock<Arc<str>>,
+    /// One buffer, written as it is by every feed: a websocket text message can hold shared
+    /// bytes, so no feed copies the frame into a string of its own.
+    text: OnceLock<Utf8Bytes>,
 }
 
 impl RecordBatch {
@@ -176,7 +179,7 @@ impl RecordBatch {
         }
     }
 
-    fn text(&self) -> &str {
+    fn text(&self) -> &Utf8Bytes {
         self.text.get_or_init(|| {
             let size: usize = self.records.iter().map(|r| r.frame.len() + 1).sum();
             let mut out = String::with_capacity(32 + size);
@@ -321,7 +324,7 @@ impl Pending {
 
 #[derive(Clone)]
 enum FrameBody {
-    Text(Arc<str>),
+    Text(Utf8Bytes),
     Batch(Arc<RecordBatch>),
 }
 
@@ -337,8 +340,9 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// The frame's JSON text; a batch's is rendered on the first call.
-    pub fn text(&self) -> &str {
+    /// The frame's JSON text; a batch's is rendered on the first call. Cloning it shares the
+    /// buffer.
+    pub fn text(&self) -> &Utf8Bytes {
         match &self.body {
             FrameBody::Text(text) => text,
             FrameBody::Batch(batch) => batch.text(),
@@ -485,7 +489,7 @@ pub(crate) struct Fetched {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
-    pub frame: Arc<str>,
+    pub frame: Utf8Bytes,
 }
 
 /// Records fetched after the reader's last assignment change `epoch`; answered with whether
@@ -1942,7 +1946,7 @@ mod tests {
     #[test]
     fn a_batch_frame_holds_the_record_frames_in_order() {
         let batch = RecordBatch::new("t".into(), vec![record(1, "a"), record(2, "b")]);
-        let frame: serde_json::Value = serde_json::from_str(batch.text()).expect("JSON");
+        let frame: serde_json::Value = serde_json::from_str(batch.text().as_str()).expect("JSON");
         assert_eq!(
             frame,
             serde_json::json!({"type": "records", "records": [

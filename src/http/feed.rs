@@ -9,10 +9,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use warp::filters::ws::{Message, WebSocket, Ws};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 use warp::filters::BoxedFilter;
+use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -42,6 +49,9 @@ const BEARER_PROTOCOL: &str = "bearer.";
 /// Largest message a client may send on a feed. Clients have nothing to say but pings and a
 /// close, so this is far below the websocket library's default of 64 MiB.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// A feed's websocket, over the connection hyper hands over after the 101 answer.
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// The feeds each user has open, against `limits.max_feeds_per_user`.
 #[derive(Clone)]
@@ -297,7 +307,7 @@ async fn open_feed(
     auth: Option<String>,
     protocols: Option<String>,
     query: String,
-    ws: Option<Ws>,
+    handshake: Option<Handshake>,
 ) -> Result<Response> {
     let protocol = bearer_protocol(protocols.as_deref()).map(str::to_string);
     let auth = match (&auth, &protocol) {
@@ -309,7 +319,7 @@ async fn open_feed(
     let params: FeedParams = parse_query(&query)?;
     let from = parse_start(params.from.as_deref())?;
     let format = parse_format(params.frames.as_deref())?;
-    let ws = ws.ok_or(Error::UpgradeRequired)?;
+    let handshake = handshake.ok_or(Error::UpgradeRequired)?;
     let slot = feeds.claim(&principal.name)?;
     let feed = app
         .subscriptions
@@ -319,30 +329,89 @@ async fn open_feed(
             format,
         })
         .await??;
-    let ws = ws
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE);
     let shutdown = app.shutdown.clone();
     let guard = app.feeds_done.clone();
     let identity = app.identity.clone();
     let credential = signed.credential;
-    let reply = ws.on_upgrade(move |socket| async move {
+    let Handshake { accept, upgrade } = handshake;
+    tokio::spawn(async move {
+        // hyper hands the connection over once the 101 below has gone out.
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "Feed upgrade failed.");
+                return;
+            }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config()))
+                .await;
         pump(socket, feed, shutdown, identity.revoked(credential)).await;
         drop(slot);
         drop(guard);
     });
-    Ok(match protocol {
-        // A browser drops a connection whose server does not pick one of its subprotocols.
-        Some(p) => warp::reply::with_header(reply, "sec-websocket-protocol", p).into_response(),
-        None => reply.into_response(),
-    })
+    let mut reply =
+        warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS).into_response();
+    let headers = reply.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    // A browser drops a connection whose server does not pick one of its subprotocols.
+    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    Ok(reply)
+}
+
+/// A request's valid websocket opening handshake (RFC 6455 4.2.1), the checks warp's `ws()`
+/// makes: the feed does its own upgrade so that it can send text frames over shared buffers
+/// (`Utf8Bytes`), which warp's `Message::text` would copy into a `String` per feed.
+struct Handshake {
+    /// `Sec-WebSocket-Accept` for the client's key.
+    accept: HeaderValue,
+    /// The connection, once hyper has sent the 101 answer.
+    upgrade: OnUpgrade,
+}
+
+impl Handshake {
+    /// None when the request does not ask for a websocket (the route answers 426).
+    fn of(headers: &HeaderMap, upgrade: Option<OnUpgrade>) -> Option<Handshake> {
+        let connection_upgrade = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+        let websocket = headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let version_13 = headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v.as_bytes() == b"13");
+        let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+        if !(connection_upgrade && websocket && version_13) {
+            return None;
+        }
+        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes())).ok()?;
+        Some(Handshake {
+            accept,
+            upgrade: upgrade?,
+        })
+    }
+}
+
+/// The feed's websocket settings: clients may send only small messages.
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
 }
 
 /// Writes frames to the socket until either side ends the feed, the service shuts down
 /// (close code 1001, going away), or the feed's token is revoked (1008). Dropping `feed` at
 /// the end detaches it from the consumer.
 async fn pump(
-    socket: WebSocket,
+    socket: Socket,
     mut feed: FeedHandle,
     mut shutdown: Shutdown,
     revoked: impl std::future::Future<Output = ()>,
@@ -358,10 +427,7 @@ async fn pump(
         tokio::select! {
             biased;
             _ = shutdown.recv() => {
-                let frame = Message::close_with(GOING_AWAY, "KafFlow is shutting down");
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await;
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-                return;
+                return close_with(sink, GOING_AWAY, "KafFlow is shutting down").await;
             }
             _ = &mut revoked => {
                 let reason = "token_revoked: the token of this feed was revoked";
@@ -405,7 +471,7 @@ async fn pump(
                         return close_with(sink, 1009, reason).await;
                     }
                     ClientEnd::Broken => {
-                        return close_with(sink, 1002, "protocol error".to_string()).await;
+                        return close_with(sink, 1002, "protocol error").await;
                     }
                     ClientEnd::Gone => {}
                 }
@@ -434,7 +500,6 @@ fn client_end<E>(read: Option<std::result::Result<&Message, &E>>) -> Option<Clie
 where
     E: std::error::Error + 'static,
 {
-    use tokio_tungstenite::tungstenite::Error as WsError;
     match read {
         Some(Ok(message)) if message.is_close() => Some(ClientEnd::Closed),
         Some(Ok(_)) => None,
@@ -454,7 +519,7 @@ where
 }
 
 /// Reads what the client sends until it goes; tells `gone` how.
-async fn read_client(mut incoming: SplitStream<WebSocket>, gone: oneshot::Sender<ClientEnd>) {
+async fn read_client(mut incoming: SplitStream<Socket>, gone: oneshot::Sender<ClientEnd>) {
     let end = loop {
         let read = incoming.next().await;
         if let Some(end) = client_end(read.as_ref().map(|r| r.as_ref())) {
@@ -473,26 +538,34 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Writes `batch`, each frame's text shared with every other feed that writes it.
 async fn write(
-    sink: &mut SplitSink<WebSocket, Message>,
+    sink: &mut SplitSink<Socket, Message>,
     batch: &[Frame],
-) -> std::result::Result<(), warp::Error> {
+) -> std::result::Result<(), WsError> {
     for frame in batch {
-        sink.feed(Message::text(frame.text())).await?;
+        sink.feed(Message::Text(frame.text().clone())).await?;
     }
     sink.flush().await
 }
 
-async fn close(sink: SplitSink<WebSocket, Message>, reason: &FeedClose) {
+async fn close(sink: SplitSink<Socket, Message>, reason: &FeedClose) {
     close_with(sink, reason.code(), reason.reason()).await
 }
 
 async fn close_with(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: SplitSink<Socket, Message>,
     code: u16,
     reason: impl Into<std::borrow::Cow<'static, str>>,
 ) {
-    let frame = Message::close_with(code, reason);
+    let reason = match reason.into() {
+        std::borrow::Cow::Borrowed(text) => Utf8Bytes::from_static(text),
+        std::borrow::Cow::Owned(text) => Utf8Bytes::from(text),
+    };
+    let frame = Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason,
+    }));
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await;
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
 }
@@ -551,7 +624,9 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
         .then(list)
         .map(respond)
         .boxed();
-    let upgrade = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
+    let upgrade = warp::header::headers_cloned()
+        .and(warp::ext::optional::<OnUpgrade>())
+        .map(|headers: HeaderMap, upgrade| Handshake::of(&headers, upgrade));
     let feed = me
         .and(warp::path("feed"))
         .and(warp::path::end())
@@ -584,7 +659,6 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
@@ -592,8 +666,11 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(Message::binary),
             proptest::collection::vec(any::<u8>(), 0..32).prop_map(Message::ping),
             proptest::collection::vec(any::<u8>(), 0..32).prop_map(Message::pong),
-            (any::<u16>(), ".{0,32}").prop_map(|(code, reason)| Message::close_with(code, reason)),
-            Just(Message::close()),
+            (any::<u16>(), ".{0,32}").prop_map(|(code, reason)| Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            }))),
+            Just(Message::Close(None)),
         ]
     }
 
@@ -606,15 +683,8 @@ mod tests {
             .expect("runtime");
         runtime.block_on(async move {
             let (mut client, server) = tokio::io::duplex(1 << 20);
-            let config = WebSocketConfig::default()
-                .max_message_size(Some(MAX_CLIENT_MESSAGE))
-                .max_frame_size(Some(MAX_CLIENT_MESSAGE));
-            let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                server,
-                Role::Server,
-                Some(config),
-            )
-            .await;
+            let mut socket =
+                WebSocketStream::from_raw_socket(server, Role::Server, Some(config())).await;
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 let _ = client.write_all(&bytes).await;
