@@ -438,6 +438,10 @@ fn latency(
         assert!(Instant::now() < deadline, "feeds did not open");
         thread::sleep(Duration::from_millis(10));
     }
+    println!(
+        "  {clients} feeds opened in {:.1} s",
+        base.elapsed().as_secs_f64()
+    );
     // Let the consumers join their shared reader before measuring what the feeds cost.
     thread::sleep(Duration::from_secs(2));
     let kib_per_feed = rss_kib(service).saturating_sub(before) as f64 / clients as f64;

@@ -560,7 +560,7 @@ impl Default for FeedConfig {
 }
 
 fn default_buffer_frames() -> usize {
-    1000
+    8192
 }
 fn default_stall_timeout_ms() -> u64 {
     30_000

@@ -179,6 +179,21 @@ impl RecordBatch {
         }
     }
 
+    /// How many records the batch holds.
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Per partition in the batch: its first and last offset.
+    pub(crate) fn spans(&self) -> &[(i32, i64, i64)] {
+        &self.spans
+    }
+
+    /// Bytes of its records' frames.
+    pub(crate) fn frame_bytes(&self) -> usize {
+        self.records.iter().map(|r| r.frame.len()).sum()
+    }
+
     fn text(&self) -> &Utf8Bytes {
         self.text.get_or_init(|| {
             let size: usize = self.records.iter().map(|r| r.frame.len() + 1).sum();

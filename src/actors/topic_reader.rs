@@ -143,11 +143,22 @@ struct Started(HashMap<i32, i64>);
 #[rtype(result = "()")]
 struct Tail(Vec<Fetched>);
 
-/// Recent records of one partition. Every record from `from` on that Kafka has is either in
-/// `records` or still to come from the reader task.
+/// Where the window stands in one partition. Every record from `from` on that Kafka has is
+/// either in the window's batches or still to come from the reader task.
 struct Window {
     from: i64,
-    records: VecDeque<Arc<Fetched>>,
+    /// The last offset taken into the window (`from - 1` before any).
+    last: i64,
+}
+
+/// The recent records of every partition, kept as the very batches that went to the members:
+/// a consumer that joins from the window gets them as they are, already rendered and shared
+/// with every other user, instead of the window's records cut into batches (and frames
+/// rendered) again for each join.
+#[derive(Default)]
+struct Batches {
+    batches: VecDeque<Arc<RecordBatch>>,
+    records: usize,
     /// Bytes of the records' frames.
     bytes: usize,
 }
@@ -163,6 +174,7 @@ pub struct TopicReader {
     idle_after: Duration,
     /// Empty until the reader task has started (`Started`).
     windows: HashMap<i32, Window>,
+    window: Batches,
     started: bool,
     members: HashMap<u64, Recipient<FromReader>>,
     /// Joins that arrived before the reader knew where it starts.
@@ -207,6 +219,7 @@ impl TopicReader {
             tasks,
             idle_after: Duration::from_millis(settings.idle_consumer_ms),
             windows: HashMap::new(),
+            window: Batches::default(),
             started: false,
             members: HashMap::new(),
             waiting: Vec::new(),
@@ -229,21 +242,25 @@ impl TopicReader {
             });
             return;
         }
-        let backlog: Vec<Arc<Fetched>> = self
-            .windows
+        // Every batch with a record at or after the member's position; the consumer drops the
+        // records before it from the first ones (`accept`) and shares the rest whole.
+        let wanted = |(partition, _, last): &(i32, i64, i64)| {
+            msg.positions
+                .get(partition)
+                .is_some_and(|&next| *last >= next)
+        };
+        let backlog: Arc<[Arc<RecordBatch>]> = self
+            .window
+            .batches
             .iter()
-            .flat_map(|(partition, window)| {
-                let next = msg.positions.get(partition).copied().unwrap_or(i64::MAX);
-                // In offset order: the backlog starts at the first record at or after `next`.
-                let start = window.records.partition_point(|r| r.offset < next);
-                window.records.range(start..).cloned()
-            })
+            .filter(|batch| batch.spans().iter().any(wanted))
+            .cloned()
             .collect();
         tracing::debug!(topic = %self.topic, member = msg.member, backlog = backlog.len(), "Consumer joined the topic reader.");
         msg.to.do_send(FromReader {
             topic: self.topic.clone(),
             member: msg.member,
-            event: ReaderEvent::Joined(into_batches(backlog).into()),
+            event: ReaderEvent::Joined(backlog),
         });
         self.members.insert(msg.member, msg.to);
         self.idle_since = None;
@@ -333,8 +350,7 @@ impl Handler<Started> for TopicReader {
             .map(|(partition, from)| {
                 let window = Window {
                     from,
-                    records: VecDeque::new(),
-                    bytes: 0,
+                    last: from - 1,
                 };
                 (partition, window)
             })
@@ -358,37 +374,58 @@ impl Handler<Tail> for TopicReader {
             let Some(window) = self.windows.get_mut(&record.partition) else {
                 continue;
             };
-            let last = window.records.back().map_or(window.from - 1, |r| r.offset);
-            if record.offset <= last {
+            if record.offset <= window.last {
                 continue;
             }
+            window.last = record.offset;
             // One name for every record of the topic: cutting batches compares names, and a
-            // shared one compares by pointer (a join's backlog is up to the whole window).
+            // shared one compares by pointer.
             record.topic = self.topic.clone();
-            let record = Arc::new(record);
-            window.bytes += record.frame.len();
-            window.records.push_back(record.clone());
-            while window.records.len() > WINDOW_RECORDS
-                || (window.bytes > WINDOW_BYTES && window.records.len() > 1)
-            {
-                let Some(old) = window.records.pop_front() else {
-                    break;
-                };
-                window.bytes -= old.frame.len();
-                window.from = old.offset + 1;
-            }
-            fresh.push(record);
+            fresh.push(Arc::new(record));
         }
-        if fresh.is_empty() || self.members.is_empty() {
+        if fresh.is_empty() {
             return;
         }
         let records: Arc<[Arc<RecordBatch>]> = into_batches(fresh).into();
+        self.keep(&records);
+        if self.members.is_empty() {
+            return;
+        }
         for (member, to) in &self.members {
             to.do_send(FromReader {
                 topic: self.topic.clone(),
                 member: *member,
                 event: ReaderEvent::Records(records.clone()),
             });
+        }
+    }
+}
+
+impl TopicReader {
+    /// Adds `batches` to the window and drops its oldest batches past `WINDOW_RECORDS` per
+    /// partition or `WINDOW_BYTES`, moving each partition's `from` past what was dropped.
+    fn keep(&mut self, batches: &[Arc<RecordBatch>]) {
+        let window = &mut self.window;
+        for batch in batches {
+            window.records += batch.record_count();
+            window.bytes += batch.frame_bytes();
+            window.batches.push_back(batch.clone());
+        }
+        let most_records = WINDOW_RECORDS * self.windows.len().max(1);
+        let most_bytes = WINDOW_BYTES * self.windows.len().max(1);
+        while window.batches.len() > 1
+            && (window.records > most_records || window.bytes > most_bytes)
+        {
+            let Some(old) = window.batches.pop_front() else {
+                break;
+            };
+            window.records -= old.record_count();
+            window.bytes -= old.frame_bytes();
+            for &(partition, _, last) in old.spans() {
+                if let Some(w) = self.windows.get_mut(&partition) {
+                    w.from = w.from.max(last + 1);
+                }
+            }
         }
     }
 }
