@@ -18,15 +18,18 @@ mod report;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kafflow::identity::token_sha256;
+use memchr::memmem;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -195,39 +198,42 @@ fn value(seq: u64) -> String {
     format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(70))
 }
 
-/// The number whose digits start `text`, and the rest of `text` after them.
-fn digits_at(text: &str) -> Option<(u64, &str)> {
+/// The number whose digits start `text`, and how many digits it has.
+fn digits_at(text: &[u8]) -> Option<(u64, usize)> {
     let end = text
-        .bytes()
+        .iter()
         .position(|b| !b.is_ascii_digit())
         .unwrap_or(text.len());
     let mut n: u64 = 0;
-    for b in &text.as_bytes()[..end] {
+    for b in &text[..end] {
         n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
-    (end > 0).then_some((n, &text[end..]))
+    (end > 0).then_some((n, end))
 }
+
+static SEQ: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"value\":{\"seq\":"));
+static TIMESTAMP: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"timestamp\":"));
 
 /// Each record of a frame (the frame itself, or each record of a `records` frame) as its `seq`
 /// and the broker's append time (`timestamp`, ms since the epoch; `i64::MAX` when absent), in
 /// one pass over the frame and without allocating: the bench's clients share the cores with
 /// what they measure. A record's JSON has `value` (`{"seq":N,...}`) before `timestamp`.
-fn records_of(frame: &str) -> impl Iterator<Item = (u64, i64)> + '_ {
-    const SEQ: &str = "\"value\":{\"seq\":";
-    const TIMESTAMP: &str = "\"timestamp\":";
+fn records_of(frame: &[u8]) -> impl Iterator<Item = (u64, i64)> + '_ {
     let mut rest = frame;
     std::iter::from_fn(move || loop {
-        let at = rest.find(SEQ)? + SEQ.len();
-        let Some((seq, after)) = digits_at(&rest[at..]) else {
-            rest = &rest[at..];
+        let at = SEQ.find(rest)? + SEQ.needle().len();
+        rest = &rest[at..];
+        let Some((seq, digits)) = digits_at(rest) else {
             continue;
         };
-        rest = after;
-        let appended = match rest.find(TIMESTAMP) {
+        rest = &rest[digits..];
+        let appended = match TIMESTAMP.find(rest) {
             Some(at) => {
-                let (ms, after) =
-                    digits_at(&rest[at + TIMESTAMP.len()..]).unwrap_or((u64::MAX, ""));
-                rest = after;
+                rest = &rest[at + TIMESTAMP.needle().len()..];
+                let (ms, digits) = digits_at(rest).unwrap_or((u64::MAX, 0));
+                rest = &rest[digits..];
                 i64::try_from(ms).unwrap_or(i64::MAX)
             }
             None => i64::MAX,
@@ -235,6 +241,59 @@ fn records_of(frame: &str) -> impl Iterator<Item = (u64, i64)> + '_ {
         return Some((seq, appended));
     })
 }
+
+/// Opens a feed with the benchmark's own websocket client: the opening handshake by hand, then
+/// the raw connection and what the server sent after its 101.
+async fn open_feed(http: &str, path: &str, token: &str) -> (TcpStream, Vec<u8>) {
+    let addr = http.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send handshake");
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let head = loop {
+        if let Some(at) = memmem::find(&buf, b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read_buf(&mut buf).await.expect("read handshake");
+        assert!(n > 0, "feed closed during the handshake");
+    };
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101"),
+        "feed not opened: {}",
+        String::from_utf8_lossy(&buf[..head])
+    );
+    buf.drain(..head);
+    (stream, buf)
+}
+
+/// The header length and payload length of the websocket frame at the start of `bytes`, once
+/// all of it is there. A server does not mask its frames.
+fn frame_at(bytes: &[u8]) -> Option<(usize, usize)> {
+    let second = *bytes.get(1)?;
+    assert_eq!(second & 0x80, 0, "a server frame must not be masked");
+    let (header, len) = match second & 0x7f {
+        126 => (
+            4,
+            u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize,
+        ),
+        127 => (
+            10,
+            u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize,
+        ),
+        n => (2, n as usize),
+    };
+    (bytes.len() >= header + len).then_some((header, len))
+}
+
+/// Bytes a client asks the socket for at least, per read.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Nanoseconds since `base`, as an atomic slot (0 = not yet).
 fn stamp(base: Instant) -> u64 {
@@ -253,6 +312,93 @@ fn wall_ms() -> i64 {
 /// 1,000 clients keep 50 million of them.
 type Arrivals = (Vec<(u32, u32, i32)>, u64);
 
+/// What one client has seen so far.
+struct Seen {
+    records: Vec<(u32, u32, i32)>,
+    frames: u64,
+    /// Whether the first frame, the subscriptions notice, has come: the feed is live.
+    live: bool,
+}
+
+impl Seen {
+    /// Takes one text frame that arrived at `arrived` (µs since `base`) and wall-clock `now`.
+    fn frame(&mut self, payload: &[u8], arrived: u32, now: i64, ready: &AtomicU64) {
+        if !std::mem::replace(&mut self.live, true) {
+            ready.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let before = self.records.len();
+        for (seq, appended) in records_of(payload) {
+            let after_append = now.saturating_sub(appended);
+            self.records
+                .push((seq as u32, arrived, after_append as i32));
+        }
+        self.frames += u64::from(self.records.len() > before);
+    }
+}
+
+/// Reads a feed's frames in place from the client's buffer until it has seen `expect` records
+/// or the deadline passes. A frame's arrival is the end of the read that completed it.
+async fn read_feed(
+    mut stream: TcpStream,
+    mut buf: Vec<u8>,
+    base: Instant,
+    expect: u64,
+    deadline: Instant,
+    ready: Arc<AtomicU64>,
+) -> Arrivals {
+    let mut seen = Seen {
+        records: Vec::with_capacity(expect as usize + 16),
+        frames: 0,
+        live: false,
+    };
+    // A message the server sent in fragments, put together (tungstenite does not fragment).
+    let mut message: Vec<u8> = Vec::new();
+    // One timer for the whole read, not one per frame.
+    let end = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(end);
+    'read: loop {
+        let arrived = (base.elapsed().as_micros() as u32).max(1);
+        let now = wall_ms();
+        let mut at = 0;
+        while let Some((header, len)) = frame_at(&buf[at..]) {
+            let first = buf[at];
+            let payload = &buf[at + header..at + header + len];
+            at += header + len;
+            let (fin, opcode) = (first & 0x80 != 0, first & 0x0f);
+            match opcode {
+                0x8 => break 'read,
+                0x0..=0x2 if fin && message.is_empty() => {
+                    seen.frame(payload, arrived, now, &ready);
+                }
+                0x0..=0x2 => {
+                    message.extend_from_slice(payload);
+                    if fin {
+                        seen.frame(&std::mem::take(&mut message), arrived, now, &ready);
+                    }
+                }
+                // Pings: the service sends none.
+                _ => {}
+            }
+            if seen.records.len() as u64 >= expect {
+                break 'read;
+            }
+        }
+        buf.drain(..at);
+        if buf.capacity() - buf.len() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        let read = tokio::select! {
+            _ = &mut end => break,
+            read = stream.read_buf(&mut buf) => read,
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            break;
+        }
+    }
+    (seen.records, seen.frames)
+}
+
 /// Opens `clients` feeds (round-robin over the users `first_user..first_user + users`) on a few
 /// threads; each reads until it has seen `expect` records after warm-up or the deadline passes.
 /// Returns once every feed is open.
@@ -267,8 +413,11 @@ fn open_clients(
     expect: u64,
     deadline: Instant,
 ) -> (Vec<thread::JoinHandle<Vec<Arrivals>>>, Arc<AtomicU64>) {
-    let query = if batch { "?frames=batch" } else { "" };
-    let ws = service.http.replacen("http://", "ws://", 1) + "/api/v1/me/feed" + query;
+    let path = if batch {
+        "/api/v1/me/feed?frames=batch"
+    } else {
+        "/api/v1/me/feed"
+    };
     let ready = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     let threads = thread::available_parallelism()
@@ -276,7 +425,7 @@ fn open_clients(
         .min(MAX_CLIENT_THREADS);
     for t in 0..threads {
         let mine: Vec<usize> = (0..clients).filter(|c| c % threads == t).collect();
-        let ws = ws.clone();
+        let http = service.http.clone();
         let ready = ready.clone();
         handles.push(thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -286,55 +435,16 @@ fn open_clients(
             runtime.block_on(async move {
                 let mut tasks = Vec::new();
                 for client in mine {
-                    let mut request = ws.clone().into_client_request().expect("request");
-                    let bearer = format!("Bearer {}", reader_token(first_user + client % users));
-                    request
-                        .headers_mut()
-                        .insert("authorization", bearer.parse().expect("header"));
-                    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-                        .await
-                        .expect("open feed");
-                    let ready = ready.clone();
-                    tasks.push(tokio::spawn(async move {
-                        let mut seen = Vec::with_capacity(expect as usize + 16);
-                        let mut frames = 0u64;
-                        let mut counted = false;
-                        // One timer for the whole read, not one per frame.
-                        let end = tokio::time::sleep_until(deadline.into());
-                        tokio::pin!(end);
-                        loop {
-                            let message = tokio::select! {
-                                _ = &mut end => break,
-                                message = socket.next() => message,
-                            };
-                            let Some(Ok(message)) = message else {
-                                break;
-                            };
-                            let Message::Text(text) = message else {
-                                continue;
-                            };
-                            let arrived = (base.elapsed().as_micros() as u32).max(1);
-                            if !counted {
-                                // The first frame is the subscriptions notice: the feed is live.
-                                counted = true;
-                                ready.fetch_add(1, Ordering::SeqCst);
-                                continue;
-                            }
-                            let now = wall_ms();
-                            let before = seen.len();
-                            for (seq, appended) in records_of(&text) {
-                                let after_append = now.saturating_sub(appended);
-                                seen.push((seq as u32, arrived, after_append as i32));
-                            }
-                            if seen.len() > before {
-                                frames += 1;
-                            }
-                            if seen.len() as u64 >= expect {
-                                break;
-                            }
-                        }
-                        (seen, frames)
-                    }));
+                    let token = reader_token(first_user + client % users);
+                    let (stream, buf) = open_feed(&http, path, &token).await;
+                    tasks.push(tokio::spawn(read_feed(
+                        stream,
+                        buf,
+                        base,
+                        expect,
+                        deadline,
+                        ready.clone(),
+                    )));
                 }
                 let mut all = Vec::new();
                 for task in tasks {
@@ -631,7 +741,7 @@ fn drain(service: &Service, user: usize, backlog: u64) {
                 .expect("feed open")
                 .expect("frame");
             if let Message::Text(text) = message {
-                let n = records_of(&text).count() as u64;
+                let n = records_of(text.as_bytes()).count() as u64;
                 if n > 0 {
                     records += n;
                     first.get_or_insert_with(Instant::now);
