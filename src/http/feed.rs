@@ -7,16 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use warp::filters::BoxedFilter;
 use warp::http::header::{self, HeaderMap, HeaderValue};
@@ -24,6 +22,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use super::feed_socket::{self, FeedWriter, Replies};
 use super::{auth, body_up_to, json, paging, parse_body, parse_query, query, respond, App};
 use crate::actors::consumer::{FeedClose, FeedEvent, FeedFormat, FeedHandle, FeedStart, Frame};
 use crate::actors::subscriptions::{
@@ -50,8 +49,10 @@ const BEARER_PROTOCOL: &str = "bearer.";
 /// close, so this is far below the websocket library's default of 64 MiB.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
-/// A feed's websocket, over the connection hyper hands over after the 101 answer.
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// The connection hyper hands over after the 101 answer.
+type Connection = TokioIo<Upgraded>;
+/// The client's side of a feed's websocket, read by tungstenite (see `feed_socket`).
+type ClientSide = WebSocketStream<Replies<Connection>>;
 
 /// The feeds each user has open, against `limits.max_feeds_per_user`.
 #[derive(Clone)]
@@ -343,10 +344,9 @@ async fn open_feed(
                 return;
             }
         };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config()))
-                .await;
-        pump(socket, feed, shutdown, identity.revoked(credential)).await;
+        let (replies, writer) = feed_socket::split(TokioIo::new(upgraded));
+        let client = WebSocketStream::from_raw_socket(replies, Role::Server, Some(config())).await;
+        pump(client, writer, feed, shutdown, identity.revoked(credential)).await;
         drop(slot);
         drop(guard);
     });
@@ -400,35 +400,29 @@ impl Handshake {
     }
 }
 
-/// The feed's websocket settings: clients may send only small messages, and each frame goes
-/// to the socket as soon as it is queued. tungstenite copies a frame into its write buffer and,
-/// when the socket takes part of the buffer, moves the rest to the front: with the default
-/// 128 KiB gathered before a write, a slow reader's socket made it move most bytes more than
-/// once (the largest cost of the 1,000-feed benchmark after the kernel's copy); with one frame
-/// at a time at most that frame's rest is moved.
+/// The feed's websocket settings: clients may send only small messages.
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE))
-        .write_buffer_size(0)
 }
 
 /// Writes frames to the socket until either side ends the feed, the service shuts down
 /// (close code 1001, going away), or the feed's token is revoked (1008). Dropping `feed` at
 /// the end detaches it from the consumer.
 async fn pump(
-    socket: Socket,
+    client: ClientSide,
+    mut sink: FeedWriter<Connection>,
     mut feed: FeedHandle,
     mut shutdown: Shutdown,
     revoked: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(revoked);
-    let (mut sink, incoming) = socket.split();
     let (gone, mut client_gone) = oneshot::channel();
     // The client's side is read by a task of its own, woken only when the client sends
     // something: polling it on every turn of the loop below would clear the socket's large
     // read buffer once per batch written.
-    let _reader = AbortOnDrop(tokio::spawn(read_client(incoming, gone)));
+    let _reader = AbortOnDrop(tokio::spawn(read_client(client, gone)));
     loop {
         tokio::select! {
             biased;
@@ -438,6 +432,12 @@ async fn pump(
             _ = &mut revoked => {
                 let reason = "token_revoked: the token of this feed was revoked";
                 return close_with(sink, POLICY_VIOLATION, reason).await;
+            }
+            // A pong to send, between two writes of frames.
+            _ = sink.replies() => {
+                if sink.send_replies().await.is_err() {
+                    return;
+                }
             }
             event = feed.next() => match event {
                 FeedEvent::Closed(reason) => return close(sink, &reason).await,
@@ -466,9 +466,9 @@ async fn pump(
             },
             end = &mut client_gone => {
                 match end.unwrap_or(ClientEnd::Gone) {
-                    // Send the reply to the client's close that the socket has queued.
+                    // Send the reply to the client's close that the reader has written.
                     ClientEnd::Closed => {
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.finish()).await;
                     }
                     ClientEnd::TooLarge => {
                         let reason = format!(
@@ -524,14 +524,19 @@ where
     }
 }
 
-/// Reads what the client sends until it goes; tells `gone` how.
-async fn read_client(mut incoming: SplitStream<Socket>, gone: oneshot::Sender<ClientEnd>) {
+/// Reads what the client sends until it goes; tells `gone` how. tungstenite answers pings and
+/// a close itself, through the feed's writer (`feed_socket::Replies`).
+async fn read_client(mut client: ClientSide, gone: oneshot::Sender<ClientEnd>) {
     let end = loop {
-        let read = incoming.next().await;
+        let read = client.next().await;
         if let Some(end) = client_end(read.as_ref().map(|r| r.as_ref())) {
             break end;
         }
     };
+    if end == ClientEnd::Closed {
+        // tungstenite writes its reply to a close on the next read or flush.
+        let _ = client.flush().await;
+    }
     let _ = gone.send(end);
 }
 
@@ -544,36 +549,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Writes `batch`, each frame's text shared with every other feed that writes it.
-async fn write(
-    sink: &mut SplitSink<Socket, Message>,
-    batch: &[Frame],
-) -> std::result::Result<(), WsError> {
-    for frame in batch {
-        sink.feed(Message::Text(frame.text().clone())).await?;
-    }
-    sink.flush().await
+/// Writes `batch`, each frame's text the buffer shared with every other feed that writes it.
+async fn write(sink: &mut FeedWriter<Connection>, batch: &[Frame]) -> std::io::Result<()> {
+    sink.text_frames(batch.iter().map(|f| f.text().clone().into()))
+        .await
 }
 
-async fn close(sink: SplitSink<Socket, Message>, reason: &FeedClose) {
+async fn close(sink: FeedWriter<Connection>, reason: &FeedClose) {
     close_with(sink, reason.code(), reason.reason()).await
 }
 
 async fn close_with(
-    mut sink: SplitSink<Socket, Message>,
+    mut sink: FeedWriter<Connection>,
     code: u16,
     reason: impl Into<std::borrow::Cow<'static, str>>,
 ) {
-    let reason = match reason.into() {
-        std::borrow::Cow::Borrowed(text) => Utf8Bytes::from_static(text),
-        std::borrow::Cow::Owned(text) => Utf8Bytes::from(text),
-    };
-    let frame = Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason,
-    }));
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await;
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    let reason = reason.into();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close(code, &reason)).await;
 }
 
 /// The subscription and feed routes.
@@ -665,6 +657,8 @@ pub(super) fn routes(app: App, feeds: Feeds) -> BoxedFilter<(Response,)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
@@ -791,7 +785,7 @@ mod tests {
             }
             map
         };
-        let upgrade = || Some(hyper::upgrade::on(&mut warp::http::Request::new(())));
+        let upgrade = || Some(hyper::upgrade::on(warp::http::Request::new(())));
         let handshake = Handshake::of(&headers(&good), upgrade()).expect("a websocket request");
         // The example of RFC 6455, section 1.3.
         assert_eq!(handshake.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");

@@ -6,6 +6,7 @@ mod audit;
 mod browser;
 mod error;
 mod feed;
+mod feed_socket;
 mod me;
 mod messages;
 mod openapi;
