@@ -7,7 +7,10 @@
 //! (2) the highest rate one feed sustains, draining a backlog (batched frames).
 //!
 //! Runs the release binary against the local broker (`make kafka-up`). Each shape has its own
-//! topic and its own users. Every user's topic is read by one shared topic reader.
+//! topic and its own users. Every user's topic is read by one shared topic reader. The clients
+//! are websocket readers of the benchmark's own (`open_feed`, `read_feed`): they check and time
+//! every record at every feed, and share the cores with what they measure, so they parse
+//! frames in place without allocating.
 //! Knobs: `FEED_BENCH_RATE` (5000), `FEED_BENCH_SECS` (10), `FEED_BENCH_BACKLOG` (300000),
 //! `FEED_BENCH_SHAPES` (`10x100,100x100,500x1000,100x100:record`: users x feeds, `:record` for
 //! one frame per record).

@@ -364,8 +364,9 @@ async fn open_feed(
 }
 
 /// A request's valid websocket opening handshake (RFC 6455 4.2.1), the checks warp's `ws()`
-/// makes: the feed does its own upgrade so that it can send text frames over shared buffers
-/// (`Utf8Bytes`), which warp's `Message::text` would copy into a `String` per feed.
+/// makes. The feed does its own upgrade so that it can write its frames itself, from the
+/// buffers every feed shares (`feed_socket`): warp's `Message::text` would copy each into a
+/// `String` per feed, and tungstenite each into its write buffer.
 struct Handshake {
     /// `Sec-WebSocket-Accept` for the client's key.
     accept: HeaderValue,
