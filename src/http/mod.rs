@@ -122,6 +122,11 @@ pub(super) fn parse_id(id: &str) -> Result<Uuid> {
     Uuid::parse_str(id).map_err(|_| Error::InvalidId(format!("{id:?} is not a UUID")))
 }
 
+/// Most bytes of a refused body read and dropped before the 413 goes out.
+const DRAIN_BYTES: u64 = 4 * 1024 * 1024;
+/// Longest a refused body is read for before the 413 goes out.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Reads the body, refusing it as soon as it passes `limit` (with or without Content-Length).
 async fn read_body(
     mut stream: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
@@ -131,6 +136,7 @@ async fn read_body(
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|e| Error::InvalidJson(format!("cannot read body: {e}")))?;
         if body.len() as u64 + chunk.remaining() as u64 > limit {
+            drain(&mut stream).await;
             return Err(Error::PayloadTooLarge(limit));
         }
         while chunk.has_remaining() {
@@ -141,6 +147,23 @@ async fn read_body(
         }
     }
     Ok(body.freeze())
+}
+
+/// Reads and drops the rest of a refused body, up to `DRAIN_BYTES` and `DRAIN_TIME`. The
+/// connection closes after a 413 whose body was not read; were the client still sending, the
+/// unread bytes would make the kernel reset the connection, and a reset can reach the client
+/// before it has read the 413, which it then never sees (what servers call a lingering close).
+async fn drain(stream: &mut (impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin)) {
+    let mut dropped = 0u64;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            dropped += chunk.remaining() as u64;
+            if dropped > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 pub(super) fn body_up_to(
