@@ -547,6 +547,10 @@ pub struct FeedConfig {
     /// A user's consumer stops after this long without a feed.
     #[serde(default = "default_idle_consumer_ms")]
     pub idle_consumer_ms: u64,
+    /// How often each user's positions written to every feed are committed to Kafka. A crash
+    /// sends again at most what was written since the last commit (at-least-once).
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
 }
 
 impl Default for FeedConfig {
@@ -555,6 +559,7 @@ impl Default for FeedConfig {
             buffer_frames: default_buffer_frames(),
             stall_timeout_ms: default_stall_timeout_ms(),
             idle_consumer_ms: default_idle_consumer_ms(),
+            commit_interval_ms: default_commit_interval_ms(),
         }
     }
 }
@@ -568,12 +573,21 @@ fn default_stall_timeout_ms() -> u64 {
 fn default_idle_consumer_ms() -> u64 {
     30_000
 }
+fn default_commit_interval_ms() -> u64 {
+    1_000
+}
 
 fn validate_feeds(feeds: FeedConfig) -> Result<FeedConfig, ConfigError> {
     if feeds.buffer_frames == 0 || feeds.stall_timeout_ms == 0 {
         return Err(ConfigError::Invalid(
             "feeds.buffer_frames and feeds.stall_timeout_ms must be at least 1".into(),
         ));
+    }
+    if !(10..=60_000).contains(&feeds.commit_interval_ms) {
+        return Err(ConfigError::Invalid(format!(
+            "feeds.commit_interval_ms must be between 10 and 60000, not {}",
+            feeds.commit_interval_ms
+        )));
     }
     Ok(feeds)
 }
@@ -958,6 +972,7 @@ mod tests {
         ("feeds", "buffer_frames"),
         ("feeds", "stall_timeout_ms"),
         ("feeds", "idle_consumer_ms"),
+        ("feeds", "commit_interval_ms"),
         ("limits", "max_body_bytes"),
         ("limits", "max_ingest_body_bytes"),
         ("limits", "max_records_per_call"),
@@ -1135,6 +1150,8 @@ mod tests {
             "unknown_key = 1",
             "[store]\nsynchronous = \"sometimes\"",
             "[feeds]\nbuffer_frames = 0",
+            "[feeds]\ncommit_interval_ms = 0",
+            "[feeds]\ncommit_interval_ms = 60001",
             "[auth]\nmax_failures_per_minute = 0",
             "[auth.jwt]\nissuer = \"i\"\naudience = \"a\"",
             "[auth.jwt]\njwks_file = \"j\"\njwks_url = \"http://x\"\nissuer = \"i\"\naudience = \"a\"",
@@ -1152,6 +1169,15 @@ mod tests {
         ] {
             assert!(Config::parse(bad, Overrides::default()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_feed_commit_interval() {
+        let default = Config::parse("", Overrides::default()).expect("valid");
+        assert_eq!(default.feeds.commit_interval_ms, 1_000);
+        let set = Config::parse("[feeds]\ncommit_interval_ms = 200\n", Overrides::default())
+            .expect("valid");
+        assert_eq!(set.feeds.commit_interval_ms, 200);
     }
 
     #[test]

@@ -73,10 +73,6 @@ pub const GROUP_PREFIX: &str = "kafflow.user.";
 const MAX_FETCH_BATCH: usize = 512;
 /// The reader hands over another batch only while fewer records than this wait for the feeds.
 const PULL_BELOW: usize = MAX_FETCH_BATCH;
-/// How often offsets written everywhere are committed. Committing after every written batch
-/// would send the broker an offset commit per batch and per user; a crash can at most send
-/// again what was written in this window, which at-least-once allows.
-const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// How long the feeds may hold the reader back before the partitions are paused. A pause drops
 /// librdkafka's prefetch, so it is kept for a slow client, not for a burst.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
@@ -640,7 +636,7 @@ pub struct Consumer {
     in_flight: VecDeque<InFlight>,
     /// Next offset per partition, as last committed (or about to be) by this consumer.
     committed: HashMap<(String, i32), i64>,
-    /// Offsets written everywhere but not yet sent to Kafka (see `COMMIT_EVERY`).
+    /// Offsets written everywhere but not yet sent to Kafka (see `feeds.commit_interval_ms`).
     to_commit: HashMap<(String, i32), i64>,
     /// Where to restart partitions whose records were dropped when the last feed left.
     resume_at: HashMap<(String, i32), i64>,
@@ -1323,7 +1319,12 @@ impl Actor for Consumer {
             act.close_stalled();
             act.retry_joins();
         });
-        ctx.run_interval(COMMIT_EVERY, |act, _| {
+        // Offsets written everywhere are committed on a rhythm (`feeds.commit_interval_ms`),
+        // not after every written batch, which would send the broker an offset commit per batch
+        // and per user; a crash can at most send again what was written in this window, which
+        // at-least-once allows.
+        let commit_every = Duration::from_millis(self.settings.commit_interval_ms);
+        ctx.run_interval(commit_every, |act, _| {
             act.sync_feeds();
             act.commit();
         });
