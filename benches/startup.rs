@@ -17,7 +17,11 @@
 //!   decode, apply).
 //!
 //! `KAFFLOW_BENCH_STARTUP_SIZES` (e.g. `10000,100000`) picks the sizes;
-//! `KAFFLOW_BENCH_STARTUP_KEEP=DIR` keeps each log in `DIR/<events>` for a profile.
+//! `KAFFLOW_BENCH_STARTUP_KEEP=DIR` keeps each log in `DIR/<events>` for a profile (and, with
+//! `KAFFLOW_BENCH_STARTUP_REUSE=1`, replays a log kept there before instead of writing one).
+//! `KAFFLOW_BENCH_STARTUP_REPLAY_ONLY=1` measures the replay alone, split in its two halves:
+//! reading (read, chain check and decode, with nothing applied) and applying (`State::apply`
+//! over events decoded beforehand); no binary is started, no report row is written.
 
 #[path = "common/report.rs"]
 mod report;
@@ -205,6 +209,62 @@ fn replay(data_dir: &Path) -> Duration {
     elapsed
 }
 
+/// The reading half of a replay: read, check and decode, nothing applied (each event is
+/// dropped on the applying thread, as a replay frees it there).
+fn read_only(data_dir: &Path) -> Duration {
+    let store = Store::open(data_dir, Durability::Normal).expect("open");
+    let started = Instant::now();
+    store.replay(drop).expect("replay");
+    started.elapsed()
+}
+
+/// The applying half of a replay: `State::apply` over events decoded beforehand (freed after
+/// the clock stops).
+fn apply_only(data_dir: &Path) -> Duration {
+    let store = Store::open(data_dir, Durability::Normal).expect("open");
+    let mut events = Vec::new();
+    store.replay(|e| events.push(e)).expect("replay");
+    let mut state = State::default();
+    let started = Instant::now();
+    for event in &events {
+        state.apply(&event.body);
+    }
+    let elapsed = started.elapsed();
+    std::hint::black_box(&state);
+    elapsed
+}
+
+/// Best and median of `runs` timings of `f`.
+fn best_median(runs: usize, mut f: impl FnMut() -> Duration) -> (Duration, Duration) {
+    let mut times: Vec<Duration> = (0..runs).map(|_| f()).collect();
+    times.sort();
+    (times[0], times[times.len() / 2])
+}
+
+/// `KAFFLOW_BENCH_STARTUP_REPLAY_ONLY`: the replay and its two halves, as events/s.
+fn replay_split(data_dir: &Path, total: u64) {
+    let rate = |d: Duration| total as f64 / d.as_secs_f64();
+    bare_read(data_dir);
+    let (bare, _) = best_median(3, || bare_read(data_dir).1);
+    let (full_best, full_median) = best_median(5, || replay(data_dir));
+    let (read_best, read_median) = best_median(3, || read_only(data_dir));
+    let (apply_best, apply_median) = best_median(3, || apply_only(data_dir));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "{total:>9} events: bare {:.0}/s; replay best {:.0}/s median {:.0}/s; \
+         read+check+decode best {:.0}/s median {:.0}/s; apply best {:.0}/s median {:.0}/s; \
+         load {}",
+        rate(bare),
+        rate(full_best),
+        rate(full_median),
+        rate(read_best),
+        rate(read_median),
+        rate(apply_best),
+        rate(apply_median),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
+}
+
 /// Writes the snapshot a clean shutdown writes; returns its time and size.
 fn snapshot(data_dir: &Path) -> (Duration, u64) {
     let store = Store::open(data_dir, Durability::Normal).expect("open");
@@ -344,20 +404,34 @@ fn main() {
         "RSS+snap",
         "gen s"
     );
+    let replay_only = std::env::var("KAFFLOW_BENCH_STARTUP_REPLAY_ONLY").is_ok_and(|v| v == "1");
+    let reuse = std::env::var("KAFFLOW_BENCH_STARTUP_REUSE").is_ok_and(|v| v == "1");
     for total in sizes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
+        let mut reused = false;
         if let Ok(keep) = std::env::var("KAFFLOW_BENCH_STARTUP_KEEP") {
             // For a profile of the same log afterwards.
             let kept = Path::new(&keep).join(total.to_string());
-            let _ = std::fs::remove_dir_all(&kept);
-            std::fs::create_dir_all(&kept).expect("keep dir");
+            reused = reuse && kept.join("kafflow.db").exists();
+            if !reused {
+                let _ = std::fs::remove_dir_all(&kept);
+                std::fs::create_dir_all(&kept).expect("keep dir");
+            }
             std::os::unix::fs::symlink(&kept, &data_dir).expect("link");
         }
         let generated = Instant::now();
-        let head = write_log(&runtime, &data_dir, total);
+        let head = if reused {
+            kafflow::events::verify(&data_dir).expect("the kept log verifies")
+        } else {
+            write_log(&runtime, &data_dir, total)
+        };
         let gen_s = generated.elapsed().as_secs_f64();
         assert_eq!(head.seq, total);
+        if replay_only {
+            replay_split(&data_dir, total);
+            continue;
+        }
         let db_mb = std::fs::metadata(data_dir.join("kafflow.db"))
             .map(|m| m.len())
             .unwrap_or(0) as f64

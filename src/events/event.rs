@@ -14,7 +14,10 @@ use crate::identity::Role;
 /// - 2: `held_discarded` names the last spool id it discards (`up_to_id`), because the event
 ///   is now committed before the rows are deleted. A version 1 discard was finished before its
 ///   event was written, so it reads as `up_to_id: null` (nothing left to finish).
-pub const EVENT_VERSION: u32 = 2;
+/// - 3: the `data` layout of 2; the row's hash input is its column bytes with length prefixes
+///   instead of their JSON encoding (see `store.rs` and docs/architecture.md). Rows of 1 and 2
+///   keep verifying with the JSON input.
+pub const EVENT_VERSION: u32 = 3;
 
 /// Whether `upcast` would change (or refuse) the `data` of a `kind` event stored at `version`;
 /// replay parses the others straight into the current layout.
@@ -233,12 +236,139 @@ impl EventKind {
         Ok((self.name().to_string(), data))
     }
 
+    /// Rebuilds an event from its `kind` column and its `data` column as stored, in the current
+    /// layout, parsing `data` in place: no `{"kind": .., "data": ..}` copy to parse, and the
+    /// two kinds with a flattened `TopicSpec` through a plain struct (serde's `flatten` buffers
+    /// every field of the object before it reads any).
+    pub(crate) fn from_data(kind: &str, data: &str) -> Result<Self, serde_json::Error> {
+        match kind {
+            "topic_requested" => {
+                let d: TopicRequestedData = parse_data(data)?;
+                Ok(EventKind::TopicRequested {
+                    spec: TopicSpec {
+                        partitions: d.partitions,
+                        replication_factor: d.replication_factor,
+                        config: d.config,
+                    },
+                    reason: d.reason,
+                    visibility: d.visibility,
+                })
+            }
+            "topic_provisioned" => {
+                let d: TopicProvisionedData = parse_data(data)?;
+                Ok(EventKind::TopicProvisioned {
+                    spec: TopicSpec {
+                        partitions: d.partitions,
+                        replication_factor: d.replication_factor,
+                        config: d.config,
+                    },
+                    already_existed: d.already_existed,
+                })
+            }
+            _ => EventKind::deserialize(KindAndData { kind, data }),
+        }
+    }
+
     /// Rebuilds an event from its `kind` and `data` columns.
     pub(crate) fn from_columns(
         kind: &str,
         data: serde_json::Value,
     ) -> Result<Self, serde_json::Error> {
         serde_json::from_value(serde_json::json!({ "kind": kind, "data": data }))
+    }
+}
+
+fn parse_data<'a, T: Deserialize<'a>>(data: &'a str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(data)
+}
+
+/// The `data` of `topic_requested`, as `EventKind::TopicRequested` reads it with its flattened
+/// spec (unknown fields ignored, the same defaults).
+#[derive(Deserialize)]
+struct TopicRequestedData {
+    partitions: i32,
+    replication_factor: i32,
+    #[serde(default)]
+    config: TopicConfig,
+    reason: Option<String>,
+    #[serde(default)]
+    visibility: Visibility,
+}
+
+/// The `data` of `topic_provisioned` (see `TopicRequestedData`).
+#[derive(Deserialize)]
+struct TopicProvisionedData {
+    partitions: i32,
+    replication_factor: i32,
+    #[serde(default)]
+    config: TopicConfig,
+    already_existed: bool,
+}
+
+/// The two columns of an event as the map `{"kind": kind, "data": data}` that `EventKind`'s
+/// derived (adjacently tagged) `Deserialize` reads: the kind first, so the variant is known
+/// before its content, which is then parsed straight from the stored text.
+struct KindAndData<'a> {
+    kind: &'a str,
+    data: &'a str,
+}
+
+impl<'de> serde::Deserializer<'de> for KindAndData<'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(KindAndDataFields {
+            columns: self,
+            next: 0,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+struct KindAndDataFields<'a> {
+    columns: KindAndData<'a>,
+    /// 0 before `kind`, 1 before `data`, 2 at the end.
+    next: u8,
+}
+
+impl<'de> serde::de::MapAccess<'de> for KindAndDataFields<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let key = match self.next {
+            0 => "kind",
+            1 => "data",
+            _ => return Ok(None),
+        };
+        seed.deserialize(serde::de::value::BorrowedStrDeserializer::new(key))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.next += 1;
+        if self.next == 1 {
+            return seed.deserialize(serde::de::value::BorrowedStrDeserializer::new(
+                self.columns.kind,
+            ));
+        }
+        let mut data = serde_json::Deserializer::from_str(self.columns.data);
+        let value = seed.deserialize(&mut data)?;
+        data.end()?;
+        Ok(value)
     }
 }
 
@@ -377,6 +507,10 @@ mod tests {
         for kind in kinds {
             let (name, data) = kind.to_columns().expect("serialize");
             assert_eq!(name, kind.name());
+            assert_eq!(
+                EventKind::from_data(&name, &data.to_string()).expect("parse in place"),
+                kind
+            );
             assert_eq!(EventKind::from_columns(&name, data).expect("parse"), kind);
         }
     }
@@ -433,7 +567,31 @@ mod tests {
     }
 
     #[test]
+    fn older_layouts_read_in_place_as_through_the_value() {
+        for (kind, data) in [
+            ("topic_requested", r#"{"partitions":1,"replication_factor":1,"reason":null}"#),
+            (
+                "topic_requested",
+                r#"{"partitions":2,"replication_factor":1,"config":{"b":"1","a":"2","b":"3"},"reason":"x","visibility":"restricted","extra":[1]}"#,
+            ),
+            ("topic_provisioned", r#"{"partitions":1,"replication_factor":1,"already_existed":false}"#),
+            ("unsubscribed", r#"{"reason":"user"}"#),
+            ("held_discarded", r#"{"count":31}"#),
+        ] {
+            let value: serde_json::Value = serde_json::from_str(data).expect("json");
+            assert_eq!(
+                EventKind::from_data(kind, data).expect("in place"),
+                EventKind::from_columns(kind, value).expect("value"),
+                "{kind} {data}"
+            );
+        }
+        assert!(EventKind::from_data("topic_requested", r#"{"partitions":1}"#).is_err());
+        assert!(EventKind::from_data("request_rejected", r#"{"reason":"x"} x"#).is_err());
+    }
+
+    #[test]
     fn unknown_kind_is_an_error() {
+        assert!(EventKind::from_data("topic_exploded", "{}").is_err());
         assert!(EventKind::from_columns("topic_exploded", serde_json::json!({})).is_err());
     }
 }

@@ -17,6 +17,10 @@ use super::snapshot::{self, SnapshotError, Snapshotted};
 /// Migrations, applied in order at startup; the applied version is kept in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_events.sql"))];
 
+/// The first row version whose hash input is the length-prefixed column bytes
+/// (`Columns::hash_length_prefixed`); older rows keep their JSON-encoded input.
+const LENGTH_PREFIXED_SINCE: i64 = 3;
+
 /// The hash that the first event chains to.
 const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -136,6 +140,16 @@ struct Row {
 
 impl Row {
     fn from_new(event: &NewEvent, seq: u64, prev_hash: &str) -> Result<Row, StoreError> {
+        Row::from_new_at(event, seq, prev_hash, i64::from(EVENT_VERSION))
+    }
+
+    /// The row of `event` written at row `version` (tests write older versions with it).
+    fn from_new_at(
+        event: &NewEvent,
+        seq: u64,
+        prev_hash: &str,
+        version: i64,
+    ) -> Result<Row, StoreError> {
         let (kind, data) = event.kind.to_columns().map_err(|e| StoreError::Corrupt {
             seq,
             reason: format!("cannot encode event: {e}"),
@@ -145,7 +159,7 @@ impl Row {
             id: event.id.to_string(),
             at: event.at.to_rfc3339_opts(SecondsFormat::Micros, true),
             kind,
-            version: i64::from(EVENT_VERSION),
+            version,
             actor: event.actor.clone(),
             topic: event.topic.clone(),
             request_id: event.request_id.map(|id| id.to_string()),
@@ -229,11 +243,56 @@ impl<'a> Columns<'a> {
         })
     }
 
-    /// SHA-256 over the previous hash and every column, encoded as one JSON array so that no
-    /// two different rows can produce the same input. `buf` is scratch space, reused across
-    /// rows. The bytes are exactly `serde_json::json!([...]).to_string()` of the columns, the
-    /// encoding the log was first written with.
+    /// The SHA-256 the row must carry, in the layout its version says (`LENGTH_PREFIXED_SINCE`).
+    /// `buf` is scratch space, reused across rows.
     fn hash(&self, buf: &mut Vec<u8>) -> [u8; 32] {
+        if self.version >= LENGTH_PREFIXED_SINCE {
+            self.hash_length_prefixed(buf)
+        } else {
+            self.hash_json(buf)
+        }
+    }
+
+    /// The hash of rows from version 3 on: SHA-256 over the column bytes, each text with its
+    /// length in front (4 bytes, big-endian), `seq` and `version` as 8-byte big-endian
+    /// integers, and a NULL told from text by a tag byte (0 NULL, 1 text). In column order:
+    /// `prev_hash seq id at kind version actor topic request_id data`. No escaping, no number
+    /// formatting: the bytes are copied as they are, and no two rows give the same input (each
+    /// field's length is known before its bytes). See docs/architecture.md, "The hash chain".
+    fn hash_length_prefixed(&self, buf: &mut Vec<u8>) -> [u8; 32] {
+        fn text(buf: &mut Vec<u8>, value: &str) {
+            // A column longer than 4 GiB cannot be stored by SQLite (1 GB at most).
+            buf.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            buf.extend_from_slice(value.as_bytes());
+        }
+        fn optional(buf: &mut Vec<u8>, value: Option<&str>) {
+            match value {
+                Some(value) => {
+                    buf.push(1);
+                    text(buf, value);
+                }
+                None => buf.push(0),
+            }
+        }
+        buf.clear();
+        text(buf, self.prev_hash);
+        buf.extend_from_slice(&self.seq.to_be_bytes());
+        text(buf, self.id);
+        text(buf, self.at);
+        text(buf, self.kind);
+        buf.extend_from_slice(&self.version.to_be_bytes());
+        text(buf, self.actor);
+        optional(buf, self.topic);
+        optional(buf, self.request_id);
+        text(buf, self.data);
+        Sha256::digest(buf.as_slice()).into()
+    }
+
+    /// The hash of rows before version 3: SHA-256 over the previous hash and every column,
+    /// encoded as one JSON array so that no two different rows can produce the same input. The
+    /// bytes are exactly `serde_json::json!([...]).to_string()` of the columns, the encoding
+    /// the log was first written with.
+    fn hash_json(&self, buf: &mut Vec<u8>) -> [u8; 32] {
         buf.clear();
         buf.push(b'[');
         let text = |buf: &mut Vec<u8>, value: Option<&str>| {
@@ -294,20 +353,19 @@ impl<'a> Columns<'a> {
     }
 
     /// The event the row holds (checked or not).
-    fn decode(&self, buf: &mut Vec<u8>) -> Result<Event, StoreError> {
+    fn decode(&self) -> Result<Event, StoreError> {
         let version = u32::try_from(self.version)
             .map_err(|_| self.corrupt(format!("unknown event version {}", self.version)))?;
-        let kind = self.decode_kind(version, buf)?;
+        let kind = self.decode_kind(version)?;
         Ok(NewEvent {
-            id: Uuid::parse_str(self.id).map_err(|e| self.corrupt(format!("bad id: {e}")))?,
-            at: DateTime::parse_from_rfc3339(self.at)
-                .map_err(|e| self.corrupt(format!("bad timestamp: {e}")))?
-                .with_timezone(&Utc),
+            id: Uuid::try_parse_ascii(self.id.as_bytes())
+                .map_err(|e| self.corrupt(format!("bad id: {e}")))?,
+            at: parse_at(self.at).map_err(|e| self.corrupt(format!("bad timestamp: {e}")))?,
             actor: self.actor.to_string(),
             topic: self.topic.map(str::to_string),
             request_id: self
                 .request_id
-                .map(Uuid::parse_str)
+                .map(|id| Uuid::try_parse_ascii(id.as_bytes()))
                 .transpose()
                 .map_err(|e| self.corrupt(format!("bad request_id: {e}")))?,
             kind,
@@ -315,9 +373,9 @@ impl<'a> Columns<'a> {
         .with_seq(self.seq))
     }
 
-    /// The event's kind and data. Data of the current layout is parsed straight into the event
-    /// (as `{"kind": .., "data": ..}` in `buf`); only older layouts go through `upcast`.
-    fn decode_kind(&self, version: u32, buf: &mut Vec<u8>) -> Result<EventKind, StoreError> {
+    /// The event's kind and data. Data of the current layout is parsed straight from the
+    /// column into the event (`EventKind::from_data`); only older layouts go through `upcast`.
+    fn decode_kind(&self, version: u32) -> Result<EventKind, StoreError> {
         let bad =
             |e: serde_json::Error| self.corrupt(format!("cannot decode {} event: {e}", self.kind));
         if needs_upcast(version, self.kind) {
@@ -326,13 +384,48 @@ impl<'a> Columns<'a> {
             let data = upcast(version, self.kind, data).map_err(|e| self.corrupt(e))?;
             return EventKind::from_columns(self.kind, data).map_err(bad);
         }
-        buf.clear();
-        buf.extend_from_slice(br#"{"kind":"#);
-        let _ = serde_json::to_writer(&mut *buf, self.kind);
-        buf.extend_from_slice(br#","data":"#);
-        buf.extend_from_slice(self.data.as_bytes());
-        buf.push(b'}');
-        serde_json::from_slice(buf).map_err(bad)
+        EventKind::from_data(self.kind, self.data).map_err(bad)
+    }
+}
+
+/// A stored timestamp. The log writes them in one fixed form (`2026-01-31T23:59:59.123456Z`),
+/// which is read field by field here; anything else goes through the general RFC 3339 parser.
+fn parse_at(at: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    let fixed = || -> Option<DateTime<Utc>> {
+        let b = at.as_bytes();
+        if b.len() != 27
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'.'
+            || b[26] != b'Z'
+        {
+            return None;
+        }
+        let number = |from: usize, to: usize| -> Option<u32> {
+            b[from..to].iter().try_fold(0u32, |n, &d| {
+                d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+            })
+        };
+        let date = chrono::NaiveDate::from_ymd_opt(
+            number(0, 4)? as i32,
+            number(5, 7)?,
+            number(8, 10)?,
+        )?;
+        let second = number(17, 19)?;
+        // A leap second is left to the general parser.
+        if second > 59 {
+            return None;
+        }
+        let time =
+            chrono::NaiveTime::from_hms_micro_opt(number(11, 13)?, number(14, 16)?, second, number(20, 26)?)?;
+        Some(date.and_time(time).and_utc())
+    };
+    match fixed() {
+        Some(at) => Ok(at),
+        None => DateTime::parse_from_rfc3339(at).map(|at| at.with_timezone(&Utc)),
     }
 }
 
@@ -626,7 +719,7 @@ fn read_rows(db: &Path, from: ChainHead, tx: &mpsc::SyncSender<Read>) {
             });
             let event = row.and_then(|row| {
                 row.check(&head, &mut buf)?;
-                let event = row.decode(&mut buf)?;
+                let event = row.decode()?;
                 head.seq = row.seq;
                 head.hash.clear();
                 head.hash.push_str(row.hash);
@@ -673,7 +766,7 @@ fn replay_rows_here(
             reason: format!("unreadable row: {e}"),
         })?;
         row.check(&head, &mut buf)?;
-        let event = row.decode(&mut buf)?;
+        let event = row.decode()?;
         head.seq = row.seq;
         head.hash.clear();
         head.hash.push_str(row.hash);
@@ -1027,11 +1120,10 @@ pub fn request_events(db: &Path, ids: &[Uuid]) -> Result<Vec<NewEvent>, StoreErr
         "{SELECT_ROWS} WHERE request_id IN (SELECT value FROM json_each(?1)) ORDER BY seq"
     ))?;
     let mut rows = stmt.query([list])?;
-    let mut buf = Vec::new();
     let mut events = Vec::new();
     while let Some(row) = rows.next()? {
         let columns = Columns::read(row)?;
-        events.push(columns.decode(&mut buf)?.body);
+        events.push(columns.decode()?.body);
     }
     Ok(events)
 }

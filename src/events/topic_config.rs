@@ -10,10 +10,12 @@
 //! `BTreeMap<String, String>` it replaces: keys in order, each once, the last of repeated
 //! keys kept; the events' hash chain and the API's bodies are unchanged.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// See the module's comment. `None` when empty: no allocation for a topic without config.
@@ -114,9 +116,98 @@ impl Serialize for TopicConfig {
 }
 
 impl<'de> Deserialize<'de> for TopicConfig {
+    /// The same order and the same answer to repeated keys (the last wins) as the map it
+    /// replaces, without one: the entries are read as borrowed text where the input allows,
+    /// sorted, and shared with the config this thread read last when they are the same (a
+    /// replay reads the same few configs hundreds of thousands of times).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Through the map it replaces: the same order, and the same answer to repeated keys.
-        BTreeMap::<String, String>::deserialize(deserializer).map(TopicConfig::from)
+        deserializer.deserialize_map(ConfigVisitor)
+    }
+}
+
+thread_local! {
+    /// The entries this thread read last (see `deserialize`).
+    static LAST_READ: std::cell::RefCell<Option<Entries>> = const { std::cell::RefCell::new(None) };
+}
+
+struct ConfigVisitor;
+
+impl<'de> Visitor<'de> for ConfigVisitor {
+    type Value = TopicConfig;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of config names to values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopicConfig, A::Error> {
+        let mut read: Vec<(Text<'de>, Text<'de>)> =
+            Vec::with_capacity(map.size_hint().unwrap_or(2).min(64));
+        while let Some(entry) = map.next_entry::<Text<'de>, Text<'de>>()? {
+            read.push(entry);
+        }
+        if read.is_empty() {
+            return Ok(TopicConfig(None));
+        }
+        // Stable: of repeated keys, the last read ends last in its run, and is the one kept.
+        read.sort_by(|a, b| a.0 .0.cmp(&b.0 .0));
+        let mut entries: Vec<(Text<'de>, Text<'de>)> = Vec::with_capacity(read.len());
+        for entry in read {
+            match entries.last_mut() {
+                Some(last) if last.0 .0 == entry.0 .0 => *last = entry,
+                _ => entries.push(entry),
+            }
+        }
+        let same = |shared: &Entries| {
+            shared.len() == entries.len()
+                && shared
+                    .iter()
+                    .zip(&entries)
+                    .all(|((k, v), (key, value))| **k == *key.0 && **v == *value.0)
+        };
+        let shared = LAST_READ.with(|last| {
+            let mut last = last.borrow_mut();
+            match last.as_ref() {
+                Some(shared) if same(shared) => shared.clone(),
+                _ => {
+                    let fresh: Entries = entries
+                        .iter()
+                        .map(|(k, v)| (Box::from(&*k.0), Box::from(&*v.0)))
+                        .collect();
+                    *last = Some(fresh.clone());
+                    fresh
+                }
+            }
+        });
+        Ok(TopicConfig(Some(shared)))
+    }
+}
+
+/// A string read borrowed from the input where it can be (no escapes in it), owned otherwise.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
     }
 }
 
@@ -153,6 +244,14 @@ mod tests {
         assert_eq!(config.get("retention.ms"), Some("7"));
         assert_eq!(&config["cleanup.policy"], "compact");
         assert_eq!(config.get("segment.ms"), None);
+
+        // Read twice in a row: the second shares the entries of the first.
+        let again: TopicConfig = serde_json::from_str(json).expect("config");
+        assert_eq!(again, config);
+        let escaped: TopicConfig =
+            serde_json::from_str(r#"{"a\"b":"\u00e9","a":"1"}"#).expect("escaped");
+        assert_eq!(escaped.get("a\"b"), Some("é"));
+        assert_eq!(escaped.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "a\"b"]);
 
         let empty: TopicConfig = serde_json::from_str("{}").expect("empty");
         assert!(empty.is_empty());
