@@ -564,6 +564,30 @@ mod tests {
         state
     }
 
+    /// A log whose first events were written before row version 3 (the JSON-encoded hash
+    /// input) and the rest by this version replays into the state the events build live.
+    #[tokio::test]
+    async fn a_replay_of_old_and_new_rows_builds_the_live_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = events();
+        let (old, new) = events.split_at(events.len() / 2);
+        let head = events::append_rows_at(dir.path(), events::ChainHead::default(), old, 2)
+            .expect("old rows");
+        let store = Store::open(dir.path(), events::Durability::Normal).expect("open");
+        let (writer, thread) = store.into_writer(head).expect("writer");
+        writer
+            .append(new.to_vec())
+            .await
+            .expect("reply")
+            .expect("commit");
+        drop(writer);
+        thread.join();
+        let store = Store::open(dir.path(), events::Durability::Normal).expect("open");
+        let (replayed, head, _) = store.recover::<State>(false).expect("replay");
+        assert_eq!(head.seq, events.len() as u64);
+        assert_eq!(replayed, state());
+    }
+
     #[test]
     fn the_state_survives_a_snapshot() {
         let state = state();

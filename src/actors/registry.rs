@@ -253,12 +253,16 @@ impl Governance {
                 }
             }
             EventKind::RequestApproved { note } => {
-                let Some(request) = self.decide(id, RequestStatus::Approved, note.clone(), event)
+                let Some(kind) = self.decide(id, RequestStatus::Approved, note.clone(), event)
                 else {
                     return;
                 };
-                match request.kind {
+                match kind {
                     RequestKind::Create => {
+                        // Approved is still open: the request is kept whole.
+                        let Some(request) = self.requests.get(&id) else {
+                            return;
+                        };
                         let topic = Topic {
                             name: request.topic.clone(),
                             status: TopicStatus::Provisioning,
@@ -276,8 +280,8 @@ impl Governance {
                 }
             }
             EventKind::RequestRejected { reason } => {
-                let request = self.decide(id, RequestStatus::Rejected, Some(reason.clone()), event);
-                if request.is_some_and(|r| r.kind == RequestKind::Create) {
+                let kind = self.decide(id, RequestStatus::Rejected, Some(reason.clone()), event);
+                if kind == Some(RequestKind::Create) {
                     self.access.end_grants(topic);
                 }
             }
@@ -460,25 +464,27 @@ impl Governance {
         })
     }
 
+    /// Records the decision on request `id`; answers with its kind (no copy of the request:
+    /// a replay decides hundreds of thousands of them).
     fn decide(
         &mut self,
         id: Uuid,
         status: RequestStatus,
         note: Option<String>,
         event: &NewEvent,
-    ) -> Option<TopicRequest> {
+    ) -> Option<RequestKind> {
         let request = self.requests.get_mut(&id)?;
         request.status = status;
         request.decided_by = Some(event.actor.clone());
         request.decided_at = Some(event.at);
         request.decision_note = note;
-        let request = request.clone();
+        let kind = request.kind;
         if !status.is_open() {
             self.open.remove(&request.topic);
             self.open_ids.remove(&id);
             self.reduce(id);
         }
-        Some(request)
+        Some(kind)
     }
 
     fn finish(&mut self, id: Uuid, status: RequestStatus, error: Option<String>) {
