@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
@@ -648,13 +648,13 @@ fn check_head(conn: &Connection, head: &ChainHead) -> Result<(), SnapshotError> 
 /// Replays the rows after `from` (the head of what is already applied), checking the chain.
 ///
 /// Two threads share the work, so that a start uses both cores: a reader (with its own read
-/// connection) steps through the rows, checks the chain and copies each row's columns into a
-/// batch (`Rows`: one buffer for the text of 512 rows, no allocation per row); this thread
-/// decodes the events of each batch and applies them, in order. The split puts the SQLite
-/// read and SHA-256 on one side, the decoding (and so the allocation of each event's strings,
-/// which are freed here too) and the apply on the other: about the same time per row each. An
-/// error stops the replay at its seq, with every event before it applied, as a single thread
-/// would.
+/// connection) steps through the rows and checks the chain; this thread applies the events,
+/// in order. Decoding the rows into events is done by either, per batch (`Rows`): the reader
+/// decodes a share of each batch itself and copies the other rows' columns into one text
+/// buffer, which this thread decodes. The share follows the queue between them: when batches
+/// pile up the applying side is the slower one and the reader decodes more, when none wait it
+/// decodes less. An error stops the replay at its seq, with every event before it applied, as a
+/// single thread would.
 fn replay_rows(
     conn: &Connection,
     from: ChainHead,
@@ -666,14 +666,18 @@ fn replay_rows(
     let (tx, rx) = mpsc::sync_channel::<Read>(READ_AHEAD);
     // Emptied batches go back to the reader, so that their buffers are reused.
     let (back, returned) = mpsc::sync_channel::<Rows>(READ_AHEAD + 2);
+    // Batches sent and not yet taken: how the reader tells which thread is behind.
+    let queued = &AtomicUsize::new(0);
     thread::scope(|scope| {
         let reader = thread::Builder::new()
             .name("event-replay".into())
-            .spawn_scoped(scope, move || read_rows(&db, from, &tx, &returned))
+            .spawn_scoped(scope, move || read_rows(&db, from, &tx, &returned, queued))
             .map_err(StoreError::WriterStart)?;
         let outcome = loop {
             match rx.recv() {
                 Ok(Read::Rows(mut rows)) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    rows.events.drain(..).for_each(&mut *apply);
                     if let Err(e) = rows.columns().try_for_each(|row| {
                         apply(row.decode()?);
                         Ok::<(), StoreError>(())
@@ -704,6 +708,8 @@ fn replay_rows(
 const READ_AHEAD: usize = 8;
 /// Rows per batch.
 const READ_BATCH: usize = 512;
+/// How much of the log file the replay's reader maps (SQLite maps up to the file's size).
+const REPLAY_MMAP_BYTES: i64 = 1 << 40;
 
 enum Read {
     Rows(Rows),
@@ -711,10 +717,12 @@ enum Read {
     Failed(StoreError),
 }
 
-/// Checked rows on their way from the replay's reader to its applying thread: the text of
-/// every column in one buffer, and where each column lies in it.
+/// Checked rows on their way from the replay's reader to its applying thread: first the
+/// events the reader decoded, then the rows it did not, as the text of every column in one
+/// buffer and where each column lies in it.
 #[derive(Default)]
 struct Rows {
+    events: Vec<Event>,
     text: String,
     rows: Vec<RowAt>,
 }
@@ -762,10 +770,11 @@ impl Rows {
     }
 
     fn len(&self) -> usize {
-        self.rows.len()
+        self.events.len() + self.rows.len()
     }
 
     fn clear(&mut self) {
+        self.events.clear();
         self.text.clear();
         self.rows.clear();
     }
@@ -815,15 +824,27 @@ fn read_rows(
     from: ChainHead,
     tx: &mpsc::SyncSender<Read>,
     returned: &mpsc::Receiver<Rows>,
+    queued: &AtomicUsize,
 ) {
     let result = (|| -> Result<ChainHead, StoreError> {
         let conn = read_only(db)?;
+        // Pages straight from the file's mapping instead of a copy per page read; the mapping
+        // goes with the connection at the end of the replay.
+        conn.pragma_update(None, "mmap_size", REPLAY_MMAP_BYTES)?;
         let mut stmt = conn.prepare(&format!("{SELECT_ROWS} WHERE seq > ?1 ORDER BY seq"))?;
         let mut rows = stmt.query([from.seq as i64])?;
         let mut head = from;
         let mut buf = Vec::with_capacity(1024);
         let fresh = || returned.try_recv().unwrap_or_default();
         let mut batch = fresh();
+        // How many rows of this batch the reader decodes (see `replay_rows`).
+        let share = || match queued.load(Ordering::Relaxed) {
+            0 => READ_BATCH / 4,
+            1 => READ_BATCH / 2,
+            2 => READ_BATCH * 3 / 4,
+            _ => READ_BATCH,
+        };
+        let mut decode_here = share();
         while let Some(r) = rows.next()? {
             let checked = Columns::read(r)
                 .map_err(|e| StoreError::Corrupt {
@@ -832,7 +853,12 @@ fn read_rows(
                 })
                 .and_then(|row| {
                     row.check(&head, &mut buf)?;
-                    batch.push(&row);
+                    // Decoded rows come first in a batch: the order of the log.
+                    if batch.rows.is_empty() && batch.events.len() < decode_here {
+                        batch.events.push(row.decode()?);
+                    } else {
+                        batch.push(&row);
+                    }
                     head.seq = row.seq;
                     head.hash.clear();
                     head.hash.push_str(row.hash);
@@ -845,12 +871,15 @@ fn read_rows(
             }
             if batch.len() == READ_BATCH {
                 let full = std::mem::replace(&mut batch, fresh());
+                queued.fetch_add(1, Ordering::Relaxed);
                 if tx.send(Read::Rows(full)).is_err() {
                     // Nobody is applying any more.
                     return Ok(head);
                 }
+                decode_here = share();
             }
         }
+        queued.fetch_add(1, Ordering::Relaxed);
         let _ = tx.send(Read::Rows(batch));
         Ok(head)
     })();
@@ -1609,6 +1638,48 @@ mod tests {
                 other => panic!("expected corruption at seq {seq}, got {other:?}"),
             }
         }
+    }
+
+    /// Batches of decoded events and of rows left to the applying thread, many of them: the
+    /// events come out in the log's order, and a bad row late in the log stops the replay at
+    /// its seq with every event before it applied.
+    #[tokio::test]
+    async fn a_long_replay_applies_every_event_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        let (writer, thread) = store.into_writer(ChainHead::default()).expect("writer");
+        let written = writer
+            .append((0..3000).map(event).collect())
+            .await
+            .expect("reply")
+            .expect("commit");
+        drop(writer);
+        thread.join();
+        let store = Store::open(dir.path(), Durability::Normal).expect("open");
+        let mut replayed = Vec::new();
+        let head = store
+            .replay(|e| {
+                // A slow applier: the reader decodes more of each batch.
+                if e.seq % 64 == 0 {
+                    thread::sleep(std::time::Duration::from_micros(200));
+                }
+                replayed.push(e)
+            })
+            .expect("replay");
+        assert_eq!(head.seq, 3000);
+        assert_eq!(replayed, written);
+
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+        conn.execute_batch("DROP TRIGGER events_no_update")
+            .expect("drop");
+        conn.execute("UPDATE events SET kind = 'exploded' WHERE seq = 2900", [])
+            .expect("update");
+        let mut applied = 0;
+        match store.replay(|_| applied += 1) {
+            Err(StoreError::Corrupt { seq, .. }) => assert_eq!(seq, 2900),
+            other => panic!("expected corruption at seq 2900, got {other:?}"),
+        }
+        assert_eq!(applied, 2899, "every event before the bad row is applied");
     }
 
     /// The topics of the events applied, in order: enough to tell two replays apart.
