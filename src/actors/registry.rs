@@ -253,7 +253,7 @@ impl Governance {
                 }
             }
             EventKind::RequestApproved { note } => {
-                let Some(kind) = self.decide(id, RequestStatus::Approved, note.clone(), event)
+                let Some(kind) = self.decide(id, RequestStatus::Approved, note.as_deref(), event)
                 else {
                     return;
                 };
@@ -280,7 +280,7 @@ impl Governance {
                 }
             }
             EventKind::RequestRejected { reason } => {
-                let kind = self.decide(id, RequestStatus::Rejected, Some(reason.clone()), event);
+                let kind = self.decide(id, RequestStatus::Rejected, Some(reason), event);
                 if kind == Some(RequestKind::Create) {
                     self.access.end_grants(topic);
                 }
@@ -470,15 +470,19 @@ impl Governance {
         &mut self,
         id: Uuid,
         status: RequestStatus,
-        note: Option<String>,
+        note: Option<&str>,
         event: &NewEvent,
     ) -> Option<RequestKind> {
         let request = self.requests.get_mut(&id)?;
         request.status = status;
-        request.decided_by = Some(event.actor.clone());
-        request.decided_at = Some(event.at);
-        request.decision_note = note;
         let kind = request.kind;
+        // A request reduced at once (`reduce`) keeps none of the decision's details: no copies.
+        let reduced = kind == RequestKind::Create && !status.is_open() && !self.keep_whole;
+        if !reduced {
+            request.decided_by = Some(event.actor.clone());
+            request.decided_at = Some(event.at);
+            request.decision_note = note.map(str::to_string);
+        }
         if !status.is_open() {
             self.open.remove(&request.topic);
             self.open_ids.remove(&id);
