@@ -569,12 +569,18 @@ mod tests {
     #[test]
     fn older_layouts_read_in_place_as_through_the_value() {
         for (kind, data) in [
-            ("topic_requested", r#"{"partitions":1,"replication_factor":1,"reason":null}"#),
+            (
+                "topic_requested",
+                r#"{"partitions":1,"replication_factor":1,"reason":null}"#,
+            ),
             (
                 "topic_requested",
                 r#"{"partitions":2,"replication_factor":1,"config":{"b":"1","a":"2","b":"3"},"reason":"x","visibility":"restricted","extra":[1]}"#,
             ),
-            ("topic_provisioned", r#"{"partitions":1,"replication_factor":1,"already_existed":false}"#),
+            (
+                "topic_provisioned",
+                r#"{"partitions":1,"replication_factor":1,"already_existed":false}"#,
+            ),
             ("unsubscribed", r#"{"reason":"user"}"#),
             ("held_discarded", r#"{"count":31}"#),
         ] {

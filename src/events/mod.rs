@@ -13,10 +13,10 @@ mod topic_config;
 
 pub use event::{Access, Event, EventKind, NewEvent, TopicSpec, Visibility, EVENT_VERSION};
 #[cfg(test)]
-pub(crate) use store::append_rows_at;
-#[cfg(test)]
 pub(crate) use snapshot::{decode as snapshot_state, encode as snapshot_bytes};
 pub use snapshot::{SnapshotError, Snapshotted, SNAPSHOT_VERSION};
+#[cfg(test)]
+pub(crate) use store::append_rows_at;
 pub use store::{
     request_events, verify, AuditEntry, AuditPage, AuditQuery, AuditScope, ChainHead, Durability,
     Recovery, Store, StoreError, Stream, Writer, WriterThread,

@@ -409,18 +409,19 @@ fn parse_at(at: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
                 d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
             })
         };
-        let date = chrono::NaiveDate::from_ymd_opt(
-            number(0, 4)? as i32,
-            number(5, 7)?,
-            number(8, 10)?,
-        )?;
+        let date =
+            chrono::NaiveDate::from_ymd_opt(number(0, 4)? as i32, number(5, 7)?, number(8, 10)?)?;
         let second = number(17, 19)?;
         // A leap second is left to the general parser.
         if second > 59 {
             return None;
         }
-        let time =
-            chrono::NaiveTime::from_hms_micro_opt(number(11, 13)?, number(14, 16)?, second, number(20, 26)?)?;
+        let time = chrono::NaiveTime::from_hms_micro_opt(
+            number(11, 13)?,
+            number(14, 16)?,
+            second,
+            number(20, 26)?,
+        )?;
         Some(date.and_time(time).and_utc())
     };
     match fixed() {
@@ -1577,7 +1578,9 @@ mod tests {
         ] {
             assert_eq!(
                 parse_at(at).expect(at),
-                DateTime::parse_from_rfc3339(at).expect(at).with_timezone(&Utc),
+                DateTime::parse_from_rfc3339(at)
+                    .expect(at)
+                    .with_timezone(&Utc),
                 "{at}"
             );
         }
@@ -1631,8 +1634,11 @@ mod tests {
             };
             conn.execute_batch("DROP TRIGGER events_no_update")
                 .expect("drop");
-            conn.execute("UPDATE events SET data = '{\"reason\":\"forged\"}' WHERE seq = ?1", [seq])
-                .expect("update");
+            conn.execute(
+                "UPDATE events SET data = '{\"reason\":\"forged\"}' WHERE seq = ?1",
+                [seq],
+            )
+            .expect("update");
             match verify(dir.path()) {
                 Err(StoreError::Corrupt { seq: at, .. }) => assert_eq!(at, seq),
                 other => panic!("expected corruption at seq {seq}, got {other:?}"),

@@ -251,7 +251,10 @@ mod tests {
         let escaped: TopicConfig =
             serde_json::from_str(r#"{"a\"b":"\u00e9","a":"1"}"#).expect("escaped");
         assert_eq!(escaped.get("a\"b"), Some("é"));
-        assert_eq!(escaped.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "a\"b"]);
+        assert_eq!(
+            escaped.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["a", "a\"b"]
+        );
 
         let empty: TopicConfig = serde_json::from_str("{}").expect("empty");
         assert!(empty.is_empty());
