@@ -258,7 +258,7 @@ impl<'a> Columns<'a> {
     /// integers, and a NULL told from text by a tag byte (0 NULL, 1 text). In column order:
     /// `prev_hash seq id at kind version actor topic request_id data`. No escaping, no number
     /// formatting: the bytes are copied as they are, and no two rows give the same input (each
-    /// field's length is known before its bytes). See docs/architecture.md, "The hash chain".
+    /// field's length is known before its bytes). See "Hash chain" in docs/architecture.md.
     fn hash_length_prefixed(&self, buf: &mut Vec<u8>) -> [u8; 32] {
         fn text(buf: &mut Vec<u8>, value: &str) {
             // A column longer than 4 GiB cannot be stored by SQLite (1 GB at most).
@@ -709,7 +709,8 @@ fn replay_rows(
 const READ_AHEAD: usize = 8;
 /// Rows per batch.
 const READ_BATCH: usize = 512;
-/// How much of the log file the replay's reader maps (SQLite maps up to the file's size).
+/// How much of the log file the replay's reader maps: all of it (SQLite maps no more than the
+/// file's size, and no more than its compile-time cap of 2 GB; pages past that are read).
 const REPLAY_MMAP_BYTES: i64 = 1 << 40;
 
 enum Read {
