@@ -131,22 +131,32 @@ fn row(event: &NewEvent, seq: u64, prev_hash: &str) -> Row {
     let id = event.id.to_string();
     let at = event.at.to_rfc3339_opts(SecondsFormat::Micros, true);
     let request_id = event.request_id.map(|id| id.to_string());
-    let hash = hex::encode(Sha256::digest(
-        json!([
-            prev_hash,
-            seq,
-            id,
-            at,
-            kind,
-            EVENT_VERSION,
-            event.actor,
-            event.topic,
-            request_id,
-            data,
-        ])
-        .to_string()
-        .as_bytes(),
-    ));
+    // The hash input of the rows the store writes (version 3 on; "Hash chain" in
+    // docs/architecture.md): each text with its 4-byte big-endian length in front, `seq` and
+    // `version` as 8-byte big-endian integers, a tag byte before each nullable column.
+    let mut input = Vec::with_capacity(256 + data.len());
+    let text = |input: &mut Vec<u8>, value: &str| {
+        input.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        input.extend_from_slice(value.as_bytes());
+    };
+    let optional = |input: &mut Vec<u8>, value: Option<&str>| match value {
+        Some(value) => {
+            input.push(1);
+            text(input, value);
+        }
+        None => input.push(0),
+    };
+    text(&mut input, prev_hash);
+    input.extend_from_slice(&seq.to_be_bytes());
+    text(&mut input, &id);
+    text(&mut input, &at);
+    text(&mut input, &kind);
+    input.extend_from_slice(&i64::from(EVENT_VERSION).to_be_bytes());
+    text(&mut input, &event.actor);
+    optional(&mut input, event.topic.as_deref());
+    optional(&mut input, request_id.as_deref());
+    text(&mut input, &data);
+    let hash = hex::encode(Sha256::digest(&input));
     Row {
         id,
         at,
