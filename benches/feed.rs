@@ -1,10 +1,11 @@
 //! Feed benchmark (`make bench`): (1) the time from a record being acknowledged by Kafka to its
 //! record arriving at a websocket client (p50, p99, max), at a steady 5,000 records/s of ~100
 //! bytes, in four shapes: 100 clients over 10 users, 100 users with one feed each, and 1,000
-//! feeds over 500 users (every record must reach every feed), on batched frames
-//! (`frames=batch`), and 100 users again on one frame per record, for comparison; with the
-//! frames and records delivered per second and the resident memory each open feed adds;
-//! (2) the highest rate one feed sustains, draining a backlog (batched frames).
+//! feeds over 500 users (every record must reach every feed), on compact batched frames
+//! (`frames=compact`), and for comparison 100 users on one frame per record and 1,000 feeds
+//! over 500 users on `frames=batch` (each record naming its topic); with the frames and
+//! records delivered per second and the resident memory each open feed adds; (2) the highest
+//! rate one feed sustains, draining a backlog (compact frames).
 //!
 //! Runs the release binary against the local broker (`make kafka-up`). Each shape has its own
 //! topic and its own users. Every user's topic is read by one shared topic reader. The clients
@@ -12,8 +13,8 @@
 //! every record at every feed, and share the cores with what they measure, so they parse
 //! frames in place without allocating.
 //! Knobs: `FEED_BENCH_RATE` (5000), `FEED_BENCH_SECS` (10), `FEED_BENCH_BACKLOG` (300000),
-//! `FEED_BENCH_SHAPES` (`10x100,100x100,500x1000,100x100:record`: users x feeds, `:record` for
-//! one frame per record).
+//! `FEED_BENCH_SHAPES` (`10x100,100x100,500x1000,100x100:record,500x1000:batch`: users x feeds,
+//! then `:record`, `:batch` or `:compact` (the default) for the feeds' `frames`).
 
 #[path = "common/report.rs"]
 mod report;
@@ -408,7 +409,7 @@ async fn read_feed(
 #[allow(clippy::too_many_arguments)]
 fn open_clients(
     service: &Service,
-    batch: bool,
+    frames: &str,
     clients: usize,
     first_user: usize,
     users: usize,
@@ -416,11 +417,7 @@ fn open_clients(
     expect: u64,
     deadline: Instant,
 ) -> (Vec<thread::JoinHandle<Vec<Arrivals>>>, Arc<AtomicU64>) {
-    let path = if batch {
-        "/api/v1/me/feed?frames=batch"
-    } else {
-        "/api/v1/me/feed"
-    };
+    let path = format!("/api/v1/me/feed?frames={frames}");
     let ready = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     let threads = thread::available_parallelism()
@@ -430,6 +427,7 @@ fn open_clients(
         let mine: Vec<usize> = (0..clients).filter(|c| c % threads == t).collect();
         let http = service.http.clone();
         let ready = ready.clone();
+        let path = path.clone();
         handles.push(thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -439,7 +437,7 @@ fn open_clients(
                 let mut tasks = Vec::new();
                 for client in mine {
                     let token = reader_token(first_user + client % users);
-                    let (stream, buf) = open_feed(&http, path, &token).await;
+                    let (stream, buf) = open_feed(&http, &path, &token).await;
                     tasks.push(tokio::spawn(read_feed(
                         stream,
                         buf,
@@ -509,7 +507,7 @@ fn load_average() -> f64 {
 struct Shape {
     users: usize,
     clients: usize,
-    batch: bool,
+    frames: &'static str,
     p50_ms: f64,
     p99_ms: f64,
     complete: usize,
@@ -521,14 +519,14 @@ struct Shape {
 /// Part 1: ack→frame latency at a steady rate with many clients.
 fn latency(
     service: &Service,
-    batch: bool,
+    frames: &'static str,
     clients: usize,
     first_user: usize,
     users: usize,
     rate: u64,
     secs: u64,
 ) -> Shape {
-    let format = if batch { "batch" } else { "record" };
+    let format = frames;
     let topic = format!(
         "feed-bench-latency-{users}x{clients}-{format}-{}",
         std::process::id()
@@ -545,7 +543,7 @@ fn latency(
     let deadline = base + Duration::from_secs(secs + 120);
     let before = rss_kib(service);
     let (handles, ready) = open_clients(
-        service, batch, clients, first_user, users, base, total, deadline,
+        service, frames, clients, first_user, users, base, total, deadline,
     );
     while ready.load(Ordering::SeqCst) < clients as u64 {
         assert!(Instant::now() < deadline, "feeds did not open");
@@ -680,7 +678,7 @@ fn latency(
     Shape {
         users,
         clients,
-        batch,
+        frames: format,
         p50_ms: percentile(&from_ack, 50.0, 1e6),
         p99_ms: percentile(&from_ack, 99.0, 1e6),
         complete,
@@ -724,7 +722,7 @@ fn drain(service: &Service, user: usize, backlog: u64) {
         while pending.next().await.is_some() {}
 
         let mut request = (service.http.replacen("http://", "ws://", 1)
-            + "/api/v1/me/feed?from=earliest&frames=batch")
+            + "/api/v1/me/feed?from=earliest&frames=compact")
             .into_client_request()
             .expect("request");
         let bearer = format!("Bearer {}", reader_token(user));
@@ -772,19 +770,19 @@ fn main() {
     let rate = knob("FEED_BENCH_RATE", 5000);
     let secs = knob("FEED_BENCH_SECS", 10);
     let backlog = knob("FEED_BENCH_BACKLOG", 300_000);
-    let shapes: Vec<(usize, usize, bool)> = std::env::var("FEED_BENCH_SHAPES")
-        .unwrap_or_else(|_| "10x100,100x100,500x1000,100x100:record".into())
+    let shapes: Vec<(usize, usize, &'static str)> = std::env::var("FEED_BENCH_SHAPES")
+        .unwrap_or_else(|_| "10x100,100x100,500x1000,100x100:record,500x1000:batch".into())
         .split(',')
         .filter_map(|s| {
-            let (shape, batch) = match s.trim().strip_suffix(":record") {
-                Some(shape) => (shape, false),
-                None => (s.trim(), true),
-            };
+            let (shape, frames) = s.trim().split_once(':').unwrap_or((s.trim(), "compact"));
+            let frames = ["record", "batch", "compact"]
+                .into_iter()
+                .find(|f| *f == frames.trim())?;
             let (users, clients) = shape.split_once('x')?;
             Some((
                 users.trim().parse().ok()?,
                 clients.trim().parse().ok()?,
-                batch,
+                frames,
             ))
         })
         .filter(|&(users, clients, _)| users > 0 && clients >= users)
@@ -793,9 +791,9 @@ fn main() {
     let service = start_service(all_users);
     let mut first_user = 0;
     let mut measured = Vec::new();
-    for (users, clients, batch) in shapes {
+    for (users, clients, frames) in shapes {
         measured.push(latency(
-            &service, batch, clients, first_user, users, rate, secs,
+            &service, frames, clients, first_user, users, rate, secs,
         ));
         first_user += users;
     }
@@ -804,21 +802,22 @@ fn main() {
     println!("\n| figure | value | target | met |");
     println!("|---|---|---|---|");
     for shape in &measured {
-        let format = if shape.batch {
-            "batched frames"
-        } else {
-            "one frame per record"
+        let format = match shape.frames {
+            "compact" => "compact batched frames",
+            "batch" => "batched frames naming each record's topic",
+            _ => "one frame per record",
         };
         let label = format!(
             "{} feeds over {} users at {rate}/s, {format}",
             shape.clients, shape.users
         );
         // The targets: one feed per user under 250 ms; many feeds per user under 1 s.
-        // The per-record shape is a comparison row: reported, no target.
-        let target = match (shape.batch, shape.clients == shape.users) {
-            (false, _) => None,
-            (true, true) => Some(250.0),
-            (true, false) => Some(1000.0),
+        // The shapes on other frames than the default compact ones are comparison rows:
+        // reported, no target.
+        let target = match (shape.frames, shape.clients == shape.users) {
+            ("compact", true) => Some(250.0),
+            ("compact", false) => Some(1000.0),
+            _ => None,
         };
         let met = target.is_some_and(|t| shape.p99_ms < t) && shape.complete == shape.clients;
         println!(

@@ -1,6 +1,7 @@
 //! Feeds with batched frames (`frames=batch`): every record once and in order per partition
 //! across many `records` frames; a batch feed and a per-record feed on one topic both get
-//! everything; after `kill -9` a batch feed resumes at the committed position (nothing lost,
+//! everything; compact frames (`frames=compact`) name the topic once and carry the same
+//! records; after `kill -9` a batch feed resumes at the committed position (nothing lost,
 //! repeats only of what was not yet committed); a bad `frames` value is refused.
 
 mod common;
@@ -177,6 +178,97 @@ fn a_batch_feed_and_a_record_feed_on_one_topic_both_get_everything() {
     }
     wait_committed("kafflow.user.cal", &topic, 3, 600);
     wait_committed("kafflow.user.dee", &topic, 3, 600);
+}
+
+/// Reads `frames=compact` frames until `n` records have arrived: each frame names `topic`
+/// once and none of its records has a `topic` of its own.
+fn compact_batches(feed: &mut FeedClient, topic: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + FRAME;
+    let mut records = Vec::new();
+    while records.len() < n {
+        match feed.read(deadline.saturating_duration_since(Instant::now())) {
+            FeedRead::Frame(frame) if frame["type"] == "records" => {
+                assert_eq!(frame["topic"], topic, "{frame}");
+                let batch = frame["records"].as_array().expect("records array");
+                assert!(!batch.is_empty() && batch.len() <= MAX_BATCH_RECORDS);
+                for record in batch {
+                    assert!(record.get("topic").is_none(), "topic repeated: {record}");
+                }
+                records.extend(batch.iter().cloned());
+            }
+            FeedRead::Frame(frame) => assert!(frame["type"].is_string(), "{frame}"),
+            other => panic!("expected {n} records, got {} then {other:?}", records.len()),
+        }
+    }
+    records
+}
+
+#[test]
+fn a_compact_feed_names_the_topic_once_and_carries_the_same_records() {
+    let gil = ExtraPrincipal::new("gil", &["consumer"]);
+    let svc = service(&[&gil]);
+    let topic = unique_topic("compact");
+    svc.provision(&topic, 3);
+    subscribe(&svc, &gil.token, &topic);
+    let mut compact = svc.feed(&gil.token, "frames=compact");
+    let mut batched = svc.feed(&gil.token, "frames=batch");
+    for feed in [&mut compact, &mut batched] {
+        assert_eq!(
+            feed.next(FRAME),
+            json!({"type": "subscriptions", "topics": [topic]})
+        );
+    }
+    let keys: Vec<String> = (0..700u32).map(|i| format!("k{i}")).collect();
+    let produced: Vec<Produce<'_>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| Produce {
+            key: Some(key),
+            value: json!({ "i": i, "topic": "not this one" })
+                .to_string()
+                .into(),
+            headers: &[("source", "shop")],
+        })
+        .collect();
+    kafka_produce(&topic, &produced);
+    let compact_records = compact_batches(&mut compact, &topic, 700);
+    let (batch_records, _) = batches(&mut batched, 700, FRAME);
+    assert_eq!(
+        in_order("gil compact", &compact_records),
+        (0..700).collect::<Vec<u64>>(),
+        "every record once"
+    );
+    // Record for record, a compact record is the batch feed's record without its topic.
+    let by_position = |records: &[Value]| -> BTreeMap<(i64, i64), Value> {
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                if let Some(fields) = r.as_object_mut() {
+                    fields.remove("topic");
+                }
+                (
+                    (
+                        r["partition"].as_i64().expect("partition"),
+                        r["offset"].as_i64().expect("offset"),
+                    ),
+                    r,
+                )
+            })
+            .collect()
+    };
+    assert!(batch_records.iter().all(|r| r["topic"] == topic));
+    assert_eq!(by_position(&compact_records), by_position(&batch_records));
+    let first = &compact_records[0];
+    assert_eq!(first["headers"]["source"], "shop", "{first}");
+    assert!(
+        first["key"].as_str().is_some_and(|k| k.starts_with('k')),
+        "{first}"
+    );
+    for feed in [&mut compact, &mut batched] {
+        assert!(feed.drain(QUIET).is_empty(), "sent again");
+    }
+    wait_committed("kafflow.user.gil", &topic, 3, 700);
 }
 
 #[test]

@@ -138,6 +138,16 @@ pub enum FeedFormat {
     Record,
     /// One `{"type":"records","records":[...]}` frame per batch of records.
     Batch,
+    /// One `{"type":"records","topic":"..","records":[...]}` frame per batch of records of one
+    /// topic, each record without its `topic` field: the topic named once per frame.
+    Compact,
+}
+
+impl FeedFormat {
+    /// Whether records go out in `records` frames, many to a frame.
+    fn batched(self) -> bool {
+        matches!(self, FeedFormat::Batch | FeedFormat::Compact)
+    }
 }
 
 /// Records handed on together, and their `records` frame, rendered once by the first feed
@@ -155,6 +165,8 @@ pub(crate) struct RecordBatch {
     /// One buffer, written as it is by every feed: a websocket text message can hold shared
     /// bytes, so no feed copies the frame into a string of its own.
     text: OnceLock<Utf8Bytes>,
+    /// The same for `frames=compact`.
+    compact: OnceLock<Utf8Bytes>,
 }
 
 impl RecordBatch {
@@ -172,6 +184,7 @@ impl RecordBatch {
             records,
             spans,
             text: OnceLock::new(),
+            compact: OnceLock::new(),
         }
     }
 
@@ -200,6 +213,37 @@ impl RecordBatch {
                     out.push(',');
                 }
                 out.push_str(&record.frame);
+            }
+            out.push_str("]}");
+            out.into()
+        })
+    }
+
+    /// The `frames=compact` frame: the topic once, then each record's frame without its
+    /// leading `"topic":..,` member (every record of a batch is of its topic, and `render`
+    /// writes that member first, always the same bytes for the same name).
+    fn compact_text(&self) -> &Utf8Bytes {
+        self.compact.get_or_init(|| {
+            let mut topic = String::with_capacity(self.topic.len() + 2);
+            push_json_str(&mut topic, &self.topic);
+            let member = format!("{{\"topic\":{topic},");
+            let size: usize = self.records.iter().map(|r| r.frame.len() + 1).sum();
+            let mut out = String::with_capacity(48 + topic.len() + size);
+            out.push_str("{\"type\":\"records\",\"topic\":");
+            out.push_str(&topic);
+            out.push_str(",\"records\":[");
+            for (i, record) in self.records.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match record.frame.strip_prefix(member.as_str()) {
+                    Some(rest) => {
+                        out.push('{');
+                        out.push_str(rest);
+                    }
+                    // Not a frame `render` wrote for this topic: sent whole rather than cut.
+                    None => out.push_str(&record.frame),
+                }
             }
             out.push_str("]}");
             out.into()
@@ -337,6 +381,7 @@ impl Pending {
 enum FrameBody {
     Text(Utf8Bytes),
     Batch(Arc<RecordBatch>),
+    Compact(Arc<RecordBatch>),
 }
 
 /// One text frame for a feed. Frames that carry records carry the consumer's sequence number
@@ -357,6 +402,7 @@ impl Frame {
         match &self.body {
             FrameBody::Text(text) => text,
             FrameBody::Batch(batch) => batch.text(),
+            FrameBody::Compact(batch) => batch.compact_text(),
         }
     }
 
@@ -1130,20 +1176,23 @@ impl Consumer {
             self.grace = self.grace.saturating_sub(take);
             let first = self.last_n + 1;
             self.last_n += take as u64;
-            let batched = self.feeds.values().any(|f| f.format == FeedFormat::Batch);
+            let batched = self.feeds.values().any(|f| f.format.batched());
             // A whole batch is its own frame, shared with every user that takes it whole.
-            let frame = batched.then(|| Frame {
-                n: Some(self.last_n),
-                records: take,
-                body: FrameBody::Batch(if from == 0 && to == batch.records.len() {
+            let part = batched.then(|| {
+                if from == 0 && to == batch.records.len() {
                     batch.clone()
                 } else {
                     Arc::new(RecordBatch::new(
                         batch.topic.clone(),
                         batch.records[from..to].to_vec(),
                     ))
-                }),
+                }
             });
+            let frame = |body: fn(Arc<RecordBatch>) -> FrameBody, part: &Arc<RecordBatch>| Frame {
+                n: Some(self.last_n),
+                records: take,
+                body: body(part.clone()),
+            };
             let now = Instant::now();
             for slot in self.feeds.values_mut() {
                 if slot.queued == 0 {
@@ -1152,9 +1201,12 @@ impl Consumer {
                 slot.queued += take;
                 slot.sent += take as u64;
                 // A closed receiver means the feed is going; its `Detach` is on the way.
-                match (slot.format, &frame) {
-                    (FeedFormat::Batch, Some(frame)) => {
-                        let _ = slot.tx.send(frame.clone());
+                match (slot.format, &part) {
+                    (FeedFormat::Batch, Some(part)) => {
+                        let _ = slot.tx.send(frame(FrameBody::Batch, part));
+                    }
+                    (FeedFormat::Compact, Some(part)) => {
+                        let _ = slot.tx.send(frame(FrameBody::Compact, part));
                     }
                     _ => {
                         for (n, record) in (first..).zip(&batch.records[from..to]) {
@@ -1969,6 +2021,42 @@ mod tests {
                 {"offset": 1, "value": "a"}, {"offset": 2, "value": "b"}
             ]})
         );
+    }
+
+    #[test]
+    fn a_compact_frame_names_the_topic_once_and_keeps_the_rest_of_each_record() {
+        let framed = |offset: i64| {
+            Arc::new(Fetched {
+                topic: "or\"ders".into(),
+                partition: 1,
+                offset,
+                frame: format!(
+                    "{{\"topic\":\"or\\\"ders\",\"partition\":1,\"offset\":{offset},\"value\":{{\"topic\":\"x\"}}}}"
+                )
+                .into(),
+            })
+        };
+        // A frame not written for this topic goes whole rather than cut wrongly.
+        let odd = Arc::new(Fetched {
+            topic: "or\"ders".into(),
+            partition: 1,
+            offset: 9,
+            frame: "{\"topic\":\"other\",\"offset\":9}".into(),
+        });
+        let batch = RecordBatch::new("or\"ders".into(), vec![framed(7), framed(8), odd]);
+        let frame: serde_json::Value =
+            serde_json::from_str(batch.compact_text().as_str()).expect("JSON");
+        assert_eq!(
+            frame,
+            serde_json::json!({"type": "records", "topic": "or\"ders", "records": [
+                {"partition": 1, "offset": 7, "value": {"topic": "x"}},
+                {"partition": 1, "offset": 8, "value": {"topic": "x"}},
+                {"topic": "other", "offset": 9},
+            ]})
+        );
+        // The `batch` text of the same batch is unchanged by it.
+        let full: serde_json::Value = serde_json::from_str(batch.text().as_str()).expect("JSON");
+        assert_eq!(full["records"][0]["topic"], "or\"ders");
     }
 
     #[test]

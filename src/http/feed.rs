@@ -148,9 +148,10 @@ struct MineParams {
 struct FeedParams {
     /// Where to start: `committed` (default), `earliest` or `latest`.
     from: Option<String>,
-    /// How records are framed: `record` (default, one text frame per record) or `batch` (one
+    /// How records are framed: `record` (default, one text frame per record), `batch` (one
     /// `{"type":"records","records":[...]}` frame per batch of at most 512 records and
-    /// 256 KiB of record JSON).
+    /// 256 KiB of record JSON) or `compact` (the same batches, each of one topic, as
+    /// `{"type":"records","topic":"..","records":[...]}` with no `topic` in the records).
     frames: Option<String>,
 }
 
@@ -282,15 +283,17 @@ fn parse_format(frames: Option<&str>) -> Result<FeedFormat> {
     match frames {
         None | Some("record") => Ok(FeedFormat::Record),
         Some("batch") => Ok(FeedFormat::Batch),
+        Some("compact") => Ok(FeedFormat::Compact),
         Some(other) => Err(Error::InvalidQuery(format!(
-            "frames must be record or batch, not {other:?}"
+            "frames must be record, batch or compact, not {other:?}"
         ))),
     }
 }
 
 /// The websocket feed of the caller's subscribed topics (`Upgrade: websocket`; the token may
 /// come as the subprotocol `bearer.<token>`). One JSON text frame per record or notice, or with
-/// `frames=batch` one `records` frame per batch of records.
+/// `frames=batch` one `records` frame per batch of records, or with `frames=compact` one per
+/// batch of one topic that names the topic once.
 #[utoipa::path(get, path = "/api/v1/me/feed", tag = "consumers",
     params(FeedParams),
     responses(
@@ -830,6 +833,10 @@ mod tests {
         assert_eq!(parse_format(None).ok(), Some(FeedFormat::Record));
         assert_eq!(parse_format(Some("record")).ok(), Some(FeedFormat::Record));
         assert_eq!(parse_format(Some("batch")).ok(), Some(FeedFormat::Batch));
+        assert_eq!(
+            parse_format(Some("compact")).ok(),
+            Some(FeedFormat::Compact)
+        );
         assert!(matches!(
             parse_format(Some("v2")),
             Err(Error::InvalidQuery(_))
