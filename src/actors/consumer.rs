@@ -221,7 +221,8 @@ impl RecordBatch {
 
     /// The `frames=compact` frame: the topic once, then each record's frame without its
     /// leading `"topic":..,` member (every record of a batch is of its topic, and `render`
-    /// writes that member first, always the same bytes for the same name).
+    /// writes that member first, always the same bytes for the same name) and without an
+    /// empty `headers` (`render` writes it just before `timestamp`, the last member).
     fn compact_text(&self) -> &Utf8Bytes {
         self.compact.get_or_init(|| {
             let mut topic = String::with_capacity(self.topic.len() + 2);
@@ -239,7 +240,14 @@ impl RecordBatch {
                 match record.frame.strip_prefix(member.as_str()) {
                     Some(rest) => {
                         out.push('{');
-                        out.push_str(rest);
+                        match without_empty_headers(rest) {
+                            Some((before, timestamp)) => {
+                                out.push_str(before);
+                                out.push_str(",\"timestamp\":");
+                                out.push_str(timestamp);
+                            }
+                            None => out.push_str(rest),
+                        }
                     }
                     // Not a frame `render` wrote for this topic: sent whole rather than cut.
                     None => out.push_str(&record.frame),
@@ -249,6 +257,27 @@ impl RecordBatch {
             out.into()
         })
     }
+}
+
+/// A rendered record frame that ends with an empty `headers` then its `timestamp`, as what
+/// comes before `headers` and the timestamp's value with the closing brace. The suffix alone
+/// is looked at: a value may hold the same bytes, but never at the end of the frame.
+fn without_empty_headers(frame: &str) -> Option<(&str, &str)> {
+    const EMPTY: &str = ",\"headers\":{},\"timestamp\":";
+    let body = frame.strip_suffix('}')?;
+    let digits = body.len()
+        - body
+            .bytes()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+    let value_at = if digits < body.len() {
+        digits
+    } else {
+        body.strip_suffix("null")?.len()
+    };
+    let before = body[..value_at].strip_suffix(EMPTY)?;
+    Some((before, &frame[value_at..]))
 }
 
 /// How many of `records` (at least one, if any) fit in one `records` frame.
@@ -2043,15 +2072,40 @@ mod tests {
             offset: 9,
             frame: "{\"topic\":\"other\",\"offset\":9}".into(),
         });
-        let batch = RecordBatch::new("or\"ders".into(), vec![framed(7), framed(8), odd]);
+        let with = |offset: i64, headers: &str, timestamp: &str| {
+            Arc::new(Fetched {
+                topic: "or\"ders".into(),
+                partition: 1,
+                offset,
+                frame: format!(
+                    "{{\"topic\":\"or\\\"ders\",\"offset\":{offset},\"value\":{{\"headers\":{{}},\"timestamp\":1}},\"headers\":{headers},\"timestamp\":{timestamp}}}"
+                )
+                .into(),
+            })
+        };
+        let batch = RecordBatch::new(
+            "or\"ders".into(),
+            vec![
+                framed(7),
+                framed(8),
+                odd,
+                with(10, "{}", "1795464822902"),
+                with(11, "{}", "null"),
+                with(12, "{\"h\":\"v\"}", "5"),
+            ],
+        );
         let frame: serde_json::Value =
             serde_json::from_str(batch.compact_text().as_str()).expect("JSON");
+        let value = serde_json::json!({"headers": {}, "timestamp": 1});
         assert_eq!(
             frame,
             serde_json::json!({"type": "records", "topic": "or\"ders", "records": [
                 {"partition": 1, "offset": 7, "value": {"topic": "x"}},
                 {"partition": 1, "offset": 8, "value": {"topic": "x"}},
                 {"topic": "other", "offset": 9},
+                {"offset": 10, "value": value, "timestamp": 1795464822902_u64},
+                {"offset": 11, "value": value, "timestamp": null},
+                {"offset": 12, "value": value, "headers": {"h": "v"}, "timestamp": 5},
             ]})
         );
         // The `batch` text of the same batch is unchanged by it.

@@ -151,7 +151,8 @@ struct FeedParams {
     /// How records are framed: `record` (default, one text frame per record), `batch` (one
     /// `{"type":"records","records":[...]}` frame per batch of at most 512 records and
     /// 256 KiB of record JSON) or `compact` (the same batches, each of one topic, as
-    /// `{"type":"records","topic":"..","records":[...]}` with no `topic` in the records).
+    /// `{"type":"records","topic":"..","records":[...]}` with no `topic` in the records, and no
+    /// `headers` in a record that has none).
     frames: Option<String>,
 }
 
