@@ -921,7 +921,7 @@ mod tests {
 
     fn step(state: &mut Governance, event: NewEvent) -> Uuid {
         let id = event.request_id.unwrap_or_default();
-        state.apply(&event);
+        state.apply(event);
         id
     }
 

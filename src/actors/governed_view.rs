@@ -462,7 +462,7 @@ mod tests {
         }
         let mut state = Governance::default();
         let head = store
-            .replay(|event| state.apply(&event.body))
+            .replay(|event| state.apply(event.body))
             .expect("replay");
         let (writer, _thread) = store.into_writer(head).expect("writer");
         let events = EventStore::new(writer, Fatal::detached()).start();

@@ -9,6 +9,13 @@
 //! request (config, reason, notes, timestamps) is read from the log when asked for
 //! (`registry::RequestDetails`).
 //!
+//! A create request enters the history when it is filed (`file`), reduced from the start, and
+//! its decisions update that entry in place (`decide`): most requests of a long log are filed
+//! and decided at once, and a replay makes one entry for each, appended in id order, instead of
+//! an insert into and a remove from an ordered map per step. While the request is open the
+//! registry also keeps it whole, and that copy is the one shown: the history's reads give only
+//! the decided ones.
+//!
 //! The journal keeps two copies of the registry's state (committed and staged). This part is
 //! shared between them: a `base` behind an `Arc` that both copies point to, and a small `top` of
 //! what each copy applied since. The journal folds the top into the base when nothing is in
@@ -19,7 +26,10 @@ use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -36,7 +46,7 @@ pub struct Decided<'a> {
     pub status: RequestStatus,
 }
 
-/// A decided create request as it is kept: its topic as the name's index (`NameBuf`) and the
+/// A create request as it is kept: its topic as the name's index (`NameBuf`) and the
 /// requester as an index into the few people who file requests (`People`), 12 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Reduced {
@@ -47,7 +57,7 @@ struct Reduced {
 }
 
 /// A topic name's latest request, open or not, and its status once it is a create request
-/// decided for good (kept reduced in `decided`). Kept with the name, so that a start and the
+/// decided for good. Kept with the name, so that a start and the
 /// governed view learn which names are closed without a look-up by id for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Latest {
@@ -103,40 +113,64 @@ impl NameBuf {
     }
 }
 
-/// What each copy applied since the last fold. The top is small (`FOLD_AT`); its maps hash.
-// FxHash, not SipHash: speed over resistance to crafted collisions, as every key comes from an
-// authenticated filing that is an event in the log.
+/// What each copy applied since the last fold. Small between folds (`FOLD_AT`); a replay
+/// applies the whole log onto it before the journal's first fold, so each of its parts grows
+/// without a per-entry allocation.
 #[derive(Debug, Clone, Default)]
 struct Layer {
-    decided: BTreeMap<Uuid, Reduced>,
-    /// Name index to the name's latest request.
+    /// The create requests filed or decided since the fold, in id order. Ids are UUID v7, so a
+    /// filing is an append; an id out of order (a clock set back) is put in its place.
+    requests: Vec<(Uuid, Reduced)>,
+    /// The latest request of the base's names that changed since the fold, by name index.
+    // FxHash, not SipHash: speed over resistance to crafted collisions, as every key comes from
+    // an authenticated filing that is an event in the log.
     latest: FxHashMap<u32, Latest>,
     /// The names first met since the fold, numbered after the base's.
     names: NameBuf,
-    ids: FxHashMap<Box<str>, u32>,
+    /// The latest request of each of those names, by its place in `names`: a name is met
+    /// first at a filing, which is its latest request.
+    new_latest: Vec<Latest>,
+    /// The indexes of `names`, hashed by the name itself (FxHash, as `latest`): no key of its
+    /// own beside the name's bytes in `names`.
+    ids: HashTable<u32>,
 }
 
 impl Layer {
     fn is_empty(&self) -> bool {
-        self.decided.is_empty() && self.latest.is_empty() && self.names.len() == 0
+        self.requests.is_empty() && self.latest.is_empty() && self.names.len() == 0
     }
+
+    /// Where `id` is in `requests`, or where it would go. The request looked for is nearly
+    /// always the last one filed, so that is tried first.
+    fn place(&self, id: &Uuid) -> std::result::Result<usize, usize> {
+        match self.requests.last() {
+            Some((last, _)) if last == id => Ok(self.requests.len() - 1),
+            Some((last, _)) if last < id => Err(self.requests.len()),
+            _ => self.requests.binary_search_by(|(k, _)| k.cmp(id)),
+        }
+    }
+}
+
+fn name_hash(name: &str) -> u64 {
+    FxBuildHasher.hash_one(name)
 }
 
 /// The bulk, shared by both copies. A long history holds hundreds of thousands of names and
 /// decided requests, so they are kept in `Vec`s, not maps: a name is its bytes in `names`, 4
 /// bytes of its end, 17 of its latest request (indexed by the name's index) and 4 in
-/// `by_name`; a decided request 28 bytes in id order, instead of a B-tree's 60 to 110 (its
+/// `by_name`; a create request 28 bytes in id order, instead of a B-tree's 60 to 110 (its
 /// nodes are half full when grown by inserts in id order, as a replay does). A snapshot (which
 /// holds both in order) decodes straight into them with nothing hashed; a look-up is a binary
 /// search.
 #[derive(Debug, Clone, Default)]
 struct Base {
     names: NameBuf,
-    /// By name index; `None` for a name met only as a decided request's topic.
+    /// By name index; every name has one (a name is first met at a filing).
     latest: Vec<Option<Latest>>,
     /// The name indexes in name order.
     by_name: Vec<u32>,
-    decided: Vec<(Uuid, Reduced)>,
+    /// Every create request, open or decided, in id order.
+    requests: Vec<(Uuid, Reduced)>,
 }
 
 impl Base {
@@ -147,21 +181,21 @@ impl Base {
             .map(|at| self.by_name[at])
     }
 
-    fn decided(&self, id: &Uuid) -> Option<&Reduced> {
-        self.decided
+    fn request(&self, id: &Uuid) -> Option<&Reduced> {
+        self.requests
             .binary_search_by(|(k, _)| k.cmp(id))
             .ok()
-            .map(|i| &self.decided[i].1)
+            .map(|i| &self.requests[i].1)
     }
+}
 
-    /// The decided requests after the page's cursor.
-    fn decided_after(&self, page: &PageOf<Uuid>) -> &[(Uuid, Reduced)] {
-        let from = match &page.after {
-            Some(after) => self.decided.partition_point(|(k, _)| k <= after),
-            None => 0,
-        };
-        &self.decided[from..]
-    }
+/// The requests of `sorted` after the page's cursor.
+fn after<'a>(sorted: &'a [(Uuid, Reduced)], page: &PageOf<Uuid>) -> &'a [(Uuid, Reduced)] {
+    let from = match &page.after {
+        Some(after) => sorted.partition_point(|(k, _)| k <= after),
+        None => 0,
+    };
+    &sorted[from..]
 }
 
 /// The people who file requests, each with the index a decided request refers to them by.
@@ -206,9 +240,10 @@ impl History {
 
     /// The index of `name`, if it is a name this copy has met.
     fn id_of(&self, name: &str) -> Option<u32> {
+        let base = self.base_names();
         self.top
             .ids
-            .get(name)
+            .find(name_hash(name), |&id| self.top.names.get(id - base) == name)
             .copied()
             .or_else(|| self.base.id_of(name))
     }
@@ -221,21 +256,46 @@ impl History {
         }
     }
 
-    /// The index of `name`, numbered now if it is new.
-    fn intern(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.id_of(name) {
-            return id;
+    fn latest_by_id(&self, id: u32) -> Option<Latest> {
+        match id.checked_sub(self.base_names()) {
+            Some(new) => self.top.new_latest.get(new as usize).copied(),
+            None => match self.top.latest.get(&id) {
+                Some(latest) => Some(*latest),
+                None => self.base.latest.get(id as usize).copied().flatten(),
+            },
         }
-        let id = self.base_names() + self.top.names.push(name);
-        self.top.ids.insert(name.into(), id);
-        id
     }
 
-    fn latest_by_id(&self, id: u32) -> Option<Latest> {
-        match self.top.latest.get(&id) {
-            Some(latest) => Some(*latest),
-            None => self.base.latest.get(id as usize).copied().flatten(),
+    fn set_latest_by_id(&mut self, id: u32, latest: Latest) {
+        match id.checked_sub(self.base_names()) {
+            Some(new) => {
+                if let Some(slot) = self.top.new_latest.get_mut(new as usize) {
+                    *slot = latest;
+                }
+            }
+            None => {
+                self.top.latest.insert(id, latest);
+            }
         }
+    }
+
+    /// Makes `latest` the latest request of `name`, numbering the name if it is new.
+    fn set_latest(&mut self, name: &str, latest: Latest) -> u32 {
+        if let Some(id) = self.id_of(name) {
+            self.set_latest_by_id(id, latest);
+            return id;
+        }
+        let base = self.base_names();
+        let Layer {
+            names,
+            ids,
+            new_latest,
+            ..
+        } = &mut self.top;
+        let id = base + names.push(name);
+        new_latest.push(latest);
+        ids.insert_unique(name_hash(name), id, |&id| name_hash(names.get(id - base)));
+        id
     }
 
     fn person(&mut self, name: &str) -> u32 {
@@ -254,10 +314,24 @@ impl History {
         }
     }
 
-    /// Records `id` as the latest request of `topic` (an open one: just filed).
-    pub fn set_latest(&mut self, topic: &str, id: Uuid) {
-        let name = self.intern(topic);
-        self.top.latest.insert(name, Latest { id, decided: None });
+    /// Records a request just filed: the latest of its topic, and a create request itself,
+    /// reduced, until its decisions update it (`decide`). A deletion request is kept whole by
+    /// the registry.
+    pub fn file(&mut self, id: Uuid, topic: &str, requested_by: &str, kind: RequestKind) {
+        let topic = self.set_latest(topic, Latest { id, decided: None });
+        if kind != RequestKind::Create {
+            return;
+        }
+        let reduced = Reduced {
+            topic,
+            requested_by: self.person(requested_by),
+            kind,
+            status: RequestStatus::Pending,
+        };
+        match self.top.place(&id) {
+            Ok(at) => self.top.requests[at].1 = reduced,
+            Err(at) => self.top.requests.insert(at, (id, reduced)),
+        }
     }
 
     /// The latest request of `topic`, open or not.
@@ -270,59 +344,84 @@ impl History {
         self.latest_by_id(self.id_of(topic)?)
     }
 
-    /// Keeps a decided create request, reduced.
-    pub fn decide(
-        &mut self,
-        id: Uuid,
-        topic: &str,
-        requested_by: &str,
-        kind: RequestKind,
-        status: RequestStatus,
-    ) {
-        let decided = Reduced {
-            topic: self.intern(topic),
-            requested_by: self.person(requested_by),
-            kind,
-            status,
+    /// Records a create request's new status, in place. Once the request is decided for good
+    /// (`status` not open) the history is what the registry keeps of it, and its topic knows
+    /// it closed if it was the topic's latest request.
+    pub fn decide(&mut self, id: Uuid, status: RequestStatus) {
+        let topic = match self.top.place(&id) {
+            Ok(at) => {
+                let kept = &mut self.top.requests[at].1;
+                kept.status = status;
+                kept.topic
+            }
+            Err(at) => {
+                // Filed before the last fold: the top takes the changed copy.
+                let Some(kept) = self.base.request(&id) else {
+                    return;
+                };
+                let kept = Reduced {
+                    status,
+                    ..kept.clone()
+                };
+                let topic = kept.topic;
+                self.top.requests.insert(at, (id, kept));
+                topic
+            }
         };
-        if kind == RequestKind::Create && self.latest(topic) == Some(id) {
-            self.top.latest.insert(
-                decided.topic,
+        if status.is_open() {
+            return;
+        }
+        if self.latest_by_id(topic).is_some_and(|l| l.id == id) {
+            self.set_latest_by_id(
+                topic,
                 Latest {
                     id,
                     decided: Some(status),
                 },
             );
         }
-        self.top.decided.insert(id, decided);
     }
 
-    pub fn get(&self, id: &Uuid) -> Option<Decided<'_>> {
-        self.top
-            .decided
-            .get(id)
-            .or_else(|| self.base.decided(id))
-            .map(|d| self.shown(d))
-    }
-
-    /// The decided requests after the page's cursor, in id order.
-    pub fn range<'a>(
+    /// Every create request, open or decided, in id order (the top wins where both hold one).
+    fn entries_after<'a>(
         &'a self,
         page: &PageOf<Uuid>,
-    ) -> impl Iterator<Item = (&'a Uuid, Decided<'a>)> + 'a {
+    ) -> Merge<
+        impl Iterator<Item = (&'a Uuid, &'a Reduced)>,
+        impl Iterator<Item = (&'a Uuid, &'a Reduced)>,
+    > {
         Merge {
-            a: self.top.decided.range(page.range()).peekable(),
-            b: self
-                .base
-                .decided_after(page)
+            a: after(&self.top.requests, page)
+                .iter()
+                .map(|(k, v)| (k, v))
+                .peekable(),
+            b: after(&self.base.requests, page)
                 .iter()
                 .map(|(k, v)| (k, v))
                 .peekable(),
         }
-        .map(|(id, d)| (id, self.shown(d)))
     }
 
-    /// Every decided request, in id order.
+    /// A decided create request.
+    pub fn get(&self, id: &Uuid) -> Option<Decided<'_>> {
+        let kept = match self.top.place(id) {
+            Ok(at) => &self.top.requests[at].1,
+            Err(_) => self.base.request(id)?,
+        };
+        (!kept.status.is_open()).then(|| self.shown(kept))
+    }
+
+    /// The decided create requests after the page's cursor, in id order.
+    pub fn range<'a>(
+        &'a self,
+        page: &PageOf<Uuid>,
+    ) -> impl Iterator<Item = (&'a Uuid, Decided<'a>)> + 'a {
+        self.entries_after(page)
+            .filter(|(_, d)| !d.status.is_open())
+            .map(|(id, d)| (id, self.shown(d)))
+    }
+
+    /// Every decided create request, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (&Uuid, Decided<'_>)> {
         self.range(&PageOf::all())
     }
@@ -347,7 +446,7 @@ impl History {
 
     /// Whether `fold` is due.
     pub fn wants_fold(&self) -> bool {
-        self.top.decided.len() + self.top.latest.len() >= FOLD_AT
+        self.top.requests.len() + self.top.latest.len() + self.top.names.len() >= FOLD_AT
     }
 
     /// Moves the top into the base. In place when this is the base's only holder (the journal
@@ -358,14 +457,12 @@ impl History {
         }
         let top = std::mem::take(&mut self.top);
         let base = Arc::make_mut(&mut self.base);
-        merge_in_order(
-            &mut base.decided,
-            top.decided.into_iter().collect(),
-            |a, b| a.0.cmp(&b.0),
-        );
+        merge_in_order(&mut base.requests, top.requests, |a, b| a.0.cmp(&b.0));
         // New names keep their index: they were numbered after the base's.
         let first_new = base.names.len() as u32;
         base.names.append(&top.names);
+        base.latest.reserve_exact(top.new_latest.len());
+        base.latest.extend(top.new_latest.into_iter().map(Some));
         base.latest.resize(base.names.len(), None);
         for (id, latest) in top.latest {
             if let Some(slot) = base.latest.get_mut(id as usize) {
@@ -449,14 +546,22 @@ impl PartialEq for History {
         let latest = |h: &History| -> BTreeMap<String, Latest> {
             h.topics().map(|(k, v)| (k.to_string(), v)).collect()
         };
-        self.iter().eq(other.iter()) && latest(self) == latest(other)
+        let all = |h: &'_ History| -> Vec<(Uuid, String, String, RequestKind, RequestStatus)> {
+            h.entries_after(&PageOf::all())
+                .map(|(id, d)| {
+                    let d = h.shown(d);
+                    (*id, d.topic.into(), d.requested_by.into(), d.kind, d.status)
+                })
+                .collect()
+        };
+        all(self) == all(other) && latest(self) == latest(other)
     }
 }
 
 impl Eq for History {}
 
-/// How a snapshot holds the history: every name once, and each decided request by the index
-/// of its names.
+/// How a snapshot holds the history: every name once, and each create request (open ones too,
+/// so that their decisions update them in place) by the index of its names.
 #[derive(Serialize)]
 struct Wire<S> {
     /// Topic names, each with its latest request and that request's status once decided
@@ -464,7 +569,7 @@ struct Wire<S> {
     topics: Vec<(S, Uuid, Option<RequestStatus>)>,
     people: Vec<S>,
     /// Id, topic index, requester index, kind, status.
-    decided: Vec<(Uuid, u32, u32, RequestKind, RequestStatus)>,
+    requests: Vec<(Uuid, u32, u32, RequestKind, RequestStatus)>,
 }
 
 impl Serialize for History {
@@ -505,26 +610,22 @@ impl History {
         for (new, &old) in by_name.iter().enumerate() {
             renumbered[old as usize] = new as u32;
         }
-        let mut decided = Vec::new();
-        let all = Merge {
-            a: self.top.decided.iter().peekable(),
-            b: self.base.decided.iter().map(|(k, v)| (k, v)).peekable(),
-        };
-        for (id, d) in all {
+        let mut requests = Vec::new();
+        for (id, d) in self.entries_after(&PageOf::all()) {
             let (Some(&t), Some(&p)) = (
                 topic_ix.get(d.topic as usize).filter(|&&t| t != u32::MAX),
                 renumbered.get(d.requested_by as usize),
             ) else {
                 return Err(serde::ser::Error::custom(
-                    "a decided request's topic or requester has no name entry",
+                    "a request's topic or requester has no name entry",
                 ));
             };
-            decided.push((*id, t, p, d.kind, d.status));
+            requests.push((*id, t, p, d.kind, d.status));
         }
         Wire {
             topics,
             people,
-            decided,
+            requests,
         }
         .serialize(serializer)
     }
@@ -536,7 +637,7 @@ struct WireIn<'a> {
     topics: InOrder,
     #[serde(borrow)]
     people: Vec<&'a str>,
-    decided: Vec<(Uuid, u32, u32, RequestKind, RequestStatus)>,
+    requests: Vec<(Uuid, u32, u32, RequestKind, RequestStatus)>,
 }
 
 /// The topic names of a snapshot, decoded into the base's form: each name copied from the
@@ -599,18 +700,18 @@ impl<'de> Deserialize<'de> for History {
         // A request's topic is its name's place, which is its index; the requests come in id
         // order, the base's order, which is checked rather than trusted.
         let count = wire.topics.names.len();
-        let mut decided: Vec<(Uuid, Reduced)> = Vec::with_capacity(wire.decided.len());
-        for (id, t, p, kind, status) in wire.decided {
+        let mut requests: Vec<(Uuid, Reduced)> = Vec::with_capacity(wire.requests.len());
+        for (id, t, p, kind, status) in wire.requests {
             if t as usize >= count {
                 return Err(serde::de::Error::custom("a name index out of range"));
             }
             if p as usize >= people.names.len() {
                 return Err(serde::de::Error::custom("a person index out of range"));
             }
-            if decided.last().is_some_and(|(last, _)| *last >= id) {
-                return Err(serde::de::Error::custom("decided requests out of order"));
+            if requests.last().is_some_and(|(last, _)| *last >= id) {
+                return Err(serde::de::Error::custom("requests out of order"));
             }
-            decided.push((
+            requests.push((
                 id,
                 Reduced {
                     topic: t,
@@ -625,7 +726,7 @@ impl<'de> Deserialize<'de> for History {
                 names: wire.topics.names,
                 latest: wire.topics.latest,
                 by_name: (0..count as u32).collect(),
-                decided,
+                requests,
             }),
             top: Layer::default(),
             people: Arc::new(people),
@@ -641,26 +742,14 @@ mod tests {
     fn copies_share_the_base_and_each_sees_its_own_top() {
         let mut a = History::default();
         let first = Uuid::now_v7();
-        a.set_latest("t", first);
-        a.decide(
-            first,
-            "t",
-            "alice",
-            RequestKind::Create,
-            RequestStatus::Rejected,
-        );
+        a.file(first, "t", "alice", RequestKind::Create);
+        a.decide(first, RequestStatus::Rejected);
         a.fold();
         let mut b = a.clone();
         assert!(Arc::ptr_eq(&a.base, &b.base), "a clone shares the base");
         let second = Uuid::now_v7();
-        b.set_latest("t", second);
-        b.decide(
-            second,
-            "t",
-            "alice",
-            RequestKind::Create,
-            RequestStatus::Withdrawn,
-        );
+        b.file(second, "t", "alice", RequestKind::Create);
+        b.decide(second, RequestStatus::Withdrawn);
         assert_eq!(a.latest("t"), Some(first), "b's change is b's");
         assert_eq!(b.latest("t"), Some(second));
         assert_eq!(
@@ -686,16 +775,16 @@ mod tests {
         let mut h = History::default();
         let file = |h: &mut History, topic: &str| {
             let id = Uuid::now_v7();
-            h.set_latest(topic, id);
+            h.file(id, topic, "bob", RequestKind::Create);
             id
         };
         let m = file(&mut h, "m");
-        h.decide(m, "m", "bob", RequestKind::Create, RequestStatus::Rejected);
+        h.decide(m, RequestStatus::Rejected);
         file(&mut h, "c");
         h.fold();
         let a = file(&mut h, "a");
         let z = file(&mut h, "z");
-        h.decide(z, "z", "bob", RequestKind::Create, RequestStatus::Withdrawn);
+        h.decide(z, RequestStatus::Withdrawn);
         let again = file(&mut h, "m");
         h.fold();
         let names: Vec<&str> = h
@@ -719,7 +808,7 @@ mod tests {
             Some(RequestStatus::Withdrawn)
         );
         // An older request decided after a newer one was filed leaves the newer one latest.
-        h.decide(m, "m", "bob", RequestKind::Create, RequestStatus::Rejected);
+        h.decide(m, RequestStatus::Rejected);
         assert_eq!(h.latest_of("m").and_then(|l| l.decided), None);
 
         let bytes = postcard::to_stdvec(&h).expect("encode");
@@ -729,7 +818,7 @@ mod tests {
         let wire = Wire {
             topics: vec![("b", a, None), ("a", z, None)],
             people: Vec::<&str>::new(),
-            decided: Vec::new(),
+            requests: Vec::new(),
         };
         let bytes = postcard::to_stdvec(&wire).expect("encode");
         assert!(postcard::from_bytes::<History>(&bytes).is_err());

@@ -10,10 +10,11 @@
 //! Access requests, grants and ownership are part of the same state (every access decision
 //! needs the topic's owner); their types, commands and handlers are in `access`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -64,7 +65,7 @@ impl RequestStatus {
     }
 
     /// Pending or approved: the request still has something to do.
-    fn is_open(self) -> bool {
+    pub(super) fn is_open(self) -> bool {
         matches!(self, RequestStatus::Pending | RequestStatus::Approved)
     }
 }
@@ -155,19 +156,19 @@ pub struct Topic {
 /// KafFlow governs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Governance {
-    /// The requests kept whole: the open ones, and the decided deletion requests (one per
-    /// topic ever deleted; their shape is the topic's at filing time, which the log alone does
-    /// not give back).
+    /// The open (pending or approved) requests, whole: a page of them walks these, not every
+    /// request ever filed.
     pub(super) requests: BTreeMap<Uuid, TopicRequest>,
-    /// Every topic name's latest request, and the decided create requests, reduced (see
-    /// `history`).
+    /// The decided deletion requests, whole (one per topic ever deleted; their shape is the
+    /// topic's at filing time, which the log alone does not give back).
+    pub(super) deletions: BTreeMap<Uuid, TopicRequest>,
+    /// Every topic name's latest request, and every create request, reduced (see `history`).
     pub(super) history: History,
     pub(super) topics: BTreeMap<String, Topic>,
-    /// Topic name to its open (pending or approved) request.
-    pub(super) open: HashMap<String, Uuid>,
-    /// The ids of `open`, in id order: a page of pending or approved requests walks these,
-    /// not every request ever filed.
-    pub(super) open_ids: BTreeSet<Uuid>,
+    /// Topic name to its open request.
+    // FxHash, not SipHash: speed over resistance to crafted collisions, as every name is one an
+    // authenticated principal filed under the naming policy, and an event in the log.
+    pub(super) open: FxHashMap<String, Uuid>,
     /// Access requests, ownership requests and grants.
     pub(super) access: AccessBook,
     /// Set on a state that folds a few requests' events to show them whole (a reply, a read
@@ -240,18 +241,22 @@ pub enum TopicRoute {
 impl Governance {
     /// Turns one of the registry's events into state. Replay and live appends both come here.
     /// It cannot fail: the registry only writes events that fit the state, so a valid log
-    /// always applies.
-    pub fn apply(&mut self, event: &NewEvent) {
+    /// always applies. The event is taken by value: a filing's strings become the request's.
+    pub fn apply(&mut self, event: NewEvent) {
+        if let EventKind::TopicRequested { .. } | EventKind::DeletionRequested { .. } = event.kind
+        {
+            if let Some(request) = self.filed_from(event) {
+                self.file(request);
+            }
+            return;
+        }
+        let event = &event;
         // Governance events always name a topic and a request.
         let (Some(topic), Some(id)) = (event.topic.as_deref(), event.request_id) else {
             return;
         };
         match &event.kind {
-            EventKind::TopicRequested { .. } | EventKind::DeletionRequested { .. } => {
-                if let Some(request) = self.filed(event) {
-                    self.file(request);
-                }
-            }
+            EventKind::TopicRequested { .. } | EventKind::DeletionRequested { .. } => {}
             EventKind::RequestApproved { note } => {
                 let Some(kind) = self.decide(id, RequestStatus::Approved, note.as_deref(), event)
                 else {
@@ -337,23 +342,36 @@ impl Governance {
     /// it; `None` for any other event. A validate-only filing answers with it and records
     /// nothing.
     fn filed(&self, event: &NewEvent) -> Option<TopicRequest> {
-        let (Some(topic), Some(id)) = (event.topic.as_deref(), event.request_id) else {
+        match event.kind {
+            EventKind::TopicRequested { .. } | EventKind::DeletionRequested { .. } => {
+                self.filed_from(event.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// `filed`, taking the event's strings over.
+    fn filed_from(&self, event: NewEvent) -> Option<TopicRequest> {
+        let NewEvent {
+            at,
+            actor,
+            topic: Some(topic),
+            request_id: Some(id),
+            kind,
+            ..
+        } = event
+        else {
             return None;
         };
-        let (kind, spec, visibility, reason) = match &event.kind {
+        let (kind, spec, visibility, reason) = match kind {
             EventKind::TopicRequested {
                 spec,
                 reason,
                 visibility,
-            } => (
-                RequestKind::Create,
-                spec.clone(),
-                *visibility,
-                reason.clone(),
-            ),
+            } => (RequestKind::Create, spec, visibility, reason),
             EventKind::DeletionRequested { reason } => {
                 // A deletion request shows the shape of the topic it deletes.
-                let (spec, visibility) = match self.topics.get(topic) {
+                let (spec, visibility) = match self.topics.get(&topic) {
                     Some(t) => (
                         TopicSpec {
                             partitions: t.partitions,
@@ -371,22 +389,22 @@ impl Governance {
                         Visibility::Open,
                     ),
                 };
-                (RequestKind::Delete, spec, visibility, Some(reason.clone()))
+                (RequestKind::Delete, spec, visibility, Some(reason))
             }
             _ => return None,
         };
         Some(TopicRequest {
             id,
             kind,
-            topic: topic.to_string(),
+            topic,
             partitions: spec.partitions,
             replication_factor: spec.replication_factor,
             config: spec.config,
             visibility,
             reason,
             status: RequestStatus::Pending,
-            requested_by: event.actor.clone(),
-            requested_at: event.at,
+            requested_by: actor,
+            requested_at: at,
             decided_by: None,
             decided_at: None,
             decision_note: None,
@@ -396,26 +414,27 @@ impl Governance {
 
     fn file(&mut self, request: TopicRequest) {
         self.open.insert(request.topic.clone(), request.id);
-        self.open_ids.insert(request.id);
-        self.history.set_latest(&request.topic, request.id);
+        self.history
+            .file(request.id, &request.topic, &request.requested_by, request.kind);
         self.requests.insert(request.id, request);
     }
 
-    /// A create request that is decided for good keeps only what decisions need; the rest is
-    /// in the log. A deletion request stays whole (see `requests`).
-    fn reduce(&mut self, id: Uuid) {
+    /// A request decided for good leaves the open ones. A create request keeps only what
+    /// decisions need, in the history, which has it since its filing; the rest is in the log.
+    /// A deletion request stays whole (see `deletions`).
+    fn close(&mut self, id: Uuid, kind: RequestKind) {
         if self.keep_whole {
             return;
         }
-        let Some(r) = self.requests.get(&id) else {
-            return;
-        };
-        if r.kind != RequestKind::Create || r.status.is_open() {
-            return;
-        }
-        if let Some(r) = self.requests.remove(&id) {
-            self.history
-                .decide(id, &r.topic, &r.requested_by, r.kind, r.status);
+        match kind {
+            RequestKind::Create => {
+                self.requests.remove(&id);
+            }
+            RequestKind::Delete => {
+                if let Some(r) = self.requests.remove(&id) {
+                    self.deletions.insert(id, r);
+                }
+            }
         }
     }
 
@@ -434,7 +453,7 @@ impl Governance {
             ..Default::default()
         };
         scratch.requests.insert(before.id, before.clone());
-        scratch.apply(event);
+        scratch.apply(event.clone());
         scratch
             .requests
             .remove(&before.id)
@@ -450,7 +469,7 @@ impl Governance {
             ..Default::default()
         };
         for event in events {
-            scratch.apply(&event);
+            scratch.apply(event);
         }
         scratch.requests
     }
@@ -476,17 +495,19 @@ impl Governance {
         let request = self.requests.get_mut(&id)?;
         request.status = status;
         let kind = request.kind;
-        // A request reduced at once (`reduce`) keeps none of the decision's details: no copies.
+        // A request reduced at once (`close`) keeps none of the decision's details: no copies.
         let reduced = kind == RequestKind::Create && !status.is_open() && !self.keep_whole;
         if !reduced {
             request.decided_by = Some(event.actor.clone());
             request.decided_at = Some(event.at);
             request.decision_note = note.map(str::to_string);
         }
+        if kind == RequestKind::Create {
+            self.history.decide(id, status);
+        }
         if !status.is_open() {
             self.open.remove(&request.topic);
-            self.open_ids.remove(&id);
-            self.reduce(id);
+            self.close(id, kind);
         }
         Some(kind)
     }
@@ -498,9 +519,12 @@ impl Governance {
             if self.open.get(&request.topic) == Some(&id) {
                 self.open.remove(&request.topic);
             }
+            let kind = request.kind;
+            if kind == RequestKind::Create {
+                self.history.decide(id, status);
+            }
             if !status.is_open() {
-                self.open_ids.remove(&id);
-                self.reduce(id);
+                self.close(id, kind);
             }
         }
     }
@@ -513,7 +537,7 @@ impl Governance {
 
     /// The request, whole or reduced.
     pub fn kept(&self, id: Uuid) -> Result<Kept<'_>> {
-        if let Some(r) = self.requests.get(&id) {
+        if let Some(r) = self.whole(id) {
             return Ok(Kept::Whole(r));
         }
         self.history
@@ -525,7 +549,7 @@ impl Governance {
     /// The request, when it is kept whole (open, or a deletion); a decided create request is
     /// read from the log (`RequestDetails`).
     pub fn whole(&self, id: Uuid) -> Option<&TopicRequest> {
-        self.requests.get(&id)
+        self.requests.get(&id).or_else(|| self.deletions.get(&id))
     }
 
     pub fn topic(&self, name: &str) -> Result<&Topic> {
@@ -755,10 +779,9 @@ impl Governance {
 
     /// The open requests that pass `filter`, oldest first (ids are UUID v7).
     pub fn open_requests(&self, filter: &RequestFilter) -> Vec<TopicRequest> {
-        // The open ids only: decided requests are never unfinished work.
-        self.open_ids
-            .iter()
-            .filter_map(|id| self.requests.get(id))
+        // The open requests only: decided requests are never unfinished work.
+        self.requests
+            .values()
             .filter(|r| filter.status.is_none_or(|s| r.status == s))
             .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
             .filter(|r| filter.topic.as_ref().is_none_or(|t| &r.topic == t))
@@ -778,21 +801,17 @@ impl Governance {
     }
 
     fn kept_after<'a>(&'a self, page: &PageOf<Uuid>) -> impl Iterator<Item = Kept<'a>> + 'a {
-        let mut whole = self.requests.range(page.range()).peekable();
-        let mut decided = self.history.range(page).peekable();
-        std::iter::from_fn(move || {
-            let take_whole = match (whole.peek(), decided.peek()) {
-                (Some((a, _)), Some((b, _))) => a < b,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => return None,
-            };
-            if take_whole {
-                whole.next().map(|(_, r)| Kept::Whole(r))
-            } else {
-                decided.next().map(|(id, d)| Kept::Decided(*id, d))
-            }
-        })
+        let whole = |map: &'a BTreeMap<Uuid, TopicRequest>| {
+            map.range(page.range()).map(|(_, r)| Kept::Whole(r))
+        };
+        let decided = self
+            .history
+            .range(page)
+            .map(|(id, d)| Kept::Decided(*id, d));
+        in_id_order(
+            in_id_order(whole(&self.requests), whole(&self.deletions)),
+            decided,
+        )
     }
 
     /// One page of the requests that pass `filter`, oldest first: the page's ids follow the
@@ -803,10 +822,9 @@ impl Governance {
         // walks the open ids only.
         let ids: Box<dyn Iterator<Item = Kept<'_>>> = match filter.status {
             Some(s) if s.is_open() => Box::new(
-                self.open_ids
+                self.requests
                     .range(page.range())
-                    .filter_map(|id| self.requests.get(id))
-                    .map(Kept::Whole),
+                    .map(|(_, r)| Kept::Whole(r)),
             ),
             _ => Box::new(self.kept_after(page)),
         };
@@ -825,6 +843,27 @@ impl Governance {
             Kept::Decided(id, _) => Listed::InLog(id),
         })
     }
+}
+
+/// Two id-ordered runs of requests (each id in one of them) as one.
+fn in_id_order<'a>(
+    a: impl Iterator<Item = Kept<'a>>,
+    b: impl Iterator<Item = Kept<'a>>,
+) -> impl Iterator<Item = Kept<'a>> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.id() < y.id(),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        if take_a {
+            a.next()
+        } else {
+            b.next()
+        }
+    })
 }
 
 /// Why a topic whose create request was decided without a topic takes no records.
@@ -993,7 +1032,9 @@ impl Actor for Registry {
 
 impl Journaled for Governance {
     fn apply(&mut self, event: &NewEvent) {
-        Governance::apply(self, event);
+        // The journal applies each event to two states and keeps it for its callbacks: a copy
+        // per state (a replay hands its events over instead).
+        Governance::apply(self, event.clone());
     }
 
     fn wants_fold(&self) -> bool {
@@ -1223,7 +1264,7 @@ mod tests {
             .filed(&event)
             .or_else(|| event.request_id.and_then(|id| state.whole(id)).cloned())
             .expect("a request");
-        state.apply(&event);
+        state.apply(event.clone());
         Ok(Governance::after(&before, &event))
     }
 
@@ -1298,9 +1339,9 @@ mod tests {
         };
         assert_eq!(s.requests_page(&approved, &PageOf::all()).items.len(), 1);
         assert_eq!(
-            s.open_ids.len(),
+            s.requests.len(),
             s.open.len(),
-            "the index follows the open map"
+            "the open requests follow the open map"
         );
         let rejected = RequestFilter {
             status: Some(RequestStatus::Rejected),

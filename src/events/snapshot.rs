@@ -32,7 +32,7 @@ use super::store::ChainHead;
 /// The layout of the file and of every state type in it. postcard is not self-describing: a
 /// changed state type decodes as garbage or not at all, so any change to a type reachable from
 /// the snapshotted state must bump this (the `layout_is_pinned` test fails until it is).
-pub const SNAPSHOT_VERSION: u32 = 4;
+pub const SNAPSHOT_VERSION: u32 = 5;
 
 const MAGIC: &[u8; 8] = b"KAFSNAP\0";
 const HEADER: usize = 8 + 4 + 8 + 32 + 8 + 32;
@@ -42,7 +42,8 @@ const TMP_FILE: &str = "kafflow.snapshot.tmp";
 /// State that the log rebuilds and a snapshot can hold: replay and the snapshot writer both
 /// rebuild it with `apply`, event by event.
 pub trait Snapshotted: Default + Serialize + DeserializeOwned + Send + 'static {
-    fn apply(&mut self, event: &NewEvent);
+    /// By value: a replay hands each event over once, so the state keeps its strings.
+    fn apply(&mut self, event: NewEvent);
 }
 
 /// Why a snapshot was not used or not written.

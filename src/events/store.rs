@@ -484,7 +484,7 @@ impl Store {
         };
         let loaded = started.elapsed();
         let snapshot_seq = from.seq;
-        let head = replay_rows(&self.conn, from, &mut |event| state.apply(&event.body))?;
+        let head = replay_rows(&self.conn, from, &mut |event| state.apply(event.body))?;
         Ok((
             state,
             head,
@@ -1024,7 +1024,7 @@ fn take_snapshot<S: Snapshotted>(
         return Ok(None);
     }
     let (mut state, from) = base::<S>(conn, dir);
-    let head = replay_rows(conn, from, &mut |event| state.apply(&event.body))?;
+    let head = replay_rows(conn, from, &mut |event| state.apply(event.body))?;
     let bytes = snapshot::encode(&head, &state)?;
     drop(state);
     snapshot::write(dir, &bytes)?;
@@ -1694,8 +1694,8 @@ mod tests {
     struct Topics(Vec<String>);
 
     impl Snapshotted for Topics {
-        fn apply(&mut self, event: &NewEvent) {
-            self.0.push(event.topic.clone().unwrap_or_default());
+        fn apply(&mut self, event: NewEvent) {
+            self.0.push(event.topic.unwrap_or_default());
         }
     }
 
