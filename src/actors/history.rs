@@ -768,6 +768,46 @@ mod tests {
         assert_eq!(back, b);
     }
 
+    /// A create request is one entry from its filing: not given as decided while open, and
+    /// updated in place by its decisions, also when it was filed before a fold (the top then
+    /// takes the changed copy) or out of id order.
+    #[test]
+    fn a_filing_is_one_entry_that_its_decisions_update() {
+        let mut h = History::default();
+        let a = Uuid::now_v7();
+        h.file(a, "a", "bob", RequestKind::Create);
+        assert!(h.get(&a).is_none(), "open: the registry shows it whole");
+        h.decide(a, RequestStatus::Approved);
+        assert!(h.get(&a).is_none(), "approved is still open");
+        assert_eq!(h.iter().count(), 0);
+        h.fold();
+        h.decide(a, RequestStatus::Completed);
+        assert_eq!(h.top.requests.len(), 1);
+        assert_eq!(h.get(&a).map(|d| d.status), Some(RequestStatus::Completed));
+        assert_eq!(
+            h.latest_of("a").and_then(|l| l.decided),
+            Some(RequestStatus::Completed)
+        );
+        h.fold();
+        assert_eq!(h.base.requests.len(), 1, "one entry per request");
+        let early = Uuid::from_u128(1);
+        h.file(early, "b", "bob", RequestKind::Create);
+        let open = Uuid::now_v7();
+        h.file(open, "c", "erin", RequestKind::Create);
+        h.decide(early, RequestStatus::Rejected);
+        assert_eq!(
+            h.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![early, a]
+        );
+        let bytes = postcard::to_stdvec(&h).expect("encode");
+        let mut back: History = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(back, h);
+        back.decide(open, RequestStatus::Withdrawn);
+        h.decide(open, RequestStatus::Withdrawn);
+        assert_eq!(back, h);
+        assert_eq!(back.get(&open).map(|d| d.requested_by), Some("erin"));
+    }
+
     /// A fold keeps the base's names in order with each name once, and a decided create
     /// request that is a name's latest is known as such without a look-up by id.
     #[test]
