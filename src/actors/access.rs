@@ -213,11 +213,7 @@ impl Governance {
         if let Some(t) = live {
             return Some(&t.owner);
         }
-        let asked = self
-            .open
-            .get(topic)
-            .and_then(|id| self.requests.get(id))
-            .map(|r| r.requested_by.as_str());
+        let asked = self.open_request(topic).map(|r| r.requested_by.as_str());
         asked.or_else(|| self.topics.get(topic).map(|t| t.owner.as_str()))
     }
 

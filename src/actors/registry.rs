@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -157,7 +156,9 @@ pub struct Topic {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Governance {
     /// The open (pending or approved) requests, whole: a page of them walks these, not every
-    /// request ever filed.
+    /// request ever filed. Each is its topic's latest request (a topic has one open request
+    /// at most), so a topic's open request is found from the history (`open_request`), with
+    /// no map by name to keep beside these.
     pub(super) requests: BTreeMap<Uuid, TopicRequest>,
     /// The decided deletion requests, whole (one per topic ever deleted; their shape is the
     /// topic's at filing time, which the log alone does not give back).
@@ -165,10 +166,6 @@ pub struct Governance {
     /// Every topic name's latest request, and every create request, reduced (see `history`).
     pub(super) history: History,
     pub(super) topics: BTreeMap<String, Topic>,
-    /// Topic name to its open request.
-    // FxHash, not SipHash: speed over resistance to crafted collisions, as every name is one an
-    // authenticated principal filed under the naming policy, and an event in the log.
-    pub(super) open: FxHashMap<String, Uuid>,
     /// Access requests, ownership requests and grants.
     pub(super) access: AccessBook,
     /// Set on a state that folds a few requests' events to show them whole (a reply, a read
@@ -412,7 +409,6 @@ impl Governance {
     }
 
     fn file(&mut self, request: TopicRequest) {
-        self.open.insert(request.topic.clone(), request.id);
         self.history.file(
             request.id,
             &request.topic,
@@ -509,7 +505,6 @@ impl Governance {
             self.history.decide(id, status);
         }
         if !status.is_open() {
-            self.open.remove(&request.topic);
             self.close(id, kind);
         }
         Some(kind)
@@ -519,9 +514,6 @@ impl Governance {
         if let Some(request) = self.requests.get_mut(&id) {
             request.status = status;
             request.error = error;
-            if self.open.get(&request.topic) == Some(&id) {
-                self.open.remove(&request.topic);
-            }
             let kind = request.kind;
             if kind == RequestKind::Create {
                 self.history.decide(id, status);
@@ -569,11 +561,25 @@ impl Governance {
         Ok(request)
     }
 
+    /// The topic's open request: its latest one, while that is open.
+    pub(super) fn open_request(&self, topic: &str) -> Option<&TopicRequest> {
+        let latest = self.history.latest_of(topic)?;
+        if latest.decided.is_some() {
+            return None;
+        }
+        self.requests.get(&latest.id)
+    }
+
+    /// The topics with an open request.
+    fn open_topics(&self) -> impl Iterator<Item = &str> {
+        self.requests.values().map(|r| r.topic.as_str())
+    }
+
     fn no_open_request(&self, topic: &str) -> Result<()> {
-        match self.open.get(topic) {
-            Some(&request_id) => Err(Error::RequestPending {
+        match self.open_request(topic) {
+            Some(open) => Err(Error::RequestPending {
                 topic: topic.to_string(),
-                request_id,
+                request_id: open.id,
             }),
             None => Ok(()),
         }
@@ -705,9 +711,7 @@ impl Governance {
     pub fn topic_or_pending(&self, name: &str) -> Result<Topic> {
         let live = self.topics.get(name).filter(|t| t.status.is_live());
         let pending = self
-            .open
-            .get(name)
-            .and_then(|id| self.requests.get(id))
+            .open_request(name)
             .filter(|r| r.kind == RequestKind::Create && r.status == RequestStatus::Pending);
         match (live, pending) {
             (None, Some(r)) => Ok(Topic {
@@ -748,7 +752,7 @@ impl Governance {
     /// decided create request that left no topic and no grant behind. Most names a long history
     /// leaves are these; the governed view and the start-up wiring keep them apart, compactly.
     pub(super) fn closed_bare(&self, topic: &str) -> Option<RequestStatus> {
-        if self.topics.contains_key(topic) || self.open.contains_key(topic) {
+        if self.topics.contains_key(topic) || self.open_request(topic).is_some() {
             return None;
         }
         let status = self.history.latest_of(topic)?.decided?;
@@ -762,7 +766,7 @@ impl Governance {
     pub(super) fn topic_names_closed(&self) -> impl Iterator<Item = (&str, Option<RequestStatus>)> {
         let mut kept = self.access.granted_topics();
         kept.extend(self.topics.keys().map(String::as_str));
-        kept.extend(self.open.keys().map(String::as_str));
+        kept.extend(self.open_topics());
         self.history.topics().map(move |(name, latest)| {
             let why = latest.decided.filter(|_| !kept.contains(name));
             (name, why)
@@ -1211,7 +1215,7 @@ impl Handler<AllRoutes> for Registry {
         let state = self.state();
         // Live and pending topics are few: they are the topics map and the open requests.
         let mut names: BTreeSet<&str> = state.topics.keys().map(String::as_str).collect();
-        names.extend(state.open.keys().map(String::as_str));
+        names.extend(state.open_topics());
         names.extend(msg.0.iter().map(String::as_str));
         let routes = names
             .into_iter()
@@ -1489,11 +1493,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.requests_page(&approved, &PageOf::all()).items.len(), 1);
-        assert_eq!(
-            s.requests.len(),
-            s.open.len(),
-            "the open requests follow the open map"
-        );
+        assert_eq!(s.requests.len(), 3, "the open requests only");
+        assert_eq!(s.open_request("c").map(|r| r.id), Some(ids[2]));
+        assert!(s.open_request("b").is_none(), "rejected");
         let rejected = RequestFilter {
             status: Some(RequestStatus::Rejected),
             ..Default::default()
