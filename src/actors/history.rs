@@ -131,8 +131,10 @@ struct Layer {
     /// first at a filing, which is its latest request.
     new_latest: Vec<Latest>,
     /// The indexes of `names`, hashed by the name itself (FxHash, as `latest`): no key of its
-    /// own beside the name's bytes in `names`.
-    ids: HashTable<u32>,
+    /// own beside the name's bytes in `names`. Each with its name's hash (`NameHash`), so
+    /// that the table grows without reading every name again, and a look-up reads a name only
+    /// when the hashes match.
+    ids: HashTable<(u32, NameHash)>,
 }
 
 impl Layer {
@@ -151,8 +153,20 @@ impl Layer {
     }
 }
 
-fn name_hash(name: &str) -> u64 {
-    FxBuildHasher.hash_one(name)
+/// A name's hash, 32 bits of it kept beside its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NameHash(u32);
+
+impl NameHash {
+    fn of(name: &str) -> NameHash {
+        NameHash((FxBuildHasher.hash_one(name) >> 32) as u32)
+    }
+
+    /// As the table takes it: the 32 bits in both halves, so that the bucket (low bits) and
+    /// the tag (top bits) each come from them.
+    fn wide(self) -> u64 {
+        (u64::from(self.0) << 32) | u64::from(self.0)
+    }
 }
 
 /// The bulk, shared by both copies. A long history holds hundreds of thousands of names and
@@ -241,10 +255,13 @@ impl History {
     /// The index of `name`, if it is a name this copy has met.
     fn id_of(&self, name: &str) -> Option<u32> {
         let base = self.base_names();
+        let hash = NameHash::of(name);
         self.top
             .ids
-            .find(name_hash(name), |&id| self.top.names.get(id - base) == name)
-            .copied()
+            .find(hash.wide(), |&(id, h)| {
+                h == hash && self.top.names.get(id - base) == name
+            })
+            .map(|&(id, _)| id)
             .or_else(|| self.base.id_of(name))
     }
 
@@ -294,7 +311,8 @@ impl History {
         } = &mut self.top;
         let id = base + names.push(name);
         new_latest.push(latest);
-        ids.insert_unique(name_hash(name), id, |&id| name_hash(names.get(id - base)));
+        let hash = NameHash::of(name);
+        ids.insert_unique(hash.wide(), (id, hash), |&(_, h)| h.wide());
         id
     }
 
