@@ -252,6 +252,7 @@ impl Governance {
             return;
         };
         match &event.kind {
+            // Filed above, where the event is still whole to take its strings.
             EventKind::TopicRequested { .. } | EventKind::DeletionRequested { .. } => {}
             EventKind::RequestApproved { note } => {
                 let Some(kind) = self.decide(id, RequestStatus::Approved, note.as_deref(), event)
