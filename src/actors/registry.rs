@@ -10,6 +10,7 @@
 //! Access requests, grants and ownership are part of the same state (every access decision
 //! needs the topic's owner); their types, commands and handlers are in `access`.
 
+use std::collections::btree_map::{Entry, OccupiedEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
 use actix::prelude::*;
@@ -288,8 +289,7 @@ impl Governance {
                 }
             }
             EventKind::RequestWithdrawn {} => {
-                let kind = self.requests.get(&id).map(|r| r.kind);
-                self.finish(id, RequestStatus::Withdrawn, None);
+                let kind = self.finish(id, RequestStatus::Withdrawn, None);
                 if kind == Some(RequestKind::Create) {
                     self.access.end_grants(topic);
                 }
@@ -419,22 +419,17 @@ impl Governance {
         self.requests.insert(request.id, request);
     }
 
-    /// A request decided for good leaves the open ones. A create request keeps only what
-    /// decisions need, in the history, which has it since its filing; the rest is in the log.
-    /// A deletion request stays whole (see `deletions`).
-    fn close(&mut self, id: Uuid, kind: RequestKind) {
-        if self.keep_whole {
-            return;
-        }
-        match kind {
-            RequestKind::Create => {
-                self.requests.remove(&id);
-            }
-            RequestKind::Delete => {
-                if let Some(r) = self.requests.remove(&id) {
-                    self.deletions.insert(id, r);
-                }
-            }
+    /// A request decided for good leaves the open ones, taken from its entry (no second
+    /// look-up). A create request keeps only what decisions need, in the history, which has it
+    /// since its filing; the rest is in the log. A deletion request stays whole (see
+    /// `deletions`).
+    fn close(
+        entry: OccupiedEntry<'_, Uuid, TopicRequest>,
+        deletions: &mut BTreeMap<Uuid, TopicRequest>,
+    ) {
+        let request = entry.remove();
+        if request.kind == RequestKind::Delete {
+            deletions.insert(request.id, request);
         }
     }
 
@@ -492,12 +487,16 @@ impl Governance {
         note: Option<&str>,
         event: &NewEvent,
     ) -> Option<RequestKind> {
-        let request = self.requests.get_mut(&id)?;
+        let Entry::Occupied(mut entry) = self.requests.entry(id) else {
+            return None;
+        };
+        let request = entry.get_mut();
         request.status = status;
         let kind = request.kind;
-        // A request reduced at once (`close`) keeps none of the decision's details: no copies.
-        let reduced = kind == RequestKind::Create && !status.is_open() && !self.keep_whole;
-        if !reduced {
+        let closed = !status.is_open() && !self.keep_whole;
+        // A create request reduced at once (`close`) keeps none of the decision's details: no
+        // copies.
+        if !(closed && kind == RequestKind::Create) {
             request.decided_by = Some(event.actor.clone());
             request.decided_at = Some(event.at);
             request.decision_note = note.map(str::to_string);
@@ -505,24 +504,33 @@ impl Governance {
         if kind == RequestKind::Create {
             self.history.decide(id, status);
         }
-        if !status.is_open() {
-            self.close(id, kind);
+        if closed {
+            Self::close(entry, &mut self.deletions);
         }
         Some(kind)
     }
 
-    fn finish(&mut self, id: Uuid, status: RequestStatus, error: Option<String>) {
-        if let Some(request) = self.requests.get_mut(&id) {
-            request.status = status;
-            request.error = error;
-            let kind = request.kind;
-            if kind == RequestKind::Create {
-                self.history.decide(id, status);
-            }
-            if !status.is_open() {
-                self.close(id, kind);
-            }
+    /// Records the outcome of request `id`; answers with its kind.
+    fn finish(
+        &mut self,
+        id: Uuid,
+        status: RequestStatus,
+        error: Option<String>,
+    ) -> Option<RequestKind> {
+        let Entry::Occupied(mut entry) = self.requests.entry(id) else {
+            return None;
+        };
+        let request = entry.get_mut();
+        request.status = status;
+        request.error = error;
+        let kind = request.kind;
+        if kind == RequestKind::Create {
+            self.history.decide(id, status);
         }
+        if !status.is_open() && !self.keep_whole {
+            Self::close(entry, &mut self.deletions);
+        }
+        Some(kind)
     }
 
     fn set_topic_status(&mut self, topic: &str, status: TopicStatus) {
