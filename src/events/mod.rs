@@ -6,6 +6,7 @@
 //! the events after it.
 //! Nothing here knows about Kafka or HTTP.
 
+mod cursor;
 mod event;
 mod snapshot;
 mod store;

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::ffi::c_int;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -11,6 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::cursor::{Cursor, RawRow};
 use super::event::{needs_upcast, upcast, Event, EventKind, NewEvent, EVENT_VERSION};
 use super::snapshot::{self, SnapshotError, Snapshotted};
 
@@ -234,6 +236,40 @@ impl<'a> Columns<'a> {
             at: text(2)?,
             kind: text(3)?,
             version: r.get(4)?,
+            actor: text(5)?,
+            topic: optional(6)?,
+            request_id: optional(7)?,
+            data: text(8)?,
+            prev_hash: text(9)?,
+            hash: text(10)?,
+        })
+    }
+
+    /// The columns of the row `r` of a `SELECT_ROWS` cursor (the replay's way: two calls into
+    /// SQLite a text column, see `cursor.rs`). A column of the wrong type or a text that is
+    /// not UTF-8 is an unreadable row: the writer never stores one.
+    fn from_raw(r: &RawRow<'a>) -> Result<Columns<'a>, String> {
+        let optional = |i: c_int| -> Result<Option<&'a str>, String> {
+            match r.text(i).map_err(|e| e.to_string())? {
+                Some(bytes) => std::str::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|e| format!("column {i} is not UTF-8: {e}")),
+                None => Ok(None),
+            }
+        };
+        let text = |i: c_int| -> Result<&'a str, String> {
+            optional(i)?.ok_or_else(|| format!("column {i} is NULL"))
+        };
+        let integer = |i: c_int| {
+            r.integer(i)
+                .ok_or_else(|| format!("column {i} is not an integer"))
+        };
+        Ok(Columns {
+            seq: integer(0)? as u64,
+            id: text(1)?,
+            at: text(2)?,
+            kind: text(3)?,
+            version: integer(4)?,
             actor: text(5)?,
             topic: optional(6)?,
             request_id: optional(7)?,
@@ -720,8 +756,9 @@ enum Read {
 }
 
 /// Checked rows on their way from the replay's reader to its applying thread: first the
-/// events the reader decoded, then the rows it did not, as the text of every column in one
-/// buffer and where each column lies in it.
+/// events the reader decoded, then the rows it did not, as the text of each column decoding
+/// reads in one buffer and where each column lies in it (the hashes stay behind: the chain is
+/// checked before a row is pushed).
 #[derive(Default)]
 struct Rows {
     events: Vec<Event>,
@@ -740,8 +777,8 @@ struct RowAt {
     nulls: u8,
 }
 
-/// id, at, kind, actor, topic, request_id, data, prev_hash, hash.
-const TEXT_COLUMNS: usize = 9;
+/// id, at, kind, actor, topic, request_id, data.
+const TEXT_COLUMNS: usize = 7;
 
 impl Rows {
     fn push(&mut self, row: &Columns<'_>) {
@@ -754,8 +791,6 @@ impl Rows {
             row.topic.unwrap_or(""),
             row.request_id.unwrap_or(""),
             row.data,
-            row.prev_hash,
-            row.hash,
         ];
         for (end, text) in ends.iter_mut().zip(texts) {
             self.text.push_str(text);
@@ -794,7 +829,7 @@ impl Rows {
                 *text = self.text.get(start..end as usize).unwrap_or_default();
                 start = end as usize;
             }
-            let [id, at, kind, actor, topic, request_id, data, prev_hash, hash] = column;
+            let [id, at, kind, actor, topic, request_id, data] = column;
             Columns {
                 seq: row.seq,
                 id,
@@ -805,8 +840,9 @@ impl Rows {
                 topic: (row.nulls & 1 == 0).then_some(topic),
                 request_id: (row.nulls & 2 == 0).then_some(request_id),
                 data,
-                prev_hash,
-                hash,
+                // Checked by the reader; decoding does not read them.
+                prev_hash: "",
+                hash: "",
             }
         })
     }
@@ -833,8 +869,11 @@ fn read_rows(
         // Pages straight from the file's mapping instead of a copy per page read; the mapping
         // goes with the connection at the end of the replay.
         conn.pragma_update(None, "mmap_size", REPLAY_MMAP_BYTES)?;
-        let mut stmt = conn.prepare(&format!("{SELECT_ROWS} WHERE seq > ?1 ORDER BY seq"))?;
-        let mut rows = stmt.query([from.seq as i64])?;
+        let mut rows = Cursor::new(
+            &conn,
+            &format!("{SELECT_ROWS} WHERE seq > ?1 ORDER BY seq"),
+            from.seq as i64,
+        )?;
         let mut head = from;
         let mut buf = Vec::with_capacity(1024);
         let fresh = || returned.try_recv().unwrap_or_default();
@@ -848,7 +887,7 @@ fn read_rows(
         };
         let mut decode_here = share();
         while let Some(r) = rows.next()? {
-            let checked = Columns::read(r)
+            let checked = Columns::from_raw(&r)
                 .map_err(|e| StoreError::Corrupt {
                     seq: head.seq + 1,
                     reason: format!("unreadable row: {e}"),
@@ -897,12 +936,15 @@ fn replay_rows_here(
     from: ChainHead,
     apply: &mut impl FnMut(Event),
 ) -> Result<ChainHead, StoreError> {
-    let mut stmt = conn.prepare(&format!("{SELECT_ROWS} WHERE seq > ?1 ORDER BY seq"))?;
-    let mut rows = stmt.query([from.seq as i64])?;
+    let mut rows = Cursor::new(
+        conn,
+        &format!("{SELECT_ROWS} WHERE seq > ?1 ORDER BY seq"),
+        from.seq as i64,
+    )?;
     let mut head = from;
     let mut buf = Vec::with_capacity(1024);
     while let Some(r) = rows.next()? {
-        let row = Columns::read(r).map_err(|e| StoreError::Corrupt {
+        let row = Columns::from_raw(&r).map_err(|e| StoreError::Corrupt {
             seq: head.seq + 1,
             reason: format!("unreadable row: {e}"),
         })?;
