@@ -140,23 +140,25 @@ impl<'de> Visitor<'de> for ConfigVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopicConfig, A::Error> {
-        let mut read: Vec<(Text<'de>, Text<'de>)> =
+        let mut entries: Vec<(Text<'de>, Text<'de>)> =
             Vec::with_capacity(map.size_hint().unwrap_or(2).min(64));
         while let Some(entry) = map.next_entry::<Text<'de>, Text<'de>>()? {
-            read.push(entry);
+            entries.push(entry);
         }
-        if read.is_empty() {
+        if entries.is_empty() {
             return Ok(TopicConfig(None));
         }
-        // Stable: of repeated keys, the last read ends last in its run, and is the one kept.
-        read.sort_by(|a, b| a.0 .0.cmp(&b.0 .0));
-        let mut entries: Vec<(Text<'de>, Text<'de>)> = Vec::with_capacity(read.len());
-        for entry in read {
-            match entries.last_mut() {
-                Some(last) if last.0 .0 == entry.0 .0 => *last = entry,
-                _ => entries.push(entry),
+        // Stable: of repeated keys, the last read ends last in its run, and is the one kept
+        // (moved into the first of the run, which `dedup_by` keeps). In place: a replay reads a
+        // config in most of its events, and a second vector was an allocation each.
+        entries.sort_by(|a, b| a.0 .0.cmp(&b.0 .0));
+        entries.dedup_by(|later, kept| {
+            let repeated = later.0 .0 == kept.0 .0;
+            if repeated {
+                std::mem::swap(later, kept);
             }
-        }
+            repeated
+        });
         let same = |shared: &Entries| {
             shared.len() == entries.len()
                 && shared
