@@ -2,7 +2,7 @@
 //!
 //! A replay reads every column of a million rows. Through rusqlite each text column costs four
 //! calls into SQLite (the column count to check the index, the type, the text, the length)
-//! and a UTF-8 check: 44 calls a row, a third of the replay reader's time. Here a text column
+//! and a UTF-8 check: 42 calls a row, a third of the replay reader's time. Here a text column
 //! is two calls (`sqlite3_column_text`, `sqlite3_column_bytes`) and its bytes are handed out as
 //! they are: the caller checks UTF-8 only where it needs a `str`.
 
